@@ -1,0 +1,51 @@
+//! The client side of the Autobahn conformance suite: runs every case of a fuzzing server
+//! (`kosoku -m fuzzingserver`), echoing each message, then asks it to write its reports.
+//!
+//! Usage: `autobahn_client ws://127.0.0.1:9001 AGENT`
+
+use wsx::{ClientBuilder, Message};
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let base = args.next().unwrap_or_else(|| "ws://127.0.0.1:9001".into());
+    let agent = args.next().unwrap_or_else(|| "wsx".into());
+
+    let count = case_count(&base).await?;
+    eprintln!("{count} cases");
+    for case in 1..=count {
+        let url = format!("{base}/runCase?case={case}&agent={agent}");
+        if let Err(e) = run_case(&url).await {
+            eprintln!("case {case}: {e}");
+        }
+    }
+    // The fuzzing server drops this connection without a close frame once the reports are
+    // written: that is expected, not a failure.
+    let url = format!("{base}/updateReports?agent={agent}");
+    if let Ok((mut ws, _)) = ClientBuilder::new(url).connect().await {
+        while let Some(Ok(_)) = ws.recv().await {}
+    }
+    Ok(())
+}
+
+async fn case_count(base: &str) -> Result<u32, Box<dyn std::error::Error>> {
+    let (mut ws, _) = ClientBuilder::new(format!("{base}/getCaseCount")).connect().await?;
+    while let Some(msg) = ws.recv().await {
+        if let Message::Text(t) = msg? {
+            return Ok(t.trim().parse()?);
+        }
+    }
+    Err("no case count received".into())
+}
+
+async fn run_case(url: &str) -> Result<(), wsx::Error> {
+    let (mut ws, _) = ClientBuilder::new(url).connect().await?;
+    while let Some(msg) = ws.recv().await {
+        match msg {
+            Ok(m) if m.is_data() => ws.send(m).await?,
+            Ok(_) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

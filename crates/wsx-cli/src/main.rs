@@ -1,0 +1,54 @@
+//! `wsx`: a WebSocket client and server on the command line.
+
+use clap::{Parser, Subcommand};
+
+mod connect;
+mod serve;
+
+/// WebSocket client and server.
+#[derive(Parser, Debug)]
+#[command(name = "wsx", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a WebSocket server.
+    Serve(serve::ServeArgs),
+    /// Connect to a WebSocket server: stdin lines go out as text messages, received messages
+    /// are printed on stdout.
+    Connect(connect::ConnectArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("wsx: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Connect(args) => connect::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("wsx: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

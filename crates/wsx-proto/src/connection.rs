@@ -1,0 +1,640 @@
+//! The connection state machine (RFC 6455 §5–§7), for either role, after the opening handshake.
+//!
+//! Bytes in, events out; messages in, bytes out; time in, timeouts out. The connection never
+//! touches a socket, a clock or an RNG: the driver passes `now` to the calls that need it, and a
+//! client connection draws its mask keys from the [`MaskKeySource`] it was given.
+//!
+//! # States
+//!
+//! ```text
+//!            close() sends Close              peer's Close arrives
+//!   Open ───────────────────────► Closing ─────────────────────────► Closed
+//!    │                                     close timeout ──────────► Closed
+//!    │ peer's Close arrives: echo it, ─────────────────────────────► Closed
+//!    │ protocol error / limit: send Close(1002/1007/1009) ─────────► Closed
+//!    └ keepalive or idle timeout ──────────────────────────────────► Closed
+//! ```
+//!
+//! | state     | may send data | reads frames | what the driver does                            |
+//! |-----------|---------------|--------------|-------------------------------------------------|
+//! | `Open`    | yes           | yes          | reads, writes                                   |
+//! | `Closing` | no            | yes          | reads until the peer's Close, writes pending    |
+//! | `Closed`  | no            | no (dropped) | flushes pending output, then closes TCP: a server at once; a client after the server closes TCP or the close timeout |
+//!
+//! # Receiving
+//!
+//! The driver reads from its transport into a [`BytesMut`] and calls
+//! [`Connection::read_event`] with it. The connection consumes exactly the bytes of the frames it
+//! parsed. A payload is unmasked in place and handed out as a zero-copy [`Bytes`] slice of that
+//! buffer; only the frames of a fragmented message are copied, into one message buffer. A partial
+//! frame is unmasked and (for text) UTF-8-checked as it arrives, so an invalid text message fails
+//! at its first bad byte and a frame is never buffered beyond what arrived.
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::error::{Error, LimitError, ProtocolError, TimeoutError, UsageError};
+use crate::frame::{CloseCode, FrameHeader, OpCode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
+use crate::mask::apply_mask;
+use crate::message::{CloseFrame, Message, Utf8Bytes};
+use crate::outbuf::OutBuf;
+use crate::utf8::Utf8Validator;
+
+/// Which end of the connection we are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// We opened the connection: our frames are masked, the peer's must not be.
+    Client,
+    /// We accepted the connection: the peer's frames must be masked, ours are not.
+    Server,
+}
+
+/// The connection's state, named as the browser's `readyState`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    /// The opening handshake is in progress (used by drivers; a [`Connection`] starts `Open`).
+    Connecting,
+    /// Messages flow both ways.
+    Open,
+    /// We sent a close frame and wait for the peer's.
+    Closing,
+    /// The closing handshake is over, or the connection failed. Nothing more is read or sent
+    /// beyond what is already pending.
+    Closed,
+}
+
+/// Limits and timers. Every field has a safe default; see each field for the trade-off.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// The largest frame payload accepted. Default 16 MiB. A frame declaring more is refused with
+    /// 1009 as soon as its header arrives; the driver's read buffer can grow to this size.
+    pub max_frame_size: usize,
+    /// The largest message accepted, summed over its fragments. Default 64 MiB. A message growing
+    /// past it is refused with 1009 before its bytes are buffered.
+    pub max_message_size: usize,
+    /// The most frames one message may have. Default 131,072 (a 4 MiB message in 64-byte frames
+    /// takes 65,536). Bounds the CPU a peer can make us spend on tiny frames.
+    pub max_fragments: usize,
+    /// Send a ping after this long without receiving anything. Default `None` (off).
+    pub keepalive_interval: Option<Duration>,
+    /// After a keepalive ping, how long to wait for any frame before failing. Default 20 s.
+    pub keepalive_timeout: Duration,
+    /// Close with 1001 after this long without receiving anything. Default `None` (off).
+    pub idle_timeout: Option<Duration>,
+    /// After sending a close frame, how long to wait for the peer's before giving up. Default 5 s.
+    pub close_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_frame_size: 16 << 20,
+            max_message_size: 64 << 20,
+            max_fragments: 1 << 17,
+            keepalive_interval: None,
+            keepalive_timeout: Duration::from_secs(20),
+            idle_timeout: None,
+            close_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Where a client connection gets the 4-byte masking key of each frame it sends. RFC 6455
+/// §10.3 requires keys that the peer cannot predict: use a cryptographically secure RNG.
+pub trait MaskKeySource: Send {
+    /// The next masking key.
+    fn next_key(&mut self) -> [u8; 4];
+}
+
+impl<F: FnMut() -> [u8; 4] + Send> MaskKeySource for F {
+    fn next_key(&mut self) -> [u8; 4] {
+        self()
+    }
+}
+
+/// The frame whose header has been parsed and whose payload is still arriving.
+#[derive(Debug)]
+struct PartialFrame {
+    header: FrameHeader,
+    len: usize,
+    /// Payload bytes at the front of the read buffer that are already unmasked and validated.
+    done: usize,
+    /// Whether this frame's payload is text to validate as it arrives.
+    text: bool,
+}
+
+/// A fragmented message being assembled.
+#[derive(Debug)]
+struct PartialMessage {
+    text: bool,
+    data: BytesMut,
+    fragments: usize,
+}
+
+/// The WebSocket connection state machine for one role. See the [module docs](self).
+pub struct Connection {
+    role: Role,
+    config: Config,
+    state: State,
+    out: OutBuf,
+    mask_keys: Option<Box<dyn MaskKeySource>>,
+    frame: Option<PartialFrame>,
+    message: Option<PartialMessage>,
+    /// Length of the message in progress, counting a frame still arriving.
+    utf8: Utf8Validator,
+    /// A fragmented message we are sending: `Some(is_text)`.
+    sending_fragmented: bool,
+    close_sent: bool,
+    close_received: Option<Option<CloseFrame>>,
+    last_received: Instant,
+    ping_deadline: Option<Instant>,
+    close_deadline: Option<Instant>,
+    pings_sent: u64,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("role", &self.role)
+            .field("state", &self.state)
+            .field("pending_output", &self.out.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    /// A server-side connection, open, as of `now`.
+    pub fn server(config: Config, now: Instant) -> Self {
+        Self::new(Role::Server, config, now, None)
+    }
+
+    /// A client-side connection, open, as of `now`, masking with keys from `mask_keys`.
+    pub fn client(config: Config, now: Instant, mask_keys: impl MaskKeySource + 'static) -> Self {
+        Self::new(Role::Client, config, now, Some(Box::new(mask_keys)))
+    }
+
+    fn new(role: Role, config: Config, now: Instant, mask_keys: Option<Box<dyn MaskKeySource>>) -> Self {
+        Self {
+            role,
+            config,
+            state: State::Open,
+            out: OutBuf::default(),
+            mask_keys,
+            frame: None,
+            message: None,
+            utf8: Utf8Validator::new(),
+            sending_fragmented: false,
+            close_sent: false,
+            close_received: None,
+            last_received: now,
+            ping_deadline: None,
+            close_deadline: None,
+            pings_sent: 0,
+        }
+    }
+
+    /// Our role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Whether we have sent a close frame (queued it, at least).
+    pub fn close_sent(&self) -> bool {
+        self.close_sent
+    }
+
+    /// The peer's close frame, once it arrived: `Some(None)` for a close without a status code.
+    pub fn close_received(&self) -> Option<&Option<CloseFrame>> {
+        self.close_received.as_ref()
+    }
+
+    /// Whether both close frames were exchanged: the closing handshake completed cleanly.
+    pub fn is_closed_cleanly(&self) -> bool {
+        self.close_sent && self.close_received.is_some()
+    }
+
+    /// Bytes to write to the transport. Write them with `Buf` methods; they are consumed as they
+    /// are advanced over.
+    pub fn output(&mut self) -> &mut OutBuf {
+        &mut self.out
+    }
+
+    /// Bytes produced and not yet written (the browser's `bufferedAmount` counts these).
+    pub fn pending_output(&self) -> usize {
+        self.out.len()
+    }
+
+    // ---------------------------------------------------------------- receiving
+
+    /// Parses frames from the front of `buf` until one completes an event, and returns it.
+    ///
+    /// Returns `Ok(None)` when `buf` holds no complete event (read more and call again). The
+    /// parsed bytes are removed from `buf`; bytes of a frame that has only partly arrived are
+    /// unmasked in place and left at its front. Pings are answered automatically (the pong is
+    /// queued in [`output`](Self::output)) and are also returned. A peer's close frame is
+    /// returned as [`Message::Close`] after its echo is queued.
+    ///
+    /// On a protocol violation or an exceeded limit, a close frame with the matching code is
+    /// queued, the state becomes [`State::Closed`] and the error is returned; once closed, this
+    /// discards whatever it is given and returns `Ok(None)`.
+    pub fn read_event(&mut self, buf: &mut BytesMut, now: Instant) -> Result<Option<Message>, Error> {
+        if self.state == State::Closed {
+            buf.clear();
+            return Ok(None);
+        }
+        match self.read_event_inner(buf, now) {
+            Ok(ev) => Ok(ev),
+            Err(err) => {
+                buf.clear();
+                self.fail(&err);
+                Err(err)
+            }
+        }
+    }
+
+    fn read_event_inner(&mut self, buf: &mut BytesMut, now: Instant) -> Result<Option<Message>, Error> {
+        loop {
+            if self.frame.is_none() {
+                let Some((header, header_len)) = FrameHeader::parse(buf)? else {
+                    return Ok(None);
+                };
+                self.note_received(now);
+                let frame = self.check_header(header)?;
+                let _ = buf.split_to(header_len);
+                self.frame = Some(frame);
+            }
+            let Some(frame) = self.frame.as_mut() else {
+                return Ok(None);
+            };
+            let available = buf.len().min(frame.len);
+            if available > frame.done {
+                self.last_received = now;
+                self.ping_deadline = None;
+                let new = &mut buf[frame.done..available];
+                if let Some(key) = frame.header.mask {
+                    apply_mask(new, key, frame.done);
+                }
+                if frame.text {
+                    self.utf8.feed(new).map_err(|_| ProtocolError::InvalidUtf8)?;
+                }
+                frame.done = available;
+            }
+            if frame.done < frame.len {
+                return Ok(None);
+            }
+            let header = frame.header;
+            let len = frame.len;
+            self.frame = None;
+            let payload = buf.split_to(len).freeze();
+            if let Some(event) = self.complete_frame(header, payload)? {
+                return Ok(Some(event));
+            }
+        }
+    }
+
+    fn note_received(&mut self, now: Instant) {
+        self.last_received = now;
+        self.ping_deadline = None;
+    }
+
+    /// Applies every rule that can be checked from a header alone, and the limits.
+    fn check_header(&mut self, h: FrameHeader) -> Result<PartialFrame, Error> {
+        if h.rsv1 || h.rsv2 || h.rsv3 {
+            return Err(ProtocolError::ReservedBits.into());
+        }
+        match (self.role, h.mask.is_some()) {
+            (Role::Server, false) => return Err(ProtocolError::UnmaskedFrame.into()),
+            (Role::Client, true) => return Err(ProtocolError::MaskedFrame.into()),
+            _ => {}
+        }
+        let mut text = false;
+        if h.opcode.is_control() {
+            if !h.fin {
+                return Err(ProtocolError::FragmentedControlFrame.into());
+            }
+            if h.payload_len > MAX_CONTROL_PAYLOAD as u64 {
+                return Err(ProtocolError::ControlFrameTooLong.into());
+            }
+        } else {
+            if h.payload_len > self.config.max_frame_size as u64 {
+                return Err(
+                    LimitError::FrameTooLarge { declared: h.payload_len, limit: self.config.max_frame_size }.into()
+                );
+            }
+            let so_far = match (&self.message, h.opcode) {
+                (None, OpCode::Continuation) => return Err(ProtocolError::UnexpectedContinuation.into()),
+                (Some(_), OpCode::Text | OpCode::Binary) => return Err(ProtocolError::ExpectedContinuation.into()),
+                (Some(m), _) => {
+                    if m.fragments >= self.config.max_fragments {
+                        return Err(LimitError::TooManyFragments { limit: self.config.max_fragments }.into());
+                    }
+                    text = m.text;
+                    m.data.len() as u64
+                }
+                (None, op) => {
+                    text = op == OpCode::Text;
+                    0
+                }
+            };
+            if so_far + h.payload_len > self.config.max_message_size as u64 {
+                return Err(LimitError::MessageTooLarge { limit: self.config.max_message_size }.into());
+            }
+        }
+        // Both limits above are usize, so the length fits.
+        let len = usize::try_from(h.payload_len)
+            .map_err(|_| LimitError::FrameTooLarge { declared: h.payload_len, limit: self.config.max_frame_size })?;
+        Ok(PartialFrame { header: h, len, done: 0, text })
+    }
+
+    fn complete_frame(&mut self, h: FrameHeader, payload: Bytes) -> Result<Option<Message>, Error> {
+        match h.opcode {
+            OpCode::Ping => {
+                if self.state == State::Open {
+                    self.write_frame(OpCode::Pong, true, payload.clone());
+                }
+                Ok(Some(Message::Ping(payload)))
+            }
+            OpCode::Pong => Ok(Some(Message::Pong(payload))),
+            OpCode::Close => self.receive_close(payload).map(Some),
+            OpCode::Text | OpCode::Binary if h.fin => {
+                if h.opcode == OpCode::Text {
+                    self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
+                    Ok(Some(Message::Text(Utf8Bytes::from_bytes_unchecked(payload))))
+                } else {
+                    Ok(Some(Message::Binary(payload)))
+                }
+            }
+            OpCode::Text | OpCode::Binary => {
+                let mut data = BytesMut::new();
+                data.extend_from_slice(&payload);
+                self.message = Some(PartialMessage { text: h.opcode == OpCode::Text, data, fragments: 1 });
+                Ok(None)
+            }
+            OpCode::Continuation => {
+                let Some(m) = self.message.as_mut() else {
+                    return Err(ProtocolError::UnexpectedContinuation.into());
+                };
+                m.data.extend_from_slice(&payload);
+                m.fragments += 1;
+                if !h.fin {
+                    return Ok(None);
+                }
+                let Some(m) = self.message.take() else {
+                    return Err(ProtocolError::UnexpectedContinuation.into());
+                };
+                let data = m.data.freeze();
+                if m.text {
+                    self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
+                    Ok(Some(Message::Text(Utf8Bytes::from_bytes_unchecked(data))))
+                } else {
+                    Ok(Some(Message::Binary(data)))
+                }
+            }
+        }
+    }
+
+    fn receive_close(&mut self, payload: Bytes) -> Result<Message, Error> {
+        let frame = match payload.len() {
+            0 => None,
+            1 => return Err(ProtocolError::InvalidClosePayload.into()),
+            _ => {
+                let code = CloseCode(u16::from_be_bytes([payload[0], payload[1]]));
+                if !code.is_valid_on_wire() {
+                    return Err(ProtocolError::InvalidCloseCode(code.0).into());
+                }
+                let reason = Utf8Bytes::try_from_bytes(payload.slice(2..)).map_err(|_| ProtocolError::InvalidUtf8)?;
+                Some(CloseFrame { code, reason })
+            }
+        };
+        if !self.close_sent {
+            let code = frame.as_ref().map(|f| f.code);
+            self.write_close(code, "");
+        }
+        self.close_received = Some(frame.clone());
+        self.state = State::Closed;
+        self.close_deadline = None;
+        self.frame = None;
+        self.message = None;
+        Ok(Message::Close(frame))
+    }
+
+    /// Fails the connection: queue a close frame naming the fault (unless one was sent), close.
+    fn fail(&mut self, err: &Error) {
+        if let Some(code) = err.close_code() {
+            if !self.close_sent {
+                let reason = err.to_string();
+                self.write_close(Some(code), truncate_utf8(&reason, 123));
+            }
+        }
+        self.state = State::Closed;
+        self.frame = None;
+        self.message = None;
+        self.ping_deadline = None;
+        self.close_deadline = None;
+    }
+
+    // ---------------------------------------------------------------- sending
+
+    /// Queues a message. Text and binary messages go out as one frame; pings and pongs carry at
+    /// most 125 bytes; [`Message::Close`] is the same as [`close`](Self::close) without a clock
+    /// (the close timeout then starts at the next [`handle_timeout`](Self::handle_timeout)).
+    ///
+    /// Errors with [`UsageError`] (and changes nothing) when the state forbids it.
+    pub fn send(&mut self, message: Message) -> Result<(), Error> {
+        match message {
+            Message::Close(frame) => return self.send_close(frame, None),
+            _ if self.state != State::Open => return Err(UsageError::NotOpen(self.state).into()),
+            Message::Text(t) => {
+                self.check_not_fragmenting()?;
+                self.write_frame(OpCode::Text, true, t.into_bytes());
+            }
+            Message::Binary(b) => {
+                self.check_not_fragmenting()?;
+                self.write_frame(OpCode::Binary, true, b);
+            }
+            Message::Ping(p) => {
+                check_control(&p)?;
+                self.write_frame(OpCode::Ping, true, p);
+            }
+            Message::Pong(p) => {
+                check_control(&p)?;
+                self.write_frame(OpCode::Pong, true, p);
+            }
+        }
+        Ok(())
+    }
+
+    fn check_not_fragmenting(&self) -> Result<(), Error> {
+        if self.sending_fragmented {
+            return Err(UsageError::Fragmentation("a fragmented message is in progress").into());
+        }
+        Ok(())
+    }
+
+    /// Queues one frame of a fragmented message: the first call gives `text` (whether the
+    /// message is text), later ones continue it; `fin` ends it. Control messages may be sent
+    /// between fragments with [`send`](Self::send). The caller is responsible for the text being
+    /// valid UTF-8 once whole.
+    pub fn send_fragment(&mut self, text: bool, payload: Bytes, fin: bool) -> Result<(), Error> {
+        if self.state != State::Open {
+            return Err(UsageError::NotOpen(self.state).into());
+        }
+        let opcode = match (self.sending_fragmented, text) {
+            (true, _) => OpCode::Continuation,
+            (false, true) => OpCode::Text,
+            (false, false) => OpCode::Binary,
+        };
+        self.write_frame(opcode, fin, payload);
+        self.sending_fragmented = !fin;
+        Ok(())
+    }
+
+    /// Starts the closing handshake: queues a close frame and moves to [`State::Closing`]; the
+    /// peer then has [`Config::close_timeout`] from `now` to answer.
+    ///
+    /// `None` sends a close frame without a status code. A code must be
+    /// [valid on the wire](CloseCode::is_valid_on_wire) and the reason at most 123 bytes.
+    pub fn close(&mut self, frame: Option<CloseFrame>, now: Instant) -> Result<(), Error> {
+        self.send_close(frame, Some(now))
+    }
+
+    fn send_close(&mut self, frame: Option<CloseFrame>, now: Option<Instant>) -> Result<(), Error> {
+        if self.close_sent {
+            return Err(UsageError::AlreadyClosing.into());
+        }
+        if self.state != State::Open {
+            return Err(UsageError::NotOpen(self.state).into());
+        }
+        if let Some(f) = &frame {
+            if !f.code.is_valid_on_wire() {
+                return Err(UsageError::InvalidCloseCode(f.code.0).into());
+            }
+            if f.reason.len() > 123 {
+                return Err(UsageError::CloseReasonTooLong.into());
+            }
+        }
+        match &frame {
+            Some(f) => self.write_close(Some(f.code), f.reason.as_str()),
+            None => self.write_close(None, ""),
+        }
+        self.state = State::Closing;
+        self.close_deadline = now.map(|now| now + self.config.close_timeout);
+        Ok(())
+    }
+
+    fn write_close(&mut self, code: Option<CloseCode>, reason: &str) {
+        let mut payload = BytesMut::with_capacity(2 + reason.len());
+        if let Some(code) = code {
+            payload.extend_from_slice(&code.0.to_be_bytes());
+            payload.extend_from_slice(reason.as_bytes());
+        }
+        self.write_frame(OpCode::Close, true, payload.freeze());
+        self.close_sent = true;
+    }
+
+    /// Encodes one frame into the output: small payloads (and every client payload, which must
+    /// be masked) are copied next to their header; large server payloads are queued as-is.
+    fn write_frame(&mut self, opcode: OpCode, fin: bool, payload: Bytes) {
+        let mask = self.mask_keys.as_mut().map(|k| k.next_key());
+        let mut header = FrameHeader::new(opcode, payload.len() as u64, mask);
+        header.fin = fin;
+        let mut head = [0u8; MAX_HEADER_LEN];
+        let head_len = header.encode(&mut head);
+        let zero_copy = mask.is_none() && payload.len() >= OutBuf::ZERO_COPY_THRESHOLD;
+        let tail = self.out.tail_mut();
+        tail.extend_from_slice(&head[..head_len]);
+        if zero_copy {
+            self.out.commit(head_len);
+            self.out.push_chunk(payload);
+            return;
+        }
+        let start = tail.len();
+        tail.extend_from_slice(&payload);
+        if let Some(key) = mask {
+            apply_mask(&mut tail[start..], key, 0);
+        }
+        self.out.commit(head_len + payload.len());
+    }
+
+    // ---------------------------------------------------------------- time
+
+    /// The next instant at which [`handle_timeout`](Self::handle_timeout) has work to do, if any.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.state == State::Closed {
+            return None;
+        }
+        let keepalive = match (self.ping_deadline, self.config.keepalive_interval) {
+            (Some(deadline), _) => Some(deadline),
+            (None, Some(interval)) if self.state == State::Open => Some(self.last_received + interval),
+            _ => None,
+        };
+        let idle = self.config.idle_timeout.map(|t| self.last_received + t);
+        [keepalive, idle, self.close_deadline].into_iter().flatten().min()
+    }
+
+    /// Runs the timers that are due at `now`: sends a keepalive ping, fails a connection whose
+    /// keepalive went unanswered or that stayed idle, gives up on a close handshake the peer
+    /// never finished. Returns the [`TimeoutError`] that closed the connection, if one did.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), Error> {
+        if self.state == State::Closed {
+            return Ok(());
+        }
+        if self.close_sent && self.close_deadline.is_none() {
+            self.close_deadline = Some(now + self.config.close_timeout);
+        }
+        let err = if self.close_deadline.is_some_and(|d| now >= d) {
+            Some(TimeoutError::Close)
+        } else if self.config.idle_timeout.is_some_and(|t| now >= self.last_received + t) {
+            Some(TimeoutError::Idle)
+        } else if self.ping_deadline.is_some_and(|d| now >= d) {
+            Some(TimeoutError::Keepalive)
+        } else {
+            None
+        };
+        if let Some(err) = err {
+            let err = Error::Timeout(err);
+            self.fail(&err);
+            return Err(err);
+        }
+        if let Some(interval) = self.config.keepalive_interval {
+            if self.state == State::Open && self.ping_deadline.is_none() && now >= self.last_received + interval {
+                self.pings_sent += 1;
+                let payload = Bytes::copy_from_slice(&self.pings_sent.to_be_bytes());
+                self.write_frame(OpCode::Ping, true, payload);
+                self.ping_deadline = Some(now + self.config.keepalive_timeout);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_control(payload: &[u8]) -> Result<(), Error> {
+    if payload.len() > MAX_CONTROL_PAYLOAD {
+        return Err(UsageError::ControlFrameTooLong.into());
+    }
+    Ok(())
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

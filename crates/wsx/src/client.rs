@@ -1,0 +1,171 @@
+//! The client role: [`connect`] and [`ClientBuilder`].
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use http::{HeaderMap, HeaderName, HeaderValue, Response, Uri};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use wsx_proto::handshake::{ClientHandshake, ClientRequestConfig, HandshakeError, HandshakeLimits};
+use wsx_proto::Connection;
+
+use crate::io::now;
+use crate::rng::{handshake_key, OsRandom};
+use crate::{Error, WebSocket, WebSocketConfig};
+
+/// Connects to a `ws://` URL with default settings.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), wsx::Error> {
+/// let (mut ws, _response) = wsx::connect("ws://127.0.0.1:9001/echo").await?;
+/// ws.send_text("hello").await?;
+/// if let Some(reply) = ws.recv().await {
+///     println!("{:?}", reply?);
+/// }
+/// ws.close(wsx::CloseCode::NORMAL, "bye").await?;
+/// # Ok(()) }
+/// ```
+///
+/// **Cancel safety**: cancelling drops the half-open connection.
+pub async fn connect(url: &str) -> Result<(WebSocket<TcpStream>, Response<()>), Error> {
+    ClientBuilder::new(url).connect().await
+}
+
+/// Configures and opens a client connection.
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    url: String,
+    request: ClientRequestConfig,
+    config: WebSocketConfig,
+    limits: HandshakeLimits,
+    handshake_timeout: Duration,
+}
+
+impl ClientBuilder {
+    /// A builder for `url` (`ws://host[:port]/path?query`).
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            request: ClientRequestConfig::default(),
+            config: WebSocketConfig::default(),
+            limits: HandshakeLimits::default(),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Adds a header to the upgrade request. Invalid names or values are ignored with a warning.
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        match (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+            (Ok(n), Ok(v)) => {
+                self.request.headers.append(n, v);
+            }
+            _ => tracing::warn!(name, "ignoring invalid header"),
+        }
+        self
+    }
+
+    /// Replaces all extra headers.
+    pub fn headers(mut self, headers: HeaderMap) -> Self {
+        self.request.headers = headers;
+        self
+    }
+
+    /// Sends an `Origin` header.
+    pub fn origin(mut self, origin: impl Into<String>) -> Self {
+        self.request.origin = Some(origin.into());
+        self
+    }
+
+    /// Offers a subprotocol (call again for more, in order of preference).
+    pub fn protocol(mut self, protocol: impl Into<String>) -> Self {
+        self.request.protocols.push(protocol.into());
+        self
+    }
+
+    /// Sets the limits and timers of the connection.
+    pub fn config(mut self, config: WebSocketConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Sets the protocol core's limits and timers (a shortcut into [`WebSocketConfig::proto`]).
+    pub fn proto_config(mut self, proto: wsx_proto::Config) -> Self {
+        self.config.proto = proto;
+        self
+    }
+
+    /// Bounds on the server's response head. Default: 16 KiB, 64 headers.
+    pub fn handshake_limits(mut self, limits: HandshakeLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// How long TCP connect plus the opening handshake may take. Default 10 s.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Opens the TCP connection and runs the opening handshake.
+    ///
+    /// **Cancel safety**: cancelling drops the half-open connection.
+    pub async fn connect(self) -> Result<(WebSocket<TcpStream>, Response<()>), Error> {
+        let uri = parse_url(&self.url)?;
+        if uri.scheme_str() == Some("wss") {
+            return Err(Error::InvalidUrl("wss:// (TLS) is not supported yet".into()));
+        }
+        let host = uri.host().ok_or_else(|| Error::InvalidUrl(format!("no host in {}", self.url)))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let port = uri.port_u16().unwrap_or(80);
+        let timeout = self.handshake_timeout;
+        let fut = async move {
+            let stream = TcpStream::connect((host.as_str(), port)).await?;
+            stream.set_nodelay(true)?;
+            self.handshake_on(stream, &uri).await
+        };
+        tokio::time::timeout(timeout, fut).await.map_err(|_| Error::HandshakeTimeout(timeout))?
+    }
+
+    /// Runs the opening handshake for `url` over a stream that is already connected (a TLS
+    /// stream, a proxy tunnel, an in-memory pipe). The handshake timeout applies.
+    ///
+    /// **Cancel safety**: cancelling leaves the stream mid-handshake; drop it.
+    pub async fn connect_on<S: AsyncRead + AsyncWrite + Unpin>(
+        self,
+        stream: S,
+    ) -> Result<(WebSocket<S>, Response<()>), Error> {
+        let uri = parse_url(&self.url)?;
+        let timeout = self.handshake_timeout;
+        tokio::time::timeout(timeout, self.handshake_on(stream, &uri))
+            .await
+            .map_err(|_| Error::HandshakeTimeout(timeout))?
+    }
+
+    async fn handshake_on<S: AsyncRead + AsyncWrite + Unpin>(
+        self,
+        mut stream: S,
+        uri: &Uri,
+    ) -> Result<(WebSocket<S>, Response<()>), Error> {
+        let mut hs = ClientHandshake::new(uri, self.request, handshake_key())?;
+        let mut buf = BytesMut::with_capacity(512);
+        hs.write_request(&mut buf);
+        stream.write_all(&buf).await?;
+        stream.flush().await?;
+        buf.clear();
+        let outcome = loop {
+            if let Some(outcome) = hs.receive(&mut buf, &self.limits)? {
+                break outcome;
+            }
+            if stream.read_buf(&mut buf).await? == 0 {
+                return Err(HandshakeError::Malformed("connection closed during the handshake".into()).into());
+            }
+        };
+        let conn = Connection::client(self.config.proto.clone(), now(), OsRandom::new());
+        let ws = WebSocket::from_parts(stream, conn, buf, &self.config, outcome.protocol);
+        Ok((ws, outcome.response))
+    }
+}
+
+fn parse_url(url: &str) -> Result<Uri, Error> {
+    url.parse::<Uri>().map_err(|e| Error::InvalidUrl(format!("{url}: {e}")))
+}

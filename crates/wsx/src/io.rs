@@ -1,0 +1,245 @@
+//! The poll loops shared by [`WebSocket`](crate::WebSocket) and its split halves: read into the
+//! buffer, run the connection, write its output, arm its timer. All protocol decisions are made
+//! by [`wsx_proto::Connection`]; this module only moves bytes and time.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Sleep;
+use wsx_proto::{Connection, Message, Role, State};
+
+use crate::Error;
+
+/// How much room a read gets. Small frames arrive many to a read; large frames grow the buffer
+/// as their bytes arrive, never from the declared length.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// The transport seen by the poll loops: the whole stream, or the two halves of a split one.
+pub(crate) trait Transport {
+    fn poll_read_some(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>>;
+    fn poll_write_out(&mut self, cx: &mut Context<'_>, out: &mut wsx_proto::OutBuf) -> Poll<io::Result<usize>>;
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+pub(crate) fn poll_read_some<R: AsyncRead + Unpin>(
+    r: &mut R,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+        buf.reserve(READ_CHUNK);
+    }
+    tokio_util::io::poll_read_buf(Pin::new(r), cx, buf)
+}
+
+/// Writes some of `out`: a vectored write when the transport supports it (so large payloads
+/// queued as their own chunks leave without a copy), otherwise the first chunk.
+pub(crate) fn poll_write_out<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    cx: &mut Context<'_>,
+    out: &mut wsx_proto::OutBuf,
+) -> Poll<io::Result<usize>> {
+    let n = std::task::ready!(tokio_util::io::poll_write_buf(Pin::new(w), cx, out))?;
+    if n == 0 {
+        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+    }
+    Poll::Ready(Ok(n))
+}
+
+/// An unsplit stream.
+pub(crate) struct Whole<'a, S>(pub &'a mut S);
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Transport for Whole<'_, S> {
+    fn poll_read_some(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
+        poll_read_some(self.0, cx, buf)
+    }
+    fn poll_write_out(&mut self, cx: &mut Context<'_>, out: &mut wsx_proto::OutBuf) -> Poll<io::Result<usize>> {
+        poll_write_out(self.0, cx, out)
+    }
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0).poll_shutdown(cx)
+    }
+}
+
+/// Writes all pending output and flushes the transport.
+pub(crate) fn poll_flush_all(
+    cx: &mut Context<'_>,
+    conn: &mut Connection,
+    io: &mut impl Transport,
+) -> Poll<io::Result<()>> {
+    while !conn.output().is_empty() {
+        std::task::ready!(io.poll_write_out(cx, conn.output()))?;
+    }
+    io.poll_flush(cx)
+}
+
+/// Read-side state: the read buffer and everything `recv` must remember between polls (which is
+/// what makes `recv` cancel-safe).
+#[derive(Default)]
+pub(crate) struct ReadState {
+    pub(crate) buf: BytesMut,
+    /// An event to hand out once our pending output (the close echo) has been written.
+    stash: Option<Message>,
+    /// An error already reported, with the connection failing; the next polls wind down.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// When a closed connection stops waiting for the peer to close the transport.
+    close_wait_until: Option<Instant>,
+    done: bool,
+}
+
+impl ReadState {
+    pub(crate) fn with_buffer(buf: BytesMut) -> Self {
+        Self { buf, ..Self::default() }
+    }
+
+    /// Whether the read buffer already holds a whole frame, so the next `recv` needs no read.
+    pub(crate) fn has_buffered_frame(&self) -> bool {
+        match wsx_proto::FrameHeader::parse(&self.buf) {
+            Ok(Some((h, n))) => (self.buf.len() - n) as u64 >= h.payload_len,
+            Ok(None) => false,
+            Err(_) => true,
+        }
+    }
+
+    /// Arms the timer for `deadline`; returns true if it has already fired.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>, deadline: Instant) -> bool {
+        let deadline = tokio::time::Instant::from_std(deadline);
+        let timer = match &mut self.timer {
+            Some(t) => {
+                if t.deadline() != deadline {
+                    t.as_mut().reset(deadline);
+                }
+                t
+            }
+            None => self.timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        timer.as_mut().poll(cx).is_ready()
+    }
+}
+
+pub(crate) fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// Receives the next message. See [`WebSocket::recv`](crate::WebSocket::recv).
+pub(crate) fn poll_recv(
+    cx: &mut Context<'_>,
+    conn: &mut Connection,
+    io: &mut impl Transport,
+    st: &mut ReadState,
+) -> Poll<Option<Result<Message, Error>>> {
+    loop {
+        if st.done {
+            return Poll::Ready(None);
+        }
+        if let Some(ev) = st.stash.take() {
+            // Hand out the peer's close only once our echo is on its way.
+            match poll_flush_all(cx, conn, io) {
+                Poll::Pending => {
+                    st.stash = Some(ev);
+                    return Poll::Pending;
+                }
+                Poll::Ready(_) => return Poll::Ready(Some(Ok(ev))),
+            }
+        }
+        if conn.state() == State::Closed {
+            return poll_wind_down(cx, conn, io, st).map(|()| None);
+        }
+        let now = now();
+        match conn.read_event(&mut st.buf, now) {
+            Ok(Some(ev @ Message::Close(_))) => {
+                st.stash = Some(ev);
+                continue;
+            }
+            Ok(Some(ev)) => {
+                if !conn.output().is_empty() {
+                    // A pong: send it now if the socket takes it; otherwise it leaves with the
+                    // next write.
+                    let _ = poll_flush_all(cx, conn, io);
+                }
+                return Poll::Ready(Some(Ok(ev)));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                // The close frame naming the fault is queued; try to send it, then report.
+                let _ = poll_flush_all(cx, conn, io);
+                return Poll::Ready(Some(Err(e.into())));
+            }
+        }
+        if let Some(deadline) = conn.poll_timeout() {
+            if deadline <= now {
+                if let Err(e) = conn.handle_timeout(now) {
+                    let _ = poll_flush_all(cx, conn, io);
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                continue;
+            }
+        }
+        // Everything produced while handling the last read leaves now, in one write.
+        if let Poll::Ready(Err(e)) = poll_flush_all(cx, conn, io) {
+            st.done = true;
+            return Poll::Ready(Some(Err(e.into())));
+        }
+        match io.poll_read_some(cx, &mut st.buf) {
+            Poll::Ready(Ok(0)) => {
+                st.done = true;
+                return Poll::Ready(Some(Err(Error::AbnormalClosure)));
+            }
+            Poll::Ready(Ok(_)) => continue,
+            Poll::Ready(Err(e)) => {
+                st.done = true;
+                return Poll::Ready(Some(Err(e.into())));
+            }
+            Poll::Pending => {
+                if let Some(deadline) = conn.poll_timeout() {
+                    if st.poll_deadline(cx, deadline) {
+                        continue;
+                    }
+                }
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+/// Ends a closed connection's transport: write what is pending, then close TCP. The server
+/// closes first (RFC 6455 §7.1.1); a client that completed the closing handshake waits for the
+/// server to do so, up to the close timeout.
+fn poll_wind_down(
+    cx: &mut Context<'_>,
+    conn: &mut Connection,
+    io: &mut impl Transport,
+    st: &mut ReadState,
+) -> Poll<()> {
+    let until = *st.close_wait_until.get_or_insert_with(|| now() + conn.config().close_timeout);
+    let expired = st.poll_deadline(cx, until);
+    if !expired && poll_flush_all(cx, conn, io).is_pending() {
+        return Poll::Pending;
+    }
+    if conn.role() == Role::Client && conn.is_closed_cleanly() && !expired {
+        loop {
+            st.buf.clear();
+            match io.poll_read_some(cx, &mut st.buf) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => break,
+                Poll::Ready(Ok(_)) => continue,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+    if !expired && io.poll_shutdown(cx).is_pending() {
+        return Poll::Pending;
+    }
+    st.done = true;
+    st.buf = BytesMut::new();
+    st.timer = None;
+    Poll::Ready(())
+}

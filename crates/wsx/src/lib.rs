@@ -1,0 +1,50 @@
+//! # wsx: WebSocket client and server for tokio
+//!
+//! A thin driver over the sans-I/O core [`wsx_proto`]: it owns the socket, the buffers and the
+//! timers, and leaves every protocol decision to [`wsx_proto::Connection`].
+//!
+//! ```text
+//!  TcpStream ─► read buffer ─► Connection::read_event ─► WebSocket::recv ─► your code
+//!  your code ─► WebSocket::send ─► Connection (encode) ─► output buffer ─► one write
+//! ```
+//!
+//! # Quick start
+//!
+//! A client:
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), wsx::Error> {
+//! let (mut ws, _) = wsx::connect("ws://127.0.0.1:9001/").await?;
+//! ws.send_text("hello").await?;
+//! while let Some(msg) = ws.recv().await {
+//!     println!("got {:?}", msg?);
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! An echo server: see [`accept`].
+//!
+//! Payloads are handed out as [`bytes::Bytes`] slices of the read buffer (no copy for messages
+//! in one frame); replies produced while a batch of received messages is handled leave in one
+//! write; pings and the closing handshake are answered for you.
+#![deny(missing_docs)]
+
+mod client;
+mod error;
+mod io;
+mod rng;
+mod server;
+mod split;
+mod websocket;
+
+pub use client::{connect, ClientBuilder};
+pub use error::Error;
+pub use server::{accept, accept_with, Accept, Incoming, ServerConfig};
+pub use split::{WsReader, WsWriter};
+pub use websocket::{WebSocket, WebSocketConfig};
+
+pub use bytes::Bytes;
+/// The sans-I/O protocol core this crate drives.
+pub use wsx_proto as proto;
+pub use wsx_proto::handshake::{HandshakeError, HandshakeLimits, Rejection, UpgradeRequest};
+pub use wsx_proto::{CloseCode, CloseFrame, Message, State, Utf8Bytes};

@@ -1,0 +1,194 @@
+//! The server role: [`accept`], [`accept_with`], and [`Incoming`] for full control over the
+//! request (plain HTTP answers, routing, refusals).
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use http::{HeaderMap, Request, StatusCode};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use wsx_proto::handshake::{self, HandshakeError, HandshakeLimits, Rejection, UpgradeRequest};
+use wsx_proto::Connection;
+
+use crate::io::now;
+use crate::{Error, WebSocket, WebSocketConfig};
+
+/// Server settings: connection limits and timers, handshake limits and timeout.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// Limits and timers of each connection.
+    pub websocket: WebSocketConfig,
+    /// Bounds on the request head. Default 16 KiB, 64 headers; beyond them we answer 431.
+    pub limits: HandshakeLimits,
+    /// How long a client has to send its whole request head. Default 10 s.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            websocket: WebSocketConfig::default(),
+            limits: HandshakeLimits::default(),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the application decided about an upgrade request.
+#[derive(Debug, Clone, Default)]
+pub struct Accept {
+    /// The subprotocol to select; it must be one the client offered (else the handshake is
+    /// refused with 500, since answering with another would break the client).
+    pub protocol: Option<String>,
+    /// Extra response headers.
+    pub headers: HeaderMap,
+}
+
+/// Accepts a WebSocket connection on `stream` with default settings, refusing bad requests with
+/// the right HTTP status (400, 426, 431).
+///
+/// ```no_run
+/// # async fn run() -> Result<(), wsx::Error> {
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:9001").await?;
+/// loop {
+///     let (tcp, _) = listener.accept().await?;
+///     tokio::spawn(async move {
+///         let mut ws = wsx::accept(tcp).await?;
+///         while let Some(msg) = ws.recv().await {
+///             let msg = msg?;
+///             if msg.is_data() {
+///                 ws.send(msg).await?;
+///             }
+///         }
+///         Ok::<_, wsx::Error>(())
+///     });
+/// }
+/// # }
+/// ```
+///
+/// **Cancel safety**: cancelling drops the half-open connection.
+pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(stream: S) -> Result<WebSocket<S>, Error> {
+    accept_with(stream, &ServerConfig::default(), |_, _| Ok(Accept::default())).await
+}
+
+/// Accepts a connection after `decide` has seen the request (path, headers, `Origin`) and the
+/// parsed upgrade (offered subprotocols): it returns an [`Accept`] or a [`Rejection`] (for
+/// example 403 for a refused Origin), which is sent as the HTTP answer.
+///
+/// **Cancel safety**: cancelling drops the half-open connection.
+pub async fn accept_with<S, F>(stream: S, config: &ServerConfig, decide: F) -> Result<WebSocket<S>, Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnOnce(&Request<()>, &UpgradeRequest) -> Result<Accept, Rejection>,
+{
+    let timeout = config.handshake_timeout;
+    let incoming = tokio::time::timeout(timeout, Incoming::read(stream, &config.limits))
+        .await
+        .map_err(|_| Error::HandshakeTimeout(timeout))??;
+    let upgrade = match handshake::check_request(incoming.request()) {
+        Ok(u) => u,
+        Err(rejection) => return Err(incoming.reject(rejection).await),
+    };
+    match decide(incoming.request(), &upgrade) {
+        Ok(accept) => incoming.accept(&upgrade, accept, &config.websocket).await,
+        Err(rejection) => Err(incoming.reject(rejection).await),
+    }
+}
+
+/// A request head read from a stream, before we decide how to answer it.
+#[derive(Debug)]
+pub struct Incoming<S> {
+    stream: S,
+    request: Request<()>,
+    leftover: BytesMut,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Incoming<S> {
+    /// Reads one HTTP request head from `stream`. A head over the limits or malformed is answered
+    /// (431 or 400, with a short body) and reported as [`Error::Handshake`]; a stream that closes
+    /// first is [`Error::Handshake`] too. Apply your own timeout.
+    ///
+    /// **Cancel safety**: not cancel-safe (bytes read so far are lost).
+    pub async fn read(mut stream: S, limits: &HandshakeLimits) -> Result<Self, Error> {
+        let mut buf = BytesMut::with_capacity(1024);
+        loop {
+            match handshake::read_request(&mut buf, limits) {
+                Ok(Some(request)) => return Ok(Self { stream, request, leftover: buf }),
+                Ok(None) => {}
+                Err(e) => {
+                    if let Some(rejection) = e.to_rejection() {
+                        let _ = write_rejection(&mut stream, &rejection).await;
+                    }
+                    return Err(e.into());
+                }
+            }
+            if stream.read_buf(&mut buf).await? == 0 {
+                return Err(HandshakeError::Malformed("connection closed before the request head ended".into()).into());
+            }
+        }
+    }
+
+    /// The request (method, target, headers).
+    pub fn request(&self) -> &Request<()> {
+        &self.request
+    }
+
+    /// Whether the request asks for a WebSocket upgrade (has `Upgrade: websocket`).
+    pub fn is_upgrade(&self) -> bool {
+        self.request
+            .headers()
+            .get_all(http::header::UPGRADE)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("websocket"))))
+    }
+
+    /// Completes the upgrade: writes the 101 response and returns the open connection.
+    ///
+    /// **Cancel safety**: cancelling drops the half-open connection.
+    pub async fn accept(
+        mut self,
+        upgrade: &UpgradeRequest,
+        accept: Accept,
+        config: &WebSocketConfig,
+    ) -> Result<WebSocket<S>, Error> {
+        if let Some(p) = &accept.protocol {
+            if !upgrade.protocols.iter().any(|o| o == p) {
+                let rejection = Rejection::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server selected a subprotocol the client did not offer",
+                );
+                return Err(self.reject(rejection).await);
+            }
+        }
+        let response = handshake::accept_response(upgrade, accept.protocol.as_deref(), None, &accept.headers);
+        let mut out = BytesMut::with_capacity(256);
+        handshake::write_response(&response, &mut out);
+        self.stream.write_all(&out).await?;
+        self.stream.flush().await?;
+        let conn = Connection::server(config.proto.clone(), now());
+        Ok(WebSocket::from_parts(self.stream, conn, self.leftover, config, accept.protocol))
+    }
+
+    /// Answers with `rejection` and closes the stream; returns the error to report.
+    ///
+    /// **Cancel safety**: cancelling may cut the answer short.
+    pub async fn reject(mut self, rejection: Rejection) -> Error {
+        if let Err(e) = write_rejection(&mut self.stream, &rejection).await {
+            return e.into();
+        }
+        Error::Handshake(HandshakeError::Rejected(Box::new(rejection)))
+    }
+
+    /// The stream and any bytes read past the head, to answer a plain HTTP request yourself.
+    pub fn into_parts(self) -> (S, Request<()>, BytesMut) {
+        (self.stream, self.request, self.leftover)
+    }
+}
+
+async fn write_rejection<S: AsyncWrite + Unpin>(stream: &mut S, rejection: &Rejection) -> std::io::Result<()> {
+    let mut out = BytesMut::new();
+    rejection.write_to(&mut out);
+    stream.write_all(&out).await?;
+    stream.flush().await?;
+    stream.shutdown().await
+}

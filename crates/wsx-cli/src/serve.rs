@@ -15,7 +15,7 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: SocketAddr,
-    /// Echo every text and binary message back on every path.
+    /// Echo every text and binary message back on every path (the default).
     #[arg(long)]
     echo: bool,
     /// Settings for the Autobahn conformance suite: no keepalive pings, no idle timeout.
@@ -28,9 +28,8 @@ pub struct ServeArgs {
 
 /// Runs the server until Ctrl-C.
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    if !args.echo {
-        anyhow::bail!("only `wsx serve --echo` is available in this version");
-    }
+    // Echo is the only mode so far, and so the default; `--echo` names it explicitly.
+    let _ = args.echo;
     let listener = TcpListener::bind(args.addr).await.with_context(|| format!("cannot listen on {}", args.addr))?;
     let mut config = ServerConfig::default();
     if !args.conformance && args.ping_interval > 0 {

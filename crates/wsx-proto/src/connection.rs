@@ -361,7 +361,8 @@ impl Connection {
     fn complete_frame(&mut self, h: FrameHeader, payload: Bytes) -> Result<Option<Message>, Error> {
         match h.opcode {
             OpCode::Ping => {
-                if self.state == State::Open {
+                // §5.5.2: a pong is owed unless the peer's close was received (then we are Closed).
+                if self.state != State::Closed {
                     self.write_frame(OpCode::Pong, true, payload.clone());
                 }
                 Ok(Some(Message::Ping(payload)))
@@ -581,7 +582,13 @@ impl Connection {
             _ => None,
         };
         let idle = self.config.idle_timeout.map(|t| self.last_received + t);
-        [keepalive, idle, self.close_deadline].into_iter().flatten().min()
+        // A close sent without a clock (`send(Message::Close(..))`) has no deadline yet: ask to be
+        // called at once, and `handle_timeout` starts the close timeout from its `now`.
+        let close = match self.close_deadline {
+            None if self.close_sent => Some(self.last_received),
+            deadline => deadline,
+        };
+        [keepalive, idle, close].into_iter().flatten().min()
     }
 
     /// Runs the timers that are due at `now`: sends a keepalive ping, fails a connection whose

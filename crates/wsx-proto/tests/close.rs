@@ -151,10 +151,11 @@ fn data_arriving_while_closing_is_delivered() {
     );
     assert!(p.client.errors.is_empty());
     assert!(p.client.conn.is_closed_cleanly());
-    // The client sent no data after its close, and exactly one close frame.
-    let sent = p.client.frames_sent();
-    assert!(sent.iter().all(|f| f.header.opcode.is_control()), "{sent:?}");
-    assert_eq!(p.client.closes_sent().len(), 1);
+    // The client sent no data after its close, and exactly one close frame; it still answered
+    // the ping (RFC 6455 §5.5.2: a pong is owed unless a close was *received*).
+    let sent: Vec<(OpCode, Vec<u8>)> =
+        p.client.frames_sent().into_iter().map(|f| (f.header.opcode, f.payload)).collect();
+    assert_eq!(sent, [(OpCode::Close, close_payload(1000, b"done")), (OpCode::Pong, b"pi".to_vec())]);
 }
 
 #[test]
@@ -296,4 +297,141 @@ fn failure_is_not_a_clean_close_and_the_peer_sees_the_code() {
     assert_eq!(single_close_code(&p.client.wire), Some(1002));
     assert!(p.server.take_events().is_empty());
     assert_eq!(p.server.closes_sent().len(), 1);
+}
+
+mod invariants {
+    //! Whatever the two sides do, in any order, with any timing: at most one close frame per
+    //! side, no data frame after it, and states only move forward.
+
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use proptest::prelude::*;
+    use wsx_proto::frame::OpCode;
+    use wsx_proto::{CloseCode, CloseFrame, Config, Message, State};
+
+    use super::common::{Pair, Side};
+
+    #[derive(Debug, Clone)]
+    enum Action {
+        Send { client: bool, kind: u8 },
+        Close { client: bool, code: Option<u16>, via_send: bool },
+        DeliverToServer,
+        DeliverToClient,
+        Advance(u64),
+        Garbage,
+    }
+
+    fn action() -> impl Strategy<Value = Action> {
+        prop_oneof![
+            4 => (any::<bool>(), 0u8..6).prop_map(|(client, kind)| Action::Send { client, kind }),
+            1 => (any::<bool>(), prop_oneof![Just(None), Just(Some(1000u16)), Just(Some(4000)), Just(Some(1005))], any::<bool>())
+                .prop_map(|(client, code, via_send)| Action::Close { client, code, via_send }),
+            4 => Just(Action::DeliverToServer),
+            4 => Just(Action::DeliverToClient),
+            2 => (0u64..4000).prop_map(Action::Advance),
+            1 => Just(Action::Garbage),
+        ]
+    }
+
+    fn rank(s: State) -> u8 {
+        match s {
+            State::Connecting => 0,
+            State::Open => 1,
+            State::Closing => 2,
+            State::Closed => 3,
+        }
+    }
+
+    fn check_wire(side: &Side, who: &str) -> Result<(), TestCaseError> {
+        let frames = side.frames_sent();
+        let closes: Vec<usize> =
+            frames.iter().enumerate().filter(|(_, f)| f.header.opcode == OpCode::Close).map(|(i, _)| i).collect();
+        prop_assert!(closes.len() <= 1, "{} sent {} close frames", who, closes.len());
+        if let Some(&at) = closes.first() {
+            prop_assert!(side.conn.close_sent());
+            for f in &frames[at + 1..] {
+                prop_assert!(f.header.opcode.is_control(), "{} sent data after its close: {:?}", who, f);
+            }
+            let payload = &frames[at].payload;
+            prop_assert!(payload.len() != 1 && payload.len() <= 125);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn close_invariants(actions in prop::collection::vec(action(), 0..40), max_chunk in 1usize..20, seed: u64) {
+            let mut client_config = Config::default();
+            client_config.keepalive_interval = Some(Duration::from_secs(3));
+            client_config.keepalive_timeout = Duration::from_secs(2);
+            let mut server_config = Config::default();
+            server_config.idle_timeout = Some(Duration::from_secs(10));
+            let mut p = Pair::new(client_config, server_config).chunked(max_chunk, seed);
+            let mut ranks = (1, 1);
+            let mut fragmenting = (false, false);
+            for action in actions {
+                match action {
+                    Action::Send { client, kind } => {
+                        let (side, fragmenting) =
+                            if client { (&mut p.client, &mut fragmenting.0) } else { (&mut p.server, &mut fragmenting.1) };
+                        let open = side.conn.state() == State::Open;
+                        let msg = match kind {
+                            0 => Message::text("tëxt"),
+                            1 => Message::binary(vec![0u8; 5000]),
+                            2 => Message::Ping(Bytes::from_static(b"ping")),
+                            3 => Message::Pong(Bytes::new()),
+                            _ => {
+                                let fin = kind == 5;
+                                let res = side.conn.send_fragment(false, Bytes::from_static(b"frag"), fin);
+                                prop_assert_eq!(res.is_ok(), open);
+                                if res.is_ok() {
+                                    *fragmenting = !fin;
+                                }
+                                continue;
+                            }
+                        };
+                        let data = msg.is_data();
+                        prop_assert_eq!(side.conn.send(msg).is_ok(), open && !(data && *fragmenting));
+                    }
+                    Action::Close { client, code, via_send } => {
+                        let now = p.now;
+                        let side = if client { &mut p.client } else { &mut p.server };
+                        let frame = code.map(|c| CloseFrame::new(CloseCode(c), "bye"));
+                        let allowed = side.conn.state() == State::Open
+                            && !side.conn.close_sent()
+                            && code.is_none_or(|c| CloseCode(c).is_valid_on_wire());
+                        let res = if via_send { side.conn.send(Message::Close(frame)) } else { side.conn.close(frame, now) };
+                        prop_assert_eq!(res.is_ok(), allowed, "{:?}", res);
+                    }
+                    Action::DeliverToServer => { p.deliver_to_server(); }
+                    Action::DeliverToClient => { p.deliver_to_client(); }
+                    Action::Advance(ms) => {
+                        p.advance(Duration::from_millis(ms));
+                        p.handle_timeouts();
+                    }
+                    Action::Garbage => {
+                        p.server.inbuf.extend_from_slice(&[0x83, 0x80]);
+                        let now = p.now;
+                        p.server.process(now);
+                    }
+                }
+                let now_ranks = (rank(p.client.conn.state()), rank(p.server.conn.state()));
+                prop_assert!(now_ranks.0 >= ranks.0 && now_ranks.1 >= ranks.1, "state went backwards");
+                ranks = now_ranks;
+                // Flush what is pending so that the wire record is complete, then check it.
+                let _ = p.client.take_output();
+                let _ = p.server.take_output();
+                p.client.inbuf.clear();
+                p.server.inbuf.clear();
+                check_wire(&p.client, "client")?;
+                check_wire(&p.server, "server")?;
+            }
+            for side in [&p.client, &p.server] {
+                if side.conn.is_closed_cleanly() {
+                    prop_assert_eq!(side.conn.state(), State::Closed);
+                }
+            }
+        }
+    }
 }

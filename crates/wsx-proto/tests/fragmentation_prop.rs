@@ -10,7 +10,7 @@ use common::{drain, encode_frame, feed_all, parse_frames, Rng};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use wsx_proto::frame::{FrameHeader, OpCode};
-use wsx_proto::{Config, Connection, Error, Message, State};
+use wsx_proto::{Config, Connection, Error, Message, State, Utf8Bytes};
 
 /// The original message: text with multibyte characters, or binary.
 #[derive(Debug, Clone)]
@@ -185,7 +185,7 @@ proptest! {
 
     #[test]
     fn chunking_never_changes_the_events(
-        frames in prop::collection::vec(any_frame(), 0..12),
+        frames in any_frames(),
         max_chunk in 1usize..30,
         seed: u64,
     ) {
@@ -202,8 +202,6 @@ proptest! {
         prop_assert_eq!(drain(&mut chunked), drain(&mut whole));
     }
 }
-
-use wsx_proto::Utf8Bytes;
 
 fn small_limits() -> Config {
     let mut c = Config::default();
@@ -260,27 +258,99 @@ fn any_payload(max: usize) -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
-fn any_frame() -> impl Strategy<Value = RawFrame> {
-    let data = (
-        prop_oneof![Just(0x1u8), Just(0x2), Just(0x0)],
-        prop_oneof![3 => Just(true), 2 => Just(false)],
-        any_payload(250),
-    );
-    let control = (
-        prop_oneof![4 => Just(0x9u8), 2 => Just(0xA), 1 => Just(0x8)],
-        prop_oneof![20 => Just(true), 1 => Just(false)],
-        prop_oneof![
-            6 => any_payload(125),
-            1 => (prop_oneof![Just(1000u16), Just(1001), Just(4000), Just(1005), Just(0)], "\\PC{0,10}")
-                .prop_map(|(c, r)| { let mut p = c.to_be_bytes().to_vec(); p.extend(r.into_bytes()); p }),
-            1 => prop::collection::vec(any::<u8>(), 126..=130),
-        ],
-    );
-    let kind = prop_oneof![6 => data, 3 => control, 1 => (0x3u8..=0xF, any::<bool>(), any_payload(10))];
+/// One step of a client's frame sequence, before the opcodes are fixed up.
+#[derive(Debug, Clone)]
+enum Step {
+    /// A data frame: the opcode follows from whether a message is in progress.
+    Data { binary: bool, fin: bool, payload: Vec<u8> },
+    /// A control frame (ping, pong, close).
+    Control { opcode: u8, payload: Vec<u8> },
+}
+
+/// A deliberate fault injected into one frame.
+#[derive(Debug, Clone)]
+enum Fault {
+    Opcode(u8),
+    FlipFin,
+    Rsv(u8),
+    Unmask,
+    Corrupt(Index, u8),
+    Oversize,
+}
+
+fn any_step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        6 => (any::<bool>(), prop_oneof![3 => Just(true), 2 => Just(false)], any_payload(150))
+            .prop_map(|(binary, fin, payload)| Step::Data { binary, fin, payload }),
+        3 => (prop_oneof![4 => Just(0x9u8), 2 => Just(0xA)], any_payload(125))
+            .prop_map(|(opcode, payload)| Step::Control { opcode, payload }),
+        1 => (prop_oneof![Just(1000u16), Just(1001), Just(4000), Just(1005), Just(0)], "\\PC{0,10}")
+            .prop_map(|(code, reason)| {
+                let mut payload = code.to_be_bytes().to_vec();
+                payload.extend(reason.into_bytes());
+                Step::Control { opcode: 0x8, payload }
+            }),
+    ]
+}
+
+fn any_fault() -> impl Strategy<Value = Fault> {
+    prop_oneof![
+        (0u8..=0xF).prop_map(Fault::Opcode),
+        Just(Fault::FlipFin),
+        (1u8..8).prop_map(Fault::Rsv),
+        Just(Fault::Unmask),
+        (any::<Index>(), prop_oneof![Just(0xFFu8), Just(0xC0), Just(0x80), Just(0xED), any::<u8>()])
+            .prop_map(|(i, b)| Fault::Corrupt(i, b)),
+        Just(Fault::Oversize),
+    ]
+}
+
+/// A mostly well-formed sequence of client frames, with up to two faults injected.
+fn any_frames() -> impl Strategy<Value = Vec<RawFrame>> {
     (
-        kind,
-        prop_oneof![30 => Just(0u8), 1 => 1u8..8],
-        prop_oneof![30 => any::<[u8; 4]>().prop_map(Some), 1 => Just(None)],
+        prop::collection::vec(any_step(), 0..12),
+        prop::collection::vec((any::<Index>(), any_fault()), 0..=2),
+        any::<[u8; 4]>(),
     )
-        .prop_map(|((opcode, fin, payload), rsv, key)| RawFrame { fin, rsv, opcode, key, payload })
+        .prop_map(|(steps, faults, key)| {
+            let mut in_message = false;
+            let mut frames: Vec<RawFrame> = steps
+                .into_iter()
+                .enumerate()
+                .map(|(i, step)| {
+                    let key = Some([key[0], key[1], key[2], key[3].wrapping_add(i as u8)]);
+                    match step {
+                        Step::Data { binary, fin, payload } => {
+                            let opcode = match (in_message, binary) {
+                                (true, _) => 0x0,
+                                (false, false) => 0x1,
+                                (false, true) => 0x2,
+                            };
+                            in_message = !fin;
+                            RawFrame { fin, rsv: 0, opcode, key, payload }
+                        }
+                        Step::Control { opcode, payload } => RawFrame { fin: true, rsv: 0, opcode, key, payload },
+                    }
+                })
+                .collect();
+            if !frames.is_empty() {
+                for (at, fault) in faults {
+                    let n = frames.len();
+                    let f = &mut frames[at.index(n)];
+                    match fault {
+                        Fault::Opcode(op) => f.opcode = op,
+                        Fault::FlipFin => f.fin = !f.fin,
+                        Fault::Rsv(rsv) => f.rsv = rsv,
+                        Fault::Unmask => f.key = None,
+                        Fault::Corrupt(i, b) if !f.payload.is_empty() => {
+                            let i = i.index(f.payload.len());
+                            f.payload[i] = b;
+                        }
+                        Fault::Corrupt(..) => f.payload = vec![0xC3],
+                        Fault::Oversize => f.payload.resize(f.payload.len().max(126) + 75, b'x'),
+                    }
+                }
+            }
+            frames
+        })
 }

@@ -114,6 +114,23 @@ fn any_received_frame_postpones_the_keepalive_ping() {
 }
 
 #[test]
+fn an_empty_frame_from_the_peer_also_answers_the_keepalive() {
+    let mut p = Pair::new(Config::default(), keepalive_config());
+    p.advance(Duration::from_secs(10));
+    p.handle_timeouts();
+    let _ = p.server.take_output(); // the ping is lost
+                                    // The peer happens to send an empty frame: only its header arrives, and that is enough.
+    p.advance(Duration::from_secs(1));
+    p.client.conn.send(Message::Pong(Bytes::new())).unwrap();
+    p.drive();
+    assert_eq!(p.server.take_events(), [Message::Pong(Bytes::new())]);
+    p.advance(Duration::from_secs(5));
+    p.handle_timeouts();
+    assert!(p.server.errors.is_empty(), "{:?}", p.server.errors);
+    assert_eq!(p.server.conn.state(), State::Open);
+}
+
+#[test]
 fn unanswered_keepalive_times_out() {
     let mut p = Pair::new(Config::default(), keepalive_config());
     p.advance(Duration::from_secs(10));
@@ -205,6 +222,8 @@ fn close_timeout_when_the_peer_never_answers() {
 fn close_timeout_starts_at_the_next_handle_timeout_after_send_close() {
     let mut p = Pair::default();
     p.server.conn.send(Message::Close(None)).unwrap();
+    // Without a clock at send time, the connection asks to be woken at once to arm the timer.
+    assert!(p.server.conn.poll_timeout().is_some_and(|t| t <= p.now));
     p.advance(Duration::from_secs(3));
     p.handle_timeouts();
     let t1 = p.now;

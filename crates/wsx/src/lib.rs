@@ -48,3 +48,8 @@ pub use bytes::Bytes;
 pub use wsx_proto as proto;
 pub use wsx_proto::handshake::{HandshakeError, HandshakeLimits, Rejection, UpgradeRequest};
 pub use wsx_proto::{CloseCode, CloseFrame, Message, State, Utf8Bytes};
+
+/// The examples of the project's README, compiled as doc tests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

@@ -241,8 +241,9 @@ pub struct Rejection {
     /// Extra response headers (e.g. `Sec-WebSocket-Version: 13` on a 426).
     /// `Content-Length`, `Connection` and `Transfer-Encoding` here are
     /// ignored by [`Rejection::write_to`]; a `Content-Type` replaces the
-    /// default one.
-    pub headers: HeaderMap,
+    /// default one. A list rather than a `HeaderMap`, to keep the type small: it travels as the
+    /// error of a `Result` in every accept callback.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
     /// A short text saying what was wrong, sent as the body.
     pub body: String,
 }
@@ -250,12 +251,18 @@ pub struct Rejection {
 impl Rejection {
     /// A rejection with the given status and body and no extra headers.
     pub fn new(status: StatusCode, body: impl Into<String>) -> Self {
-        Rejection { status, headers: HeaderMap::new(), body: body.into() }
+        Rejection { status, headers: Vec::new(), body: body.into() }
+    }
+
+    /// The first extra header called `name`, if any.
+    pub fn header(&self, name: impl AsRef<str>) -> Option<&HeaderValue> {
+        let name = name.as_ref();
+        self.headers.iter().find(|(n, _)| n.as_str().eq_ignore_ascii_case(name)).map(|(_, v)| v)
     }
 
     /// Adds an extra header (builder style).
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
-        self.headers.append(name, value);
+        self.headers.push((name, value));
         self
     }
 
@@ -266,7 +273,7 @@ impl Rejection {
     pub fn write_to(&self, out: &mut BytesMut) {
         out.reserve(128 + self.body.len());
         write_status_line(self.status, out);
-        if !self.headers.contains_key(header::CONTENT_TYPE) {
+        if !self.headers.iter().any(|(name, _)| name == header::CONTENT_TYPE) {
             write_header_line(&header::CONTENT_TYPE, b"text/plain; charset=utf-8", out);
         }
         write_header_line(&header::CONTENT_LENGTH, self.body.len().to_string().as_bytes(), out);
@@ -636,7 +643,6 @@ pub struct UpgradeRequest {
 ///
 /// The body says what was wrong, e.g. `missing Sec-WebSocket-Key header`.
 // The `Rejection` error is the response itself, built once per connection.
-#[allow(clippy::result_large_err)]
 pub fn check_request(req: &Request<()>) -> Result<UpgradeRequest, Rejection> {
     let bad = |msg: &str| Rejection::new(StatusCode::BAD_REQUEST, msg);
     if req.method() != Method::GET {
@@ -1232,7 +1238,7 @@ mod tests {
         let req = request_with("Sec-WebSocket-Version", Some("Sec-WebSocket-Version: 8"));
         let r = check_request(&req).unwrap_err();
         assert_eq!(r.status, StatusCode::UPGRADE_REQUIRED);
-        assert_eq!(r.headers["sec-websocket-version"], "13");
+        assert_eq!(r.header("sec-websocket-version").unwrap(), "13");
         let mut out = BytesMut::new();
         r.write_to(&mut out);
         let text = head_text(&out);
@@ -1242,7 +1248,7 @@ mod tests {
         let req = request_with("Sec-WebSocket-Version", None);
         let r = check_request(&req).unwrap_err();
         assert_eq!(r.status, StatusCode::UPGRADE_REQUIRED);
-        assert_eq!(r.headers["sec-websocket-version"], "13");
+        assert_eq!(r.header("sec-websocket-version").unwrap(), "13");
     }
 
     #[test]
@@ -1265,7 +1271,7 @@ mod tests {
     fn refuses_post_with_405() {
         let r = check_request(&request_with("GET", Some("POST /chat HTTP/1.1"))).unwrap_err();
         assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
-        assert_eq!(r.headers["allow"], "GET");
+        assert_eq!(r.header("allow").unwrap(), "GET");
     }
 
     #[test]
@@ -1409,8 +1415,8 @@ mod tests {
     #[test]
     fn rejection_serialization() {
         let mut r = Rejection::new(StatusCode::FORBIDDEN, "origin not allowed");
-        r.headers.insert("x-reason", HeaderValue::from_static("origin"));
-        r.headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
+        r.headers.push((HeaderName::from_static("x-reason"), HeaderValue::from_static("origin")));
+        r.headers.push((header::CONTENT_LENGTH, HeaderValue::from_static("999")));
         let mut out = BytesMut::new();
         r.write_to(&mut out);
         assert_eq!(

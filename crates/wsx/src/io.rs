@@ -94,6 +94,9 @@ pub(crate) struct ReadState {
     /// When a closed connection stops waiting for the peer to close the transport.
     close_wait_until: Option<Instant>,
     done: bool,
+    /// The last `read_event` found no complete event: `buf` holds only part of a frame, whose
+    /// header the connection may already have consumed (so `buf` need not start with a header).
+    partial: bool,
 }
 
 impl ReadState {
@@ -103,6 +106,9 @@ impl ReadState {
 
     /// Whether the read buffer already holds a whole frame, so the next `recv` needs no read.
     pub(crate) fn has_buffered_frame(&self) -> bool {
+        if self.partial {
+            return false;
+        }
         match wsx_proto::FrameHeader::parse(&self.buf) {
             Ok(Some((h, n))) => (self.buf.len() - n) as u64 >= h.payload_len,
             Ok(None) => false,
@@ -155,7 +161,9 @@ pub(crate) fn poll_recv(
             return poll_wind_down(cx, conn, io, st).map(|()| None);
         }
         let now = now();
-        match conn.read_event(&mut st.buf, now) {
+        let event = conn.read_event(&mut st.buf, now);
+        st.partial = matches!(event, Ok(None));
+        match event {
             Ok(Some(ev @ Message::Close(_))) => {
                 st.stash = Some(ev);
                 continue;

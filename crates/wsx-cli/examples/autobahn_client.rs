@@ -3,7 +3,8 @@
 //!
 //! Usage: `autobahn_client ws://127.0.0.1:9001 AGENT`
 
-use wsx::{ClientBuilder, Message};
+use wsx::proto::deflate::DeflateConfig;
+use wsx::{ClientBuilder, Message, WebSocketConfig};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -39,7 +40,15 @@ async fn case_count(base: &str) -> Result<u32, Box<dyn std::error::Error>> {
 }
 
 async fn run_case(url: &str) -> Result<(), wsx::Error> {
-    let (mut ws, _) = ClientBuilder::new(url).connect().await?;
+    // Offer permessage-deflate, compressing every message (the suite's 12.* and 13.* cases
+    // hash what they receive and need it compressed).
+    // The suite's fuzzing server grants `client_no_context_takeover` (cases 13.2, 13.5, 13.6)
+    // only to a client whose offer carries that parameter, so offer it, and honour it.
+    let mut deflate = DeflateConfig::default();
+    deflate.client_no_context_takeover = true;
+    let mut config = WebSocketConfig::default();
+    config.deflate = Some(deflate);
+    let (mut ws, _) = ClientBuilder::new(url).config(config).connect().await?;
     while let Some(msg) = ws.recv().await {
         match msg {
             Ok(m) if m.is_data() => ws.send(m).await?,

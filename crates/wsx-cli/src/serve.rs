@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::Args;
 use tokio::net::{TcpListener, TcpStream};
+use wsx::proto::deflate::DeflateConfig;
 use wsx::{Accept, Error, ServerConfig};
 
 /// Options of `wsx serve`.
@@ -21,6 +22,9 @@ pub struct ServeArgs {
     /// Settings for the Autobahn conformance suite: no keepalive pings, no idle timeout.
     #[arg(long)]
     conformance: bool,
+    /// Do not offer permessage-deflate compression.
+    #[arg(long)]
+    no_deflate: bool,
     /// Seconds between keepalive pings to a silent client (0 = off).
     #[arg(long, default_value_t = 30)]
     ping_interval: u64,
@@ -32,6 +36,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let _ = args.echo;
     let listener = TcpListener::bind(args.addr).await.with_context(|| format!("cannot listen on {}", args.addr))?;
     let mut config = ServerConfig::default();
+    if !args.no_deflate {
+        // The conformance suite's compression cases need every message compressed.
+        config.websocket.deflate = Some(DeflateConfig::default());
+    }
     if !args.conformance && args.ping_interval > 0 {
         config.websocket.proto.keepalive_interval = Some(Duration::from_secs(args.ping_interval));
     }

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::deflate::{DeflateError, PerMessageDeflate};
 use crate::error::{Error, LimitError, ProtocolError, TimeoutError, UsageError};
 use crate::frame::{CloseCode, FrameHeader, OpCode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
 use crate::mask::apply_mask;
@@ -123,14 +124,21 @@ struct PartialFrame {
     done: usize,
     /// Whether this frame's payload is text to validate as it arrives.
     text: bool,
+    /// Whether this frame belongs to a compressed message (inflated as it arrives).
+    compressed: bool,
 }
 
 /// A fragmented message being assembled.
 #[derive(Debug)]
 struct PartialMessage {
     text: bool,
+    /// The message so far: payload bytes, or inflated bytes for a compressed message.
     data: BytesMut,
     fragments: usize,
+    /// Compressed (RSV1 on its first frame, permessage-deflate negotiated).
+    compressed: bool,
+    /// For compressed text: how much of `data` the UTF-8 validator has seen.
+    validated: usize,
 }
 
 /// The WebSocket connection state machine for one role. See the [module docs](self).
@@ -142,8 +150,9 @@ pub struct Connection {
     mask_keys: Option<Box<dyn MaskKeySource>>,
     frame: Option<PartialFrame>,
     message: Option<PartialMessage>,
-    /// Length of the message in progress, counting a frame still arriving.
     utf8: Utf8Validator,
+    /// permessage-deflate state, when negotiated.
+    deflate: Option<PerMessageDeflate>,
     /// A fragmented message we are sending: `Some(is_text)`.
     sending_fragmented: bool,
     close_sent: bool,
@@ -185,6 +194,7 @@ impl Connection {
             frame: None,
             message: None,
             utf8: Utf8Validator::new(),
+            deflate: None,
             sending_fragmented: false,
             close_sent: false,
             close_received: None,
@@ -193,6 +203,17 @@ impl Connection {
             close_deadline: None,
             pings_sent: 0,
         }
+    }
+
+    /// Turns on permessage-deflate (RFC 7692) with the parameters agreed in the handshake: from
+    /// now on RSV1 marks compressed messages both ways. Call before any frame is exchanged.
+    pub fn set_deflate(&mut self, deflate: PerMessageDeflate) {
+        self.deflate = Some(deflate);
+    }
+
+    /// Whether permessage-deflate is in use.
+    pub fn is_deflate(&self) -> bool {
+        self.deflate.is_some()
     }
 
     /// Our role.
@@ -286,7 +307,19 @@ impl Connection {
                 if let Some(key) = frame.header.mask {
                     apply_mask(new, key, frame.done);
                 }
-                if frame.text {
+                if frame.compressed {
+                    // Inflate as the bytes arrive, under the message budget, and validate the
+                    // inflated text as it appears.
+                    let (Some(m), Some(pmd)) = (self.message.as_mut(), self.deflate.as_mut()) else {
+                        return Err(ProtocolError::ReservedBits.into());
+                    };
+                    let limit = self.config.max_message_size;
+                    pmd.decompress_chunk(new, &mut m.data, limit).map_err(|e| deflate_error(e, limit))?;
+                    if frame.text {
+                        self.utf8.feed(&m.data[m.validated..]).map_err(|_| ProtocolError::InvalidUtf8)?;
+                        m.validated = m.data.len();
+                    }
+                } else if frame.text {
                     self.utf8.feed(new).map_err(|_| ProtocolError::InvalidUtf8)?;
                 }
                 frame.done = available;
@@ -296,9 +329,15 @@ impl Connection {
             }
             let header = frame.header;
             let len = frame.len;
+            let compressed = frame.compressed;
             self.frame = None;
             let payload = buf.split_to(len).freeze();
-            if let Some(event) = self.complete_frame(header, payload)? {
+            let event = if compressed {
+                self.complete_compressed_frame(header)?
+            } else {
+                self.complete_frame(header, payload)?
+            };
+            if let Some(event) = event {
                 return Ok(Some(event));
             }
         }
@@ -311,7 +350,12 @@ impl Connection {
 
     /// Applies every rule that can be checked from a header alone, and the limits.
     fn check_header(&mut self, h: FrameHeader) -> Result<PartialFrame, Error> {
-        if h.rsv1 || h.rsv2 || h.rsv3 {
+        // RSV1 may only mark the first frame of a message as compressed, and only once
+        // permessage-deflate is negotiated; RSV2 and RSV3 are never ours.
+        if h.rsv2
+            || h.rsv3
+            || (h.rsv1 && (self.deflate.is_none() || !matches!(h.opcode, OpCode::Text | OpCode::Binary)))
+        {
             return Err(ProtocolError::ReservedBits.into());
         }
         match (self.role, h.mask.is_some()) {
@@ -320,6 +364,7 @@ impl Connection {
             _ => {}
         }
         let mut text = false;
+        let mut compressed = false;
         if h.opcode.is_control() {
             if !h.fin {
                 return Err(ProtocolError::FragmentedControlFrame.into());
@@ -341,21 +386,28 @@ impl Connection {
                         return Err(LimitError::TooManyFragments { limit: self.config.max_fragments }.into());
                     }
                     text = m.text;
+                    compressed = m.compressed;
                     m.data.len() as u64
                 }
                 (None, op) => {
                     text = op == OpCode::Text;
+                    compressed = h.rsv1;
                     0
                 }
             };
-            if so_far + h.payload_len > self.config.max_message_size as u64 {
+            // A compressed message is bounded by its inflated size, as it inflates.
+            if !compressed && so_far + h.payload_len > self.config.max_message_size as u64 {
                 return Err(LimitError::MessageTooLarge { limit: self.config.max_message_size }.into());
+            }
+            if compressed && self.message.is_none() {
+                self.message =
+                    Some(PartialMessage { text, data: BytesMut::new(), fragments: 0, compressed: true, validated: 0 });
             }
         }
         // Both limits above are usize, so the length fits.
         let len = usize::try_from(h.payload_len)
             .map_err(|_| LimitError::FrameTooLarge { declared: h.payload_len, limit: self.config.max_frame_size })?;
-        Ok(PartialFrame { header: h, len, done: 0, text })
+        Ok(PartialFrame { header: h, len, done: 0, text, compressed })
     }
 
     fn complete_frame(&mut self, h: FrameHeader, payload: Bytes) -> Result<Option<Message>, Error> {
@@ -380,7 +432,13 @@ impl Connection {
             OpCode::Text | OpCode::Binary => {
                 let mut data = BytesMut::new();
                 data.extend_from_slice(&payload);
-                self.message = Some(PartialMessage { text: h.opcode == OpCode::Text, data, fragments: 1 });
+                self.message = Some(PartialMessage {
+                    text: h.opcode == OpCode::Text,
+                    data,
+                    fragments: 1,
+                    compressed: false,
+                    validated: 0,
+                });
                 Ok(None)
             }
             OpCode::Continuation => {
@@ -403,6 +461,29 @@ impl Connection {
                     Ok(Some(Message::Binary(data)))
                 }
             }
+        }
+    }
+
+    /// A frame of a compressed message is complete (its bytes were inflated as they arrived).
+    fn complete_compressed_frame(&mut self, h: FrameHeader) -> Result<Option<Message>, Error> {
+        let Some(m) = self.message.as_mut() else {
+            return Err(ProtocolError::UnexpectedContinuation.into());
+        };
+        m.fragments += 1;
+        if !h.fin {
+            return Ok(None);
+        }
+        let (Some(mut m), Some(pmd)) = (self.message.take(), self.deflate.as_mut()) else {
+            return Err(ProtocolError::ReservedBits.into());
+        };
+        let limit = self.config.max_message_size;
+        pmd.finish_message(&mut m.data, limit).map_err(|e| deflate_error(e, limit))?;
+        if m.text {
+            self.utf8.feed(&m.data[m.validated..]).map_err(|_| ProtocolError::InvalidUtf8)?;
+            self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
+            Ok(Some(Message::Text(Utf8Bytes::from_bytes_unchecked(m.data.freeze()))))
+        } else {
+            Ok(Some(Message::Binary(m.data.freeze())))
         }
     }
 
@@ -459,11 +540,11 @@ impl Connection {
             _ if self.state != State::Open => return Err(UsageError::NotOpen(self.state).into()),
             Message::Text(t) => {
                 self.check_not_fragmenting()?;
-                self.write_frame(OpCode::Text, true, t.into_bytes());
+                self.write_message(OpCode::Text, t.into_bytes());
             }
             Message::Binary(b) => {
                 self.check_not_fragmenting()?;
-                self.write_frame(OpCode::Binary, true, b);
+                self.write_message(OpCode::Binary, b);
             }
             Message::Ping(p) => {
                 check_control(&p)?;
@@ -545,12 +626,27 @@ impl Connection {
         self.close_sent = true;
     }
 
+    /// Encodes a whole data message as one frame, compressed when permessage-deflate is on and
+    /// the compressor finds it worth it.
+    fn write_message(&mut self, opcode: OpCode, payload: Bytes) {
+        if let Some(compressed) = self.deflate.as_mut().and_then(|d| d.compress(&payload)) {
+            self.write_frame_rsv1(opcode, true, true, compressed);
+        } else {
+            self.write_frame(opcode, true, payload);
+        }
+    }
+
+    fn write_frame(&mut self, opcode: OpCode, fin: bool, payload: Bytes) {
+        self.write_frame_rsv1(opcode, fin, false, payload);
+    }
+
     /// Encodes one frame into the output: small payloads (and every client payload, which must
     /// be masked) are copied next to their header; large server payloads are queued as-is.
-    fn write_frame(&mut self, opcode: OpCode, fin: bool, payload: Bytes) {
+    fn write_frame_rsv1(&mut self, opcode: OpCode, fin: bool, rsv1: bool, payload: Bytes) {
         let mask = self.mask_keys.as_mut().map(|k| k.next_key());
         let mut header = FrameHeader::new(opcode, payload.len() as u64, mask);
         header.fin = fin;
+        header.rsv1 = rsv1;
         let mut head = [0u8; MAX_HEADER_LEN];
         let head_len = header.encode(&mut head);
         let zero_copy = mask.is_none() && payload.len() >= OutBuf::ZERO_COPY_THRESHOLD;
@@ -624,6 +720,14 @@ impl Connection {
             }
         }
         Ok(())
+    }
+}
+
+/// Maps an inflate failure: past the budget is our limit (1009); corrupt data is invalid payload.
+fn deflate_error(err: DeflateError, limit: usize) -> Error {
+    match err {
+        DeflateError::TooLarge { .. } => LimitError::MessageTooLarge { limit }.into(),
+        _ => ProtocolError::InvalidCompressedData.into(),
     }
 }
 

@@ -70,6 +70,9 @@ pub enum ProtocolError {
     /// A text message or a close reason was not valid UTF-8 (§8.1).
     #[error("invalid UTF-8")]
     InvalidUtf8,
+    /// A compressed message could not be inflated (RFC 7692 §6.2).
+    #[error("invalid compressed data")]
+    InvalidCompressedData,
     /// A close frame's payload was one byte long (§5.5.1).
     #[error("close frame with a one-byte payload")]
     InvalidClosePayload,
@@ -82,7 +85,7 @@ impl ProtocolError {
     /// The close code that names this fault: 1007 for invalid UTF-8, 1002 otherwise.
     pub fn close_code(self) -> CloseCode {
         match self {
-            Self::InvalidUtf8 => CloseCode::INVALID_PAYLOAD,
+            Self::InvalidUtf8 | Self::InvalidCompressedData => CloseCode::INVALID_PAYLOAD,
             _ => CloseCode::PROTOCOL_ERROR,
         }
     }

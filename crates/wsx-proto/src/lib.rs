@@ -17,6 +17,7 @@
 //! - [`mask`]: XOR masking, many bytes a step;
 //! - [`utf8`]: incremental UTF-8 validation that fails at the first bad byte;
 //! - [`handshake`]: the HTTP/1.1 Upgrade handshake for both roles;
+//! - [`deflate`]: permessage-deflate (RFC 7692) negotiation and per-message compression;
 //! - [`Connection`]: the state machine for either role after the handshake.
 //!
 //! # Quick start: a client and a server in memory
@@ -41,6 +42,7 @@
 #![deny(missing_docs)]
 
 pub mod connection;
+pub mod deflate;
 pub mod error;
 pub mod frame;
 pub mod handshake;

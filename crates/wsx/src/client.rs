@@ -6,6 +6,7 @@ use bytes::BytesMut;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, Uri};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use wsx_proto::deflate::PerMessageDeflate;
 use wsx_proto::handshake::{ClientHandshake, ClientRequestConfig, HandshakeError, HandshakeLimits};
 use wsx_proto::Connection;
 
@@ -146,7 +147,11 @@ impl ClientBuilder {
         mut stream: S,
         uri: &Uri,
     ) -> Result<(WebSocket<S>, Response<()>), Error> {
-        let mut hs = ClientHandshake::new(uri, self.request, handshake_key())?;
+        let mut request = self.request;
+        if let Some(deflate) = &self.config.deflate {
+            request.extensions.push(deflate.client_offer());
+        }
+        let mut hs = ClientHandshake::new(uri, request, handshake_key())?;
         let mut buf = BytesMut::with_capacity(512);
         hs.write_request(&mut buf);
         stream.write_all(&buf).await?;
@@ -160,8 +165,16 @@ impl ClientBuilder {
                 return Err(HandshakeError::Malformed("connection closed during the handshake".into()).into());
             }
         };
-        let conn = Connection::client(self.config.proto.clone(), now(), OsRandom::new());
-        let ws = WebSocket::from_parts(stream, conn, buf, &self.config, outcome.protocol);
+        let mut conn = Connection::client(self.config.proto.clone(), now(), OsRandom::new());
+        if let Some(deflate) = &self.config.deflate {
+            let answer = outcome.extensions.as_deref().unwrap_or("");
+            if let Some(params) =
+                deflate.client_accept(answer).map_err(|e| HandshakeError::UnexpectedExtension(e.to_string()))?
+            {
+                conn.set_deflate(PerMessageDeflate::new(&params, false, deflate.level, deflate.compression_threshold));
+            }
+        }
+        let ws = WebSocket::from_parts(stream, conn, buf, &self.config, outcome.protocol, outcome.extensions);
         Ok((ws, outcome.response))
     }
 }

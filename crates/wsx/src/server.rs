@@ -6,6 +6,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use http::{HeaderMap, Request, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use wsx_proto::deflate::PerMessageDeflate;
 use wsx_proto::handshake::{self, HandshakeError, HandshakeLimits, Rejection, UpgradeRequest};
 use wsx_proto::Connection;
 
@@ -160,13 +161,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Incoming<S> {
                 return Err(self.reject(rejection).await);
             }
         }
-        let response = handshake::accept_response(upgrade, accept.protocol.as_deref(), None, &accept.headers);
+        let mut conn = Connection::server(config.proto.clone(), now());
+        let mut extensions = None;
+        if let Some(deflate) = &config.deflate {
+            if let Some((params, answer)) = deflate.server_negotiate(&upgrade.extensions) {
+                conn.set_deflate(PerMessageDeflate::new(&params, true, deflate.level, deflate.compression_threshold));
+                extensions = Some(answer);
+            }
+        }
+        let response =
+            handshake::accept_response(upgrade, accept.protocol.as_deref(), extensions.as_deref(), &accept.headers);
         let mut out = BytesMut::with_capacity(256);
         handshake::write_response(&response, &mut out);
         self.stream.write_all(&out).await?;
         self.stream.flush().await?;
-        let conn = Connection::server(config.proto.clone(), now());
-        Ok(WebSocket::from_parts(self.stream, conn, self.leftover, config, accept.protocol))
+        Ok(WebSocket::from_parts(self.stream, conn, self.leftover, config, accept.protocol, extensions))
     }
 
     /// Answers with `rejection` and closes the stream; returns the error to report.

@@ -22,11 +22,16 @@ pub struct WebSocketConfig {
     /// When this many bytes are waiting to be written, `send` waits for the socket to drain
     /// before queueing more (backpressure). Default 1 MiB: more buffers more, less writes smaller.
     pub write_buffer_high_water: usize,
+    /// permessage-deflate (RFC 7692): offered by a client, accepted by a server when the client
+    /// offers it. Default `None` (off). A compressed connection costs about 47 KB of inflate
+    /// state and up to 380 KB of deflate state (window 15), allocated at its first compressed
+    /// message; see [`wsx_proto::deflate`].
+    pub deflate: Option<wsx_proto::deflate::DeflateConfig>,
 }
 
 impl Default for WebSocketConfig {
     fn default() -> Self {
-        Self { proto: wsx_proto::Config::default(), write_buffer_high_water: 1 << 20 }
+        Self { proto: wsx_proto::Config::default(), write_buffer_high_water: 1 << 20, deflate: None }
     }
 }
 
@@ -58,6 +63,7 @@ pub struct WebSocket<S> {
     read: ReadState,
     high_water: usize,
     protocol: Option<String>,
+    extensions: Option<String>,
 }
 
 impl<S> std::fmt::Debug for WebSocket<S> {
@@ -68,13 +74,15 @@ impl<S> std::fmt::Debug for WebSocket<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// Wraps a stream whose opening handshake is already done. `leftover` holds bytes read past
-    /// the handshake (the first frames), `protocol` the negotiated subprotocol.
+    /// the handshake (the first frames), `protocol` the negotiated subprotocol and `extensions`
+    /// the agreed `Sec-WebSocket-Extensions` value (already set up on `conn`).
     pub fn from_parts(
         stream: S,
         conn: Connection,
         leftover: BytesMut,
         config: &WebSocketConfig,
         protocol: Option<String>,
+        extensions: Option<String>,
     ) -> Self {
         Self {
             stream,
@@ -82,6 +90,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             read: ReadState::with_buffer(leftover),
             high_water: config.write_buffer_high_water,
             protocol,
+            extensions,
         }
     }
 
@@ -202,6 +211,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// The subprotocol agreed in the handshake.
     pub fn protocol(&self) -> Option<&str> {
         self.protocol.as_deref()
+    }
+
+    /// The extensions agreed in the handshake (the browser's `extensions`), e.g.
+    /// `permessage-deflate; client_max_window_bits=15`.
+    pub fn extensions(&self) -> Option<&str> {
+        self.extensions.as_deref()
     }
 
     /// Bytes queued and not yet written (the browser's `bufferedAmount`).

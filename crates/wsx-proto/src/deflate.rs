@@ -391,7 +391,7 @@ fn parse_list(value: &str) -> Vec<Result<Element, String>> {
 
 fn parse_element(text: &str) -> Option<Result<Element, String>> {
     let parts = split_outside_quotes(text, b';');
-    let name = trim_ows(parts[0]);
+    let name = trim_ows(parts.first().copied().unwrap_or_default());
     if name.is_empty() && parts.len() == 1 {
         return None;
     }

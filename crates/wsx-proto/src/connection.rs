@@ -152,7 +152,7 @@ pub struct Connection {
     message: Option<PartialMessage>,
     utf8: Utf8Validator,
     /// permessage-deflate state, when negotiated.
-    deflate: Option<PerMessageDeflate>,
+    deflate: Option<Box<PerMessageDeflate>>,
     /// A fragmented message we are sending: `Some(is_text)`.
     sending_fragmented: bool,
     close_sent: bool,
@@ -208,7 +208,7 @@ impl Connection {
     /// Turns on permessage-deflate (RFC 7692) with the parameters agreed in the handshake: from
     /// now on RSV1 marks compressed messages both ways. Call before any frame is exchanged.
     pub fn set_deflate(&mut self, deflate: PerMessageDeflate) {
-        self.deflate = Some(deflate);
+        self.deflate = Some(Box::new(deflate));
     }
 
     /// Whether permessage-deflate is in use.

@@ -15,12 +15,17 @@ use wsx_proto::{Connection, Message, Role, State};
 
 use crate::Error;
 
-/// How much room a read gets. Small frames arrive many to a read; large frames grow the buffer
-/// as their bytes arrive, never from the declared length.
-const READ_CHUNK: usize = 8 * 1024;
+/// The room a read gets adapts to the traffic, between these bounds: an idle connection keeps
+/// a small buffer, a busy one reads up to 64 KiB at a time. Large frames grow the buffer as
+/// their bytes arrive, never from the declared length.
+const MIN_READ: usize = 512;
+const MAX_READ: usize = 64 * 1024;
+/// An empty read buffer larger than this is released rather than kept while idle.
+const KEEP_IDLE_BUFFER: usize = 64 * 1024;
 
 /// The transport seen by the poll loops: the whole stream, or the two halves of a split one.
 pub(crate) trait Transport {
+    /// Reads into the spare capacity of `buf` (the caller reserved it).
     fn poll_read_some(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>>;
     fn poll_write_out(&mut self, cx: &mut Context<'_>, out: &mut wsx_proto::OutBuf) -> Poll<io::Result<usize>>;
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
@@ -32,9 +37,6 @@ pub(crate) fn poll_read_some<R: AsyncRead + Unpin>(
     cx: &mut Context<'_>,
     buf: &mut BytesMut,
 ) -> Poll<io::Result<usize>> {
-    if buf.capacity() - buf.len() < READ_CHUNK / 2 {
-        buf.reserve(READ_CHUNK);
-    }
     tokio_util::io::poll_read_buf(Pin::new(r), cx, buf)
 }
 
@@ -89,7 +91,7 @@ pub(crate) struct ReadState {
     pub(crate) buf: BytesMut,
     /// An event to hand out once our pending output (the close echo) has been written.
     stash: Option<Message>,
-    /// An error already reported, with the connection failing; the next polls wind down.
+    /// The timer armed for the connection's next deadline.
     timer: Option<Pin<Box<Sleep>>>,
     /// When a closed connection stops waiting for the peer to close the transport.
     close_wait_until: Option<Instant>,
@@ -97,11 +99,35 @@ pub(crate) struct ReadState {
     /// The last `read_event` found no complete event: `buf` holds only part of a frame, whose
     /// header the connection may already have consumed (so `buf` need not start with a header).
     partial: bool,
+    /// How much room the next read gets: doubles when a read fills it, halves when reads stay
+    /// small.
+    read_size: usize,
 }
 
 impl ReadState {
     pub(crate) fn with_buffer(buf: BytesMut) -> Self {
-        Self { buf, ..Self::default() }
+        Self { buf, read_size: MIN_READ, ..Self::default() }
+    }
+
+    /// Makes room for the next read, sized by recent reads.
+    fn prepare_read(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > KEEP_IDLE_BUFFER {
+            // A large message has gone through; don't keep its buffer while idle.
+            self.buf = BytesMut::new();
+        }
+        let want = self.read_size.max(MIN_READ);
+        if self.buf.capacity() - self.buf.len() < want / 2 {
+            self.buf.reserve(want);
+        }
+    }
+
+    /// Adapts the read size to a read of `n` bytes into `room` bytes of space.
+    fn after_read(&mut self, n: usize, room: usize) {
+        if n >= room {
+            self.read_size = (self.read_size * 2).min(MAX_READ);
+        } else if n < self.read_size / 4 {
+            self.read_size = (self.read_size / 2).max(MIN_READ);
+        }
     }
 
     /// Whether the read buffer already holds a whole frame, so the next `recv` needs no read.
@@ -197,12 +223,17 @@ pub(crate) fn poll_recv(
             st.done = true;
             return Poll::Ready(Some(Err(e.into())));
         }
+        st.prepare_read();
+        let room = st.buf.capacity() - st.buf.len();
         match io.poll_read_some(cx, &mut st.buf) {
             Poll::Ready(Ok(0)) => {
                 st.done = true;
                 return Poll::Ready(Some(Err(Error::AbnormalClosure)));
             }
-            Poll::Ready(Ok(_)) => continue,
+            Poll::Ready(Ok(n)) => {
+                st.after_read(n, room);
+                continue;
+            }
             Poll::Ready(Err(e)) => {
                 st.done = true;
                 return Poll::Ready(Some(Err(e.into())));
@@ -236,6 +267,7 @@ fn poll_wind_down(
     if conn.role() == Role::Client && conn.is_closed_cleanly() && !expired {
         loop {
             st.buf.clear();
+            st.prepare_read();
             match io.poll_read_some(cx, &mut st.buf) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => break,
                 Poll::Ready(Ok(_)) => continue,

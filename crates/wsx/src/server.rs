@@ -82,18 +82,24 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnOnce(&Request<()>, &UpgradeRequest) -> Result<Accept, Rejection>,
 {
-    let timeout = config.handshake_timeout;
-    let incoming = tokio::time::timeout(timeout, Incoming::read(stream, &config.limits))
-        .await
-        .map_err(|_| Error::HandshakeTimeout(timeout))??;
-    let upgrade = match handshake::check_request(incoming.request()) {
-        Ok(u) => u,
-        Err(rejection) => return Err(incoming.reject(rejection).await),
-    };
-    match decide(incoming.request(), &upgrade) {
-        Ok(accept) => incoming.accept(&upgrade, accept, &config.websocket).await,
-        Err(rejection) => Err(incoming.reject(rejection).await),
-    }
+    // The handshake's state lives in its own allocation, freed once the connection is open: a
+    // task that awaits `accept_with` and then serves the connection keeps only a pointer's worth
+    // of it for its whole life (idle connections are that much cheaper).
+    Box::pin(async move {
+        let timeout = config.handshake_timeout;
+        let incoming = tokio::time::timeout(timeout, Incoming::read(stream, &config.limits))
+            .await
+            .map_err(|_| Error::HandshakeTimeout(timeout))??;
+        let upgrade = match handshake::check_request(incoming.request()) {
+            Ok(u) => u,
+            Err(rejection) => return Err(incoming.reject(rejection).await),
+        };
+        match decide(incoming.request(), &upgrade) {
+            Ok(accept) => incoming.accept(&upgrade, accept, &config.websocket).await,
+            Err(rejection) => Err(incoming.reject(rejection).await),
+        }
+    })
+    .await
 }
 
 /// A request head read from a stream, before we decide how to answer it.

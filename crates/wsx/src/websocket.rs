@@ -84,6 +84,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         protocol: Option<String>,
         extensions: Option<String>,
     ) -> Self {
+        // An empty leftover would only pin the handshake's buffer; reads size their own.
+        let leftover = if leftover.is_empty() { BytesMut::new() } else { leftover };
         Self {
             stream,
             conn,

@@ -718,10 +718,12 @@ fn grow(out: &mut BytesMut, budget: usize) -> Result<(), DeflateError> {
         return Err(DeflateError::TooLarge { limit: budget });
     }
     let capacity = len.saturating_add(MIN_GROW).max(out.capacity().saturating_mul(2)).min(limit);
-    // `BytesMut::reserve` may double the allocation; a new buffer has exactly this capacity.
-    let mut bigger = BytesMut::with_capacity(capacity);
-    bigger.extend_from_slice(out);
-    *out = bigger;
+    // `BytesMut::reserve` may double the allocation, and a new buffer plus a copy would hold old
+    // and new at once (twice the budget at the last step). Instead, reallocate the same buffer to
+    // exactly this capacity; the conversions to and from `Vec` do not copy.
+    let mut vec = Vec::from(std::mem::take(out));
+    vec.reserve_exact(capacity - len);
+    *out = BytesMut::from(Bytes::from(vec));
     Ok(())
 }
 

@@ -29,6 +29,7 @@
 //! write; pings and the closing handshake are answered for you.
 #![deny(missing_docs)]
 
+pub mod browser;
 mod client;
 mod error;
 mod io;

@@ -1,22 +1,85 @@
-//! `wsx serve`: an echo server.
+//! `wsx serve`: a WebSocket server with a demo page, an echo endpoint, broadcast rooms and
+//! static files, all on one port.
+//!
+//! | path                               | WebSocket                                          | plain HTTP |
+//! |------------------------------------|----------------------------------------------------|------------|
+//! | `/`                                | (404)                                              | the demo page |
+//! | `/echo`                            | echoes every text and binary message               | 426 |
+//! | `/room/{name}`                     | every message goes to every member (sender too)    | 426 |
+//! | `/close?code=N&reason=R&after=MS`  | echoes, then the server closes with N and R after MS ms (default 1000, "", 0) | 426 |
+//! | anything else                      | 404                                                | `--static` file or 404 |
+//!
+//! With `--echo` every path echoes (the Autobahn conformance setup).
+//!
+//! - **Subprotocols**: the server selects the first protocol of the client's offer that it
+//!   knows ([`PROTOCOLS`]: `chat.v1`, `echo.v1`); with none known it selects none. They do not
+//!   change what an endpoint does: `chat.v1` names the convention of the demo page (room
+//!   messages are JSON `{"id","from","text"}` or a file announcement followed by the file as a
+//!   binary message), which the server relays unchanged.
+//! - **Origins**: see [`origin`]: a browser page may connect when it was served by this server or
+//!   its origin was given with `--origin`; requests without `Origin` are allowed.
+//! - **Closing**: the peer's close frame is answered with the same code and an empty reason (the
+//!   protocol core's echo), so a page that closes with 4000 "bye" sees code 4000, reason "".
+//! - **Rooms**: see [`rooms`]: a member that falls more than `--room-queue` messages behind is
+//!   closed with 1008; one whose socket takes no data for 30 s is dropped.
+//! - **Shutdown**: SIGINT (Ctrl-C) or SIGTERM closes every connection with 1001 and waits up to
+//!   2 s for the closing handshakes, then exits 0.
+//!
+//! One log line per connection when it opens (`open`: peer, path, protocol) and when it ends
+//! (`closed`: peer, path, code, who closed first, duration in ms), and one per plain HTTP request.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ::http::{HeaderMap, StatusCode, Uri};
 use anyhow::Context as _;
 use clap::Args;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
 use wsx::proto::deflate::DeflateConfig;
-use wsx::{Accept, Error, ServerConfig};
+use wsx::proto::handshake::check_request;
+use wsx::{Accept, CloseCode, CloseFrame, Incoming, Message, Rejection, ServerConfig, State, WebSocket};
+
+mod http;
+mod origin;
+mod rooms;
+
+use origin::OriginPolicy;
+use rooms::{Bus, LocalBus, Received};
+
+/// The subprotocols the server knows. It selects the first one of the client's offer that is
+/// in this list.
+pub const PROTOCOLS: [&str; 2] = ["chat.v1", "echo.v1"];
+
+/// How long shutdown waits for the closing handshakes.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// A room member whose connection takes no data for this long is dropped.
+const ROOM_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest a plain HTTP answer may take to be written.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest `after` of `/close`.
+const MAX_CLOSE_AFTER_MS: u64 = 600_000;
 
 /// Options of `wsx serve`.
 #[derive(Args, Debug)]
+#[command(after_help = "\
+Endpoints (all on one port):
+  /                                  the demo page (plain HTTP)
+  /echo                              WebSocket: echoes every message
+  /room/NAME                         WebSocket: every message goes to every member of the room
+  /close?code=N&reason=R&after=MS    WebSocket: echoes, then the server closes with N and R
+  anything else                      a --static file, or 404
+Subprotocols: the server selects the first of the client's offer among chat.v1, echo.v1.
+SIGINT/SIGTERM close every connection with 1001 and exit 0 (after at most 2 s).")]
 pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: SocketAddr,
-    /// Echo every text and binary message back on every path (the default).
+    /// Echo every text and binary message back, on every path (no rooms).
     #[arg(long)]
     echo: bool,
     /// Settings for the Autobahn conformance suite: no keepalive pings, no idle timeout.
@@ -32,12 +95,52 @@ pub struct ServeArgs {
     /// Seconds between keepalive pings to a silent client (0 = off).
     #[arg(long, default_value_t = 30)]
     ping_interval: u64,
+    /// Serve the files of this directory to plain HTTP requests (`/` serves its index.html if
+    /// it has one, else the demo page).
+    #[arg(long = "static", value_name = "DIR")]
+    static_dir: Option<PathBuf>,
+    /// Also allow browser pages from this origin (repeatable), e.g. http://localhost:3000;
+    /// `null` allows file: pages, `*` every origin. By default only pages served by this server
+    /// may connect.
+    #[arg(long = "origin", value_name = "URL")]
+    origins: Vec<String>,
+    /// Messages a room queues for its slowest member; one that falls further behind is closed
+    /// with 1008.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    room_queue: usize,
 }
 
-/// Runs the server until Ctrl-C.
+/// Everything a connection needs to know about the server.
+struct Server {
+    config: ServerConfig,
+    echo_everywhere: bool,
+    origins: OriginPolicy,
+    site: http::Site,
+    bus: Arc<dyn Bus>,
+}
+
+/// What an upgrade request's path asks for.
+#[derive(Debug)]
+enum Route {
+    Echo,
+    Room(String),
+    /// Echo, and close with this frame after this long.
+    Close(CloseFrame, Duration),
+}
+
+/// Runs the server until SIGINT or SIGTERM.
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    // Echo is the only mode so far, and so the default; `--echo` names it explicitly.
-    let _ = args.echo;
+    // Installed first, so that a signal arriving while we start is not fatal.
+    let mut signals = Signals::new().context("cannot install the signal handlers")?;
+    let origins = OriginPolicy::new(&args.origins).map_err(anyhow::Error::msg)?;
+    let static_root = match &args.static_dir {
+        Some(dir) => {
+            let root = dir.canonicalize().with_context(|| format!("--static {}", dir.display()))?;
+            anyhow::ensure!(root.is_dir(), "--static {}: not a directory", dir.display());
+            Some(root)
+        }
+        None => None,
+    };
     let listener = TcpListener::bind(args.addr).await.with_context(|| format!("cannot listen on {}", args.addr))?;
     let mut config = ServerConfig::default();
     if !args.no_deflate {
@@ -54,60 +157,379 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if !args.conformance && args.ping_interval > 0 {
         config.websocket.proto.keepalive_interval = Some(Duration::from_secs(args.ping_interval));
     }
-    tracing::info!(addr = %listener.local_addr()?, "wsx serve --echo listening");
-    loop {
+    let server = Arc::new(Server {
+        config,
+        echo_everywhere: args.echo,
+        origins,
+        site: http::Site { static_root },
+        bus: Arc::new(LocalBus::new(args.room_queue)),
+    });
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    let addr = listener.local_addr()?;
+    let mode = if args.echo { "echo on every path" } else { "demo, /echo, /room/{name}, /close" };
+    tracing::info!(%addr, mode, "wsx serve listening on http://{addr}/");
+
+    let signal = loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (tcp, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        continue;
-                    }
-                };
-                let config = config.clone();
-                tokio::spawn(async move { echo(tcp, peer, config).await });
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    tasks.spawn(connection(server.clone(), tcp, peer, shutdown_rx.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors, typically: let connections end before retrying.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Err(e) = done {
+                    tracing::warn!(error = %e, "connection task failed");
+                }
             }
-            _ = tokio::signal::ctrl_c() => {
-                tracing::info!("shutting down");
-                return Ok(ExitCode::SUCCESS);
+            name = signals.recv() => break name,
+        }
+    };
+    drop(listener);
+    tracing::info!(signal, connections = tasks.len(), "shutting down: closing every connection with 1001");
+    let _ = shutdown_tx.send(true);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async { while tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::info!(connections = tasks.len(), "grace period over: dropping the connections left");
+        tasks.abort_all();
+    }
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGINT and SIGTERM (Ctrl-C elsewhere).
+struct Signals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self { interrupt: signal(SignalKind::interrupt())?, terminate: signal(SignalKind::terminate())? })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.interrupt.recv() => "SIGINT",
+                _ = self.terminate.recv() => "SIGTERM",
             }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
         }
     }
 }
 
-async fn echo(tcp: TcpStream, peer: SocketAddr, config: ServerConfig) {
+/// Serves one TCP connection: a plain HTTP answer, a refused handshake, or a WebSocket.
+async fn connection(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, mut shutdown: watch::Receiver<bool>) {
     let _ = tcp.set_nodelay(true);
     let started = Instant::now();
-    let mut ws = match wsx::accept_with(tcp, &config, |_, _| Ok(Accept::default())).await {
-        Ok(ws) => ws,
-        Err(e) => {
-            tracing::info!(%peer, error = %e, "handshake failed");
-            return;
+    // The handshake's state lives in its own allocation, freed before the connection's life.
+    let Some((mut ws, route, path)) = Box::pin(handshake(&server, tcp, peer)).await else { return };
+    tracing::info!(%peer, path, protocol = ws.protocol(), "open");
+    let outcome = match route {
+        Route::Echo => echo(&mut ws, &mut shutdown, None).await,
+        Route::Close(frame, after) => echo(&mut ws, &mut shutdown, Some((frame, after))).await,
+        Route::Room(name) => room(&mut ws, &name, &*server.bus, &mut shutdown).await,
+    };
+    let ms = started.elapsed().as_millis() as u64;
+    tracing::info!(%peer, path, code = outcome.code, by = outcome.by, ms, error = outcome.error.as_deref(), "closed");
+}
+
+/// Reads the request and answers it: plain HTTP, a refusal, or the upgrade.
+async fn handshake(server: &Server, tcp: TcpStream, peer: SocketAddr) -> Option<(WebSocket<TcpStream>, Route, String)> {
+    let timeout = server.config.handshake_timeout;
+    let incoming = match tokio::time::timeout(timeout, Incoming::read(tcp, &server.config.limits)).await {
+        Ok(Ok(incoming)) => incoming,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "no request");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no request head within {timeout:?}");
+            return None;
         }
     };
-    tracing::debug!(%peer, "open");
-    let mut code = None;
-    let mut error: Option<Error> = None;
-    while let Some(msg) = ws.recv().await {
+    let uri = incoming.request().uri();
+    let path = uri.path_and_query().map_or_else(|| uri.to_string(), |p| p.as_str().to_owned());
+    let route = if server.echo_everywhere { Ok(Some(Route::Echo)) } else { route(uri) };
+
+    if !incoming.is_upgrade() {
+        let (stream, request, _) = incoming.into_parts();
+        let response = http::respond(&server.site, &request, !matches!(route, Ok(None))).await;
+        let status = response.status.as_u16();
+        let written = tokio::time::timeout(HTTP_TIMEOUT, http::write(stream, request.method(), response)).await;
+        let error = match written {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("timed out".to_owned()),
+        };
+        tracing::info!(%peer, method = %request.method(), path, status, error, "http");
+        return None;
+    }
+
+    let upgrade = match check_request(incoming.request()) {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => {
+            refuse(incoming, rejection, peer, &path).await;
+            return None;
+        }
+    };
+    let host = incoming.request().headers().get(::http::header::HOST).and_then(|h| h.to_str().ok());
+    if let Err(rejection) = server.origins.check(upgrade.origin.as_deref(), host) {
+        refuse(incoming, rejection, peer, &path).await;
+        return None;
+    }
+    let route = match route {
+        Ok(Some(route)) => route,
+        Ok(None) => {
+            let body = "no WebSocket endpoint here: try /echo, /room/NAME or /close?code=4000&reason=bye\n";
+            refuse(incoming, Rejection::new(StatusCode::NOT_FOUND, body), peer, &path).await;
+            return None;
+        }
+        Err(message) => {
+            let rejection = Rejection::new(StatusCode::BAD_REQUEST, format!("{message}\n"));
+            refuse(incoming, rejection, peer, &path).await;
+            return None;
+        }
+    };
+    let protocol = upgrade.protocols.iter().find(|p| PROTOCOLS.contains(&p.as_str())).cloned();
+    let accept = Accept { protocol, headers: HeaderMap::new() };
+    match incoming.accept(&upgrade, accept, &server.config.websocket).await {
+        Ok(ws) => Some((ws, route, path)),
+        Err(e) => {
+            tracing::info!(%peer, path, error = %e, "handshake failed");
+            None
+        }
+    }
+}
+
+/// Answers an upgrade request with an HTTP error and closes; logs it.
+async fn refuse(incoming: Incoming<TcpStream>, rejection: Rejection, peer: SocketAddr, path: &str) {
+    let status = rejection.status.as_u16();
+    let reason = rejection.body.trim().to_owned();
+    incoming.reject(rejection).await;
+    tracing::info!(%peer, path, status, reason, "refused");
+}
+
+/// The WebSocket endpoint of a path: `Ok(None)` when there is none, `Err` for bad parameters.
+fn route(uri: &Uri) -> Result<Option<Route>, String> {
+    let path = uri.path();
+    if path == "/echo" {
+        return Ok(Some(Route::Echo));
+    }
+    if let Some(name) = path.strip_prefix("/room/") {
+        let name = http::percent_decode(name)
+            .and_then(|b| String::from_utf8(b).ok())
+            .filter(|n| !n.is_empty() && n.len() <= 128 && !n.contains('/') && !n.chars().any(char::is_control));
+        return Ok(name.map(Route::Room));
+    }
+    if path == "/close" {
+        let bad = |name: &str| format!("bad {name} parameter of /close");
+        let query = uri.query();
+        let code = match http::query_param(query, "code").map_err(|()| bad("code"))? {
+            Some(c) => c
+                .parse::<u16>()
+                .ok()
+                .map(CloseCode)
+                .filter(|c| c.is_valid_on_wire())
+                .ok_or_else(|| "the code of /close must be 1000-1003, 1007-1014 or 3000-4999".to_owned())?,
+            None => CloseCode::NORMAL,
+        };
+        let reason = http::query_param(query, "reason").map_err(|()| bad("reason"))?.unwrap_or_default();
+        if reason.len() > 123 {
+            return Err("the reason of /close may have at most 123 bytes".to_owned());
+        }
+        let after = match http::query_param(query, "after").map_err(|()| bad("after"))? {
+            Some(ms) => ms.parse::<u64>().ok().filter(|ms| *ms <= MAX_CLOSE_AFTER_MS).ok_or_else(|| bad("after"))?,
+            None => 0,
+        };
+        return Ok(Some(Route::Close(CloseFrame::new(code, reason), Duration::from_millis(after))));
+    }
+    Ok(None)
+}
+
+/// How a connection ended, for the log.
+#[derive(Default)]
+struct Outcome {
+    /// The close code: of the side that closed first, or of the failure (1006: no close frame).
+    code: Option<u16>,
+    /// Who closed first: "client" or "server".
+    by: Option<&'static str>,
+    error: Option<String>,
+    /// We have started the closing handshake (or are done).
+    closing: bool,
+}
+
+impl Outcome {
+    fn peer_closed(&mut self, frame: Option<CloseFrame>) {
+        if self.code.is_none() {
+            self.code = Some(frame.map_or(CloseCode::NO_STATUS.0, |f| f.code.0));
+            self.by = Some("client");
+        }
+        self.closing = true;
+    }
+
+    fn failed(&mut self, error: wsx::Error) {
+        if self.code.is_none() {
+            self.code = error.close_code().map(|c| c.0);
+        }
+        self.error.get_or_insert_with(|| error.to_string());
+        self.closing = true;
+    }
+
+    /// Starts the closing handshake (unless one is under way); the caller goes on receiving
+    /// until the peer's answer.
+    async fn close(&mut self, ws: &mut WebSocket<TcpStream>, frame: CloseFrame) {
+        self.closing = true;
+        if ws.state() != State::Open {
+            return;
+        }
+        if self.code.is_none() {
+            self.code = Some(frame.code.0);
+            self.by = Some("server");
+        }
+        if let Err(e) = ws.send(Message::Close(Some(frame))).await {
+            self.failed(e);
+        }
+    }
+}
+
+fn going_away() -> CloseFrame {
+    CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down")
+}
+
+/// Echoes every data message; with `close_after`, closes with that frame after that long.
+async fn echo(
+    ws: &mut WebSocket<TcpStream>,
+    shutdown: &mut watch::Receiver<bool>,
+    close_after: Option<(CloseFrame, Duration)>,
+) -> Outcome {
+    let mut out = Outcome::default();
+    let deadline = close_after.as_ref().map_or(Duration::from_secs(86400 * 365), |(_, after)| *after);
+    let timer = tokio::time::sleep(deadline);
+    tokio::pin!(timer);
+    let mut pending_close = close_after.map(|(frame, _)| frame);
+    loop {
+        let msg = tokio::select! {
+            msg = ws.recv() => msg,
+            () = &mut timer, if pending_close.is_some() => {
+                let frame = pending_close.take().expect("guarded");
+                out.close(ws, frame).await;
+                continue;
+            }
+            _ = shutdown.changed(), if !out.closing => {
+                out.close(ws, going_away()).await;
+                continue;
+            }
+        };
         match msg {
-            Ok(wsx::Message::Close(frame)) => code = Some(frame.map_or(1005, |f| f.code.0)),
-            Ok(msg) if msg.is_data() => {
+            None => break,
+            Some(Ok(Message::Close(frame))) => out.peer_closed(frame),
+            Some(Ok(msg)) if msg.is_data() => {
                 if let Err(e) = ws.send(msg).await {
-                    error = Some(e);
+                    out.failed(e);
                     break;
                 }
             }
-            Ok(_) => {}
-            Err(e) => {
-                code = e.close_code().map(|c| c.0);
-                error = Some(e);
-            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => out.failed(e),
         }
     }
-    let ms = started.elapsed().as_millis();
-    match error {
-        Some(e) => tracing::info!(%peer, code, ms, error = %e, "closed"),
-        None => tracing::info!(%peer, code, ms, "closed"),
+    out
+}
+
+/// A room member: what it sends goes to the room, what the room carries goes to it.
+async fn room(
+    ws: &mut WebSocket<TcpStream>,
+    name: &str,
+    bus: &dyn Bus,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Outcome {
+    let mut out = Outcome::default();
+    let mut subscription = bus.join(name);
+    loop {
+        tokio::select! {
+            msg = ws.recv() => match msg {
+                None => break,
+                Some(Ok(msg)) if msg.is_data() => bus.publish(name, msg),
+                Some(Ok(Message::Close(frame))) => out.peer_closed(frame),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => out.failed(e),
+            },
+            event = subscription.recv(), if !out.closing => match event {
+                Received::Message(msg) => match tokio::time::timeout(ROOM_SEND_TIMEOUT, ws.send(msg)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        out.failed(e);
+                        break;
+                    }
+                    Err(_) => {
+                        // The socket took nothing for that long: no close frame could get through.
+                        out.code.get_or_insert(CloseCode::ABNORMAL.0);
+                        out.error = Some(format!("room {name}: the member took no data for {ROOM_SEND_TIMEOUT:?}"));
+                        break;
+                    }
+                },
+                Received::Lagged(missed) => {
+                    let frame = CloseFrame::new(CloseCode::POLICY_VIOLATION, format!("too slow: missed {missed} messages"));
+                    out.close(ws, frame).await;
+                }
+                Received::Closed => out.close(ws, CloseFrame::new(CloseCode::INTERNAL_ERROR, "room closed")).await,
+            },
+            _ = shutdown.changed(), if !out.closing => out.close(ws, going_away()).await,
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route_of(target: &str) -> Result<Option<Route>, String> {
+        route(&target.parse().unwrap())
+    }
+
+    #[test]
+    fn routes() {
+        assert!(matches!(route_of("/echo"), Ok(Some(Route::Echo))));
+        assert!(matches!(route_of("/echo?x=1"), Ok(Some(Route::Echo))));
+        assert!(matches!(route_of("/room/caf%C3%A9"), Ok(Some(Route::Room(n))) if n == "café"));
+        assert!(matches!(route_of("/room/"), Ok(None)));
+        assert!(matches!(route_of("/room/a/b"), Ok(None)));
+        assert!(matches!(route_of("/"), Ok(None)));
+        assert!(matches!(route_of("/nope"), Ok(None)));
+        match route_of("/close?code=4001&reason=bye+now&after=20") {
+            Ok(Some(Route::Close(frame, after))) => {
+                assert_eq!((frame.code.0, frame.reason.as_str(), after), (4001, "bye now", Duration::from_millis(20)));
+            }
+            other => panic!("{other:?}"),
+        }
+        match route_of("/close") {
+            Ok(Some(Route::Close(frame, after))) => assert_eq!((frame.code.0, after), (1000, Duration::ZERO)),
+            other => panic!("{other:?}"),
+        }
+        for bad in ["/close?code=1006", "/close?code=x", "/close?after=-1", "/close?reason=%ff"] {
+            assert!(route_of(bad).is_err(), "{bad}");
+        }
+        assert!(route_of(&format!("/close?reason={}", "x".repeat(124))).is_err());
     }
 }

@@ -1,0 +1,383 @@
+//! Plain HTTP answers on the WebSocket port: the demo page, static files (`--static DIR`) and
+//! the errors, for requests that are not WebSocket upgrades.
+//!
+//! Every answer carries `Content-Length` and `Connection: close`, and the connection is closed
+//! after it (no keep-alive): a request body is never read, and a client is never left waiting.
+//!
+//! | request                                   | answer                                    |
+//! |-------------------------------------------|-------------------------------------------|
+//! | `GET /` (no `index.html` in `--static`)   | 200, the demo page                        |
+//! | `GET /path` of a file under `--static`    | 200, the file, `Content-Type` by extension|
+//! | `GET /dir` of a directory                 | 301 to `/dir/`, which serves its `index.html` |
+//! | `GET` on a WebSocket endpoint             | 426 Upgrade Required                      |
+//! | `..`, `.`, `\`, NUL or bad `%` escapes    | 400                                       |
+//! | anything else (also dot files, symlinks leading out of `DIR`) | 404                   |
+//! | a method other than GET/HEAD on something that exists | 405 with `Allow`              |
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use http::{Method, Request, StatusCode};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The demo page served at `/`: one self-contained HTML file.
+pub const DEMO_HTML: &str = include_str!("../../assets/demo.html");
+
+/// How long a client may take to send what follows the request head (a body we do not want)
+/// before we stop waiting and close.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// What the plain HTTP side serves.
+#[derive(Debug, Clone, Default)]
+pub struct Site {
+    /// The canonical `--static` directory.
+    pub static_root: Option<PathBuf>,
+}
+
+/// A response to write.
+#[derive(Debug)]
+pub struct Response {
+    /// The status.
+    pub status: StatusCode,
+    headers: Vec<(&'static str, String)>,
+    body: Body,
+}
+
+#[derive(Debug)]
+enum Body {
+    Bytes(Vec<u8>),
+    Static(&'static [u8]),
+    File(tokio::fs::File, u64),
+}
+
+impl Response {
+    fn text(status: StatusCode, body: impl Into<String>) -> Self {
+        Self {
+            status,
+            headers: vec![("Content-Type", "text/plain; charset=utf-8".into())],
+            body: Body::Bytes(body.into().into_bytes()),
+        }
+    }
+
+    fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    fn len(&self) -> u64 {
+        match &self.body {
+            Body::Bytes(b) => b.len() as u64,
+            Body::Static(b) => b.len() as u64,
+            Body::File(_, n) => *n,
+        }
+    }
+}
+
+/// Where a request path leads under the static directory.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Resolved {
+    /// A regular file (canonical path).
+    File(PathBuf),
+    /// A directory asked for without the trailing slash.
+    Redirect,
+    /// Nothing to serve.
+    NotFound,
+    /// A path we refuse to interpret (`..`, `.`, backslash, NUL, bad escapes, not UTF-8).
+    BadPath,
+}
+
+/// Maps a raw (still percent-encoded) request path to a file under `root` (canonical), without
+/// ever leaving it: `..` and `.` segments are refused outright, dot files are not served, and
+/// the result is canonicalized and must still lie under `root` (no escape through a symlink).
+/// A directory serves its `index.html`. Blocking (file system calls).
+pub fn resolve_static(root: &Path, raw_path: &str) -> Resolved {
+    let Some(decoded) = percent_decode(raw_path).and_then(|b| String::from_utf8(b).ok()) else {
+        return Resolved::BadPath;
+    };
+    if !decoded.starts_with('/') || decoded.contains(['\0', '\\']) {
+        return Resolved::BadPath;
+    }
+    let mut path = root.to_path_buf();
+    for segment in decoded.split('/') {
+        match segment {
+            "" => {}
+            "." | ".." => return Resolved::BadPath,
+            s if s.starts_with('.') => return Resolved::NotFound,
+            s if cfg!(windows) && s.contains(':') => return Resolved::BadPath,
+            s => path.push(s),
+        }
+    }
+    let inside = |p: &Path| p.canonicalize().ok().filter(|c| c.starts_with(root));
+    let Some(canonical) = inside(&path) else { return Resolved::NotFound };
+    let Ok(meta) = std::fs::metadata(&canonical) else { return Resolved::NotFound };
+    if meta.is_dir() {
+        if !raw_path.ends_with('/') {
+            return Resolved::Redirect;
+        }
+        return match inside(&canonical.join("index.html")) {
+            Some(index) if index.is_file() => Resolved::File(index),
+            _ => Resolved::NotFound,
+        };
+    }
+    if meta.is_file() {
+        Resolved::File(canonical)
+    } else {
+        Resolved::NotFound
+    }
+}
+
+/// Decodes `%XX` escapes; `None` for a malformed escape.
+pub fn percent_decode(s: &str) -> Option<Vec<u8>> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// The value of `name` in a query string (`+` for space, `%XX` escapes, UTF-8): `Ok(None)` when
+/// absent, `Err` when badly encoded.
+pub fn query_param(query: Option<&str>, name: &str) -> Result<Option<String>, ()> {
+    for pair in query.unwrap_or("").split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k == name {
+            let bytes = percent_decode(&v.replace('+', " ")).ok_or(())?;
+            return String::from_utf8(bytes).map(Some).map_err(|_| ());
+        }
+    }
+    Ok(None)
+}
+
+/// The `Content-Type` for a file name's extension.
+pub fn content_type(path: &Path) -> &'static str {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    match ext.as_str() {
+        "html" | "htm" => "text/html; charset=utf-8",
+        "css" => "text/css; charset=utf-8",
+        "js" | "mjs" => "text/javascript; charset=utf-8",
+        "json" | "map" => "application/json",
+        "txt" | "md" | "log" => "text/plain; charset=utf-8",
+        "csv" => "text/csv; charset=utf-8",
+        "xml" => "application/xml",
+        "svg" => "image/svg+xml",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "avif" => "image/avif",
+        "ico" => "image/x-icon",
+        "wasm" => "application/wasm",
+        "pdf" => "application/pdf",
+        "woff" => "font/woff",
+        "woff2" => "font/woff2",
+        "ttf" => "font/ttf",
+        "otf" => "font/otf",
+        "mp3" => "audio/mpeg",
+        "ogg" => "audio/ogg",
+        "wav" => "audio/wav",
+        "mp4" => "video/mp4",
+        "webm" => "video/webm",
+        "zip" => "application/zip",
+        "gz" => "application/gzip",
+        _ => "application/octet-stream",
+    }
+}
+
+/// Builds the answer to a plain HTTP request. `websocket_endpoint`: the path is one of the
+/// server's WebSocket endpoints (answered 426 to a plain GET unless a static file shadows it).
+pub async fn respond(site: &Site, request: &Request<()>, websocket_endpoint: bool) -> Response {
+    let path = request.uri().path();
+    let method = request.method();
+    let readable = method == Method::GET || method == Method::HEAD;
+
+    let mut resolved = Resolved::NotFound;
+    if let Some(root) = &site.static_root {
+        let (root, raw) = (root.clone(), path.to_owned());
+        resolved = tokio::task::spawn_blocking(move || resolve_static(&root, &raw)).await.unwrap_or(Resolved::NotFound);
+    }
+    let found = match resolved {
+        Resolved::BadPath => return Response::text(StatusCode::BAD_REQUEST, "bad request path\n"),
+        Resolved::NotFound => false,
+        Resolved::File(_) | Resolved::Redirect => true,
+    };
+    if !readable && (found || path == "/") {
+        return Response::text(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed here\n"))
+            .header("Allow", "GET, HEAD");
+    }
+    if !readable && websocket_endpoint {
+        return Response::text(StatusCode::METHOD_NOT_ALLOWED, "this is a WebSocket endpoint: use a WebSocket\n")
+            .header("Allow", "GET");
+    }
+    match resolved {
+        Resolved::File(file) => match tokio::fs::File::open(&file).await {
+            Ok(f) => {
+                let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+                Response {
+                    status: StatusCode::OK,
+                    headers: vec![("Content-Type", content_type(&file).into())],
+                    body: Body::File(f, len),
+                }
+            }
+            Err(_) => Response::text(StatusCode::NOT_FOUND, "not found\n"),
+        },
+        Resolved::Redirect => {
+            let mut location = format!("{path}/");
+            if let Some(q) = request.uri().query() {
+                location = format!("{location}?{q}");
+            }
+            Response::text(StatusCode::MOVED_PERMANENTLY, format!("see {location}\n")).header("Location", location)
+        }
+        _ if readable && path == "/" => Response {
+            status: StatusCode::OK,
+            headers: vec![("Content-Type", "text/html; charset=utf-8".into()), ("Cache-Control", "no-cache".into())],
+            body: Body::Static(DEMO_HTML.as_bytes()),
+        },
+        _ if websocket_endpoint => {
+            Response::text(StatusCode::UPGRADE_REQUIRED, "this is a WebSocket endpoint: connect with a WebSocket\n")
+                .header("Upgrade", "websocket")
+        }
+        _ => Response::text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// Writes `response` (no body for HEAD), then closes the connection: shuts down our side and
+/// reads (and drops) whatever the client still sends for a short while, so that a client whose
+/// request body we ignored gets the whole answer instead of a reset.
+pub async fn write<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    method: &Method,
+    response: Response,
+) -> std::io::Result<()> {
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Length: {}\r\nConnection: close\r\nX-Content-Type-Options: nosniff\r\n",
+        response.status.as_u16(),
+        response.status.canonical_reason().unwrap_or(""),
+        response.len()
+    );
+    for (name, value) in &response.headers {
+        head.push_str(name);
+        head.push_str(": ");
+        head.push_str(value);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await?;
+    if method != Method::HEAD {
+        match response.body {
+            Body::Bytes(b) => stream.write_all(&b).await?,
+            Body::Static(b) => stream.write_all(b).await?,
+            Body::File(f, len) => {
+                let copied = tokio::io::copy(&mut f.take(len), &mut stream).await?;
+                if copied != len {
+                    // The file shrank under us: the promised length cannot be kept.
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+        }
+    }
+    stream.flush().await?;
+    stream.shutdown().await?;
+    let mut sink = BytesMut::with_capacity(4096);
+    let _ = tokio::time::timeout(LINGER, async {
+        let mut total = 0usize;
+        while total < (1 << 20) {
+            sink.clear();
+            match stream.read_buf(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> Self {
+            let p = std::env::temp_dir().join(format!("wsx-http-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).unwrap();
+            Self(p.canonicalize().unwrap())
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn static_paths_stay_inside_the_root() {
+        let outside = TempDir::new("outside");
+        std::fs::write(outside.0.join("secret.txt"), "secret").unwrap();
+        let tmp = TempDir::new("root");
+        let root = tmp.0.join("site");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(root.join("a b.txt"), "a").unwrap();
+        std::fs::write(root.join("sub/index.html"), "<p>").unwrap();
+        std::fs::write(root.join(".hidden"), "h").unwrap();
+        std::fs::write(tmp.0.join("secret.txt"), "secret").unwrap();
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(outside.0.join("secret.txt"), root.join("escape.txt")).unwrap();
+            std::os::unix::fs::symlink(&outside.0, root.join("escape-dir")).unwrap();
+            std::os::unix::fs::symlink(root.join("a b.txt"), root.join("inside.txt")).unwrap();
+        }
+        let r = |p: &str| resolve_static(&root, p);
+        assert_eq!(r("/a%20b.txt"), Resolved::File(root.join("a b.txt")));
+        assert_eq!(r("/sub/"), Resolved::File(root.join("sub/index.html")));
+        assert_eq!(r("/sub"), Resolved::Redirect);
+        assert_eq!(r("/"), Resolved::NotFound, "no index.html at the top");
+        assert_eq!(r("/missing"), Resolved::NotFound);
+        assert_eq!(r("/.hidden"), Resolved::NotFound);
+        for bad in ["/../secret.txt", "/%2e%2e/secret.txt", "/sub/../../secret.txt", "/%2E%2E%2fsecret.txt"] {
+            assert_eq!(r(bad), Resolved::BadPath, "{bad}");
+        }
+        for bad in ["/./a", "/a%5c..%5csecret.txt", "/a%00", "/%zz", "/%ff", "relative"] {
+            assert_eq!(r(bad), Resolved::BadPath, "{bad}");
+        }
+        #[cfg(unix)]
+        {
+            assert_eq!(r("/escape.txt"), Resolved::NotFound);
+            assert_eq!(r("/escape-dir/secret.txt"), Resolved::NotFound);
+            assert_eq!(r("/inside.txt"), Resolved::File(root.join("a b.txt")));
+        }
+    }
+
+    #[test]
+    fn decoding() {
+        assert_eq!(percent_decode("a%20b%C3%A9").unwrap(), "a bé".as_bytes());
+        assert_eq!(percent_decode("%"), None);
+        assert_eq!(percent_decode("%4"), None);
+        assert_eq!(query_param(Some("code=4001&reason=bye+now%21"), "reason"), Ok(Some("bye now!".into())));
+        assert_eq!(query_param(Some("code=4001"), "reason"), Ok(None));
+        assert_eq!(query_param(None, "code"), Ok(None));
+        assert_eq!(query_param(Some("reason=%ff"), "reason"), Err(()));
+    }
+
+    #[test]
+    fn content_types() {
+        assert_eq!(content_type(Path::new("x/INDEX.HTML")), "text/html; charset=utf-8");
+        assert_eq!(content_type(Path::new("app.js")), "text/javascript; charset=utf-8");
+        assert_eq!(content_type(Path::new("logo.png")), "image/png");
+        assert_eq!(content_type(Path::new("README")), "application/octet-stream");
+    }
+}

@@ -1,0 +1,515 @@
+//! `wsx serve` end to end: the real binary on 127.0.0.1:0, driven by raw HTTP over TCP and by
+//! the wsx client.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use wsx::{ClientBuilder, CloseCode, Message};
+
+const WSX: &str = env!("CARGO_BIN_EXE_wsx");
+const SECRET: &str = "TOP SECRET, never served";
+
+/// A running `wsx serve`, killed when dropped.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(WSX)
+            .args(["serve", "--addr", "127.0.0.1:0"])
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run wsx serve");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.split("addr=").nth(1).and_then(|a| a.split_whitespace().next()) {
+                    if line.contains("listening") {
+                        let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
+                    }
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(10)).expect("wsx serve did not start listening");
+        Self { child, addr, log }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+
+    /// Waits up to 3 s for a log line containing every one of `parts`.
+    fn expect_log(&self, parts: &[&str]) -> String {
+        let end = Instant::now() + Duration::from_secs(3);
+        loop {
+            if let Some(l) = self.log.lock().unwrap().iter().find(|l| parts.iter().all(|p| l.contains(p))) {
+                return l.clone();
+            }
+            assert!(Instant::now() < end, "no log line with {parts:?} in:\n{}", self.log.lock().unwrap().join("\n"));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[cfg(unix)]
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status().unwrap();
+        assert!(status.success());
+    }
+
+    fn wait(&mut self, within: Duration) -> ExitStatus {
+        let end = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < end, "wsx serve did not exit within {within:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A raw HTTP answer.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then_some(v.trim())
+        })
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends `request` as is and reads the answer: the head, then (unless it is a 101) everything
+/// up to the server's close, which must come within 5 s.
+fn raw(addr: SocketAddr, request: &[u8]) -> Answer {
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    tcp.write_all(request).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = tcp.read(&mut chunk).expect("the server answers (no hang)");
+        assert!(n > 0, "connection closed before the answer's head: {:?}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8(buf[..head_end].to_vec()).unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let mut body = buf[head_end..].to_vec();
+    if status != 101 {
+        tcp.read_to_end(&mut body).expect("the server closes the connection after its answer");
+    }
+    Answer { status, head, body }
+}
+
+fn get(addr: SocketAddr, method: &str, path: &str) -> Answer {
+    raw(addr, format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+}
+
+/// A WebSocket upgrade request with extra header lines.
+fn upgrade(addr: SocketAddr, path: &str, extra: &str) -> Answer {
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    );
+    raw(addr, request.as_bytes())
+}
+
+#[test]
+fn plain_http_requests_get_plain_answers() {
+    let server = Server::start(&[]);
+    let a = server.addr;
+
+    let page = get(a, "GET", "/");
+    assert_eq!(page.status, 200);
+    assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
+    assert_eq!(page.header("connection"), Some("close"));
+    assert!(page.text().contains("<title>wsx demo</title>") && page.text().contains("new WebSocket("));
+
+    let head = get(a, "HEAD", "/");
+    assert_eq!((head.status, head.body.len()), (200, 0));
+    assert_eq!(head.header("content-length"), Some(page.body.len().to_string().as_str()));
+
+    assert_eq!(get(a, "GET", "/no/such/thing").status, 404);
+    assert_eq!(get(a, "POST", "/no/such/thing").status, 404);
+    let post = get(a, "POST", "/");
+    assert_eq!((post.status, post.header("allow")), (405, Some("GET, HEAD")));
+    assert_eq!(get(a, "DELETE", "/").status, 405);
+
+    let ws_endpoint = get(a, "GET", "/echo");
+    assert_eq!((ws_endpoint.status, ws_endpoint.header("upgrade")), (426, Some("websocket")));
+    assert_eq!(get(a, "GET", "/room/lobby").status, 426);
+    let post = get(a, "POST", "/echo");
+    assert_eq!((post.status, post.header("allow")), (405, Some("GET")));
+    // Without --static, `..` is just a path that does not exist.
+    assert_eq!(get(a, "GET", "/../etc/passwd").status, 404);
+
+    server.expect_log(&["http", "method=POST", "path=\"/\"", "status=405"]);
+}
+
+#[test]
+fn a_body_or_keep_alive_is_answered_then_closed() {
+    let server = Server::start(&[]);
+    let a = server.addr;
+    // keep-alive asked: answered with Connection: close, and closed (raw() reads to the end).
+    let kept = raw(a, format!("GET / HTTP/1.1\r\nHost: {a}\r\nConnection: keep-alive\r\n\r\n").as_bytes());
+    assert_eq!((kept.status, kept.header("connection")), (200, Some("close")));
+    // A body we never read: the answer still arrives whole, then the close.
+    let body = vec![b'x'; 300_000];
+    let mut request = format!(
+        "POST /upload HTTP/1.1\r\nHost: {a}\r\nContent-Length: {}\r\nConnection: keep-alive\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&body);
+    let answer = raw(a, &request);
+    assert_eq!((answer.status, answer.text().as_str()), (404, "not found\n"));
+    // HTTP/1.0, and a request that is not HTTP at all.
+    assert_eq!(raw(a, b"GET / HTTP/1.0\r\n\r\n").status, 200);
+    assert_eq!(raw(a, b"\x16\x03\x01 not http\r\n\r\n").status, 400);
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("wsx-serve-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn write(path: &Path, contents: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, contents).unwrap();
+}
+
+#[test]
+fn static_files() {
+    let tmp = TempDir::new("static");
+    let site = tmp.0.join("site");
+    write(&site.join("index.html"), b"<h1>my site</h1>");
+    write(&site.join("app.js"), b"console.log(1)");
+    write(&site.join("style.CSS"), b"body{}");
+    write(&site.join("data.bin"), &[0, 1, 2, 255]);
+    write(&site.join("sub dir/index.html"), b"sub index");
+    write(&site.join("sub dir/héllo.txt"), "héllo".as_bytes());
+    write(&site.join("empty/nothing.txt"), b"");
+    write(&site.join(".env"), SECRET.as_bytes());
+    write(&tmp.0.join("secret.txt"), SECRET.as_bytes());
+    write(&tmp.0.join("outside/secret.txt"), SECRET.as_bytes());
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(tmp.0.join("secret.txt"), site.join("link.txt")).unwrap();
+        std::os::unix::fs::symlink(tmp.0.join("outside"), site.join("linkdir")).unwrap();
+        std::os::unix::fs::symlink(site.join("app.js"), site.join("alias.js")).unwrap();
+    }
+    let server = Server::start(&["--static", site.to_str().unwrap()]);
+    let a = server.addr;
+    let ok = |path: &str, ty: &str, body: &[u8]| {
+        let r = get(a, "GET", path);
+        assert_eq!((r.status, r.header("content-type"), r.body.as_slice()), (200, Some(ty), body), "{path}");
+    };
+    ok("/", "text/html; charset=utf-8", b"<h1>my site</h1>");
+    ok("/index.html", "text/html; charset=utf-8", b"<h1>my site</h1>");
+    ok("/app.js", "text/javascript; charset=utf-8", b"console.log(1)");
+    ok("/style.CSS", "text/css; charset=utf-8", b"body{}");
+    ok("/data.bin", "application/octet-stream", &[0, 1, 2, 255]);
+    ok("/sub%20dir/", "text/html; charset=utf-8", b"sub index");
+    ok("/sub%20dir/h%C3%A9llo.txt?x=1", "text/plain; charset=utf-8", "héllo".as_bytes());
+    ok("/empty/nothing.txt", "text/plain; charset=utf-8", b"");
+    #[cfg(unix)]
+    ok("/alias.js", "text/javascript; charset=utf-8", b"console.log(1)");
+
+    let redirect = get(a, "GET", "/sub%20dir?q=1");
+    assert_eq!((redirect.status, redirect.header("location")), (301, Some("/sub%20dir/?q=1")));
+    assert_eq!(get(a, "GET", "/empty/").status, 404, "no listing of a directory without index.html");
+    assert_eq!(get(a, "GET", "/missing.txt").status, 404);
+    let head = get(a, "HEAD", "/app.js");
+    assert_eq!((head.status, head.header("content-length"), head.body.len()), (200, Some("14"), 0));
+    assert_eq!(get(a, "PUT", "/app.js").status, 405);
+
+    // Traversal: refused whichever way it is spelled, and the secret never comes out.
+    for path in [
+        "/../secret.txt",
+        "/sub%20dir/../../secret.txt",
+        "/%2e%2e/secret.txt",
+        "/%2E%2E%2Fsecret.txt",
+        "/sub%20dir/%2e%2e/%2e%2e/secret.txt",
+        "/..%5csecret.txt",
+        "/./index.html",
+        "/%00",
+        "/%zz",
+    ] {
+        let r = get(a, "GET", path);
+        assert_eq!(r.status, 400, "{path}");
+        assert!(!r.text().contains(SECRET), "{path}");
+    }
+    let mut escapes = vec!["/.env", "//secret.txt"];
+    if cfg!(unix) {
+        escapes.extend(["/link.txt", "/linkdir/secret.txt", "/linkdir/"]);
+    }
+    for path in escapes {
+        let r = get(a, "GET", path);
+        assert_eq!(r.status, 404, "{path}");
+        assert!(!r.text().contains(SECRET), "{path}");
+    }
+    // WebSocket endpoints still work next to the files.
+    assert_eq!(upgrade(a, "/echo", "").status, 101);
+}
+
+#[test]
+fn origins_are_checked_on_upgrades() {
+    let server = Server::start(&["--origin", "http://localhost:3000"]);
+    let a = server.addr;
+    assert_eq!(upgrade(a, "/echo", "").status, 101, "no Origin: not a browser, allowed");
+    assert_eq!(upgrade(a, "/echo", &format!("Origin: http://{a}\r\n")).status, 101, "same origin");
+    assert_eq!(upgrade(a, "/echo", "Origin: http://localhost:3000\r\n").status, 101, "--origin");
+
+    for origin in ["http://evil.example", "http://127.0.0.1:1", "https://localhost:3000", "null"] {
+        let refused = upgrade(a, "/echo", &format!("Origin: {origin}\r\n"));
+        assert_eq!(refused.status, 403, "{origin}");
+        assert!(refused.text().contains(&format!("origin \"{origin}\"")), "{origin}: {}", refused.text());
+        assert!(refused.text().contains("--origin"));
+    }
+    server.expect_log(&["refused", "path=\"/echo\"", "status=403", "evil.example"]);
+
+    // Other refusals: an unknown endpoint, bad /close parameters, a bad upgrade.
+    assert_eq!(upgrade(a, "/nope", "").status, 404);
+    assert_eq!(upgrade(a, "/room/", "").status, 404);
+    assert_eq!(upgrade(a, "/close?code=1005", "").status, 400);
+    let bad = raw(
+        a,
+        format!("GET /echo HTTP/1.1\r\nHost: {a}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(bad.status, 426, "no Sec-WebSocket-Version");
+}
+
+async fn next_data(ws: &mut wsx::WebSocket<tokio::net::TcpStream>) -> Message {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.recv()).await.expect("a message in time") {
+            Some(Ok(m)) if m.is_data() => return m,
+            Some(Ok(Message::Close(f))) => panic!("closed: {f:?}"),
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// Receives until the peer's close frame; returns it.
+async fn close_frame(ws: &mut wsx::WebSocket<tokio::net::TcpStream>) -> Option<wsx::CloseFrame> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.recv()).await.expect("the close in time") {
+            Some(Ok(Message::Close(f))) => return f,
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn echo_subprotocols_and_closes() {
+    let server = Server::start(&[]);
+    let (mut ws, _) = ClientBuilder::new(server.url("/echo"))
+        .protocol("x.unknown")
+        .protocol("echo.v1")
+        .protocol("chat.v1")
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(ws.protocol(), Some("echo.v1"));
+    ws.send_text("héllo 🦀").await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("héllo 🦀"));
+    ws.send_binary(vec![0u8, 1, 2]).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::binary(vec![0u8, 1, 2]));
+    // The server answers our close with our code and an empty reason.
+    let answer = ws.close(CloseCode(4000), "bye").await.unwrap().unwrap();
+    assert_eq!((answer.code, answer.reason.as_str()), (CloseCode(4000), ""));
+    server.expect_log(&["closed", "path=\"/echo\"", "code=4000", "by=\"client\"", "ms="]);
+
+    let (mut ws, _) = wsx::connect(&server.url("/echo")).await.unwrap();
+    assert_eq!(ws.protocol(), None);
+    drop(ws.close(CloseCode::NORMAL, "").await);
+
+    // /close: the server closes with the code and reason asked for.
+    let url = server.url("/close?code=4001&reason=server+says+%E2%9C%93&after=100");
+    let (mut ws, _) = ClientBuilder::new(url).protocol("chat.v1").connect().await.unwrap();
+    assert_eq!(ws.protocol(), Some("chat.v1"));
+    ws.send_text("still echoing").await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("still echoing"));
+    let frame = close_frame(&mut ws).await.unwrap();
+    assert_eq!((frame.code, frame.reason.as_str()), (CloseCode(4001), "server says ✓"));
+    assert!(ws.recv().await.is_none());
+    server.expect_log(&["closed", "path=\"/close?code=4001", "code=4001", "by=\"server\""]);
+}
+
+#[tokio::test]
+async fn echo_mode_echoes_on_every_path() {
+    let server = Server::start(&["--echo", "--conformance"]);
+    for path in ["/", "/room/x", "/any/path?at=all"] {
+        let (mut ws, _) = wsx::connect(&server.url(path)).await.unwrap();
+        ws.send_text(path).await.unwrap();
+        assert_eq!(next_data(&mut ws).await, Message::text(path));
+        drop(ws.close(CloseCode::NORMAL, "").await);
+    }
+    // Plain HTTP is still answered.
+    let a = server.addr;
+    assert_eq!(tokio::task::spawn_blocking(move || get(a, "GET", "/").status).await.unwrap(), 200);
+    assert_eq!(tokio::task::spawn_blocking(move || get(a, "GET", "/x").status).await.unwrap(), 426);
+}
+
+#[tokio::test]
+async fn rooms_broadcast_to_every_member() {
+    let server = Server::start(&[]);
+    let (mut a, _) = wsx::connect(&server.url("/room/lobby")).await.unwrap();
+    let (mut b, _) = wsx::connect(&server.url("/room/lobby")).await.unwrap();
+    let (mut other, _) = wsx::connect(&server.url("/room/other")).await.unwrap();
+    // Joining is done once the server has accepted: a round trip through the room proves it.
+    a.send_text("ping").await.unwrap();
+    assert_eq!(next_data(&mut a).await, Message::text("ping"));
+    assert_eq!(next_data(&mut b).await, Message::text("ping"));
+
+    a.send_text("from a").await.unwrap();
+    b.send_binary(vec![7u8; 3]).await.unwrap();
+    for ws in [&mut a, &mut b] {
+        let mut got = vec![next_data(ws).await, next_data(ws).await];
+        got.sort_by_key(|m| matches!(m, Message::Binary(_)));
+        assert_eq!(got, vec![Message::text("from a"), Message::binary(vec![7u8; 3])]);
+    }
+    other.send_text("elsewhere").await.unwrap();
+    assert_eq!(next_data(&mut other).await, Message::text("elsewhere"));
+
+    // Members leave; the room goes on for the others.
+    drop(b.close(CloseCode::NORMAL, "").await);
+    a.send_text("after b left").await.unwrap();
+    assert_eq!(next_data(&mut a).await, Message::text("after b left"));
+    server.expect_log(&["closed", "path=\"/room/lobby\"", "code=1000"]);
+}
+
+#[tokio::test]
+async fn a_slow_room_member_is_closed_with_1008_without_slowing_the_others() {
+    let server = Server::start(&["--room-queue", "4", "--no-deflate"]);
+    // The slow member joins and then does not read.
+    let (mut slow, _) = wsx::connect(&server.url("/room/busy")).await.unwrap();
+    let (mut fast, _) = wsx::connect(&server.url("/room/busy")).await.unwrap();
+    fast.send_text("hello").await.unwrap();
+    assert_eq!(next_data(&mut fast).await, Message::text("hello"));
+    // Far more than the socket buffers hold: the slow member's connection fills up, the room
+    // moves on (the fast member gets everything, each message before it sends the next).
+    let payload = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
+    let started = Instant::now();
+    for _ in 0..600 {
+        fast.send_binary(payload.clone()).await.unwrap();
+        assert_eq!(next_data(&mut fast).await, Message::Binary(payload.clone()));
+    }
+    assert!(started.elapsed() < Duration::from_secs(20), "the fast member was held up");
+    // Now the slow member reads: what was queued for it, then a close with 1008.
+    let mut received = 0;
+    let frame = loop {
+        match tokio::time::timeout(Duration::from_secs(10), slow.recv()).await.unwrap() {
+            Some(Ok(Message::Close(f))) => break f.unwrap(),
+            Some(Ok(m)) if m.is_data() => received += 1,
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(frame.code, CloseCode::POLICY_VIOLATION);
+    assert!(frame.reason.starts_with("too slow: missed "), "{}", frame.reason);
+    assert!(received < 600, "it missed some: got {received}");
+    server.expect_log(&["closed", "path=\"/room/busy\"", "code=1008", "by=\"server\""]);
+    // The fast member is still fine.
+    fast.send_text("still here").await.unwrap();
+    assert_eq!(next_data(&mut fast).await, Message::text("still here"));
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_and_sigint_close_every_connection_with_1001_then_exit_0() {
+    for signal in ["TERM", "INT"] {
+        let mut server = Server::start(&[]);
+        let (mut echo, _) = wsx::connect(&server.url("/echo")).await.unwrap();
+        let (mut room, _) = wsx::connect(&server.url("/room/r")).await.unwrap();
+        room.send_text("joined").await.unwrap();
+        assert_eq!(next_data(&mut room).await, Message::text("joined"));
+        let started = Instant::now();
+        server.signal(signal);
+        for ws in [&mut echo, &mut room] {
+            let frame = close_frame(ws).await.unwrap();
+            assert_eq!((frame.code, frame.reason.as_str()), (CloseCode::GOING_AWAY, "server shutting down"));
+            assert!(ws.recv().await.is_none());
+        }
+        let status = tokio::task::block_in_place(|| server.wait(Duration::from_secs(3)));
+        assert!(status.success(), "SIG{signal}: {status:?}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+        server.expect_log(&["shutting down", &format!("signal=\"SIG{signal}\""), "connections=2"]);
+        server.expect_log(&["closed", "path=\"/room/r\"", "code=1001", "by=\"server\""]);
+    }
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_does_not_wait_for_a_peer_that_never_answers() {
+    let mut server = Server::start(&[]);
+    // A client that completes the handshake and then never reads nor answers the close.
+    let a = server.addr;
+    let mut tcp = TcpStream::connect(a).unwrap();
+    let request = format!(
+        "GET /echo HTTP/1.1\r\nHost: {a}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).unwrap();
+    let mut head = [0u8; 12];
+    tcp.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 101");
+    server.expect_log(&["open", "path=\"/echo\""]);
+    let started = Instant::now();
+    server.signal("TERM");
+    let status = tokio::task::block_in_place(|| server.wait(Duration::from_secs(4)));
+    assert!(status.success());
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(1900) && waited < Duration::from_secs(3), "{waited:?}");
+    server.expect_log(&["grace period over", "connections=1"]);
+}

@@ -1,100 +1,732 @@
-//! `wsx connect`: a line-oriented client.
+//! `wsx connect`: a WebSocket client for terminals and pipes.
+//!
+//! - interactive mode (stdin and stdout are terminals): a rustyline prompt with history and
+//!   slash commands; received messages are printed above the prompt;
+//! - plain mode: stdin lines (or, with `--binary`, chunks) are sent, received messages are
+//!   written to stdout, status lines to stderr.
+//!
+//! The connection is split: a reader task receives and prints (and answers pings through the
+//! library), while the main loop sends what the input thread hands it, the keepalive pings and
+//! the close. The exit status tells how the connection ended (see [`AFTER_LONG_HELP`]).
 
+mod format;
+mod input;
+mod ui;
+
+use std::collections::VecDeque;
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
+use anyhow::{bail, Context as _};
+use bytes::Bytes;
 use clap::Args;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use wsx::{ClientBuilder, CloseCode, Message};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use wsx::proto::deflate::DeflateConfig;
+use wsx::{ClientBuilder, CloseCode, CloseFrame, Message, WebSocketConfig, WsReader, WsWriter};
+
+use self::format::{describe_close, escape_controls, parse_secs, parse_size, payload};
+use self::input::{Ack, Command, Input};
+use self::ui::{Kind, Ui, UiConfig};
+
+const AFTER_HELP: &str = "\
+Examples:
+  wsx connect ws://127.0.0.1:8080/echo
+      Interactive session: line editing, history, /help lists the commands.
+  printf 'hello\\nworld\\n' | wsx connect ws://127.0.0.1:8080/echo
+      One text message per line; closes at the end of input and waits for the server's close.
+  echo '{\"op\":\"subscribe\"}' | wsx connect -n --json -t ws://host/feed
+      Subscribe, then print pretty JSON with timestamps until the server closes or Ctrl-C.
+  wsx connect -H 'Authorization: Bearer TOKEN' --subprotocol chat.v2 --origin https://example.com ws://host/chat
+      Extra headers, a subprotocol offer, an Origin.
+  wsx connect --binary ws://host/upload < data.bin > reply.bin
+      Send stdin as binary messages, write what comes back unchanged.
+  wsx connect --ping-interval 30 --show-ping ws://host/
+      Keepalive ping every 30 s, printed with its round-trip time.";
+
+const AFTER_LONG_HELP: &str = "\
+Examples:
+  wsx connect ws://127.0.0.1:8080/echo
+      Interactive session: line editing, history, /help lists the commands.
+  printf 'hello\\nworld\\n' | wsx connect ws://127.0.0.1:8080/echo
+      One text message per line; closes at the end of input and waits for the server's close.
+  echo '{\"op\":\"subscribe\"}' | wsx connect -n --json -t ws://host/feed
+      Subscribe, then print pretty JSON with timestamps until the server closes or Ctrl-C.
+  wsx connect -H 'Authorization: Bearer TOKEN' --subprotocol chat.v2 --origin https://example.com ws://host/chat
+      Extra headers, a subprotocol offer, an Origin.
+  wsx connect --binary ws://host/upload < data.bin > reply.bin
+      Send stdin as binary messages, write what comes back unchanged.
+  wsx connect --ping-interval 30 --show-ping ws://host/
+      Keepalive ping every 30 s, printed with its round-trip time.
+
+Interactive mode (stdin and stdout are terminals, without --binary or --no-interactive):
+  Each line typed is a text message; received messages are printed above the prompt, marked
+  '< ' (binary ones as hex). Commands: /ping [payload], /pong [payload], /binary <hex>,
+  /text <text>, /close [code [reason]], /quit, /help; a line starting with // sends text that
+  starts with /. Ctrl-D or /quit closes with 1000; Ctrl-C clears the line, twice closes. Tab
+  completes commands. History is kept in ~/.wsx_history (or $WSX_HISTORY; set it empty for
+  none); lines starting with a space are not saved.
+
+Plain mode (otherwise):
+  Each stdin line, without its newline (\\n or \\r\\n), is one text message; lines that are not
+  UTF-8 are skipped with a warning. With --binary, each read of stdin (at most 64 KiB; for a
+  file, 64 KiB pieces) is one binary message. At the end of stdin wsx closes with 1000 and waits
+  for the server's close, printing what still arrives (it gives up after 5 s without anything
+  from the server); --no-close keeps listening instead.
+  Received text messages go to stdout followed by a newline; binary messages are written as
+  they came (with --binary, text messages get no newline either). Pings, pongs, errors and the
+  close go to stderr.
+
+Terminal safety:
+  Whatever the server sends is printed to a terminal with control characters escaped (ESC as
+  \\x1b, CR as \\r, C1 codes as \\u{9b}; newlines and tabs of text messages are kept) and binary
+  messages summarised as hex, so a server cannot send escape sequences to your terminal. Output
+  to a pipe or file is written unchanged.
+
+Exit status:
+  0    closed cleanly: the server closed with 1000 or without a code, or wsx closed (end of
+       stdin, /quit, /close, Ctrl-C) and the server answered
+  1    could not connect: invalid URL or option, DNS failure, connection refused, timeout,
+       handshake refused by the server (its HTTP status is printed)
+  2    the server closed with another code, or the connection ended abnormally (1006: dropped
+       without a close frame, no answer to our close, no pong within --ping-timeout, a
+       protocol error); clap also exits with 2 on invalid command-line usage
+  130  Ctrl-C again while the connection was closing
+  The close code and reason are printed on stderr, e.g. 'closed: 1000 normal' or
+  'closed: 4000 \"session expired\"'.
+
+Environment:
+  WSX_HISTORY   history file of interactive mode (default ~/.wsx_history; empty: none)
+  NO_COLOR      no colours";
 
 /// Options of `wsx connect`.
 #[derive(Args, Debug)]
+#[command(after_help = AFTER_HELP, after_long_help = AFTER_LONG_HELP)]
 pub struct ConnectArgs {
-    /// The server's URL, e.g. ws://127.0.0.1:8080/echo
+    /// The server's URL: ws://host[:port][/path][?query] (`ws://` may be left out).
     url: String,
-    /// Extra request header, `Name: value` (repeatable).
-    #[arg(short = 'H', long = "header")]
+    /// Add a request header, `Name: value` (repeatable).
+    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
     headers: Vec<String>,
-    /// Offer a subprotocol (repeatable).
-    #[arg(long = "subprotocol")]
+    /// Offer a subprotocol (repeatable, most preferred first).
+    #[arg(short = 's', long = "subprotocol", visible_alias = "protocol", value_name = "NAME")]
     subprotocols: Vec<String>,
     /// Send an Origin header.
-    #[arg(long)]
+    #[arg(short = 'o', long, value_name = "ORIGIN")]
     origin: Option<String>,
+    /// Send stdin as binary messages; write received messages unchanged.
+    ///
+    /// Each read of stdin (at most 64 KiB) is one binary message. Received messages, text ones
+    /// too, are written to stdout with no newline added.
+    #[arg(short = 'b', long)]
+    binary: bool,
+    /// Pretty-print received text messages that are JSON objects or arrays.
+    #[arg(short = 'j', long)]
+    json: bool,
+    /// Prefix printed messages and events with the local time (HH:MM:SS.mmm).
+    #[arg(short = 't', long)]
+    timestamps: bool,
+    /// Print pings and pongs, sent and received, with round-trip times.
+    #[arg(short = 'P', long)]
+    show_ping: bool,
+    /// Send a ping every SECS seconds (e.g. 30, 0.5, 250ms).
+    ///
+    /// Keeps idle connections alive through proxies and detects a dead server (see
+    /// --ping-timeout). Pings from the server are always answered, with or without this.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    ping_interval: Option<Duration>,
+    /// With --ping-interval: give up when nothing arrives within SECS after a ping.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "20")]
+    ping_timeout: Duration,
+    /// Time allowed for the TCP connection and the opening handshake.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "10")]
+    connect_timeout: Duration,
+    /// Largest message accepted from the server (e.g. 64k, 16M).
+    ///
+    /// k, M and G are powers of 1024. A larger message fails the connection with 1009.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64M")]
+    max_message_size: usize,
+    /// Do not offer permessage-deflate compression (offered by default, like browsers).
+    #[arg(long)]
+    no_deflate: bool,
+    /// Keep listening after stdin ends, until the server closes or Ctrl-C.
+    #[arg(short = 'n', long)]
+    no_close: bool,
+    /// Plain mode even on a terminal: no line editing, no commands.
+    #[arg(long)]
+    no_interactive: bool,
+    /// No colours (also when NO_COLOR is set).
+    #[arg(long)]
+    no_color: bool,
+    /// Print the server's handshake response (status and headers).
+    #[arg(short = 'v', long)]
+    verbose: bool,
 }
 
-/// Connects, pumps stdin to the server and the server to stdout; exits 0 on a clean close.
-pub async fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
-    let mut builder = ClientBuilder::new(&args.url);
-    for h in &args.headers {
-        let (name, value) = h.split_once(':').with_context(|| format!("header {h:?} is not `Name: value`"))?;
-        builder = builder.header(name.trim(), value.trim());
+/// After our close frame, how long the server may stay silent before we give up on its answer.
+/// The wait restarts with everything received, so a server still working through a backlog of
+/// messages (a large piped input) is not cut off.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Accepts a URL without a scheme, and http(s):// for ws(s)://.
+fn normalize_url(url: &str) -> String {
+    if let Some(rest) = url.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if url.contains("://") {
+        url.to_owned()
+    } else {
+        format!("ws://{url}")
+    }
+}
+
+/// Parses and checks the `-H` values.
+fn parse_headers(headers: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    headers
+        .iter()
+        .map(|h| {
+            let (name, value) = h.split_once(':').with_context(|| format!("header {h:?} is not `Name: value`"))?;
+            let (name, value) = (name.trim(), value.trim());
+            http::HeaderName::from_bytes(name.as_bytes()).with_context(|| format!("invalid header name {name:?}"))?;
+            http::HeaderValue::from_str(value).with_context(|| format!("invalid value for header {name:?}"))?;
+            Ok((name.to_owned(), value.to_owned()))
+        })
+        .collect()
+}
+
+fn builder(args: &ConnectArgs, url: &str) -> anyhow::Result<ClientBuilder> {
+    let mut builder = ClientBuilder::new(url).handshake_timeout(args.connect_timeout);
+    for (name, value) in parse_headers(&args.headers)? {
+        builder = builder.header(&name, &value);
     }
     for p in &args.subprotocols {
+        if p.is_empty() || !p.bytes().all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b)) {
+            bail!("invalid subprotocol {p:?}: it must be an HTTP token");
+        }
         builder = builder.protocol(p);
     }
     if let Some(o) = &args.origin {
         builder = builder.origin(o);
     }
-    let (ws, _) = builder.connect().await.with_context(|| format!("cannot connect to {}", args.url))?;
-    let (mut reader, mut writer) = ws.split();
+    let mut config = WebSocketConfig::default();
+    config.proto.max_message_size = args.max_message_size;
+    config.proto.max_frame_size = args.max_message_size;
+    // The session enforces CLOSE_TIMEOUT itself, counted from the last frame received; the
+    // library's timer counts from our close frame and would cut a busy server short.
+    config.proto.close_timeout = Duration::from_secs(24 * 3600);
+    if !args.no_deflate {
+        config.deflate = Some(DeflateConfig::default());
+    }
+    Ok(builder.config(config))
+}
 
-    let printer = tokio::spawn(async move {
-        let mut stdout = tokio::io::stdout();
-        let mut close = None;
-        while let Some(msg) = reader.recv().await {
-            match msg {
-                Ok(Message::Text(t)) => {
-                    let _ = stdout.write_all(t.as_bytes()).await;
-                    let _ = stdout.write_all(b"\n").await;
-                    let _ = stdout.flush().await;
-                }
-                Ok(Message::Binary(b)) => {
-                    let _ = stdout.write_all(&b).await;
-                    let _ = stdout.flush().await;
-                }
-                Ok(Message::Close(frame)) => close = Some(frame),
-                Ok(_) => {}
-                Err(e) => return Err(e),
-            }
+/// Pings we sent and are waiting for, for round-trip times and the ping timeout.
+struct Pings {
+    /// Payload, when sent, whether the keepalive timer sent it (not `/ping`).
+    sent: VecDeque<(Bytes, Instant, bool)>,
+    counter: u64,
+    /// When the reader last received anything: any frame proves the server alive.
+    last_received: Instant,
+}
+
+impl Pings {
+    fn new() -> Self {
+        Self { sent: VecDeque::new(), counter: 0, last_received: Instant::now() }
+    }
+
+    fn next_payload(&mut self) -> Bytes {
+        self.counter += 1;
+        Bytes::from(self.counter.to_string())
+    }
+
+    fn record(&mut self, payload: Bytes, keepalive: bool) {
+        if self.sent.len() >= 64 {
+            self.sent.pop_front();
         }
-        Ok(close)
-    });
+        self.sent.push_back((payload, Instant::now(), keepalive));
+    }
 
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    let mut printer = printer;
-    let result = loop {
-        tokio::select! {
-            line = lines.next_line() => match line {
-                Ok(Some(line)) => {
-                    if let Err(e) = writer.send(Message::text(line)).await {
-                        break (&mut printer).await.unwrap_or(Err(e));
+    /// The round-trip time of the ping this pong answers, and whether it was a keepalive.
+    fn answer(&mut self, pong: &[u8]) -> Option<(Duration, bool)> {
+        let i = self.sent.iter().position(|(p, ..)| p.as_ref() == pong)?;
+        let (_, at, keepalive) = self.sent.remove(i)?;
+        Some((at.elapsed(), keepalive))
+    }
+
+    /// When the oldest keepalive ping sent after the last received frame times out.
+    fn deadline(&self, timeout: Duration) -> Option<Instant> {
+        self.sent
+            .iter()
+            .find(|(_, at, keepalive)| *keepalive && *at > self.last_received)
+            .map(|(_, at, _)| *at + timeout)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What the reader task reports to the session loop.
+enum ReaderEvent {
+    /// The server's close frame (our close's answer, or its own close).
+    Closed(Option<CloseFrame>),
+    /// The connection failed.
+    Failed(wsx::Error),
+    /// stdout is closed: nothing more can be shown.
+    OutputClosed,
+    /// The connection is fully shut down.
+    Done,
+}
+
+/// `< pong 3 (0.21 ms)`: a ping or pong line, with its payload and round-trip time.
+fn control_line(what: &str, data: &[u8], rtt: Option<Duration>) -> String {
+    let mut line = what.to_owned();
+    if !data.is_empty() {
+        line.push(' ');
+        line.push_str(&payload(data));
+    }
+    if let Some(rtt) = rtt {
+        let ms = rtt.as_secs_f64() * 1000.0;
+        line.push_str(&if ms < 10.0 { format!(" ({ms:.2} ms)") } else { format!(" ({ms:.0} ms)") });
+    }
+    line
+}
+
+async fn read_loop(
+    mut reader: WsReader<TcpStream>,
+    ui: Arc<Ui>,
+    pings: Arc<Mutex<Pings>>,
+    show_ping: bool,
+    events: mpsc::UnboundedSender<ReaderEvent>,
+) {
+    let mut output_ok = true;
+    while let Some(event) = reader.recv().await {
+        lock(&pings).last_received = Instant::now();
+        let shown = match event {
+            Ok(Message::Text(t)) if output_ok => ui.text(t.as_str()),
+            Ok(Message::Binary(b)) if output_ok => ui.binary(&b),
+            Ok(Message::Text(_) | Message::Binary(_)) => Ok(()),
+            Ok(Message::Ping(p)) => {
+                if show_ping {
+                    ui.note(Kind::Ping, &control_line("< ping", &p, None));
+                }
+                Ok(())
+            }
+            Ok(Message::Pong(p)) => {
+                let answered = lock(&pings).answer(&p);
+                match answered {
+                    Some((rtt, keepalive)) if show_ping || !keepalive => {
+                        ui.note(Kind::Ping, &control_line("< pong", &p, Some(rtt)))
                     }
+                    None if show_ping => ui.note(Kind::Ping, &control_line("< pong", &p, None)),
+                    _ => {}
                 }
-                Ok(None) | Err(_) => {
-                    let _ = writer.close(CloseCode::NORMAL, "").await;
-                    break (&mut printer).await.unwrap_or(Ok(None));
-                }
-            },
-            done = &mut printer => break done.unwrap_or(Ok(None)),
+                Ok(())
+            }
+            Ok(Message::Close(frame)) => {
+                let _ = events.send(ReaderEvent::Closed(frame));
+                Ok(())
+            }
+            Err(e) => {
+                let _ = events.send(ReaderEvent::Failed(e));
+                Ok(())
+            }
+        };
+        if shown.is_err() && output_ok {
+            output_ok = false;
+            let _ = events.send(ReaderEvent::OutputClosed);
+        }
+    }
+    let _ = events.send(ReaderEvent::Done);
+}
+
+/// Connects and runs the session; the exit code tells how the connection ended.
+pub async fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
+    let url = normalize_url(&args.url);
+    let builder = builder(&args, &url)?;
+    let stdin_tty = std::io::stdin().is_terminal();
+    let stdout_tty = std::io::stdout().is_terminal();
+    let force_tty = std::env::var_os("WSX_FORCE_TTY").is_some_and(|v| v == "1");
+    let interactive = !args.binary && !args.no_interactive && stdin_tty && stdout_tty;
+    let color_ok = !args.no_color && !matches!(std::env::var_os("NO_COLOR"), Some(v) if !v.is_empty());
+    let ui_config = UiConfig {
+        interactive,
+        display: stdout_tty || force_tty,
+        color: color_ok && interactive,
+        err_color: color_ok && std::io::stderr().is_terminal(),
+        timestamps: args.timestamps,
+        json: args.json,
+        binary: args.binary,
+    };
+
+    let (ws, response) = match builder.connect().await {
+        Ok(connected) => connected,
+        Err(e) => {
+            let e = escape_controls(&e.to_string(), false).into_owned();
+            eprintln!("wsx: cannot connect to {url}: {e}");
+            return Ok(ExitCode::from(1));
         }
     };
-    match result {
-        Ok(Some(Some(frame))) => {
-            eprintln!("closed: {} {}", frame.code, frame.reason);
-            Ok(if frame.code == CloseCode::NORMAL { ExitCode::SUCCESS } else { ExitCode::from(2) })
+    let protocol = ws.protocol().map(str::to_owned);
+    let extensions = ws.extensions().map(str::to_owned);
+    let (reader, mut writer) = ws.split();
+
+    let (input_tx, mut input_rx) = mpsc::channel::<Input>(16);
+    let mut prompt = None;
+    let printer = if interactive {
+        let editor = input::spawn_interactive(input_tx.clone(), ui_config.color)?;
+        prompt = Some(editor.prompt);
+        Some(editor.printer)
+    } else {
+        None
+    };
+    let ui = Arc::new(Ui::new(ui_config, printer));
+
+    if args.verbose {
+        let mut head = format!("{:?} {}", response.version(), response.status());
+        for (name, value) in response.headers() {
+            let value = escape_controls(&String::from_utf8_lossy(value.as_bytes()), false).into_owned();
+            head.push_str(&format!("\n{name}: {value}"));
         }
-        Ok(Some(None)) => {
-            eprintln!("closed: 1005 (no status code)");
-            Ok(ExitCode::SUCCESS)
+        ui.note(Kind::Plain, &head);
+    }
+    if interactive || args.verbose {
+        let mut details = Vec::new();
+        if let Some(p) = &protocol {
+            details.push(format!("subprotocol {}", escape_controls(p, false)));
         }
-        Ok(None) => {
-            eprintln!("closed");
-            Ok(ExitCode::SUCCESS)
+        if let Some(x) = &extensions {
+            details.push(escape_controls(x, false).into_owned());
         }
-        Err(e) => {
-            eprintln!("error: {e} (close code {})", e.close_code().map_or(1006, |c| c.0));
-            Ok(ExitCode::FAILURE)
+        let details = if details.is_empty() { String::new() } else { format!(" ({})", details.join("; ")) };
+        ui.note(Kind::Info, &format!("connected to {url}{details}"));
+        if interactive {
+            ui.note(Kind::Plain, "type a message and Enter to send it; /help lists the commands; Ctrl-D closes");
         }
+    }
+
+    if !interactive {
+        let warn_ui = ui.clone();
+        let warn = move |text: String| warn_ui.note(Kind::Error, &format!("wsx: {text}"));
+        if args.binary {
+            input::spawn_binary(input_tx.clone(), warn);
+        } else {
+            input::spawn_lines(input_tx.clone(), warn);
+        }
+    }
+    drop(input_tx);
+
+    let pings = Arc::new(Mutex::new(Pings::new()));
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    tokio::spawn(read_loop(reader, ui.clone(), pings.clone(), args.show_ping, events_tx));
+
+    let mut session = Session {
+        writer: &mut writer,
+        ui: &ui,
+        pings: &pings,
+        show_ping: args.show_ping,
+        we_closed: false,
+        closed_at: None,
+        send_error: None,
+        finish_by: None,
+    };
+    let mut peer_close: Option<Option<CloseFrame>> = None;
+    let mut failure: Option<wsx::Error> = None;
+    let mut local_failure: Option<String> = None;
+    let mut input_open = true;
+    let mut ticker = args.ping_interval.map(|every| {
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
+    let mut interrupted = false;
+
+    loop {
+        let ending = session.we_closed || peer_close.is_some() || failure.is_some();
+        let ping_deadline = match (&ticker, ending) {
+            (Some(_), false) => lock(&pings).deadline(args.ping_timeout),
+            _ => None,
+        };
+        let finish_by = session.deadline(&pings);
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(ReaderEvent::Closed(frame)) => {
+                    peer_close = Some(frame);
+                    // The server closes TCP right after its close frame; don't wait long for it.
+                    session.finish_within(Duration::from_secs(2));
+                }
+                Some(ReaderEvent::Failed(e)) => {
+                    failure.get_or_insert(e);
+                    session.finish_within(Duration::from_secs(1));
+                }
+                Some(ReaderEvent::OutputClosed) => session.close(CloseCode::NORMAL, "").await,
+                Some(ReaderEvent::Done) | None => break,
+            },
+            input = input_rx.recv(), if input_open && !ending => match input {
+                Some(Input::Text(text)) => session.send(Message::text(text)).await,
+                Some(Input::Binary(data)) => session.send(Message::Binary(data)).await,
+                Some(Input::Line(line, ack)) => {
+                    session.command(&line).await;
+                    let _ = ack.send(if session.we_closed { Ack::Stop } else { Ack::Continue });
+                }
+                Some(Input::Interrupt) => session.close(CloseCode::NORMAL, "").await,
+                Some(Input::Eof) | None => {
+                    input_open = false;
+                    if !args.no_close {
+                        session.close(CloseCode::NORMAL, "").await;
+                    }
+                }
+            },
+            _ = async { ticker.as_mut().expect("guarded").tick().await }, if ticker.is_some() && !ending => {
+                let payload = lock(&pings).next_payload();
+                lock(&pings).record(payload.clone(), true);
+                if args.show_ping {
+                    ui.note(Kind::Ping, &control_line("> ping", &payload, None));
+                }
+                session.send(Message::Ping(payload)).await;
+            },
+            _ = sleep_until_opt(ping_deadline), if ping_deadline.is_some() => {
+                local_failure = Some(format!(
+                    "no answer to a ping within {}",
+                    humantime(args.ping_timeout)
+                ));
+                break;
+            },
+            _ = &mut ctrl_c => {
+                if interrupted || ending {
+                    finish_terminal(&ui, prompt.as_ref()).await;
+                    ui.note(Kind::Error, "interrupted");
+                    return Ok(ExitCode::from(130));
+                }
+                interrupted = true;
+                ctrl_c = Box::pin(tokio::signal::ctrl_c());
+                session.close(CloseCode::NORMAL, "").await;
+            },
+            _ = sleep_until_opt(finish_by), if finish_by.is_some() => {
+                if session.deadline(&pings).is_some_and(|d| d > Instant::now()) {
+                    continue; // the server sent something meanwhile
+                }
+                if session.we_closed && peer_close.is_none() && failure.is_none() {
+                    local_failure = Some(format!(
+                        "the server did not answer our close frame (nothing received for {})",
+                        humantime(CLOSE_TIMEOUT)
+                    ));
+                }
+                break;
+            }
+        }
+    }
+
+    let we_closed = session.we_closed;
+    let send_error = session.send_error.take();
+    finish_terminal(&ui, prompt.as_ref()).await;
+    let (line, code) = outcome(we_closed, peer_close, failure, local_failure, send_error);
+    ui.note(if code == 0 { Kind::Info } else { Kind::Error }, &line);
+    Ok(ExitCode::from(code))
+}
+
+/// Stops the prompt and gives the terminal back (interactive mode).
+async fn finish_terminal(ui: &Ui, prompt: Option<&input::Prompt>) {
+    if let Some(prompt) = prompt {
+        ui.detach_printer();
+        prompt.end().await;
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    if let Some(d) = deadline {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await;
+    }
+}
+
+fn humantime(d: Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs.fract() == 0.0 {
+        format!("{secs:.0} s")
+    } else {
+        format!("{secs} s")
+    }
+}
+
+/// The sending side of the session.
+struct Session<'a> {
+    writer: &'a mut WsWriter<TcpStream>,
+    ui: &'a Ui,
+    pings: &'a Mutex<Pings>,
+    show_ping: bool,
+    we_closed: bool,
+    /// When we sent our close frame.
+    closed_at: Option<Instant>,
+    send_error: Option<wsx::Error>,
+    finish_by: Option<Instant>,
+}
+
+impl Session<'_> {
+    /// When the session stops waiting: the end reported by the reader came (or a send failed)
+    /// and it had its grace period, or our close went unanswered for CLOSE_TIMEOUT.
+    fn deadline(&self, pings: &Mutex<Pings>) -> Option<Instant> {
+        let close = self.closed_at.map(|at| at.max(lock(pings).last_received) + CLOSE_TIMEOUT);
+        match (self.finish_by, close) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Gives the reader at most `wait` more to report the end.
+    fn finish_within(&mut self, wait: Duration) {
+        let by = Instant::now() + wait;
+        self.finish_by = Some(self.finish_by.map_or(by, |d| d.min(by)));
+    }
+
+    async fn send(&mut self, message: Message) {
+        if self.send_error.is_some() {
+            return;
+        }
+        if let Err(e) = self.writer.send(message).await {
+            // The reader reports why the connection ended; wait a little for it.
+            self.send_error = Some(e);
+            self.finish_within(Duration::from_secs(2));
+        }
+    }
+
+    /// Starts the closing handshake; the reader receives the server's answer.
+    async fn close(&mut self, code: CloseCode, reason: &str) {
+        if self.we_closed {
+            return;
+        }
+        self.we_closed = true;
+        self.closed_at = Some(Instant::now());
+        if let Err(e) = self.writer.close(code, reason).await {
+            self.send_error.get_or_insert(e);
+            self.finish_within(Duration::from_secs(2));
+        }
+    }
+
+    /// Runs a line typed at the prompt.
+    async fn command(&mut self, line: &str) {
+        let Some(command) = input::parse_command(line) else {
+            return;
+        };
+        match command {
+            Command::Text(text) => self.send(Message::text(text)).await,
+            Command::Binary(data) => self.send(Message::binary(data)).await,
+            Command::Ping(data) => {
+                let data = Bytes::from(data);
+                lock(self.pings).record(data.clone(), false);
+                if self.show_ping {
+                    self.ui.note(Kind::Ping, &control_line("> ping", &data, None));
+                }
+                self.send(Message::Ping(data)).await;
+            }
+            Command::Pong(data) => self.send(Message::Pong(Bytes::from(data))).await,
+            Command::Close(code, reason) => self.close(code, &reason).await,
+            Command::Help => self.ui.note(Kind::Plain, &input::help_text()),
+            Command::Invalid(why) => self.ui.note(Kind::Error, &why),
+        }
+    }
+}
+
+/// The final status line and the exit code.
+fn outcome(
+    we_closed: bool,
+    peer_close: Option<Option<CloseFrame>>,
+    failure: Option<wsx::Error>,
+    local_failure: Option<String>,
+    send_error: Option<wsx::Error>,
+) -> (String, u8) {
+    if let Some(why) = local_failure {
+        return (format!("closed: 1006 abnormal closure: {why}"), 2);
+    }
+    if let Some(frame) = peer_close {
+        let (code, reason) = frame.as_ref().map_or((1005, ""), |f| (f.code.0, f.reason.as_str()));
+        let clean = we_closed || code == 1000 || code == 1005;
+        return (format!("closed: {}", describe_close(code, reason)), if clean { 0 } else { 2 });
+    }
+    let Some(error) = failure.or(send_error) else {
+        return ("closed: 1006 abnormal closure: the connection ended without a close frame".into(), 2);
+    };
+    let text = escape_controls(&error.to_string(), false).into_owned();
+    let line = match &error {
+        wsx::Error::AbnormalClosure => {
+            "closed: 1006 abnormal closure: the connection ended without a close frame".into()
+        }
+        wsx::Error::Proto(wsx::proto::Error::Timeout(wsx::proto::TimeoutError::Close)) => {
+            "closed: 1006 abnormal closure: the server did not answer our close frame".into()
+        }
+        e => match e.close_code() {
+            Some(code) if code != CloseCode::ABNORMAL => {
+                format!("closed: {} (sent by wsx): {text}", describe_close(code.0, ""))
+            }
+            _ => format!("closed: 1006 abnormal closure: {text}"),
+        },
+    };
+    (line, 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizes_urls() {
+        assert_eq!(normalize_url("ws://h/p"), "ws://h/p");
+        assert_eq!(normalize_url("localhost:8080/x"), "ws://localhost:8080/x");
+        assert_eq!(normalize_url("http://h/"), "ws://h/");
+        assert_eq!(normalize_url("https://h/"), "wss://h/");
+    }
+
+    #[test]
+    fn checks_headers() {
+        let ok = parse_headers(&["X-Token: abc:def ".into(), "Cookie:a=b".into()]).unwrap();
+        assert_eq!(ok, vec![("X-Token".into(), "abc:def".into()), ("Cookie".into(), "a=b".into())]);
+        assert!(parse_headers(&["no colon".into()]).is_err());
+        assert!(parse_headers(&["bad name: x".into()]).is_err());
+        assert!(parse_headers(&["X: a\u{1}b".into()]).is_err());
+    }
+
+    #[test]
+    fn tracks_pings() {
+        let mut pings = Pings::new();
+        let timeout = Duration::from_secs(20);
+        assert_eq!(pings.deadline(timeout), None);
+        let p = pings.next_payload();
+        assert_eq!(p, "1");
+        pings.record(p.clone(), true);
+        pings.record(Bytes::from_static(b"manual"), false);
+        let deadline = pings.deadline(timeout).unwrap();
+        assert!(deadline > Instant::now() + Duration::from_secs(19));
+        assert!(matches!(pings.answer(b"manual"), Some((_, false))));
+        assert!(pings.answer(b"unknown").is_none());
+        // Anything received after the ping counts as an answer for the timeout.
+        pings.last_received = Instant::now() + Duration::from_millis(1);
+        assert_eq!(pings.deadline(timeout), None);
+        assert!(matches!(pings.answer(b"1"), Some((_, true))));
+    }
+
+    #[test]
+    fn exit_codes() {
+        let frame = |code, reason: &str| Some(Some(CloseFrame::new(CloseCode(code), reason)));
+        assert_eq!(outcome(false, frame(1000, ""), None, None, None), ("closed: 1000 normal".into(), 0));
+        assert_eq!(outcome(false, Some(None), None, None, None), ("closed: 1005 no status code".into(), 0));
+        assert_eq!(outcome(false, frame(4000, "bye"), None, None, None), ("closed: 4000 \"bye\"".into(), 2));
+        assert_eq!(outcome(false, frame(1001, ""), None, None, None).1, 2);
+        assert_eq!(outcome(true, frame(4000, "mine"), None, None, None).1, 0);
+        let (line, code) = outcome(false, None, Some(wsx::Error::AbnormalClosure), None, None);
+        assert!(line.starts_with("closed: 1006"), "{line}");
+        assert_eq!(code, 2);
+        let timeout = wsx::Error::Proto(wsx::proto::Error::Timeout(wsx::proto::TimeoutError::Close));
+        let (line, code) = outcome(true, None, Some(timeout), None, None);
+        assert!(line.contains("did not answer our close"), "{line}");
+        assert_eq!(code, 2);
+        let protocol = wsx::Error::Proto(wsx::proto::ProtocolError::ReservedOpcode(3).into());
+        let (line, code) = outcome(false, None, Some(protocol), None, None);
+        assert!(line.starts_with("closed: 1002 protocol error (sent by wsx)"), "{line}");
+        assert_eq!(code, 2);
+        let (line, code) = outcome(false, None, None, Some("no answer to a ping within 20 s".into()), None);
+        assert_eq!((line.as_str(), code), ("closed: 1006 abnormal closure: no answer to a ping within 20 s", 2));
     }
 }

@@ -1,0 +1,615 @@
+//! `wsx connect` end to end: the real binary against small in-process servers on loopback.
+//!
+//! Each test starts a server on 127.0.0.1:0 (its own thread and runtime) whose handler does
+//! one scripted thing per connection, runs `wsx connect` with some stdin, and checks stdout,
+//! stderr and the exit status. The interactive mode is driven through tmux when it is
+//! installed.
+
+use std::future::Future;
+use std::io::{Read as _, Write as _};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+use wsx::{Accept, CloseCode, Message, Rejection, ServerConfig};
+
+const WSX: &str = env!("CARGO_BIN_EXE_wsx");
+
+/// Starts a server whose `handler` runs for every accepted TCP connection.
+fn server<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                tokio::spawn(handler(tcp));
+            }
+        });
+    });
+    addr
+}
+
+/// An echo server (permessage-deflate on, like `wsx serve`).
+fn echo_server() -> SocketAddr {
+    server(|tcp| async move {
+        let mut config = ServerConfig::default();
+        config.websocket.deflate = Some(wsx::proto::deflate::DeflateConfig::default());
+        let Ok(mut ws) = wsx::accept_with(tcp, &config, |_, _| Ok(Accept::default())).await else { return };
+        while let Some(Ok(msg)) = ws.recv().await {
+            if msg.is_data() && ws.send(msg).await.is_err() {
+                break;
+            }
+        }
+    })
+}
+
+fn url(addr: SocketAddr) -> String {
+    format!("ws://{addr}/")
+}
+
+struct Run {
+    code: Option<i32>,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+impl Run {
+    fn out(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+}
+
+/// How stdin behaves.
+enum Stdin<'a> {
+    /// These bytes, then end of input.
+    Bytes(&'a [u8]),
+    /// These bytes, then stays open for this long before it ends.
+    Open(&'a [u8], Duration),
+}
+
+/// Runs `wsx connect ARGS` (no terminal anywhere), killing it after 20 s.
+fn wsx(args: &[&str], stdin: Stdin<'_>, env: &[(&str, &str)]) -> Run {
+    let mut cmd = Command::new(WSX);
+    cmd.arg("connect").args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.env_remove("WSX_FORCE_TTY").env("WSX_HISTORY", "").env("NO_COLOR", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("run wsx");
+    let mut input = child.stdin.take().unwrap();
+    let (bytes, hold) = match stdin {
+        Stdin::Bytes(b) => (b.to_vec(), Duration::ZERO),
+        Stdin::Open(b, d) => (b.to_vec(), d),
+    };
+    let (exited, wait_exit) = mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let _ = input.write_all(&bytes);
+        let _ = input.flush();
+        // Keeps stdin open for `hold`, or until wsx exits.
+        let _ = wait_exit.recv_timeout(hold);
+        drop(input);
+    });
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("wsx connect {args:?} did not exit within 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    drop(exited);
+    let stdout = out_reader.join().unwrap();
+    let stderr = String::from_utf8_lossy(&err_reader.join().unwrap()).into_owned();
+    Run { code: status.code(), stdout, stderr }
+}
+
+#[test]
+fn pipe_mode_sends_each_line_as_a_text_message() {
+    let (tx, rx) = mpsc::channel();
+    let addr = server(move |tcp| {
+        let tx = tx.clone();
+        async move {
+            let mut ws = wsx::accept(tcp).await.unwrap();
+            while let Some(Ok(msg)) = ws.recv().await {
+                if msg.is_data() {
+                    tx.send(msg.clone()).unwrap();
+                    ws.send(msg).await.unwrap();
+                }
+            }
+        }
+    });
+    let run = wsx(&[&url(addr)], Stdin::Bytes("hello\nwörld\r\n\nlast".as_bytes()), &[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(run.out(), "hello\nwörld\n\nlast\n");
+    assert!(run.stderr.contains("closed: 1000 normal"), "{}", run.stderr);
+    let got: Vec<Message> = rx.try_iter().collect();
+    assert_eq!(got, ["hello", "wörld", "", "last"].map(Message::text).to_vec());
+}
+
+#[test]
+fn lines_that_are_not_utf8_are_skipped_with_a_warning() {
+    let addr = echo_server();
+    let run = wsx(&[&url(addr)], Stdin::Bytes(b"ok\n\xff\xfe\nafter\n"), &[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(run.out(), "ok\nafter\n");
+    assert!(run.stderr.contains("stdin line 2 is not valid UTF-8"), "{}", run.stderr);
+}
+
+#[test]
+fn binary_mode_round_trips_bytes_in_chunks_of_at_most_64k() {
+    let (tx, rx) = mpsc::channel();
+    let addr = server(move |tcp| {
+        let tx = tx.clone();
+        async move {
+            let mut ws = wsx::accept(tcp).await.unwrap();
+            while let Some(Ok(msg)) = ws.recv().await {
+                if msg.is_data() {
+                    tx.send((matches!(msg, Message::Binary(_)), msg.payload().len())).unwrap();
+                    ws.send(msg).await.unwrap();
+                }
+            }
+        }
+    });
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    let run = wsx(&["--binary", &url(addr)], Stdin::Bytes(&data), &[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(run.stdout == data, "stdout differs from stdin ({} bytes vs {})", run.stdout.len(), data.len());
+    let messages: Vec<(bool, usize)> = rx.try_iter().collect();
+    assert!(messages.iter().all(|&(binary, len)| binary && len > 0 && len <= 64 * 1024), "{messages:?}");
+    assert_eq!(messages.iter().map(|m| m.1).sum::<usize>(), data.len());
+}
+
+#[test]
+fn server_close_with_another_code_exits_2_and_prints_code_and_reason() {
+    let addr = server(|tcp| async move {
+        let mut ws = wsx::accept(tcp).await.unwrap();
+        let _ = ws.recv().await;
+        let _ = ws.close(CloseCode(4000), "session expired").await;
+    });
+    // stdin stays open: the server's close alone ends the session.
+    let run = wsx(&[&url(addr)], Stdin::Open(b"hi\n", Duration::from_secs(30)), &[]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("closed: 4000 \"session expired\""), "{}", run.stderr);
+}
+
+#[test]
+fn server_close_with_1000_exits_0_while_stdin_is_open() {
+    let addr = server(|tcp| async move {
+        let mut ws = wsx::accept(tcp).await.unwrap();
+        ws.send_text("welcome").await.unwrap();
+        let _ = ws.close(CloseCode::NORMAL, "").await;
+    });
+    let started = Instant::now();
+    let run = wsx(&[&url(addr)], Stdin::Open(b"", Duration::from_secs(30)), &[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(run.out(), "welcome\n");
+    assert!(run.stderr.contains("closed: 1000 normal"), "{}", run.stderr);
+    assert!(started.elapsed() < Duration::from_secs(10), "waited for stdin");
+}
+
+#[test]
+fn connection_refused_exits_1() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let run = wsx(&[&format!("ws://127.0.0.1:{port}/")], Stdin::Bytes(b""), &[]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("cannot connect"), "{}", run.stderr);
+}
+
+#[test]
+fn refused_handshake_exits_1_with_the_status() {
+    let addr = server(|tcp| async move {
+        let config = ServerConfig::default();
+        let _ = wsx::accept_with(tcp, &config, |_, _| {
+            Err(Rejection::new(http::StatusCode::FORBIDDEN, "origin not allowed\x1b[2J"))
+        })
+        .await;
+    });
+    let run = wsx(&[&url(addr)], Stdin::Bytes(b""), &[]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("403"), "{}", run.stderr);
+    assert!(!run.stderr.contains('\x1b'), "raw escape in {:?}", run.stderr);
+}
+
+#[test]
+fn invalid_options_exit_1() {
+    let addr = echo_server();
+    let run = wsx(&["-H", "no colon here", &url(addr)], Stdin::Bytes(b""), &[]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("not `Name: value`"), "{}", run.stderr);
+    let run = wsx(&["wss://127.0.0.1:1/"], Stdin::Bytes(b""), &[]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+}
+
+#[test]
+fn dropped_connection_exits_2_as_abnormal_closure() {
+    let addr = server(|tcp| async move {
+        let mut ws = wsx::accept(tcp).await.unwrap();
+        let _ = ws.recv().await;
+        drop(ws); // TCP closes without a close frame
+    });
+    let run = wsx(&[&url(addr)], Stdin::Open(b"hi\n", Duration::from_secs(30)), &[]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("closed: 1006"), "{}", run.stderr);
+}
+
+#[test]
+fn unanswered_close_exits_2_after_the_close_timeout() {
+    let addr = server(|tcp| async move {
+        let ws = wsx::accept(tcp).await.unwrap();
+        // Never reads again: our close frame goes unanswered.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(ws);
+    });
+    let started = Instant::now();
+    let run = wsx(&[&url(addr)], Stdin::Bytes(b""), &[]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("did not answer our close"), "{}", run.stderr);
+    assert!(started.elapsed() < Duration::from_secs(9));
+}
+
+const HOSTILE: &str = "title\x1b]0;pwned\x07 clear\x1b[2J\rover\u{9b}31m";
+
+fn hostile_server() -> SocketAddr {
+    server(|tcp| async move {
+        let mut ws = wsx::accept(tcp).await.unwrap();
+        ws.send_text(HOSTILE).await.unwrap();
+        ws.send_binary(&b"\x1b[5m!"[..]).await.unwrap();
+        let _ = ws.close(CloseCode(4001), "bye\x1b[0m").await;
+    })
+}
+
+#[test]
+fn control_characters_are_escaped_on_a_terminal() {
+    let addr = hostile_server();
+    let run = wsx(&[&url(addr)], Stdin::Open(b"", Duration::from_secs(30)), &[("WSX_FORCE_TTY", "1")]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    let out = run.out();
+    assert!(!out.contains('\x1b') && !out.contains('\r') && !out.contains('\u{9b}'), "raw control in {out:?}");
+    assert!(out.contains("title\\x1b]0;pwned\\x07 clear\\x1b[2J\\rover\\u{9b}31m\n"), "{out:?}");
+    assert!(out.contains("binary, 5 bytes: 1b 5b 35 6d 21  |.[5m!|\n"), "{out:?}");
+    // Close reasons are escaped wherever they go.
+    assert!(run.stderr.contains("closed: 4001 \"bye\\x1b[0m\""), "{}", run.stderr);
+}
+
+#[test]
+fn output_to_a_pipe_is_unchanged() {
+    let addr = hostile_server();
+    let run = wsx(&[&url(addr)], Stdin::Open(b"", Duration::from_secs(30)), &[]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert_eq!(run.stdout, [HOSTILE.as_bytes(), b"\n", b"\x1b[5m!"].concat());
+}
+
+#[test]
+fn headers_subprotocols_and_origin_reach_the_server() {
+    let (tx, rx) = mpsc::channel();
+    let addr = server(move |tcp| {
+        let tx = tx.clone();
+        async move {
+            let mut config = ServerConfig::default();
+            config.websocket.deflate = Some(wsx::proto::deflate::DeflateConfig::default());
+            let mut ws = wsx::accept_with(tcp, &config, |req, upgrade| {
+                let header = |n: &str| req.headers().get(n).map(|v| v.to_str().unwrap().to_owned());
+                tx.send((
+                    header("x-token"),
+                    header("authorization"),
+                    upgrade.origin.clone(),
+                    upgrade.protocols.clone(),
+                    upgrade.extensions.join(","),
+                ))
+                .unwrap();
+                let protocol = upgrade.protocols.iter().find(|p| *p == "v2.chat").cloned();
+                Ok(Accept { protocol, ..Accept::default() })
+            })
+            .await
+            .unwrap();
+            let _ = ws.close(CloseCode::NORMAL, "").await;
+        }
+    });
+    let run = wsx(
+        &[
+            "-v",
+            "-H",
+            "X-Token: abc:123",
+            "-H",
+            "Authorization:Bearer t0k",
+            "--subprotocol",
+            "v1.chat",
+            "--subprotocol",
+            "v2.chat",
+            "--origin",
+            "https://example.test",
+            &url(addr),
+        ],
+        Stdin::Open(b"", Duration::from_secs(30)),
+        &[],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let (token, auth, origin, protocols, extensions) = rx.recv().unwrap();
+    assert_eq!(token.as_deref(), Some("abc:123"));
+    assert_eq!(auth.as_deref(), Some("Bearer t0k"));
+    assert_eq!(origin.as_deref(), Some("https://example.test"));
+    assert_eq!(protocols, ["v1.chat", "v2.chat"]);
+    assert!(extensions.starts_with("permessage-deflate"), "deflate offered by default: {extensions:?}");
+    assert!(run.stderr.contains("HTTP/1.1 101 Switching Protocols"), "{}", run.stderr);
+    assert!(run.stderr.contains("connected to ws://") && run.stderr.contains("subprotocol v2.chat"), "{}", run.stderr);
+
+    let run = wsx(&["--no-deflate", &url(addr)], Stdin::Open(b"", Duration::from_secs(30)), &[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let (.., extensions) = rx.recv().unwrap();
+    assert_eq!(extensions, "");
+}
+
+#[test]
+fn json_messages_are_pretty_printed() {
+    let addr = server(|tcp| async move {
+        let mut ws = wsx::accept(tcp).await.unwrap();
+        ws.send_text(r#"{"id":7,"tags":["a","b"],"big":12345678901234567890,"empty":{}}"#).await.unwrap();
+        ws.send_text("not json {").await.unwrap();
+        let _ = ws.close(CloseCode::NORMAL, "").await;
+    });
+    let run = wsx(&["--json", &url(addr)], Stdin::Open(b"", Duration::from_secs(30)), &[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let expected = "{\n  \"id\": 7,\n  \"tags\": [\n    \"a\",\n    \"b\"\n  ],\n  \"big\": 12345678901234567890,\n  \
+                    \"empty\": {}\n}\nnot json {\n";
+    assert_eq!(run.out(), expected);
+}
+
+fn is_timestamp(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 12
+        && b.iter().enumerate().all(|(i, c)| match i {
+            2 | 5 => *c == b':',
+            8 => *c == b'.',
+            _ => c.is_ascii_digit(),
+        })
+}
+
+#[test]
+fn timestamps_prefix_messages_and_events() {
+    let addr = echo_server();
+    let run = wsx(&["-t", &url(addr)], Stdin::Bytes(b"one\ntwo\n"), &[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let out = run.out();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out:?}");
+    for (line, text) in lines.iter().zip(["one", "two"]) {
+        let (ts, rest) = line.split_once(' ').unwrap();
+        assert!(is_timestamp(ts) && rest == text, "{line:?}");
+    }
+    let closed = run.stderr.lines().find(|l| l.contains("closed:")).unwrap();
+    assert!(is_timestamp(&closed[..12]), "{closed:?}");
+}
+
+#[test]
+fn keepalive_pings_are_sent_and_shown() {
+    let addr = echo_server();
+    let run = wsx(
+        &["--ping-interval", "100ms", "--show-ping", &url(addr)],
+        Stdin::Open(b"", Duration::from_millis(700)),
+        &[],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(run.stderr.contains("> ping 1\n"), "{}", run.stderr);
+    assert!(run.stderr.contains("< pong 1 ("), "{}", run.stderr);
+    assert!(run.stderr.contains("> ping 3\n"), "{}", run.stderr);
+}
+
+#[test]
+fn pings_from_the_server_are_answered_and_shown() {
+    let addr = server(|tcp| async move {
+        let mut ws = wsx::accept(tcp).await.unwrap();
+        ws.send(Message::Ping("are you there?".into())).await.unwrap();
+        while let Some(Ok(msg)) = ws.recv().await {
+            if let Message::Pong(p) = msg {
+                ws.send_text(format!("pong: {}", String::from_utf8_lossy(&p))).await.unwrap();
+                let _ = ws.close(CloseCode::NORMAL, "").await;
+                break;
+            }
+        }
+    });
+    let run = wsx(&["--show-ping", &url(addr)], Stdin::Open(b"", Duration::from_secs(30)), &[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(run.out(), "pong: are you there?\n");
+    assert!(run.stderr.contains("< ping are you there?"), "{}", run.stderr);
+}
+
+#[test]
+fn unanswered_pings_fail_the_connection() {
+    let addr = server(|tcp| async move {
+        let ws = wsx::accept(tcp).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await; // reads nothing, answers nothing
+        drop(ws);
+    });
+    let run = wsx(
+        &["--ping-interval", "100ms", "--ping-timeout", "300ms", &url(addr)],
+        Stdin::Open(b"", Duration::from_secs(30)),
+        &[],
+    );
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("closed: 1006 abnormal closure: no answer to a ping within 0.3 s"), "{}", run.stderr);
+}
+
+#[test]
+fn no_close_keeps_listening_after_stdin_ends() {
+    let addr = server(|tcp| async move {
+        let mut ws = wsx::accept(tcp).await.unwrap();
+        let Some(Ok(Message::Text(_))) = ws.recv().await else { return };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = ws.send_text("update").await;
+        let _ = ws.close(CloseCode::NORMAL, "done").await;
+    });
+    let run = wsx(&["-n", &url(addr)], Stdin::Bytes(b"subscribe\n"), &[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(run.out(), "update\n");
+    assert!(run.stderr.contains("closed: 1000 normal \"done\""), "{}", run.stderr);
+}
+
+#[test]
+fn oversized_messages_fail_with_1009() {
+    let addr = server(|tcp| async move {
+        let mut ws = wsx::accept(tcp).await.unwrap();
+        let _ = ws.send_text("x".repeat(2000)).await;
+        while let Some(Ok(_)) = ws.recv().await {}
+    });
+    let run = wsx(&["--max-message-size", "1k", &url(addr)], Stdin::Open(b"", Duration::from_secs(30)), &[]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("closed: 1009 message too big (sent by wsx)"), "{}", run.stderr);
+}
+
+#[test]
+fn help_shows_examples_modes_and_exit_status() {
+    let out = Command::new(WSX).args(["connect", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for needle in ["Examples:", "printf 'hello\\nworld\\n' | wsx connect", "Exit status:", "Interactive mode", "\\x1b"]
+    {
+        assert!(help.contains(needle), "{needle:?} missing from --help");
+    }
+    let out = Command::new(WSX).args(["connect", "-h"]).output().unwrap();
+    assert!(String::from_utf8(out.stdout).unwrap().contains("Examples:"));
+}
+
+// ------------------------------------------------------------------ interactive mode via tmux
+
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    /// Starts `command` in a detached tmux session, or `None` when tmux is not installed.
+    fn start(command: &str) -> Option<Self> {
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let socket = format!("wsx-test-{}-{n}", std::process::id());
+        let ok = Command::new("tmux")
+            .args(["-L", &socket, "-f", "/dev/null", "new-session", "-d", "-x", "120", "-y", "40", command])
+            .env_remove("TMUX")
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            eprintln!("tmux is not available: interactive test skipped");
+            return None;
+        }
+        Some(Self { socket })
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let status = Command::new("tmux").args(["-L", &self.socket, "send-keys"]).args(keys).status().unwrap();
+        assert!(status.success());
+    }
+
+    fn screen(&self) -> String {
+        let out = Command::new("tmux").args(["-L", &self.socket, "capture-pane", "-p"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Waits until the screen contains `needle`.
+    fn wait_for(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let screen = self.screen();
+            if screen.contains(needle) {
+                return screen;
+            }
+            assert!(Instant::now() < deadline, "{needle:?} never appeared on the screen:\n{screen}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux").args(["-L", &self.socket, "kill-server"]).status();
+    }
+}
+
+fn interactive_command(addr: SocketAddr, history: &std::path::Path, after: &str) -> String {
+    format!(
+        "env NO_COLOR=1 WSX_HISTORY={} {WSX} connect {}; echo \"rc=$?\"; {after}; sleep 30",
+        history.display(),
+        url(addr)
+    )
+}
+
+#[test]
+fn interactive_session_in_a_terminal() {
+    let addr = echo_server();
+    let dir = std::env::temp_dir().join(format!("wsx-connect-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let history = dir.join("history");
+    let _ = std::fs::remove_file(&history);
+    let Some(tmux) = Tmux::start(&interactive_command(addr, &history, "true")) else { return };
+    tmux.wait_for("/help lists the commands");
+    tmux.keys(&["hello there", "Enter"]);
+    tmux.wait_for("< hello there");
+    tmux.keys(&["/ping abc", "Enter"]);
+    tmux.wait_for("< pong abc (");
+    tmux.keys(&["/binary 00 68 69", "Enter"]);
+    tmux.wait_for("< binary, 3 bytes: 00 68 69  |.hi|");
+    tmux.keys(&["//slash", "Enter"]);
+    tmux.wait_for("< /slash");
+    tmux.keys(&["/nope", "Enter"]);
+    tmux.wait_for("unknown command /nope");
+    // History: Up brings back the last line.
+    tmux.keys(&["Up"]);
+    tmux.wait_for("> /nope");
+    tmux.keys(&["C-u", "/cl"]);
+    tmux.wait_for("/close [code [reason]]"); // the hint
+    tmux.keys(&["Tab"]);
+    tmux.keys(&["4001 see you", "Enter"]);
+    let screen = tmux.wait_for("rc=");
+    assert!(screen.contains("closed: 4001"), "{screen}");
+    assert!(screen.contains("rc=0"), "{screen}");
+    let saved = std::fs::read_to_string(&history).unwrap();
+    assert!(saved.contains("hello there") && saved.contains("/close 4001 see you"), "{saved}");
+}
+
+#[test]
+fn interactive_session_ends_cleanly_when_the_server_closes_mid_line() {
+    let addr = server(|tcp| async move {
+        let mut ws = wsx::accept(tcp).await.unwrap();
+        let _ = ws.recv().await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let _ = ws.close(CloseCode(4002), "kicked").await;
+    });
+    let dir = std::env::temp_dir().join(format!("wsx-connect-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let history = dir.join("history-2");
+    let check = "stty -a | tr ' ' '\\n' | grep -x -e icanon -e -icanon -e echo -e -echo | tr '\\n' ' '";
+    let Some(tmux) = Tmux::start(&interactive_command(addr, &history, check)) else { return };
+    tmux.wait_for("/help lists the commands");
+    tmux.keys(&["go", "Enter"]);
+    tmux.keys(&["half typed"]);
+    let screen = tmux.wait_for("rc=");
+    assert!(screen.contains("closed: 4002 \"kicked\""), "{screen}");
+    assert!(screen.contains("rc=2"), "{screen}");
+    // The terminal is back in canonical mode with echo, and the half-typed line is gone.
+    let screen = tmux.wait_for("icanon echo");
+    assert!(!screen.contains("half typed"), "{screen}");
+}

@@ -32,7 +32,7 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use crate::deflate::{DeflateError, PerMessageDeflate};
 use crate::error::{Error, LimitError, ProtocolError, TimeoutError, UsageError};
@@ -293,7 +293,7 @@ impl Connection {
                 };
                 self.note_received(now);
                 let frame = self.check_header(header)?;
-                let _ = buf.split_to(header_len);
+                buf.advance(header_len);
                 self.frame = Some(frame);
             }
             let Some(frame) = self.frame.as_mut() else {

@@ -46,13 +46,14 @@
 //! compressor takes 380,032 bytes with a 15-bit window, 265,344 with 12 bits and 251,008 with 9;
 //! an inflater takes 47,552 bytes for any window, since zlib-rs always allocates a 32 KiB inflate
 //! window. A compressor whose context is reset after each message (our side's
-//! `*_no_context_takeover`) is freed after each message and allocated again by the next
-//! [`PerMessageDeflate::compress`] (about 2 to 3 µs more per message than keeping it); an inflater
-//! likewise when the peer's context is reset. A connection allocates nothing before its first
-//! compressed message, and with no context takeover both ways, nothing between messages.
+//! `*_no_context_takeover`) is handed back after each message to a small per-thread pool of reset
+//! states and taken from it by the next [`PerMessageDeflate::compress`] of any connection on that
+//! thread; an inflater likewise when the peer's context is reset. A connection holds nothing
+//! before its first compressed message and, with no context takeover both ways, nothing between
+//! messages, while messages allocate no zlib state: the pool holds at most a few states per thread.
 
 use bytes::{Bytes, BytesMut};
-use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
+use flate2::{Compress, Decompress, FlushCompress, FlushDecompress, Status};
 
 /// The extension's name in `Sec-WebSocket-Extensions`.
 pub const EXTENSION_NAME: &str = "permessage-deflate";
@@ -471,6 +472,61 @@ fn is_token(s: &str) -> bool {
 // Compression
 // ---------------------------------------------------------------------------
 
+/// zlib states released by connections whose context is reset after every message, kept reset
+/// for the next message of any connection on the same thread. Such a connection then allocates
+/// nothing per message (a fresh zlib-rs compressor costs several microseconds to allocate and
+/// clear), and the memory kept is bounded by threads × [`POOL_SIZE`], not by connections.
+/// A cache only: what a connection sends or accepts does not depend on it.
+mod pool {
+    use std::cell::RefCell;
+
+    use flate2::{Compress, Compression, Decompress};
+
+    /// The most states of each kind a thread keeps.
+    pub(super) const POOL_SIZE: usize = 4;
+
+    thread_local! {
+        static COMPRESSORS: RefCell<Vec<(u32, u8, Compress)>> = const { RefCell::new(Vec::new()) };
+        static DECOMPRESSORS: RefCell<Vec<Decompress>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// A compressor for raw deflate at `level` with a window of `bits`, ready for a new stream.
+    pub(super) fn compressor(level: u32, bits: u8) -> Compress {
+        let pooled = COMPRESSORS.with_borrow_mut(|pool| {
+            let i = pool.iter().position(|&(l, b, _)| l == level && b == bits)?;
+            Some(pool.swap_remove(i).2)
+        });
+        pooled.unwrap_or_else(|| Compress::new_with_window_bits(Compression::new(level), false, bits))
+    }
+
+    /// Resets a compressor and keeps it for reuse, if there is room.
+    pub(super) fn release_compressor(level: u32, bits: u8, mut c: Compress) {
+        c.reset();
+        COMPRESSORS.with_borrow_mut(|pool| {
+            if pool.len() < POOL_SIZE {
+                pool.push((level, bits, c));
+            }
+        });
+    }
+
+    /// A raw-deflate inflater with a 15-bit window (which decodes a stream made with any smaller
+    /// window; zlib-rs allocates a 32 KiB window whatever the size asked, and only a 15-bit
+    /// inflater resets without reallocating).
+    pub(super) fn decompressor() -> Decompress {
+        DECOMPRESSORS.with_borrow_mut(|pool| pool.pop()).unwrap_or_else(|| Decompress::new_with_window_bits(false, 15))
+    }
+
+    /// Resets an inflater and keeps it for reuse, if there is room.
+    pub(super) fn release_decompressor(mut d: Decompress) {
+        d.reset(false);
+        DECOMPRESSORS.with_borrow_mut(|pool| {
+            if pool.len() < POOL_SIZE {
+                pool.push(d);
+            }
+        });
+    }
+}
+
 /// Per-connection compression state for one role: our compressor and the inflater for the peer's
 /// messages.
 pub struct PerMessageDeflate {
@@ -484,8 +540,6 @@ pub struct PerMessageDeflate {
     compress_reset: bool,
     /// `None` until the first message, and between messages when `compress_reset`.
     compressor: Option<Compress>,
-    /// The window our inflater uses (the peer's, at least 9).
-    inflate_bits: u8,
     /// The peer resets its context after every message.
     inflate_reset: bool,
     /// `None` until needed, and between messages when `inflate_reset`.
@@ -514,11 +568,8 @@ impl PerMessageDeflate {
     /// 0..=9 (larger values act as 9) and `threshold` as in
     /// [`DeflateConfig::compression_threshold`]. Allocates nothing until the first message.
     pub fn new(params: &DeflateParams, is_server: bool, level: u32, threshold: usize) -> Self {
-        let (ours, peers) = if is_server {
-            (params.server_max_window_bits, params.client_max_window_bits)
-        } else {
-            (params.client_max_window_bits, params.server_max_window_bits)
-        };
+        // Our compressor uses our side's window; the inflater always uses 15 bits (see `pool`).
+        let ours = if is_server { params.server_max_window_bits } else { params.client_max_window_bits };
         let (compress_reset, inflate_reset) = if is_server {
             (params.server_no_context_takeover, params.client_no_context_takeover)
         } else {
@@ -532,7 +583,6 @@ impl PerMessageDeflate {
             compress_bits: clamp_bits(ours).max(ZLIB_MIN_WINDOW_BITS),
             compress_reset,
             compressor: None,
-            inflate_bits: clamp_bits(peers).max(ZLIB_MIN_WINDOW_BITS),
             inflate_reset,
             decompressor: None,
             in_message: false,
@@ -558,8 +608,7 @@ impl PerMessageDeflate {
             return None;
         }
         let (level, bits) = (self.level, self.compress_bits);
-        let compressor =
-            self.compressor.get_or_insert_with(|| Compress::new_with_window_bits(Compression::new(level), false, bits));
+        let compressor = self.compressor.get_or_insert_with(|| pool::compressor(level, bits));
         let mut out = Vec::with_capacity(payload.len() / 4 + 64);
         let mut input = payload;
         let complete = loop {
@@ -590,7 +639,9 @@ impl PerMessageDeflate {
             return None;
         }
         if self.compress_reset {
-            self.compressor = None;
+            if let Some(c) = self.compressor.take() {
+                pool::release_compressor(level, bits, c);
+            }
             // With a threshold of 0 every message is compressed, even when it does not shrink
             // (some peers, such as the Autobahn suite's compression cases, expect that).
             if self.threshold > 0 && out.len() >= payload.len() {
@@ -625,7 +676,7 @@ impl PerMessageDeflate {
     /// Ends an incoming compressed message: inflates the `00 00 ff ff` tail the sender removed
     /// (RFC 7692 §7.2.2), appending any output to `out` under the same `budget` as
     /// [`decompress_chunk`](Self::decompress_chunk), and resets the inflater when the peer resets
-    /// its context after each message (freeing its memory until the next message).
+    /// its context after each message (handing its state back to the per-thread pool).
     ///
     /// A message whose frames were all empty is an empty message. A message containing a final
     /// DEFLATE block (BFINAL set, §7.2.3.4) is accepted; bytes after that block start a new DEFLATE
@@ -634,8 +685,12 @@ impl PerMessageDeflate {
     pub fn finish_message(&mut self, out: &mut BytesMut, budget: usize) -> Result<(), DeflateError> {
         let needs_tail = self.in_message && !(self.stream_ended && self.decompressor.is_none());
         let result = if needs_tail { self.inflate(&TAIL, out, budget, FlushDecompress::Sync) } else { Ok(()) };
-        if result.is_err() || self.inflate_reset || self.stream_ended {
+        if result.is_err() {
             self.decompressor = None;
+        } else if self.inflate_reset || self.stream_ended {
+            if let Some(d) = self.decompressor.take() {
+                pool::release_decompressor(d);
+            }
         }
         self.in_message = false;
         self.stream_ended = false;
@@ -666,8 +721,7 @@ impl PerMessageDeflate {
         // likely to produce, doubling while the inflater keeps filling it.
         let mut step = input.len().saturating_mul(4).clamp(4096, 64 * 1024);
         loop {
-            let bits = self.inflate_bits;
-            let decompressor = self.decompressor.get_or_insert_with(|| Decompress::new_with_window_bits(false, bits));
+            let decompressor = self.decompressor.get_or_insert_with(pool::decompressor);
             if out.len() == out.capacity() {
                 grow(out, budget)?;
             }

@@ -7,7 +7,7 @@
 
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
@@ -19,6 +19,9 @@ use crate::Error;
 struct Shared<S> {
     conn: Connection,
     writer: WriteHalf<S>,
+    /// The reader's task while it waits: woken when the writer changes what the reader must
+    /// watch for (a close we sent starts the close timeout, which only the reader runs).
+    reader_waker: Option<Waker>,
 }
 
 type SharedRef<S> = Arc<Mutex<Shared<S>>>;
@@ -63,7 +66,7 @@ pub(crate) fn split<S: AsyncRead + AsyncWrite + Unpin>(
     protocol: Option<String>,
 ) -> (WsReader<S>, WsWriter<S>) {
     let (reader, writer) = tokio::io::split(stream);
-    let shared = Arc::new(Mutex::new(Shared { conn, writer }));
+    let shared = Arc::new(Mutex::new(Shared { conn, writer, reader_waker: None }));
     (WsReader { reader, shared: shared.clone(), read }, WsWriter { shared, high_water, protocol })
 }
 
@@ -116,7 +119,14 @@ impl<S: AsyncRead + AsyncWrite> WsReader<S> {
         let mut guard = lock(&self.shared);
         let shared = &mut *guard;
         let mut io = Halves { reader: &mut self.reader, writer: &mut shared.writer };
-        poll_recv(cx, &mut shared.conn, &mut io, &mut self.read)
+        let poll = poll_recv(cx, &mut shared.conn, &mut io, &mut self.read);
+        if poll.is_pending() {
+            match &mut shared.reader_waker {
+                Some(w) => w.clone_from(cx.waker()),
+                None => shared.reader_waker = Some(cx.waker().clone()),
+            }
+        }
+        poll
     }
 }
 
@@ -140,7 +150,13 @@ impl<S: AsyncRead + AsyncWrite> WsWriter<S> {
         {
             let mut g = lock(&self.shared);
             match message {
-                Message::Close(frame) => g.conn.close(frame, now())?,
+                Message::Close(frame) => {
+                    g.conn.close(frame, now())?;
+                    // The reader runs the close timeout: let it re-arm its timer.
+                    if let Some(w) = g.reader_waker.take() {
+                        w.wake();
+                    }
+                }
                 m => g.conn.send(m)?,
             }
         }

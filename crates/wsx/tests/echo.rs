@@ -233,7 +233,7 @@ async fn split_halves_in_two_tasks() {
 
         const N: usize = 1000;
         let msg = |i: usize| {
-            if i % 3 == 0 {
+            if i.is_multiple_of(3) {
                 Message::binary(pattern((i * 37) % 5000, i as u64))
             } else {
                 Message::text(format!("message {i} {}", "z".repeat(i % 200)))

@@ -177,7 +177,7 @@ pub fn parse_hex(s: &str) -> Result<Vec<u8>, String> {
     let s = s.trim();
     let s = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")).unwrap_or(s);
     let digits: Vec<u8> = s.bytes().filter(|b| !matches!(b, b' ' | b'\t' | b':')).collect();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return Err("odd number of hex digits".into());
     }
     digits

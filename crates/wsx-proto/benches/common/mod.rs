@@ -135,9 +135,9 @@ pub fn mixed_text(len: usize, seed: u64) -> String {
 
 /// "1B", "125B", "1KiB", "64KiB", "1MiB".
 pub fn size_label(len: usize) -> String {
-    if len >= 1 << 20 && len % (1 << 20) == 0 {
+    if len >= 1 << 20 && len.is_multiple_of(1 << 20) {
         format!("{}MiB", len >> 20)
-    } else if len >= 1 << 10 && len % (1 << 10) == 0 {
+    } else if len >= 1 << 10 && len.is_multiple_of(1 << 10) {
         format!("{}KiB", len >> 10)
     } else {
         format!("{len}B")

@@ -17,8 +17,8 @@ struct Cli {
 enum Command {
     /// Run a WebSocket server.
     Serve(serve::ServeArgs),
-    /// Connect to a WebSocket server: stdin lines go out as text messages, received messages
-    /// are printed on stdout.
+    /// Connect to a WebSocket server: an interactive prompt on a terminal, one message per stdin
+    /// line in a pipe; received messages are printed on stdout.
     Connect(connect::ConnectArgs),
 }
 

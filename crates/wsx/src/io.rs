@@ -195,9 +195,11 @@ pub(crate) fn poll_recv(
                 continue;
             }
             Ok(Some(ev)) => {
-                if !conn.output().is_empty() {
-                    // A pong: send it now if the socket takes it; otherwise it leaves with the
-                    // next write.
+                // Corking: what is pending (replies the application queued while handling this
+                // batch, pongs) leaves in one write once the batch is handled: with the
+                // application's next `send`, or before the next read. Only a ping that ends the
+                // batch flushes here, so that its pong does not wait for the application.
+                if matches!(ev, Message::Ping(_)) && !conn.output().is_empty() && !st.has_buffered_frame() {
                     let _ = poll_flush_all(cx, conn, io);
                 }
                 return Poll::Ready(Some(Ok(ev)));

@@ -105,7 +105,7 @@ Environment:
 #[derive(Args, Debug)]
 #[command(after_help = AFTER_HELP, after_long_help = AFTER_LONG_HELP)]
 pub struct ConnectArgs {
-    /// The server's URL: ws://host[:port][/path][?query] (`ws://` may be left out).
+    /// The server's URL, `ws://host:port/path?query`: port, path and query are optional, and so is `ws://`.
     url: String,
     /// Add a request header, `Name: value` (repeatable).
     #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]

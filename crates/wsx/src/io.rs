@@ -16,9 +16,9 @@ use wsx_proto::{Connection, Message, Role, State};
 use crate::Error;
 
 /// The room a read gets adapts to the traffic, between these bounds: an idle connection keeps
-/// a small buffer, a busy one reads up to 64 KiB at a time. Large frames grow the buffer as
-/// their bytes arrive, never from the declared length.
-const MIN_READ: usize = 512;
+/// a small buffer, a busy one reads up to 64 KiB at a time (the size doubles whenever a read
+/// fills it). Large frames grow the buffer as their bytes arrive, never from the declared length.
+const MIN_READ: usize = 256;
 const MAX_READ: usize = 64 * 1024;
 /// An empty read buffer larger than this is released rather than kept while idle.
 const KEEP_IDLE_BUFFER: usize = 64 * 1024;

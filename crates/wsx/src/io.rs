@@ -16,13 +16,12 @@ use wsx_proto::{Connection, Message, Role, State};
 use crate::Error;
 
 /// The room a read gets adapts to the traffic, between these bounds: an idle connection keeps
-/// a small buffer, a busy one reads up to 1 MiB at a time (the size doubles whenever a read fills
-/// it), as many syscalls per byte as a plain TCP echo makes. Large frames grow the buffer as
-/// their bytes arrive, never from the declared length.
+/// a small buffer, a busy one reads up to 64 KiB at a time (the size doubles whenever a read
+/// fills it). Large frames grow the buffer as their bytes arrive, never from the declared length.
 const MIN_READ: usize = 256;
-const MAX_READ: usize = 1024 * 1024;
+const MAX_READ: usize = 64 * 1024;
 /// An empty read buffer larger than this is released rather than kept while idle.
-const KEEP_IDLE_BUFFER: usize = 1024 * 1024;
+const KEEP_IDLE_BUFFER: usize = 64 * 1024;
 
 /// The transport seen by the poll loops: the whole stream, or the two halves of a split one.
 pub(crate) trait Transport {

@@ -31,7 +31,10 @@ use self::format::{describe_close, escape_controls, parse_secs, parse_size, payl
 use self::input::{Ack, Command, Input};
 use self::ui::{Kind, Ui, UiConfig};
 
-const AFTER_HELP: &str = "\
+/// The examples both help texts open with (a macro, so that `concat!` can extend it).
+macro_rules! examples {
+    () => {
+        "\
 Examples:
   wsx connect ws://127.0.0.1:8080/echo
       Interactive session: line editing, history, /help lists the commands.
@@ -44,22 +47,15 @@ Examples:
   wsx connect --binary ws://host/upload < data.bin > reply.bin
       Send stdin as binary messages, write what comes back unchanged.
   wsx connect --ping-interval 30 --show-ping ws://host/
-      Keepalive ping every 30 s, printed with its round-trip time.";
+      Keepalive ping every 30 s, printed with its round-trip time."
+    };
+}
 
-const AFTER_LONG_HELP: &str = "\
-Examples:
-  wsx connect ws://127.0.0.1:8080/echo
-      Interactive session: line editing, history, /help lists the commands.
-  printf 'hello\\nworld\\n' | wsx connect ws://127.0.0.1:8080/echo
-      One text message per line; closes at the end of input and waits for the server's close.
-  echo '{\"op\":\"subscribe\"}' | wsx connect -n --json -t ws://host/feed
-      Subscribe, then print pretty JSON with timestamps until the server closes or Ctrl-C.
-  wsx connect -H 'Authorization: Bearer TOKEN' --subprotocol chat.v2 --origin https://example.com ws://host/chat
-      Extra headers, a subprotocol offer, an Origin.
-  wsx connect --binary ws://host/upload < data.bin > reply.bin
-      Send stdin as binary messages, write what comes back unchanged.
-  wsx connect --ping-interval 30 --show-ping ws://host/
-      Keepalive ping every 30 s, printed with its round-trip time.
+const AFTER_HELP: &str = examples!();
+
+const AFTER_LONG_HELP: &str = concat!(
+    examples!(),
+    "
 
 Interactive mode (stdin and stdout are terminals, without --binary or --no-interactive):
   Each line typed is a text message; received messages are printed above the prompt, marked
@@ -99,7 +95,8 @@ Exit status:
 
 Environment:
   WSX_HISTORY   history file of interactive mode (default ~/.wsx_history; empty: none)
-  NO_COLOR      no colours";
+  NO_COLOR      no colours"
+);
 
 /// Options of `wsx connect`.
 #[derive(Args, Debug)]

@@ -568,7 +568,9 @@ impl Connection {
     /// Queues one frame of a fragmented message: the first call gives `text` (whether the
     /// message is text), later ones continue it; `fin` ends it. Control messages may be sent
     /// between fragments with [`send`](Self::send). The caller is responsible for the text being
-    /// valid UTF-8 once whole.
+    /// valid UTF-8 once whole. Fragmented messages go out uncompressed even when
+    /// permessage-deflate is in use (RFC 7692 lets a sender leave any message uncompressed); send
+    /// a whole message with [`send`](Self::send) to have it compressed.
     pub fn send_fragment(&mut self, text: bool, payload: Bytes, fin: bool) -> Result<(), Error> {
         if self.state != State::Open {
             return Err(UsageError::NotOpen(self.state).into());

@@ -627,6 +627,12 @@ pub struct UpgradeRequest {
     pub origin: Option<String>,
 }
 
+/// Whether a request asks for a WebSocket upgrade (`Upgrade` lists `websocket`), as opposed to a
+/// plain HTTP request to be answered as such. [`check_request`] then says whether it is valid.
+pub fn is_upgrade_request(req: &Request<()>) -> bool {
+    has_token(req.headers(), &header::UPGRADE, "websocket")
+}
+
 /// Checks a request against RFC 6455 §4.2.1.
 ///
 /// Returns the [`Rejection`] to send (then close the connection) when:

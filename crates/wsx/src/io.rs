@@ -162,6 +162,15 @@ pub(crate) fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
+/// Queues a message on the connection: a close starts the closing handshake (and its timeout)
+/// now; anything else is encoded into the output.
+pub(crate) fn queue(conn: &mut Connection, message: Message) -> Result<(), wsx_proto::Error> {
+    match message {
+        Message::Close(frame) => conn.close(frame, now()),
+        m => conn.send(m),
+    }
+}
+
 /// Receives the next message. See [`WebSocket::recv`](crate::WebSocket::recv).
 pub(crate) fn poll_recv(
     cx: &mut Context<'_>,

@@ -142,11 +142,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Incoming<S> {
 
     /// Whether the request asks for a WebSocket upgrade (has `Upgrade: websocket`).
     pub fn is_upgrade(&self) -> bool {
-        self.request
-            .headers()
-            .get_all(http::header::UPGRADE)
-            .iter()
-            .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("websocket"))))
+        handshake::is_upgrade_request(&self.request)
     }
 
     /// Completes the upgrade: writes the 101 response and returns the open connection.

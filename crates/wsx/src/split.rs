@@ -13,7 +13,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use wsx_proto::{CloseCode, CloseFrame, Connection, Message, State};
 
-use crate::io::{now, poll_flush_all, poll_read_some, poll_recv, poll_write_out, ReadState, Transport};
+use crate::io::{poll_flush_all, poll_read_some, poll_recv, poll_write_out, queue, ReadState, Transport};
 use crate::Error;
 
 struct Shared<S> {
@@ -149,15 +149,13 @@ impl<S: AsyncRead + AsyncWrite> WsWriter<S> {
         }
         {
             let mut g = lock(&self.shared);
-            match message {
-                Message::Close(frame) => {
-                    g.conn.close(frame, now())?;
-                    // The reader runs the close timeout: let it re-arm its timer.
-                    if let Some(w) = g.reader_waker.take() {
-                        w.wake();
-                    }
+            let closing = matches!(message, Message::Close(_));
+            queue(&mut g.conn, message)?;
+            if closing {
+                // The reader runs the close timeout: let it re-arm its timer.
+                if let Some(w) = g.reader_waker.take() {
+                    w.wake();
                 }
-                m => g.conn.send(m)?,
             }
         }
         self.flush().await

@@ -8,7 +8,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 use wsx_proto::{CloseCode, CloseFrame, Connection, Message, State, Utf8Bytes};
 
-use crate::io::{now, poll_flush_all, poll_recv, ReadState, Whole};
+use crate::io::{now, poll_flush_all, poll_recv, queue, ReadState, Whole};
 use crate::split::{self, WsReader, WsWriter};
 use crate::Error;
 
@@ -158,11 +158,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     }
 
     fn queue(&mut self, message: Message) -> Result<(), Error> {
-        match message {
-            Message::Close(frame) => self.conn.close(frame, now())?,
-            m => self.conn.send(m)?,
-        }
-        Ok(())
+        Ok(queue(&mut self.conn, message)?)
     }
 
     /// Writes everything queued and flushes the stream.

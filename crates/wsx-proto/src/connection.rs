@@ -86,6 +86,17 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     /// After sending a close frame, how long to wait for the peer's before giving up. Default 5 s.
     pub close_timeout: Duration,
+    /// The write-buffer high-water mark: while at least this many bytes are pending output, a
+    /// driver makes senders wait *and stops reading* (so a peer that does not read cannot make us
+    /// queue replies without bound), and automatic pongs are merged: only the newest unanswered
+    /// ping keeps a pong (RFC 6455 §5.5.3). Default 1 MiB: more buffers more per connection,
+    /// less writes in smaller pieces.
+    pub write_buffer_high_water: usize,
+    /// How long pending output may make no progress before the driver gives the connection up
+    /// ([`TimeoutError::Write`]): the deadline of every write, including the close echo. The
+    /// clock restarts whenever bytes are written, so a slow but live peer is not cut off.
+    /// Default 30 s; `None` waits forever (not advised for servers).
+    pub write_timeout: Option<Duration>,
 }
 
 impl Default for Config {
@@ -98,6 +109,8 @@ impl Default for Config {
             keepalive_timeout: Duration::from_secs(20),
             idle_timeout: None,
             close_timeout: Duration::from_secs(5),
+            write_buffer_high_water: 1 << 20,
+            write_timeout: Some(Duration::from_secs(30)),
         }
     }
 }
@@ -161,6 +174,9 @@ pub struct Connection {
     ping_deadline: Option<Instant>,
     close_deadline: Option<Instant>,
     pings_sent: u64,
+    /// The pong owed for the newest ping, held back while output is over the high-water mark
+    /// (older unanswered pings need none); written at the next [`Connection::output`].
+    held_pong: Option<Bytes>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -202,6 +218,7 @@ impl Connection {
             ping_deadline: None,
             close_deadline: None,
             pings_sent: 0,
+            held_pong: None,
         }
     }
 
@@ -249,12 +266,39 @@ impl Connection {
     /// Bytes to write to the transport. Write them with `Buf` methods; they are consumed as they
     /// are advanced over.
     pub fn output(&mut self) -> &mut OutBuf {
+        self.release_held_pong();
         &mut self.out
     }
 
     /// Bytes produced and not yet written (the browser's `bufferedAmount` counts these).
     pub fn pending_output(&self) -> usize {
-        self.out.len()
+        let held = self.held_pong.as_ref().map_or(0, |p| p.len() + if self.mask_keys.is_some() { 6 } else { 2 });
+        self.out.len() + held
+    }
+
+    /// Whether pending output is at or over [`Config::write_buffer_high_water`]: a driver then
+    /// stops reading and makes senders wait until the transport takes some of it.
+    pub fn is_output_full(&self) -> bool {
+        self.pending_output() >= self.config.write_buffer_high_water
+    }
+
+    /// The transport is gone (end of stream, an I/O error, a write timeout): the connection is
+    /// closed without a closing handshake and its pending output is dropped, since nothing more
+    /// can be written. Does nothing once closed with nothing pending.
+    pub fn abort(&mut self) {
+        self.state = State::Closed;
+        self.out = OutBuf::default();
+        self.held_pong = None;
+        self.frame = None;
+        self.message = None;
+        self.ping_deadline = None;
+        self.close_deadline = None;
+    }
+
+    fn release_held_pong(&mut self) {
+        if let Some(payload) = self.held_pong.take() {
+            self.write_frame(OpCode::Pong, true, payload);
+        }
     }
 
     // ---------------------------------------------------------------- receiving
@@ -414,8 +458,14 @@ impl Connection {
         match h.opcode {
             OpCode::Ping => {
                 // §5.5.2: a pong is owed unless the peer's close was received (then we are Closed).
+                // While output is over the mark, only the newest ping keeps its pong (§5.5.3), so
+                // a ping flood from a peer that does not read costs at most one pong.
                 if self.state != State::Closed {
-                    self.write_frame(OpCode::Pong, true, payload.clone());
+                    if self.held_pong.is_some() || self.is_output_full() {
+                        self.held_pong = Some(payload.clone());
+                    } else {
+                        self.write_frame(OpCode::Pong, true, payload.clone());
+                    }
                 }
                 Ok(Some(Message::Ping(payload)))
             }
@@ -619,6 +669,8 @@ impl Connection {
     }
 
     fn write_close(&mut self, code: Option<CloseCode>, reason: &str) {
+        // A held pong goes before the close: nothing follows a close frame.
+        self.release_held_pong();
         let mut payload = BytesMut::with_capacity(2 + reason.len());
         if let Some(code) = code {
             payload.extend_from_slice(&code.0.to_be_bytes());

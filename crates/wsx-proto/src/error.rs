@@ -154,4 +154,8 @@ pub enum TimeoutError {
     /// The peer did not answer our close frame within the close timeout.
     #[error("peer did not complete the close handshake")]
     Close,
+    /// Pending output made no progress for the write timeout: the peer stopped reading. The
+    /// transport is given up without a close frame (none could be written).
+    #[error("peer stopped reading: no write progress within the write timeout")]
+    Write,
 }

@@ -174,7 +174,7 @@ impl ClientBuilder {
                 conn.set_deflate(PerMessageDeflate::new(&params, false, deflate.level, deflate.compression_threshold));
             }
         }
-        let ws = WebSocket::from_parts(stream, conn, buf, &self.config, outcome.protocol, outcome.extensions);
+        let ws = WebSocket::from_parts(stream, conn, buf, outcome.protocol, outcome.extensions);
         Ok((ws, outcome.response))
     }
 }

@@ -19,7 +19,8 @@ pub enum Error {
     /// The peer closed the TCP connection without a closing handshake (close code 1006).
     #[error("connection closed abnormally: the peer closed the transport without a close frame")]
     AbnormalClosure,
-    /// The connection is closed; nothing more can be sent or received.
+    /// The connection is closed (by a closing handshake, a failure, or the transport ending);
+    /// nothing more can be sent. Returned by `send` and `feed` after that.
     #[error("the connection is closed")]
     Closed,
     /// The URL could not be used.
@@ -30,7 +31,42 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
+/// Who or what is to blame for an [`Error`], for deciding what to do about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The peer broke the protocol or the handshake rules (a close frame naming the fault was
+    /// sent where one could be), or refused the handshake.
+    Peer,
+    /// The peer exceeded one of our limits (message or frame size, handshake head size…).
+    Limit,
+    /// We asked for something the connection's state or the RFC forbids (sending after close,
+    /// an invalid close code, a bad URL or header): fix the calling code.
+    Usage,
+    /// A deadline passed: handshake, keepalive, idle, close, or a write that made no progress.
+    Timeout,
+    /// The transport failed or ended without a closing handshake.
+    Io,
+}
+
 impl Error {
+    /// Who or what is to blame. API misuse is [`ErrorKind::Usage`], never a peer's fault.
+    pub fn kind(&self) -> ErrorKind {
+        use wsx_proto::Error as P;
+        match self {
+            Self::Proto(P::Protocol(_)) => ErrorKind::Peer,
+            Self::Proto(P::Limit(_)) => ErrorKind::Limit,
+            Self::Proto(P::Timeout(_)) | Self::HandshakeTimeout(_) => ErrorKind::Timeout,
+            Self::Proto(_) | Self::Closed | Self::InvalidUrl(_) => ErrorKind::Usage,
+            Self::Handshake(h) => match h {
+                HandshakeError::HeadTooLarge { .. } | HandshakeError::TooManyHeaders { .. } => ErrorKind::Limit,
+                HandshakeError::InvalidUri(_) | HandshakeError::InvalidConfig(_) => ErrorKind::Usage,
+                _ => ErrorKind::Peer,
+            },
+            Self::AbnormalClosure | Self::Io(_) => ErrorKind::Io,
+        }
+    }
+
     /// The close code this error stands for, as the browser would report it: the code we sent
     /// when we failed the connection, or 1006 when the connection died without a close frame.
     pub fn close_code(&self) -> Option<wsx_proto::CloseCode> {

@@ -1,16 +1,40 @@
-//! The poll loops shared by [`WebSocket`](crate::WebSocket) and its split halves: read into the
-//! buffer, run the connection, write its output, arm its timer. All protocol decisions are made
+//! The engine shared by [`WebSocket`](crate::WebSocket) and its split halves: one [`Core`] owns
+//! the stream, the protocol core, the read buffer and every deadline. It reads into the buffer,
+//! runs the connection, writes its output and arms its timers. All protocol decisions are made
 //! by [`wsx_proto::Connection`]; this module only moves bytes and time.
+//!
+//! # The write side
+//!
+//! The core is the one owner of the stream's write side: the application's messages and the
+//! connection's own replies (pongs, the close echo, the close naming a fault) all go through the
+//! connection's one output queue, and every write goes through [`Core::poll_flush`]. Write-side
+//! polls take the waker to hand to the stream separately from the task's own context: an unsplit
+//! `WebSocket` passes its task's waker, the split halves pass a proxy that wakes every task
+//! waiting on output (see `split.rs`), so two tasks never race for one socket's write readiness.
+//!
+//! # Backpressure and deadlines
+//!
+//! - While pending output is at or over the high-water mark
+//!   ([`Config::write_buffer_high_water`](wsx_proto::Config::write_buffer_high_water)), `recv`
+//!   stops reading (a peer that does not read cannot make us queue pongs or echoes without
+//!   bound) and senders wait.
+//! - A write that makes no progress for the write timeout fails the connection
+//!   ([`TimeoutError::Write`](wsx_proto::error::TimeoutError::Write)); this bounds `send`,
+//!   `flush`, the close echo and the wind-down.
+//! - The connection's timers (keepalive, idle, close) are armed by `recv` and also run, when due,
+//!   by every flush, so a task that only sends still has them enforced.
+//! - Once closed, the transport gets the close timeout to wind down, however the flush goes.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Sleep;
+use wsx_proto::error::TimeoutError;
 use wsx_proto::{Connection, Message, Role, State};
 
 use crate::Error;
@@ -23,26 +47,9 @@ const MAX_READ: usize = 64 * 1024;
 /// An empty read buffer larger than this is released rather than kept while idle.
 const KEEP_IDLE_BUFFER: usize = 64 * 1024;
 
-/// The transport seen by the poll loops: the whole stream, or the two halves of a split one.
-pub(crate) trait Transport {
-    /// Reads into the spare capacity of `buf` (the caller reserved it).
-    fn poll_read_some(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>>;
-    fn poll_write_out(&mut self, cx: &mut Context<'_>, out: &mut wsx_proto::OutBuf) -> Poll<io::Result<usize>>;
-    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
-    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
-}
-
-pub(crate) fn poll_read_some<R: AsyncRead + Unpin>(
-    r: &mut R,
-    cx: &mut Context<'_>,
-    buf: &mut BytesMut,
-) -> Poll<io::Result<usize>> {
-    tokio_util::io::poll_read_buf(Pin::new(r), cx, buf)
-}
-
 /// Writes some of `out`: a vectored write when the transport supports it (so large payloads
 /// queued as their own chunks leave without a copy), otherwise the first chunk.
-pub(crate) fn poll_write_out<W: AsyncWrite + Unpin>(
+fn poll_write_out<W: AsyncWrite + Unpin>(
     w: &mut W,
     cx: &mut Context<'_>,
     out: &mut wsx_proto::OutBuf,
@@ -54,46 +61,38 @@ pub(crate) fn poll_write_out<W: AsyncWrite + Unpin>(
     Poll::Ready(Ok(n))
 }
 
-/// An unsplit stream.
-pub(crate) struct Whole<'a, S>(pub &'a mut S);
+/// A deadline armed on a tokio timer, re-armed in place.
+#[derive(Default)]
+struct Timer(Option<Pin<Box<Sleep>>>);
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Transport for Whole<'_, S> {
-    fn poll_read_some(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
-        poll_read_some(self.0, cx, buf)
+impl Timer {
+    /// Arms the timer for `deadline`; returns true if it has already passed.
+    fn poll(&mut self, cx: &mut Context<'_>, deadline: Instant) -> bool {
+        let deadline = tokio::time::Instant::from_std(deadline);
+        let timer = match &mut self.0 {
+            Some(t) => {
+                if t.deadline() != deadline {
+                    t.as_mut().reset(deadline);
+                }
+                t
+            }
+            None => self.0.insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        timer.as_mut().poll(cx).is_ready()
     }
-    fn poll_write_out(&mut self, cx: &mut Context<'_>, out: &mut wsx_proto::OutBuf) -> Poll<io::Result<usize>> {
-        poll_write_out(self.0, cx, out)
-    }
-    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0).poll_shutdown(cx)
-    }
-}
-
-/// Writes all pending output and flushes the transport.
-pub(crate) fn poll_flush_all(
-    cx: &mut Context<'_>,
-    conn: &mut Connection,
-    io: &mut impl Transport,
-) -> Poll<io::Result<()>> {
-    while !conn.output().is_empty() {
-        std::task::ready!(io.poll_write_out(cx, conn.output()))?;
-    }
-    io.poll_flush(cx)
 }
 
 /// Read-side state: the read buffer and everything `recv` must remember between polls (which is
 /// what makes `recv` cancel-safe).
 #[derive(Default)]
-pub(crate) struct ReadState {
-    pub(crate) buf: BytesMut,
+struct ReadState {
+    buf: BytesMut,
     /// An event to hand out once our pending output (the close echo) has been written.
     stash: Option<Message>,
-    /// The timer armed for the connection's next deadline.
-    timer: Option<Pin<Box<Sleep>>>,
-    /// When a closed connection stops waiting for the peer to close the transport.
+    /// The timer armed for the connection's next deadline, or the wind-down's.
+    timer: Timer,
+    /// When a closed connection stops waiting for its output and for the peer to close the
+    /// transport.
     close_wait_until: Option<Instant>,
     done: bool,
     /// The last `read_event` found no complete event: `buf` holds only part of a frame, whose
@@ -105,10 +104,6 @@ pub(crate) struct ReadState {
 }
 
 impl ReadState {
-    pub(crate) fn with_buffer(buf: BytesMut) -> Self {
-        Self { buf, read_size: MIN_READ, ..Self::default() }
-    }
-
     /// Makes room for the next read, sized by recent reads.
     fn prepare_read(&mut self) {
         if self.buf.is_empty() && self.buf.capacity() > KEEP_IDLE_BUFFER {
@@ -129,168 +124,303 @@ impl ReadState {
             self.read_size = (self.read_size / 2).max(MIN_READ);
         }
     }
+}
 
-    /// Whether the read buffer already holds a whole frame, so the next `recv` needs no read.
-    pub(crate) fn has_buffered_frame(&self) -> bool {
-        if self.partial {
-            return false;
-        }
-        match wsx_proto::FrameHeader::parse(&self.buf) {
-            Ok(Some((h, n))) => (self.buf.len() - n) as u64 >= h.payload_len,
-            Ok(None) => false,
-            Err(_) => true,
-        }
-    }
+/// Write-side state: the deadline of a write that makes no progress.
+#[derive(Default)]
+struct WriteState {
+    timer: Timer,
+    /// Set when a write could not make progress: the write fails at this instant unless bytes
+    /// are written first.
+    deadline: Option<Instant>,
+    /// Why the transport was given up (a write error or timeout), kept for the task that did not
+    /// see it happen (the reader of a split connection).
+    failure: Option<Error>,
+}
 
-    /// Arms the timer for `deadline`; returns true if it has already fired.
-    fn poll_deadline(&mut self, cx: &mut Context<'_>, deadline: Instant) -> bool {
-        let deadline = tokio::time::Instant::from_std(deadline);
-        let timer = match &mut self.timer {
-            Some(t) => {
-                if t.deadline() != deadline {
-                    t.as_mut().reset(deadline);
-                }
-                t
-            }
-            None => self.timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
-        };
-        timer.as_mut().poll(cx).is_ready()
-    }
+/// One connection: stream, protocol core, buffers and deadlines. See the [module docs](self).
+pub(crate) struct Core<S> {
+    pub(crate) stream: S,
+    pub(crate) conn: Connection,
+    read: ReadState,
+    write: WriteState,
 }
 
 pub(crate) fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
-/// Queues a message on the connection: a close starts the closing handshake (and its timeout)
-/// now; anything else is encoded into the output.
-pub(crate) fn queue(conn: &mut Connection, message: Message) -> Result<(), wsx_proto::Error> {
-    match message {
-        Message::Close(frame) => conn.close(frame, now()),
-        m => conn.send(m),
+/// A copy of an error to report a second time (to the other half of a split connection).
+fn replay(e: &Error) -> Error {
+    match e {
+        Error::Proto(p) => Error::Proto(p.clone()),
+        Error::Io(io) => Error::Io(io::Error::new(io.kind(), io.to_string())),
+        Error::AbnormalClosure => Error::AbnormalClosure,
+        _ => Error::Closed,
     }
 }
 
-/// Receives the next message. See [`WebSocket::recv`](crate::WebSocket::recv).
-pub(crate) fn poll_recv(
-    cx: &mut Context<'_>,
-    conn: &mut Connection,
-    io: &mut impl Transport,
-    st: &mut ReadState,
-) -> Poll<Option<Result<Message, Error>>> {
-    loop {
-        if st.done {
-            return Poll::Ready(None);
+impl<S> Core<S> {
+    /// A core over `stream` whose handshake is done; `leftover` holds bytes read past it.
+    pub(crate) fn new(stream: S, conn: Connection, leftover: BytesMut) -> Self {
+        // An empty leftover would only pin the handshake's buffer; reads size their own.
+        let buf = if leftover.is_empty() { BytesMut::new() } else { leftover };
+        Self {
+            stream,
+            conn,
+            read: ReadState { buf, read_size: MIN_READ, ..ReadState::default() },
+            write: WriteState::default(),
         }
-        if let Some(ev) = st.stash.take() {
-            // Hand out the peer's close only once our echo is on its way.
-            match poll_flush_all(cx, conn, io) {
+    }
+
+    /// Whether the read buffer already holds a whole frame, so the next `recv` needs no read.
+    pub(crate) fn has_buffered_frame(&self) -> bool {
+        if self.read.partial {
+            return false;
+        }
+        match wsx_proto::FrameHeader::parse(&self.read.buf) {
+            Ok(Some((h, n))) => (self.read.buf.len() - n) as u64 >= h.payload_len,
+            Ok(None) => false,
+            Err(_) => true,
+        }
+    }
+
+    /// Queues a message on the connection: a close starts the closing handshake (and its
+    /// timeout) now; anything else is encoded into the output. Sending on a closed connection is
+    /// [`Error::Closed`].
+    pub(crate) fn queue(&mut self, message: Message) -> Result<(), Error> {
+        if self.conn.state() == State::Closed {
+            return Err(Error::Closed);
+        }
+        match message {
+            Message::Close(frame) => self.conn.close(frame, now())?,
+            m => self.conn.send(m)?,
+        }
+        Ok(())
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
+    /// Gives the transport up after a write failure: the connection closes without a handshake.
+    fn fail_write(&mut self, err: Error) -> Error {
+        self.conn.abort();
+        self.write.deadline = None;
+        self.write.failure = Some(replay(&err));
+        err
+    }
+
+    /// Writes all pending output and flushes the stream, registering `wcx` for write readiness
+    /// and the write deadline. Runs the connection's timers if one is due.
+    pub(crate) fn poll_flush(&mut self, wcx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        if let Some(deadline) = self.conn.poll_timeout() {
+            let now = now();
+            if deadline <= now {
+                // A timeout that fails the connection queues its close frame: written below, and
+                // reported by `recv`.
+                if let Err(e) = self.conn.handle_timeout(now) {
+                    self.write.failure = Some(e.into());
+                }
+            }
+        }
+        loop {
+            let progress = if self.conn.output().is_empty() {
+                Pin::new(&mut self.stream).poll_flush(wcx).map_ok(|()| 0)
+            } else {
+                poll_write_out(&mut self.stream, wcx, self.conn.output())
+            };
+            match progress {
+                Poll::Ready(Ok(0)) => {
+                    self.write.deadline = None;
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Ready(Ok(_)) => self.write.deadline = None,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(self.fail_write(e.into()))),
                 Poll::Pending => {
-                    st.stash = Some(ev);
+                    let Some(timeout) = self.conn.config().write_timeout else {
+                        return Poll::Pending;
+                    };
+                    let deadline = *self.write.deadline.get_or_insert_with(|| now() + timeout);
+                    if self.write.timer.poll(wcx, deadline) {
+                        let err = Error::Proto(TimeoutError::Write.into());
+                        return Poll::Ready(Err(self.fail_write(err)));
+                    }
                     return Poll::Pending;
                 }
-                Poll::Ready(_) => return Poll::Ready(Some(Ok(ev))),
             }
         }
-        if conn.state() == State::Closed {
-            return poll_wind_down(cx, conn, io, st).map(|()| None);
+    }
+
+    /// Waits until pending output is under the high-water mark (writing it meanwhile).
+    pub(crate) fn poll_ready(&mut self, wcx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        if self.conn.is_output_full() {
+            std::task::ready!(self.poll_flush(wcx))?;
         }
-        let now = now();
-        let event = conn.read_event(&mut st.buf, now);
-        st.partial = matches!(event, Ok(None));
-        match event {
-            Ok(Some(ev @ Message::Close(_))) => {
-                st.stash = Some(ev);
-                continue;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Receives the next message. See [`WebSocket::recv`](crate::WebSocket::recv). `wcx` is the
+    /// context for write readiness and the write deadline; `None` uses `cx`.
+    pub(crate) fn poll_recv(
+        &mut self,
+        cx: &mut Context<'_>,
+        write_waker: Option<&Waker>,
+    ) -> Poll<Option<Result<Message, Error>>> {
+        macro_rules! flush {
+            () => {
+                match write_waker {
+                    Some(w) => self.poll_flush(&mut Context::from_waker(w)),
+                    None => self.poll_flush(cx),
+                }
+            };
+        }
+        loop {
+            if self.read.done {
+                return Poll::Ready(None);
             }
-            Ok(Some(ev)) => {
-                // Corking: what is pending (replies the application queued while handling this
-                // batch, pongs) leaves in one write once the batch is handled: with the
-                // application's next `send`, or before the next read. Only a ping that ends the
-                // batch flushes here, so that its pong does not wait for the application.
-                if matches!(ev, Message::Ping(_)) && !conn.output().is_empty() && !st.has_buffered_frame() {
-                    let _ = poll_flush_all(cx, conn, io);
+            if let Some(ev) = self.read.stash.take() {
+                // Hand out the peer's close once our echo is on its way, or once the wind-down
+                // deadline has passed (a peer that sends a close and stops reading).
+                let until = self.close_wait_until();
+                if flush!().is_pending() && !self.read.timer.poll(cx, until) {
+                    self.read.stash = Some(ev);
+                    return Poll::Pending;
                 }
                 return Poll::Ready(Some(Ok(ev)));
             }
-            Ok(None) => {}
-            Err(e) => {
-                // The close frame naming the fault is queued; try to send it, then report.
-                let _ = poll_flush_all(cx, conn, io);
-                return Poll::Ready(Some(Err(e.into())));
+            if self.conn.state() == State::Closed {
+                if let Some(err) = self.write.failure.take() {
+                    return Poll::Ready(Some(Err(err)));
+                }
+                return self.poll_wind_down(cx, write_waker).map(|()| None);
             }
-        }
-        if let Some(deadline) = conn.poll_timeout() {
-            if deadline <= now {
-                if let Err(e) = conn.handle_timeout(now) {
-                    let _ = poll_flush_all(cx, conn, io);
+            let now = now();
+            let event = self.conn.read_event(&mut self.read.buf, now);
+            self.read.partial = matches!(event, Ok(None));
+            match event {
+                Ok(Some(ev @ Message::Close(_))) => {
+                    self.read.stash = Some(ev);
+                    continue;
+                }
+                Ok(Some(ev)) => {
+                    // Corking: what is pending (replies the application fed while handling this
+                    // batch, pongs) leaves in one write once the batch is handled: with the next
+                    // `send` or `flush`, or before the next read. Only a ping that ends the batch
+                    // flushes here, so that its pong does not wait for the application.
+                    if matches!(ev, Message::Ping(_)) && self.conn.pending_output() > 0 && !self.has_buffered_frame() {
+                        let _ = flush!();
+                    }
+                    return Poll::Ready(Some(Ok(ev)));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    // The close frame naming the fault is queued; try to send it, then report.
+                    let _ = flush!();
                     return Poll::Ready(Some(Err(e.into())));
                 }
-                continue;
             }
-        }
-        // Everything produced while handling the last read leaves now, in one write.
-        if let Poll::Ready(Err(e)) = poll_flush_all(cx, conn, io) {
-            st.done = true;
-            return Poll::Ready(Some(Err(e.into())));
-        }
-        st.prepare_read();
-        let room = st.buf.capacity() - st.buf.len();
-        match io.poll_read_some(cx, &mut st.buf) {
-            Poll::Ready(Ok(0)) => {
-                st.done = true;
-                return Poll::Ready(Some(Err(Error::AbnormalClosure)));
+            if let Some(deadline) = self.conn.poll_timeout() {
+                if deadline <= now {
+                    if let Err(e) = self.conn.handle_timeout(now) {
+                        let _ = flush!();
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                    continue;
+                }
             }
-            Poll::Ready(Ok(n)) => {
-                st.after_read(n, room);
-                continue;
+            // Everything produced while handling the last read leaves now, in one write.
+            if let Poll::Ready(Err(e)) = flush!() {
+                self.write.failure = None;
+                return Poll::Ready(Some(Err(e)));
             }
-            Poll::Ready(Err(e)) => {
-                st.done = true;
-                return Poll::Ready(Some(Err(e.into())));
-            }
-            Poll::Pending => {
-                if let Some(deadline) = conn.poll_timeout() {
-                    if st.poll_deadline(cx, deadline) {
+            if self.conn.is_output_full() {
+                // Backpressure: read nothing more until the peer takes some of our output. The
+                // flush above registered for write readiness and the write deadline.
+                if let Some(deadline) = self.conn.poll_timeout() {
+                    if self.read.timer.poll(cx, deadline) {
                         continue;
                     }
                 }
                 return Poll::Pending;
             }
-        }
-    }
-}
-
-/// Ends a closed connection's transport: write what is pending, then close TCP. The server
-/// closes first (RFC 6455 §7.1.1); a client that completed the closing handshake waits for the
-/// server to do so, up to the close timeout.
-fn poll_wind_down(
-    cx: &mut Context<'_>,
-    conn: &mut Connection,
-    io: &mut impl Transport,
-    st: &mut ReadState,
-) -> Poll<()> {
-    let until = *st.close_wait_until.get_or_insert_with(|| now() + conn.config().close_timeout);
-    let expired = st.poll_deadline(cx, until);
-    if !expired && poll_flush_all(cx, conn, io).is_pending() {
-        return Poll::Pending;
-    }
-    if conn.role() == Role::Client && conn.is_closed_cleanly() && !expired {
-        loop {
-            st.buf.clear();
-            st.prepare_read();
-            match io.poll_read_some(cx, &mut st.buf) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => break,
-                Poll::Ready(Ok(_)) => continue,
-                Poll::Pending => return Poll::Pending,
+            self.read.prepare_read();
+            let room = self.read.buf.capacity() - self.read.buf.len();
+            match tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.read.buf) {
+                Poll::Ready(Ok(0)) => {
+                    self.end_transport();
+                    return Poll::Ready(Some(Err(Error::AbnormalClosure)));
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.read.after_read(n, room);
+                    continue;
+                }
+                Poll::Ready(Err(e)) => {
+                    self.end_transport();
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                Poll::Pending => {
+                    if let Some(deadline) = self.conn.poll_timeout() {
+                        if self.read.timer.poll(cx, deadline) {
+                            continue;
+                        }
+                    }
+                    return Poll::Pending;
+                }
             }
         }
     }
-    if !expired && io.poll_shutdown(cx).is_pending() {
-        return Poll::Pending;
+
+    /// The transport ended under us (end of stream or a read error): nothing more to do with it.
+    fn end_transport(&mut self) {
+        self.conn.abort();
+        self.read.done = true;
+        self.read.buf = BytesMut::new();
+        self.read.timer = Timer::default();
     }
-    st.done = true;
-    st.buf = BytesMut::new();
-    st.timer = None;
-    Poll::Ready(())
+
+    /// When a closed connection gives up on its transport: the close timeout after it closed.
+    fn close_wait_until(&mut self) -> Instant {
+        let timeout = self.conn.config().close_timeout;
+        *self.read.close_wait_until.get_or_insert_with(|| now() + timeout)
+    }
+
+    /// Ends a closed connection's transport: write what is pending, then close TCP. The server
+    /// closes first (RFC 6455 §7.1.1); a client that completed the closing handshake waits for
+    /// the server to do so. All of it within the close timeout.
+    fn poll_wind_down(&mut self, cx: &mut Context<'_>, write_waker: Option<&Waker>) -> Poll<()> {
+        let until = self.close_wait_until();
+        let expired = self.read.timer.poll(cx, until);
+        if !expired {
+            let flushed = match write_waker {
+                Some(w) => self.poll_flush(&mut Context::from_waker(w)),
+                None => self.poll_flush(cx),
+            };
+            if flushed.is_pending() {
+                return Poll::Pending;
+            }
+        }
+        if self.conn.role() == Role::Client && self.conn.is_closed_cleanly() && !expired {
+            loop {
+                self.read.buf.clear();
+                self.read.prepare_read();
+                match tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.read.buf) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => break,
+                    Poll::Ready(Ok(_)) => continue,
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        }
+        if !expired {
+            let shut = match write_waker {
+                Some(w) => Pin::new(&mut self.stream).poll_shutdown(&mut Context::from_waker(w)),
+                None => Pin::new(&mut self.stream).poll_shutdown(cx),
+            };
+            if shut.is_pending() {
+                return Poll::Pending;
+            }
+        }
+        self.read.done = true;
+        self.read.buf = BytesMut::new();
+        self.read.timer = Timer::default();
+        Poll::Ready(())
+    }
 }

@@ -39,9 +39,9 @@ mod split;
 mod websocket;
 
 pub use client::{connect, ClientBuilder};
-pub use error::Error;
+pub use error::{Error, ErrorKind};
 pub use server::{accept, accept_with, Accept, Incoming, ServerConfig};
-pub use split::{WsReader, WsWriter};
+pub use split::{ReuniteError, WsReader, WsWriter};
 pub use websocket::{WebSocket, WebSocketConfig};
 
 pub use bytes::Bytes;

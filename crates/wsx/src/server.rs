@@ -177,7 +177,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Incoming<S> {
         handshake::write_response(&response, &mut out);
         self.stream.write_all(&out).await?;
         self.stream.flush().await?;
-        Ok(WebSocket::from_parts(self.stream, conn, self.leftover, config, accept.protocol, extensions))
+        Ok(WebSocket::from_parts(self.stream, conn, self.leftover, accept.protocol, extensions))
     }
 
     /// Answers with `rejection` and closes the stream; returns the error to report.

@@ -8,20 +8,17 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 use wsx_proto::{CloseCode, CloseFrame, Connection, Message, State, Utf8Bytes};
 
-use crate::io::{now, poll_flush_all, poll_recv, queue, ReadState, Whole};
+use crate::io::Core;
 use crate::split::{self, WsReader, WsWriter};
 use crate::Error;
 
 /// Options of the tokio layer on top of the protocol core's [`wsx_proto::Config`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct WebSocketConfig {
-    /// Limits and timers of the protocol core (frame and message sizes, keepalive, idle and close
-    /// timeouts).
+    /// Limits and timers of the protocol core: frame and message sizes, the write-buffer
+    /// high-water mark, and the keepalive, idle, close and write timeouts.
     pub proto: wsx_proto::Config,
-    /// When this many bytes are waiting to be written, `send` waits for the socket to drain
-    /// before queueing more (backpressure). Default 1 MiB: more buffers more, less writes smaller.
-    pub write_buffer_high_water: usize,
     /// permessage-deflate (RFC 7692): offered by a client, accepted by a server when the client
     /// offers it. Default `None` (off). A compressed connection costs about 47 KB of inflate
     /// state and up to 380 KB of deflate state (window 15), allocated at its first compressed
@@ -29,20 +26,16 @@ pub struct WebSocketConfig {
     pub deflate: Option<wsx_proto::deflate::DeflateConfig>,
 }
 
-impl Default for WebSocketConfig {
-    fn default() -> Self {
-        Self { proto: wsx_proto::Config::default(), write_buffer_high_water: 1 << 20, deflate: None }
-    }
-}
-
 /// An open WebSocket connection over a stream `S` (a `TcpStream`, a TLS stream, an in-memory
 /// duplex…), in either role.
 ///
 /// - [`recv`](Self::recv) returns the next message; pings are answered and the peer's close is
 ///   echoed without your help.
-/// - [`send`](Self::send) queues a message and writes it; when more received messages are
-///   already buffered, the write is deferred to the next `recv`, so that an echo loop answers a
-///   batch of messages with one write (corking), while a lone message leaves at once.
+/// - [`send`](Self::send) queues a message and writes it: when it returns `Ok`, the bytes were
+///   handed to the stream (and the stream flushed).
+/// - [`feed`](Self::feed) only queues: the bytes leave with the next `send` or `flush`, or when
+///   `recv` has handled what was already read and must wait for more. An echo loop that feeds
+///   its replies answers a whole batch of received messages with one write.
 /// - [`close`](Self::close) runs the closing handshake.
 /// - it is a [`Stream`](futures_core::Stream) of messages and a [`Sink`](futures_sink::Sink) of
 ///   messages, and [`split`](Self::split)s into a reader and a writer for two tasks.
@@ -52,23 +45,32 @@ impl Default for WebSocketConfig {
 /// while let Some(msg) = ws.recv().await {
 ///     let msg = msg?;
 ///     if msg.is_data() {
-///         ws.send(msg).await?;
+///         // Replies leave together once `recv` has handled every message already read.
+///         ws.feed(msg).await?;
 ///     }
 /// }
 /// # Ok(()) }
 /// ```
+///
+/// # Backpressure and deadlines
+///
+/// While at least [`write_buffer_high_water`](wsx_proto::Config::write_buffer_high_water) bytes
+/// wait to be written, `send` and `feed` wait, and `recv` reads nothing more (pings are still
+/// answered from what was read, one pong for the newest). A write that makes no progress for
+/// the [`write_timeout`](wsx_proto::Config::write_timeout) fails the connection with
+/// [`TimeoutError::Write`](wsx_proto::error::TimeoutError::Write).
 pub struct WebSocket<S> {
-    stream: S,
-    conn: Connection,
-    read: ReadState,
-    high_water: usize,
+    core: Core<S>,
     protocol: Option<String>,
     extensions: Option<String>,
 }
 
 impl<S> std::fmt::Debug for WebSocket<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WebSocket").field("conn", &self.conn).field("protocol", &self.protocol).finish_non_exhaustive()
+        f.debug_struct("WebSocket")
+            .field("conn", &self.core.conn)
+            .field("protocol", &self.protocol)
+            .finish_non_exhaustive()
     }
 }
 
@@ -80,20 +82,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         stream: S,
         conn: Connection,
         leftover: BytesMut,
-        config: &WebSocketConfig,
         protocol: Option<String>,
         extensions: Option<String>,
     ) -> Self {
-        // An empty leftover would only pin the handshake's buffer; reads size their own.
-        let leftover = if leftover.is_empty() { BytesMut::new() } else { leftover };
-        Self {
-            stream,
-            conn,
-            read: ReadState::with_buffer(leftover),
-            high_water: config.write_buffer_high_water,
-            protocol,
-            extensions,
-        }
+        Self { core: Core::new(stream, conn, leftover), protocol, extensions }
     }
 
     /// Receives the next message: text, binary, ping, pong, or the peer's close. After the close
@@ -104,7 +96,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// without a close frame, [`Error::Io`]. Keep calling `recv` after an error to let the
     /// connection wind down; it then returns `None`.
     ///
-    /// Timers (keepalive, idle, close timeout) run while `recv` is being awaited.
+    /// Timers (keepalive, idle, close timeout) are armed while `recv` is awaited; a due timer
+    /// also runs in `send`/`flush`. While output is over the high-water mark, `recv` reads
+    /// nothing new until the peer takes some of it (or the write timeout fails the connection).
+    /// After the transport ends, [`state`](Self::state) is [`State::Closed`].
     ///
     /// **Cancel safety**: cancel-safe. All progress lives in the `WebSocket`, so using `recv` in
     /// `tokio::select!` loses no message.
@@ -113,23 +108,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     }
 
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, Error>>> {
-        poll_recv(cx, &mut self.conn, &mut Whole(&mut self.stream), &mut self.read)
+        self.core.poll_recv(cx, None)
     }
 
     /// Sends a message (text, binary, ping, pong; a close starts the closing handshake without
-    /// waiting for it). Waits while more than the write-buffer high-water mark is pending.
+    /// waiting for it) and writes it: `Ok` means every queued byte was handed to the stream and
+    /// the stream was flushed. Waits first while pending output is over the high-water mark.
+    ///
+    /// Errors: [`Error::Closed`] once the connection is closed; a usage error
+    /// ([`Error::Proto`]) for what the state forbids (data after our close); the write timeout or
+    /// an I/O error, after which the connection is closed.
     ///
     /// **Cancel safety**: not cancel-safe. If cancelled after the message was queued, it is still
     /// written by the next `send`, `flush` or `recv`; if cancelled before, it is dropped.
     pub async fn send(&mut self, message: Message) -> Result<(), Error> {
-        if self.conn.pending_output() >= self.high_water {
-            self.flush().await?;
-        }
-        self.queue(message)?;
-        if !self.read.has_buffered_frame() {
-            self.flush().await?;
-        }
-        Ok(())
+        self.feed(message).await?;
+        self.flush().await
+    }
+
+    /// Queues a message without writing it (batching): its bytes leave with the next
+    /// [`send`](Self::send) or [`flush`](Self::flush), or when [`recv`](Self::recv) has handled
+    /// everything already read and must wait for the peer. Waits first while pending output is
+    /// over the high-water mark. Dropping the `WebSocket` loses what was fed and not flushed.
+    ///
+    /// **Cancel safety**: cancel-safe; if cancelled, the message was not queued.
+    pub async fn feed(&mut self, message: Message) -> Result<(), Error> {
+        poll_fn(|cx| self.core.poll_ready(cx)).await?;
+        self.core.queue(message)
     }
 
     /// Sends a text message. Same as `send(Message::Text(..))`.
@@ -146,27 +151,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         self.send(Message::Binary(data.into())).await
     }
 
-    /// Sends one frame of a fragmented message (see [`Connection::send_fragment`]).
+    /// Sends one frame of a fragmented message (see [`Connection::send_fragment`]) and writes it.
     ///
     /// **Cancel safety**: as [`send`](Self::send).
     pub async fn send_fragment(&mut self, text: bool, payload: bytes::Bytes, fin: bool) -> Result<(), Error> {
-        if self.conn.pending_output() >= self.high_water {
-            self.flush().await?;
+        poll_fn(|cx| self.core.poll_ready(cx)).await?;
+        if self.core.conn.state() == State::Closed {
+            return Err(Error::Closed);
         }
-        self.conn.send_fragment(text, payload, fin)?;
+        self.core.conn.send_fragment(text, payload, fin)?;
         self.flush().await
-    }
-
-    fn queue(&mut self, message: Message) -> Result<(), Error> {
-        Ok(queue(&mut self.conn, message)?)
     }
 
     /// Writes everything queued and flushes the stream.
     ///
     /// **Cancel safety**: cancel-safe; what was not written stays queued.
     pub async fn flush(&mut self) -> Result<(), Error> {
-        poll_fn(|cx| poll_flush_all(cx, &mut self.conn, &mut Whole(&mut self.stream))).await?;
-        Ok(())
+        poll_fn(|cx| self.core.poll_flush(cx)).await
     }
 
     /// Runs the closing handshake: sends a close frame with `code` and `reason`, then reads
@@ -174,7 +175,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// closes the transport. A code must be 1000–1003, 1007–1014 or 3000–4999 and the reason
     /// at most 123 bytes, else [`Error::Proto`] with a usage error and nothing is sent.
     ///
-    /// Returns the peer's close frame (`None` when it carried no code, or never came).
+    /// Returns the peer's close frame (`None` when it carried no code). Errors: the close timeout
+    /// when the peer never answered, [`Error::AbnormalClosure`] or an I/O error when the
+    /// transport ended first, the error that failed the connection (a protocol error by the
+    /// peer), [`Error::Closed`] when the connection had already ended without a close from the
+    /// peer.
     ///
     /// **Cancel safety**: not cancel-safe for the handshake as a whole; the close frame, once
     /// queued, is still sent by later calls.
@@ -186,24 +191,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     ///
     /// **Cancel safety**: as [`close`](Self::close).
     pub async fn close_with(&mut self, frame: Option<CloseFrame>) -> Result<Option<CloseFrame>, Error> {
-        if self.conn.state() == State::Open {
-            self.conn.close(frame, now())?;
+        if self.core.conn.state() == State::Open {
+            self.core.queue(Message::Close(frame))?;
         }
-        let mut peer = None;
+        let mut first_error = None;
         while let Some(ev) = self.recv().await {
-            match ev {
-                Ok(Message::Close(f)) => peer = f,
-                Ok(_) => {}
-                Err(e @ Error::Proto(wsx_proto::Error::Timeout(_))) => return Err(e),
-                Err(_) => {}
+            if let Err(e) = ev {
+                first_error.get_or_insert(e);
             }
         }
-        Ok(peer)
+        match (first_error, self.core.conn.close_received()) {
+            (Some(e), _) => Err(e),
+            (None, Some(peer)) => Ok(peer.clone()),
+            (None, None) => Err(Error::Closed),
+        }
     }
 
     /// The connection's state (the browser's readyState).
     pub fn state(&self) -> State {
-        self.conn.state()
+        self.core.conn.state()
     }
 
     /// The subprotocol agreed in the handshake.
@@ -219,26 +225,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     /// Bytes queued and not yet written (the browser's `bufferedAmount`).
     pub fn buffered_amount(&self) -> usize {
-        self.conn.pending_output()
+        self.core.conn.pending_output()
     }
 
     /// The protocol core, for inspection.
     pub fn connection(&self) -> &Connection {
-        &self.conn
+        &self.core.conn
     }
 
     /// The underlying stream.
     pub fn get_ref(&self) -> &S {
-        &self.stream
+        &self.core.stream
     }
 
     /// Splits into a reader and a writer that can live in two tasks. The reader still answers
-    /// pings and the peer's close by itself.
-    pub fn split(self) -> (WsReader<S>, WsWriter<S>)
-    where
-        S: Send + 'static,
-    {
-        split::split(self.stream, self.conn, self.read, self.high_water, self.protocol)
+    /// pings and the peer's close by itself; [`WsReader::reunite`] puts them back together.
+    pub fn split(self) -> (WsReader<S>, WsWriter<S>) {
+        split::split(self.core, self.protocol, self.extensions)
+    }
+}
+
+impl<S> WebSocket<S> {
+    pub(crate) fn from_core(core: Core<S>, protocol: Option<String>, extensions: Option<String>) -> Self {
+        Self { core, protocol, extensions }
     }
 }
 
@@ -254,27 +263,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> futures_sink::Sink<Message> for WebSocke
     type Error = Error;
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        let this = self.get_mut();
-        if this.conn.pending_output() >= this.high_water {
-            std::task::ready!(poll_flush_all(cx, &mut this.conn, &mut Whole(&mut this.stream)))?;
-        }
-        Poll::Ready(Ok(()))
+        self.get_mut().core.poll_ready(cx)
     }
 
     fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), Error> {
-        self.get_mut().queue(item)
+        self.get_mut().core.queue(item)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        let this = self.get_mut();
-        poll_flush_all(cx, &mut this.conn, &mut Whole(&mut this.stream)).map_err(Error::from)
+        self.get_mut().core.poll_flush(cx)
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        let this = self.get_mut();
-        if this.conn.state() == State::Open {
-            this.conn.close(Some(CloseFrame::new(CloseCode::NORMAL, "")), now())?;
+        let core = &mut self.get_mut().core;
+        if core.conn.state() == State::Open {
+            core.queue(Message::Close(Some(CloseFrame::new(CloseCode::NORMAL, ""))))?;
         }
-        poll_flush_all(cx, &mut this.conn, &mut Whole(&mut this.stream)).map_err(Error::from)
+        core.poll_flush(cx)
     }
 }

@@ -1,5 +1,5 @@
-//! Corking: replies produced while handling one read leave in one write, yet a lone message
-//! is written at once. Counted with a stream wrapper that records every write call the
+//! Corking: replies fed while handling one read leave in one write, yet a lone message is
+//! written at once; and `send` is honest: it writes before it returns, batch or not. Counted with a stream wrapper that records every write call the
 //! WebSocket makes.
 
 mod common;
@@ -56,9 +56,10 @@ impl AsyncWrite for CountingStream {
     }
 }
 
-/// Starts an echo server (the README's loop) over a counting stream; returns its address and
-/// the write counter, which counts only writes made after the handshake.
-async fn counting_echo_server() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+/// Starts an echo server (the README's loop, replying with `feed` when `batch`, else `send`) over
+/// a counting stream; returns its address and the write counter, which counts only writes made
+/// after the handshake.
+async fn counting_echo_server(batch: bool) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     let (listener, addr) = listen().await;
     let writes = Arc::new(AtomicUsize::new(0));
     let counter = writes.clone();
@@ -71,7 +72,11 @@ async fn counting_echo_server() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
         while let Some(msg) = ws.recv().await {
             let Ok(msg) = msg else { break };
             if msg.is_data() {
-                ws.send(msg).await.unwrap();
+                if batch {
+                    ws.feed(msg).await.unwrap();
+                } else {
+                    ws.send(msg).await.unwrap();
+                }
             }
         }
     });
@@ -80,7 +85,7 @@ async fn counting_echo_server() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
 
 #[tokio::test]
 async fn a_batch_of_sixteen_messages_is_answered_with_one_write() {
-    let (addr, writes) = counting_echo_server().await;
+    let (addr, writes) = counting_echo_server(true).await;
     let (mut tcp, mut buf) = raw_handshake(addr).await;
     let mut total = 0;
     for round in 0..5u8 {
@@ -105,7 +110,7 @@ async fn a_batch_of_sixteen_messages_is_answered_with_one_write() {
 
 #[tokio::test]
 async fn a_lone_message_is_written_at_once() {
-    let (addr, writes) = counting_echo_server().await;
+    let (addr, writes) = counting_echo_server(true).await;
     let (mut tcp, mut buf) = raw_handshake(addr).await;
     for i in 0..20u8 {
         tcp.write_all(&masked_frame(0x1, true, &[b'a' + i], [9, 8, 7, 6])).await.unwrap();
@@ -114,4 +119,22 @@ async fn a_lone_message_is_written_at_once() {
         assert_eq!(frame.payload[..], [b'a' + i]);
     }
     assert_eq!(writes.load(Ordering::SeqCst), 20);
+}
+
+/// `send` returns only once its bytes were written, even when more received frames are
+/// buffered (the server could have deferred the write): one write per reply.
+#[tokio::test]
+async fn send_writes_before_returning_even_inside_a_batch() {
+    let (addr, writes) = counting_echo_server(false).await;
+    let (mut tcp, mut buf) = raw_handshake(addr).await;
+    let mut batch = Vec::new();
+    for i in 0..16u8 {
+        batch.extend(masked_frame(0x2, true, &[i, 1, 2, 3], [1, 2, 3, 4]));
+    }
+    tcp.write_all(&batch).await.unwrap();
+    for i in 0..16u8 {
+        let frame = deadline(read_frame(&mut tcp, &mut buf)).await.expect("echo");
+        assert_eq!(frame.payload[0], i);
+    }
+    assert_eq!(writes.load(Ordering::SeqCst), 16, "send must write each reply before returning");
 }

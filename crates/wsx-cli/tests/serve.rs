@@ -238,6 +238,7 @@ fn static_files() {
     write(&site.join("sub dir/index.html"), b"sub index");
     write(&site.join("sub dir/héllo.txt"), "héllo".as_bytes());
     write(&site.join("empty/nothing.txt"), b"");
+    write(&site.join("evil.example/index.html"), b"a directory named like a host");
     write(&site.join(".env"), SECRET.as_bytes());
     write(&tmp.0.join("secret.txt"), SECRET.as_bytes());
     write(&tmp.0.join("outside/secret.txt"), SECRET.as_bytes());
@@ -266,6 +267,13 @@ fn static_files() {
 
     let redirect = get(a, "GET", "/sub%20dir?q=1");
     assert_eq!((redirect.status, redirect.header("location")), (301, Some("/sub%20dir/?q=1")));
+    // `//evil.example/` would be a protocol-relative URL: the browser would go to that host.
+    for path in ["//evil.example", "///evil.example", "//evil.example?q=1"] {
+        let redirect = get(a, "GET", path);
+        let location = redirect.header("location").unwrap_or_default();
+        assert_eq!(redirect.status, 301, "{path}");
+        assert!(location.starts_with("/evil.example/"), "{path}: Location {location:?}");
+    }
     assert_eq!(get(a, "GET", "/empty/").status, 404, "no listing of a directory without index.html");
     assert_eq!(get(a, "GET", "/missing.txt").status, 404);
     let head = get(a, "HEAD", "/app.js");

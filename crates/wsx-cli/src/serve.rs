@@ -16,6 +16,8 @@
 //!   change what an endpoint does: `chat.v1` names the convention of the demo page (room
 //!   messages are JSON `{"id","from","text"}` or a file announcement followed by the file as a
 //!   binary message), which the server relays unchanged.
+//! - **Host names**: see [`host`]: requests whose `Host` is not an IP address, `localhost` or a
+//!   `--host` name are refused with 421 (DNS rebinding), unless `--allow-any-host`.
 //! - **Origins**: see [`origin`]: a browser page may connect when it was served by this server or
 //!   its origin was given with `--origin`; requests without `Origin` are allowed.
 //! - **Closing**: the peer's close frame is answered with the same code and an empty reason (the
@@ -44,10 +46,12 @@ use wsx::proto::deflate::DeflateConfig;
 use wsx::proto::handshake::check_request;
 use wsx::{Accept, CloseCode, CloseFrame, Incoming, Message, Rejection, ServerConfig, State, WebSocket};
 
+mod host;
 mod http;
 mod origin;
 mod rooms;
 
+use host::HostPolicy;
 use origin::OriginPolicy;
 use rooms::{Bus, LocalBus, Received};
 
@@ -104,6 +108,14 @@ pub struct ServeArgs {
     /// may connect.
     #[arg(long = "origin", value_name = "URL")]
     origins: Vec<String>,
+    /// Also answer requests for this host name (repeatable), e.g. myhost.lan. By default only
+    /// IP addresses and localhost are answered; other names get 421 (against DNS rebinding).
+    #[arg(long = "host", value_name = "NAME")]
+    hosts: Vec<String>,
+    /// Answer requests for every host name: only behind a reverse proxy that checks the name
+    /// itself (otherwise any web page can reach the server through DNS rebinding).
+    #[arg(long)]
+    allow_any_host: bool,
     /// Messages a room queues for its slowest member; one that falls further behind is closed
     /// with 1008.
     #[arg(long, default_value_t = 256, value_name = "N")]
@@ -114,6 +126,7 @@ pub struct ServeArgs {
 struct Server {
     config: ServerConfig,
     echo_everywhere: bool,
+    hosts: HostPolicy,
     origins: OriginPolicy,
     site: http::Site,
     bus: Arc<dyn Bus>,
@@ -133,6 +146,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Installed first, so that a signal arriving while we start is not fatal.
     let mut signals = Signals::new().context("cannot install the signal handlers")?;
     let origins = OriginPolicy::new(&args.origins).map_err(anyhow::Error::msg)?;
+    let hosts = HostPolicy::new(&args.hosts, args.allow_any_host).map_err(anyhow::Error::msg)?;
     let static_root = match &args.static_dir {
         Some(dir) => {
             let root = dir.canonicalize().with_context(|| format!("--static {}", dir.display()))?;
@@ -160,6 +174,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let server = Arc::new(Server {
         config,
         echo_everywhere: args.echo,
+        hosts,
         origins,
         site: http::Site { static_root },
         bus: Arc::new(LocalBus::new(args.room_queue)),
@@ -271,9 +286,14 @@ async fn handshake(server: &Server, tcp: TcpStream, peer: SocketAddr) -> Option<
     let path = uri.path_and_query().map_or_else(|| uri.to_string(), |p| p.as_str().to_owned());
     let route = if server.echo_everywhere { Ok(Some(Route::Echo)) } else { route(uri) };
 
+    let host_check = server.hosts.check(incoming.request().version(), incoming.request().headers());
+
     if !incoming.is_upgrade() {
         let (stream, request, _) = incoming.into_parts();
-        let response = http::respond(&server.site, &request, !matches!(route, Ok(None))).await;
+        let response = match host_check {
+            Ok(()) => http::respond(&server.site, &request, !matches!(route, Ok(None))).await,
+            Err(rejection) => http::Response::text(rejection.status, rejection.body),
+        };
         let status = response.status.as_u16();
         let written = tokio::time::timeout(HTTP_TIMEOUT, http::write(stream, request.method(), response)).await;
         let error = match written {
@@ -285,6 +305,10 @@ async fn handshake(server: &Server, tcp: TcpStream, peer: SocketAddr) -> Option<
         return None;
     }
 
+    if let Err(rejection) = host_check {
+        refuse(incoming, rejection, peer, &path).await;
+        return None;
+    }
     let upgrade = match check_request(incoming.request()) {
         Ok(upgrade) => upgrade,
         Err(rejection) => {

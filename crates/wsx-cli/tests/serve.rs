@@ -309,6 +309,78 @@ fn static_files() {
     assert_eq!(upgrade(a, "/echo", "").status, 101);
 }
 
+/// A plain GET and an upgrade of `path` with this `Host` line (none when `None`), each with an
+/// Origin that agrees with it, as a rebound page in a browser would send.
+fn with_host(addr: SocketAddr, path: &str, host: Option<&str>) -> (Answer, Answer) {
+    let host_line = host.map_or_else(String::new, |h| format!("Host: {h}\r\nOrigin: http://{h}\r\n"));
+    let plain = raw(addr, format!("GET {path} HTTP/1.1\r\n{host_line}\r\n").as_bytes());
+    let upgrade = raw(
+        addr,
+        format!(
+            "GET {path} HTTP/1.1\r\n{host_line}Upgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    (plain, upgrade)
+}
+
+#[test]
+fn only_known_host_names_are_answered() {
+    let tmp = TempDir::new("hosts");
+    write(&tmp.0.join("site/secret.txt"), SECRET.as_bytes());
+    let server = Server::start(&["--static", tmp.0.join("site").to_str().unwrap(), "--host", "MyHost.lan"]);
+    let a = server.addr;
+    let port = a.port();
+
+    // DNS rebinding: a page on attacker.example, now resolving to 127.0.0.1. Its Origin agrees
+    // with its Host, so only the Host check stands between it and the server.
+    for host in [format!("attacker.example:{port}"), "attacker.example".to_owned(), format!("localhost.evil:{port}")] {
+        for path in ["/secret.txt", "/echo", "/room/lobby", "/"] {
+            let (plain, upgrade) = with_host(a, path, Some(&host));
+            for (kind, answer) in [("GET", &plain), ("upgrade", &upgrade)] {
+                assert_eq!(answer.status, 421, "{kind} {path} with Host {host}: {}", answer.text());
+                assert!(answer.text().contains("--host "), "{kind}: {}", answer.text());
+                assert!(!answer.text().contains(SECRET));
+            }
+        }
+    }
+    server.expect_log(&["refused", "path=\"/echo\"", "status=421"]);
+    server.expect_log(&["http", "path=\"/secret.txt\"", "status=421"]);
+
+    // Loopback names and addresses, the bound address and --host names, with or without port.
+    for host in [
+        format!("127.0.0.1:{port}"),
+        "127.0.0.1".to_owned(),
+        format!("localhost:{port}"),
+        "LOCALHOST".to_owned(),
+        format!("[::1]:{port}"),
+        a.to_string(),
+        format!("myhost.lan:{port}"),
+        "MYHOST.LAN".to_owned(),
+    ] {
+        let (plain, upgrade) = with_host(a, "/secret.txt", Some(&host));
+        assert_eq!((plain.status, plain.text().as_str()), (200, SECRET), "GET with Host {host}");
+        let (_, upgrade_echo) = with_host(a, "/echo", Some(&host));
+        assert_eq!(upgrade_echo.status, 101, "upgrade with Host {host}: {}", upgrade_echo.text());
+        // An upgrade to a path that has no WebSocket: past the Host check, refused for its path.
+        assert_eq!(upgrade.status, 404, "{host}");
+    }
+
+    // No Host at all: HTTP/1.1 requires one.
+    let (plain, upgrade) = with_host(a, "/secret.txt", None);
+    assert_eq!((plain.status, upgrade.status), (400, 400));
+    assert!(plain.text().contains("Host"), "{}", plain.text());
+    // Two Host headers: which one would the browser have meant?
+    let two = raw(a, format!("GET /secret.txt HTTP/1.1\r\nHost: {a}\r\nHost: attacker.example\r\n\r\n").as_bytes());
+    assert_eq!(two.status, 400);
+
+    // --allow-any-host: for a deployment behind a proxy that checks the name.
+    let any = Server::start(&["--allow-any-host"]);
+    let (plain, upgrade) = with_host(any.addr, "/echo", Some("attacker.example"));
+    assert_eq!((plain.status, upgrade.status), (426, 101));
+}
+
 #[test]
 fn origins_are_checked_on_upgrades() {
     let server = Server::start(&["--origin", "http://localhost:3000"]);

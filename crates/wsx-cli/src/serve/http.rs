@@ -52,7 +52,8 @@ enum Body {
 }
 
 impl Response {
-    fn text(status: StatusCode, body: impl Into<String>) -> Self {
+    /// A `text/plain` answer.
+    pub fn text(status: StatusCode, body: impl Into<String>) -> Self {
         Self {
             status,
             headers: vec![("Content-Type", "text/plain; charset=utf-8".into())],

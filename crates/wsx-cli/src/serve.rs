@@ -22,8 +22,10 @@
 //!   its origin was given with `--origin`; requests without `Origin` are allowed.
 //! - **Closing**: the peer's close frame is answered with the same code and an empty reason (the
 //!   protocol core's echo), so a page that closes with 4000 "bye" sees code 4000, reason "".
-//! - **Rooms**: see [`rooms`]: a member that falls more than `--room-queue` messages behind is
-//!   closed with 1008; one whose socket takes no data for 30 s is dropped.
+//! - **Rooms**: see [`rooms`]: a member that falls more than `--room-queue` messages or
+//!   `--room-queue-bytes` bytes behind is closed with 1008; one whose socket takes no data for
+//!   30 s is dropped. A message to a room may have at most `--room-max-message` bytes (else
+//!   1009), so that what the room holds for a slow member stays small.
 //! - **Shutdown**: SIGINT (Ctrl-C) or SIGTERM closes every connection with 1001 and waits up to
 //!   2 s for the closing handshakes, then exits 0.
 //!
@@ -44,7 +46,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use wsx::proto::deflate::DeflateConfig;
 use wsx::proto::handshake::check_request;
-use wsx::{Accept, CloseCode, CloseFrame, Incoming, Message, Rejection, ServerConfig, State, WebSocket};
+use wsx::{
+    Accept, CloseCode, CloseFrame, Incoming, Message, Rejection, ServerConfig, State, WebSocket, WebSocketConfig,
+};
 
 mod host;
 mod http;
@@ -53,7 +57,7 @@ mod rooms;
 
 use host::HostPolicy;
 use origin::OriginPolicy;
-use rooms::{Bus, LocalBus, Received};
+use rooms::{Bus, LocalBus, QueueLimits, Received};
 
 /// The subprotocols the server knows. It selects the first one of the client's offer that is
 /// in this list.
@@ -116,15 +120,26 @@ pub struct ServeArgs {
     /// itself (otherwise any web page can reach the server through DNS rebinding).
     #[arg(long)]
     allow_any_host: bool,
-    /// Messages a room queues for its slowest member; one that falls further behind is closed
-    /// with 1008.
+    /// Messages a room queues for each member; one that falls further behind is closed with
+    /// 1008.
     #[arg(long, default_value_t = 256, value_name = "N")]
     room_queue: usize,
+    /// Bytes a room queues for each member (on top of what its socket holds); one that falls
+    /// further behind is closed with 1008. A single larger message still fits an empty queue.
+    #[arg(long, default_value_t = 4 << 20, value_name = "BYTES")]
+    room_queue_bytes: usize,
+    /// The largest message a room member may send, in bytes (after decompression); a larger one
+    /// closes its connection with 1009. /echo keeps the 64 MiB limit.
+    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
+    room_max_message: usize,
 }
 
 /// Everything a connection needs to know about the server.
 struct Server {
     config: ServerConfig,
+    /// The connection settings of room members: `config.websocket` with the room's message
+    /// size limit.
+    room_websocket: WebSocketConfig,
     echo_everywhere: bool,
     hosts: HostPolicy,
     origins: OriginPolicy,
@@ -171,13 +186,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if !args.conformance && args.ping_interval > 0 {
         config.websocket.proto.keepalive_interval = Some(Duration::from_secs(args.ping_interval));
     }
+    let mut room_websocket = config.websocket.clone();
+    room_websocket.proto.max_message_size = args.room_max_message;
+    room_websocket.proto.max_frame_size = room_websocket.proto.max_frame_size.min(args.room_max_message);
+    let queue_limits = QueueLimits { messages: args.room_queue, bytes: args.room_queue_bytes };
     let server = Arc::new(Server {
         config,
+        room_websocket,
         echo_everywhere: args.echo,
         hosts,
         origins,
         site: http::Site { static_root },
-        bus: Arc::new(LocalBus::new(args.room_queue)),
+        bus: Arc::new(LocalBus::new(queue_limits)),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -336,7 +356,11 @@ async fn handshake(server: &Server, tcp: TcpStream, peer: SocketAddr) -> Option<
     };
     let protocol = upgrade.protocols.iter().find(|p| PROTOCOLS.contains(&p.as_str())).cloned();
     let accept = Accept { protocol, headers: HeaderMap::new() };
-    match incoming.accept(&upgrade, accept, &server.config.websocket).await {
+    let config = match route {
+        Route::Room(_) => &server.room_websocket,
+        _ => &server.config.websocket,
+    };
+    match incoming.accept(&upgrade, accept, config).await {
         Ok(ws) => Some((ws, route, path)),
         Err(e) => {
             tracing::info!(%peer, path, error = %e, "handshake failed");
@@ -430,8 +454,14 @@ impl Outcome {
             self.code = Some(frame.code.0);
             self.by = Some("server");
         }
-        if let Err(e) = ws.send(Message::Close(Some(frame))).await {
-            self.failed(e);
+        // A peer that stopped reading must not hold the task here: after the timeout the
+        // caller's `recv` runs the close timer, which ends the connection.
+        match tokio::time::timeout(ROOM_SEND_TIMEOUT, ws.send(Message::Close(Some(frame)))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => self.failed(e),
+            Err(_) => {
+                self.error.get_or_insert_with(|| format!("the close frame was not taken within {ROOM_SEND_TIMEOUT:?}"));
+            }
         }
     }
 }
@@ -512,11 +542,9 @@ async fn room(
                         break;
                     }
                 },
-                Received::Lagged(missed) => {
-                    let frame = CloseFrame::new(CloseCode::POLICY_VIOLATION, format!("too slow: missed {missed} messages"));
-                    out.close(ws, frame).await;
+                Received::Lagged(lag) => {
+                    out.close(ws, CloseFrame::new(CloseCode::POLICY_VIOLATION, format!("too slow: {lag}"))).await;
                 }
-                Received::Closed => out.close(ws, CloseFrame::new(CloseCode::INTERNAL_ERROR, "room closed")).await,
             },
             _ = shutdown.changed(), if !out.closing => out.close(ws, going_away()).await,
         }

@@ -509,16 +509,17 @@ async fn rooms_broadcast_to_every_member() {
     server.expect_log(&["closed", "path=\"/room/lobby\"", "code=1000"]);
 }
 
-#[tokio::test]
-async fn a_slow_room_member_is_closed_with_1008_without_slowing_the_others() {
-    let server = Server::start(&["--room-queue", "4", "--no-deflate"]);
-    // The slow member joins and then does not read.
+/// A member joins `/room/busy` and does not read while another publishes 600 messages of 64 KiB
+/// (far more than the socket buffers hold); then it reads. Returns how many messages it got
+/// before the server's close frame, and that frame.
+async fn slow_room_member(args: &[&str]) -> (usize, wsx::CloseFrame) {
+    let server = Server::start(args);
     let (mut slow, _) = wsx::connect(&server.url("/room/busy")).await.unwrap();
     let (mut fast, _) = wsx::connect(&server.url("/room/busy")).await.unwrap();
     fast.send_text("hello").await.unwrap();
     assert_eq!(next_data(&mut fast).await, Message::text("hello"));
-    // Far more than the socket buffers hold: the slow member's connection fills up, the room
-    // moves on (the fast member gets everything, each message before it sends the next).
+    // The slow member's connection fills up, the room moves on (the fast member gets
+    // everything, each message before it sends the next).
     let payload = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
     let started = Instant::now();
     for _ in 0..600 {
@@ -526,23 +527,67 @@ async fn a_slow_room_member_is_closed_with_1008_without_slowing_the_others() {
         assert_eq!(next_data(&mut fast).await, Message::Binary(payload.clone()));
     }
     assert!(started.elapsed() < Duration::from_secs(20), "the fast member was held up");
-    // Now the slow member reads: what was queued for it, then a close with 1008.
+    // Now the slow member reads: what was queued for it, then the close.
     let mut received = 0;
     let frame = loop {
-        match tokio::time::timeout(Duration::from_secs(10), slow.recv()).await.unwrap() {
+        match tokio::time::timeout(Duration::from_secs(10), slow.recv()).await.expect("the slow member is closed") {
             Some(Ok(Message::Close(f))) => break f.unwrap(),
             Some(Ok(m)) if m.is_data() => received += 1,
             Some(Ok(_)) => {}
             other => panic!("{other:?}"),
         }
     };
-    assert_eq!(frame.code, CloseCode::POLICY_VIOLATION);
-    assert!(frame.reason.starts_with("too slow: missed "), "{}", frame.reason);
-    assert!(received < 600, "it missed some: got {received}");
     server.expect_log(&["closed", "path=\"/room/busy\"", "code=1008", "by=\"server\""]);
     // The fast member is still fine.
     fast.send_text("still here").await.unwrap();
     assert_eq!(next_data(&mut fast).await, Message::text("still here"));
+    (received, frame)
+}
+
+#[tokio::test]
+async fn a_slow_room_member_is_closed_with_1008_without_slowing_the_others() {
+    let (received, frame) = slow_room_member(&["--room-queue", "4", "--no-deflate"]).await;
+    assert_eq!(frame.code, CloseCode::POLICY_VIOLATION);
+    assert_eq!(frame.reason.as_str(), "too slow: more than 4 messages queued");
+    assert!(received < 600, "it missed some: got {received}");
+}
+
+#[tokio::test]
+async fn a_room_member_queue_is_bounded_in_bytes() {
+    // The message count alone would let 100,000 messages of 64 KiB (6 GiB) pile up.
+    let args = ["--room-queue", "100000", "--room-queue-bytes", "1048576", "--no-deflate"];
+    let (received, frame) = slow_room_member(&args).await;
+    assert_eq!(frame.code, CloseCode::POLICY_VIOLATION);
+    assert_eq!(frame.reason.as_str(), "too slow: more than 1048576 bytes queued");
+    assert!(received < 600, "it missed some: got {received}");
+}
+
+#[tokio::test]
+async fn room_messages_have_their_own_size_limit() {
+    let server = Server::start(&[]);
+    // /echo keeps the general limit (64 MiB).
+    let two_mib = bytes::Bytes::from(vec![b'x'; 2 << 20]);
+    let (mut echo, _) = wsx::connect(&server.url("/echo")).await.unwrap();
+    echo.send_binary(two_mib.clone()).await.unwrap();
+    assert_eq!(next_data(&mut echo).await, Message::Binary(two_mib.clone()));
+    // A room takes 1 MiB (--room-max-message's default) …
+    let (mut member, _) = wsx::connect(&server.url("/room/big")).await.unwrap();
+    let one_mib = bytes::Bytes::from(vec![b'y'; 1 << 20]);
+    member.send_binary(one_mib.clone()).await.unwrap();
+    assert_eq!(next_data(&mut member).await, Message::Binary(one_mib));
+    // … and closes the connection of a member that sends more with 1009.
+    let _ = member.send_binary(two_mib).await;
+    let frame = close_frame(&mut member).await.unwrap();
+    assert_eq!(frame.code, CloseCode::MESSAGE_TOO_BIG, "{frame:?}");
+    server.expect_log(&["closed", "path=\"/room/big\"", "code=1009"]);
+
+    // --room-max-message sets it.
+    let server = Server::start(&["--room-max-message", "1000"]);
+    let (mut member, _) = wsx::connect(&server.url("/room/small")).await.unwrap();
+    member.send_text("x".repeat(1000)).await.unwrap();
+    assert_eq!(next_data(&mut member).await, Message::text("x".repeat(1000)));
+    let _ = member.send_text("x".repeat(1001)).await;
+    assert_eq!(close_frame(&mut member).await.unwrap().code, CloseCode::MESSAGE_TOO_BIG);
 }
 
 #[cfg(unix)]

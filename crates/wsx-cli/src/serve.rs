@@ -16,12 +16,16 @@
 //!   change what an endpoint does: `chat.v1` names the convention of the demo page (room
 //!   messages are JSON `{"id","from","text"}` or a file announcement followed by the file as a
 //!   binary message), which the server relays unchanged.
+//! - **Host names**: see [`host`]: requests whose `Host` is not an IP address, `localhost` or a
+//!   `--host` name are refused with 421 (DNS rebinding), unless `--allow-any-host`.
 //! - **Origins**: see [`origin`]: a browser page may connect when it was served by this server or
 //!   its origin was given with `--origin`; requests without `Origin` are allowed.
 //! - **Closing**: the peer's close frame is answered with the same code and an empty reason (the
 //!   protocol core's echo), so a page that closes with 4000 "bye" sees code 4000, reason "".
-//! - **Rooms**: see [`rooms`]: a member that falls more than `--room-queue` messages behind is
-//!   closed with 1008; one whose socket takes no data for 30 s is dropped.
+//! - **Rooms**: see [`rooms`]: a member that falls more than `--room-queue` messages or
+//!   `--room-queue-bytes` bytes behind is closed with 1008; one whose socket takes no data for
+//!   30 s is dropped. A message to a room may have at most `--room-max-message` bytes (else
+//!   1009), so that what the room holds for a slow member stays small.
 //! - **Shutdown**: SIGINT (Ctrl-C) or SIGTERM closes every connection with 1001 and waits up to
 //!   2 s for the closing handshakes, then exits 0.
 //!
@@ -42,14 +46,18 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use wsx::proto::deflate::DeflateConfig;
 use wsx::proto::handshake::check_request;
-use wsx::{Accept, CloseCode, CloseFrame, Incoming, Message, Rejection, ServerConfig, State, WebSocket};
+use wsx::{
+    Accept, CloseCode, CloseFrame, Incoming, Message, Rejection, ServerConfig, State, WebSocket, WebSocketConfig,
+};
 
+mod host;
 mod http;
 mod origin;
 mod rooms;
 
+use host::HostPolicy;
 use origin::OriginPolicy;
-use rooms::{Bus, LocalBus, Received};
+use rooms::{Bus, LocalBus, QueueLimits, Received};
 
 /// The subprotocols the server knows. It selects the first one of the client's offer that is
 /// in this list.
@@ -104,16 +112,36 @@ pub struct ServeArgs {
     /// may connect.
     #[arg(long = "origin", value_name = "URL")]
     origins: Vec<String>,
-    /// Messages a room queues for its slowest member; one that falls further behind is closed
-    /// with 1008.
+    /// Also answer requests for this host name (repeatable), e.g. myhost.lan. By default only
+    /// IP addresses and localhost are answered; other names get 421 (against DNS rebinding).
+    #[arg(long = "host", value_name = "NAME")]
+    hosts: Vec<String>,
+    /// Answer requests for every host name: only behind a reverse proxy that checks the name
+    /// itself (otherwise any web page can reach the server through DNS rebinding).
+    #[arg(long)]
+    allow_any_host: bool,
+    /// Messages a room queues for each member; one that falls further behind is closed with
+    /// 1008.
     #[arg(long, default_value_t = 256, value_name = "N")]
     room_queue: usize,
+    /// Bytes a room queues for each member (on top of what its socket holds); one that falls
+    /// further behind is closed with 1008. A single larger message still fits an empty queue.
+    #[arg(long, default_value_t = 4 << 20, value_name = "BYTES")]
+    room_queue_bytes: usize,
+    /// The largest message a room member may send, in bytes (after decompression); a larger one
+    /// closes its connection with 1009. /echo keeps the 64 MiB limit.
+    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
+    room_max_message: usize,
 }
 
 /// Everything a connection needs to know about the server.
 struct Server {
     config: ServerConfig,
+    /// The connection settings of room members: `config.websocket` with the room's message
+    /// size limit.
+    room_websocket: WebSocketConfig,
     echo_everywhere: bool,
+    hosts: HostPolicy,
     origins: OriginPolicy,
     site: http::Site,
     bus: Arc<dyn Bus>,
@@ -133,6 +161,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Installed first, so that a signal arriving while we start is not fatal.
     let mut signals = Signals::new().context("cannot install the signal handlers")?;
     let origins = OriginPolicy::new(&args.origins).map_err(anyhow::Error::msg)?;
+    let hosts = HostPolicy::new(&args.hosts, args.allow_any_host).map_err(anyhow::Error::msg)?;
     let static_root = match &args.static_dir {
         Some(dir) => {
             let root = dir.canonicalize().with_context(|| format!("--static {}", dir.display()))?;
@@ -157,12 +186,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if !args.conformance && args.ping_interval > 0 {
         config.websocket.proto.keepalive_interval = Some(Duration::from_secs(args.ping_interval));
     }
+    let mut room_websocket = config.websocket.clone();
+    room_websocket.proto.max_message_size = args.room_max_message;
+    room_websocket.proto.max_frame_size = room_websocket.proto.max_frame_size.min(args.room_max_message);
+    let queue_limits = QueueLimits { messages: args.room_queue, bytes: args.room_queue_bytes };
     let server = Arc::new(Server {
         config,
+        room_websocket,
         echo_everywhere: args.echo,
+        hosts,
         origins,
         site: http::Site { static_root },
-        bus: Arc::new(LocalBus::new(args.room_queue)),
+        bus: Arc::new(LocalBus::new(queue_limits)),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -271,9 +306,14 @@ async fn handshake(server: &Server, tcp: TcpStream, peer: SocketAddr) -> Option<
     let path = uri.path_and_query().map_or_else(|| uri.to_string(), |p| p.as_str().to_owned());
     let route = if server.echo_everywhere { Ok(Some(Route::Echo)) } else { route(uri) };
 
+    let host_check = server.hosts.check(incoming.request().version(), incoming.request().headers());
+
     if !incoming.is_upgrade() {
         let (stream, request, _) = incoming.into_parts();
-        let response = http::respond(&server.site, &request, !matches!(route, Ok(None))).await;
+        let response = match host_check {
+            Ok(()) => http::respond(&server.site, &request, !matches!(route, Ok(None))).await,
+            Err(rejection) => http::Response::text(rejection.status, rejection.body),
+        };
         let status = response.status.as_u16();
         let written = tokio::time::timeout(HTTP_TIMEOUT, http::write(stream, request.method(), response)).await;
         let error = match written {
@@ -285,6 +325,10 @@ async fn handshake(server: &Server, tcp: TcpStream, peer: SocketAddr) -> Option<
         return None;
     }
 
+    if let Err(rejection) = host_check {
+        refuse(incoming, rejection, peer, &path).await;
+        return None;
+    }
     let upgrade = match check_request(incoming.request()) {
         Ok(upgrade) => upgrade,
         Err(rejection) => {
@@ -312,7 +356,11 @@ async fn handshake(server: &Server, tcp: TcpStream, peer: SocketAddr) -> Option<
     };
     let protocol = upgrade.protocols.iter().find(|p| PROTOCOLS.contains(&p.as_str())).cloned();
     let accept = Accept { protocol, headers: HeaderMap::new() };
-    match incoming.accept(&upgrade, accept, &server.config.websocket).await {
+    let config = match route {
+        Route::Room(_) => &server.room_websocket,
+        _ => &server.config.websocket,
+    };
+    match incoming.accept(&upgrade, accept, config).await {
         Ok(ws) => Some((ws, route, path)),
         Err(e) => {
             tracing::info!(%peer, path, error = %e, "handshake failed");
@@ -406,8 +454,14 @@ impl Outcome {
             self.code = Some(frame.code.0);
             self.by = Some("server");
         }
-        if let Err(e) = ws.send(Message::Close(Some(frame))).await {
-            self.failed(e);
+        // A peer that stopped reading must not hold the task here: after the timeout the
+        // caller's `recv` runs the close timer, which ends the connection.
+        match tokio::time::timeout(ROOM_SEND_TIMEOUT, ws.send(Message::Close(Some(frame)))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => self.failed(e),
+            Err(_) => {
+                self.error.get_or_insert_with(|| format!("the close frame was not taken within {ROOM_SEND_TIMEOUT:?}"));
+            }
         }
     }
 }
@@ -488,11 +542,9 @@ async fn room(
                         break;
                     }
                 },
-                Received::Lagged(missed) => {
-                    let frame = CloseFrame::new(CloseCode::POLICY_VIOLATION, format!("too slow: missed {missed} messages"));
-                    out.close(ws, frame).await;
+                Received::Lagged(lag) => {
+                    out.close(ws, CloseFrame::new(CloseCode::POLICY_VIOLATION, format!("too slow: {lag}"))).await;
                 }
-                Received::Closed => out.close(ws, CloseFrame::new(CloseCode::INTERNAL_ERROR, "room closed")).await,
             },
             _ = shutdown.changed(), if !out.closing => out.close(ws, going_away()).await,
         }

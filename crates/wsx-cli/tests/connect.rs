@@ -2,8 +2,8 @@
 //!
 //! Each test starts a server on 127.0.0.1:0 (its own thread and runtime) whose handler does
 //! one scripted thing per connection, runs `wsx connect` with some stdin, and checks stdout,
-//! stderr and the exit status. The interactive mode is driven through tmux when it is
-//! installed.
+//! stderr and the exit status. The interactive mode is driven through tmux, which must be
+//! installed (those tests fail, saying so, without it).
 
 use std::future::Future;
 use std::io::{Read as _, Write as _};
@@ -501,22 +501,25 @@ struct Tmux {
 }
 
 impl Tmux {
-    /// Starts `command` in a detached tmux session, or `None` when tmux is not installed.
-    fn start(command: &str) -> Option<Self> {
+    /// Starts `command` in a detached tmux session. Panics, saying what to install, when tmux
+    /// is missing: a test that passes without running would hide a broken interactive mode
+    /// (`scripts/test` installs tmux).
+    fn start(command: &str) -> Self {
         static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let socket = format!("wsx-test-{}-{n}", std::process::id());
-        let ok = Command::new("tmux")
+        let status = Command::new("tmux")
             .args(["-L", &socket, "-f", "/dev/null", "new-session", "-d", "-x", "120", "-y", "40", command])
             .env_remove("TMUX")
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if !ok {
-            eprintln!("tmux is not available: interactive test skipped");
-            return None;
+            .status();
+        match status {
+            Ok(s) if s.success() => Self { socket },
+            Ok(s) => panic!("tmux new-session failed ({s}): the interactive tests need a working tmux"),
+            Err(e) => panic!(
+                "cannot run tmux ({e}): the interactive tests of wsx connect need it \
+                 (apt-get install tmux; scripts/test installs it)"
+            ),
         }
-        Some(Self { socket })
     }
 
     fn keys(&self, keys: &[&str]) {
@@ -564,7 +567,7 @@ fn interactive_session_in_a_terminal() {
     std::fs::create_dir_all(&dir).unwrap();
     let history = dir.join("history");
     let _ = std::fs::remove_file(&history);
-    let Some(tmux) = Tmux::start(&interactive_command(addr, &history, "true")) else { return };
+    let tmux = Tmux::start(&interactive_command(addr, &history, "true"));
     tmux.wait_for("/help lists the commands");
     tmux.keys(&["hello there", "Enter"]);
     tmux.wait_for("< hello there");
@@ -602,7 +605,7 @@ fn interactive_session_ends_cleanly_when_the_server_closes_mid_line() {
     std::fs::create_dir_all(&dir).unwrap();
     let history = dir.join("history-2");
     let check = "stty -a | tr ' ' '\\n' | grep -x -e icanon -e -icanon -e echo -e -echo | tr '\\n' ' '";
-    let Some(tmux) = Tmux::start(&interactive_command(addr, &history, check)) else { return };
+    let tmux = Tmux::start(&interactive_command(addr, &history, check));
     tmux.wait_for("/help lists the commands");
     tmux.keys(&["go", "Enter"]);
     tmux.keys(&["half typed"]);

@@ -238,6 +238,7 @@ fn static_files() {
     write(&site.join("sub dir/index.html"), b"sub index");
     write(&site.join("sub dir/héllo.txt"), "héllo".as_bytes());
     write(&site.join("empty/nothing.txt"), b"");
+    write(&site.join("evil.example/index.html"), b"a directory named like a host");
     write(&site.join(".env"), SECRET.as_bytes());
     write(&tmp.0.join("secret.txt"), SECRET.as_bytes());
     write(&tmp.0.join("outside/secret.txt"), SECRET.as_bytes());
@@ -266,6 +267,13 @@ fn static_files() {
 
     let redirect = get(a, "GET", "/sub%20dir?q=1");
     assert_eq!((redirect.status, redirect.header("location")), (301, Some("/sub%20dir/?q=1")));
+    // `//evil.example/` would be a protocol-relative URL: the browser would go to that host.
+    for path in ["//evil.example", "///evil.example", "//evil.example?q=1"] {
+        let redirect = get(a, "GET", path);
+        let location = redirect.header("location").unwrap_or_default();
+        assert_eq!(redirect.status, 301, "{path}");
+        assert!(location.starts_with("/evil.example/"), "{path}: Location {location:?}");
+    }
     assert_eq!(get(a, "GET", "/empty/").status, 404, "no listing of a directory without index.html");
     assert_eq!(get(a, "GET", "/missing.txt").status, 404);
     let head = get(a, "HEAD", "/app.js");
@@ -299,6 +307,78 @@ fn static_files() {
     }
     // WebSocket endpoints still work next to the files.
     assert_eq!(upgrade(a, "/echo", "").status, 101);
+}
+
+/// A plain GET and an upgrade of `path` with this `Host` line (none when `None`), each with an
+/// Origin that agrees with it, as a rebound page in a browser would send.
+fn with_host(addr: SocketAddr, path: &str, host: Option<&str>) -> (Answer, Answer) {
+    let host_line = host.map_or_else(String::new, |h| format!("Host: {h}\r\nOrigin: http://{h}\r\n"));
+    let plain = raw(addr, format!("GET {path} HTTP/1.1\r\n{host_line}\r\n").as_bytes());
+    let upgrade = raw(
+        addr,
+        format!(
+            "GET {path} HTTP/1.1\r\n{host_line}Upgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    (plain, upgrade)
+}
+
+#[test]
+fn only_known_host_names_are_answered() {
+    let tmp = TempDir::new("hosts");
+    write(&tmp.0.join("site/secret.txt"), SECRET.as_bytes());
+    let server = Server::start(&["--static", tmp.0.join("site").to_str().unwrap(), "--host", "MyHost.lan"]);
+    let a = server.addr;
+    let port = a.port();
+
+    // DNS rebinding: a page on attacker.example, now resolving to 127.0.0.1. Its Origin agrees
+    // with its Host, so only the Host check stands between it and the server.
+    for host in [format!("attacker.example:{port}"), "attacker.example".to_owned(), format!("localhost.evil:{port}")] {
+        for path in ["/secret.txt", "/echo", "/room/lobby", "/"] {
+            let (plain, upgrade) = with_host(a, path, Some(&host));
+            for (kind, answer) in [("GET", &plain), ("upgrade", &upgrade)] {
+                assert_eq!(answer.status, 421, "{kind} {path} with Host {host}: {}", answer.text());
+                assert!(answer.text().contains("--host "), "{kind}: {}", answer.text());
+                assert!(!answer.text().contains(SECRET));
+            }
+        }
+    }
+    server.expect_log(&["refused", "path=\"/echo\"", "status=421"]);
+    server.expect_log(&["http", "path=\"/secret.txt\"", "status=421"]);
+
+    // Loopback names and addresses, the bound address and --host names, with or without port.
+    for host in [
+        format!("127.0.0.1:{port}"),
+        "127.0.0.1".to_owned(),
+        format!("localhost:{port}"),
+        "LOCALHOST".to_owned(),
+        format!("[::1]:{port}"),
+        a.to_string(),
+        format!("myhost.lan:{port}"),
+        "MYHOST.LAN".to_owned(),
+    ] {
+        let (plain, upgrade) = with_host(a, "/secret.txt", Some(&host));
+        assert_eq!((plain.status, plain.text().as_str()), (200, SECRET), "GET with Host {host}");
+        let (_, upgrade_echo) = with_host(a, "/echo", Some(&host));
+        assert_eq!(upgrade_echo.status, 101, "upgrade with Host {host}: {}", upgrade_echo.text());
+        // An upgrade to a path that has no WebSocket: past the Host check, refused for its path.
+        assert_eq!(upgrade.status, 404, "{host}");
+    }
+
+    // No Host at all: HTTP/1.1 requires one.
+    let (plain, upgrade) = with_host(a, "/secret.txt", None);
+    assert_eq!((plain.status, upgrade.status), (400, 400));
+    assert!(plain.text().contains("Host"), "{}", plain.text());
+    // Two Host headers: which one would the browser have meant?
+    let two = raw(a, format!("GET /secret.txt HTTP/1.1\r\nHost: {a}\r\nHost: attacker.example\r\n\r\n").as_bytes());
+    assert_eq!(two.status, 400);
+
+    // --allow-any-host: for a deployment behind a proxy that checks the name.
+    let any = Server::start(&["--allow-any-host"]);
+    let (plain, upgrade) = with_host(any.addr, "/echo", Some("attacker.example"));
+    assert_eq!((plain.status, upgrade.status), (426, 101));
 }
 
 #[test]
@@ -429,16 +509,17 @@ async fn rooms_broadcast_to_every_member() {
     server.expect_log(&["closed", "path=\"/room/lobby\"", "code=1000"]);
 }
 
-#[tokio::test]
-async fn a_slow_room_member_is_closed_with_1008_without_slowing_the_others() {
-    let server = Server::start(&["--room-queue", "4", "--no-deflate"]);
-    // The slow member joins and then does not read.
+/// A member joins `/room/busy` and does not read while another publishes 600 messages of 64 KiB
+/// (far more than the socket buffers hold); then it reads. Returns how many messages it got
+/// before the server's close frame, and that frame.
+async fn slow_room_member(args: &[&str]) -> (usize, wsx::CloseFrame) {
+    let server = Server::start(args);
     let (mut slow, _) = wsx::connect(&server.url("/room/busy")).await.unwrap();
     let (mut fast, _) = wsx::connect(&server.url("/room/busy")).await.unwrap();
     fast.send_text("hello").await.unwrap();
     assert_eq!(next_data(&mut fast).await, Message::text("hello"));
-    // Far more than the socket buffers hold: the slow member's connection fills up, the room
-    // moves on (the fast member gets everything, each message before it sends the next).
+    // The slow member's connection fills up, the room moves on (the fast member gets
+    // everything, each message before it sends the next).
     let payload = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
     let started = Instant::now();
     for _ in 0..600 {
@@ -446,23 +527,67 @@ async fn a_slow_room_member_is_closed_with_1008_without_slowing_the_others() {
         assert_eq!(next_data(&mut fast).await, Message::Binary(payload.clone()));
     }
     assert!(started.elapsed() < Duration::from_secs(20), "the fast member was held up");
-    // Now the slow member reads: what was queued for it, then a close with 1008.
+    // Now the slow member reads: what was queued for it, then the close.
     let mut received = 0;
     let frame = loop {
-        match tokio::time::timeout(Duration::from_secs(10), slow.recv()).await.unwrap() {
+        match tokio::time::timeout(Duration::from_secs(10), slow.recv()).await.expect("the slow member is closed") {
             Some(Ok(Message::Close(f))) => break f.unwrap(),
             Some(Ok(m)) if m.is_data() => received += 1,
             Some(Ok(_)) => {}
             other => panic!("{other:?}"),
         }
     };
-    assert_eq!(frame.code, CloseCode::POLICY_VIOLATION);
-    assert!(frame.reason.starts_with("too slow: missed "), "{}", frame.reason);
-    assert!(received < 600, "it missed some: got {received}");
     server.expect_log(&["closed", "path=\"/room/busy\"", "code=1008", "by=\"server\""]);
     // The fast member is still fine.
     fast.send_text("still here").await.unwrap();
     assert_eq!(next_data(&mut fast).await, Message::text("still here"));
+    (received, frame)
+}
+
+#[tokio::test]
+async fn a_slow_room_member_is_closed_with_1008_without_slowing_the_others() {
+    let (received, frame) = slow_room_member(&["--room-queue", "4", "--no-deflate"]).await;
+    assert_eq!(frame.code, CloseCode::POLICY_VIOLATION);
+    assert_eq!(frame.reason.as_str(), "too slow: more than 4 messages queued");
+    assert!(received < 600, "it missed some: got {received}");
+}
+
+#[tokio::test]
+async fn a_room_member_queue_is_bounded_in_bytes() {
+    // The message count alone would let 100,000 messages of 64 KiB (6 GiB) pile up.
+    let args = ["--room-queue", "100000", "--room-queue-bytes", "1048576", "--no-deflate"];
+    let (received, frame) = slow_room_member(&args).await;
+    assert_eq!(frame.code, CloseCode::POLICY_VIOLATION);
+    assert_eq!(frame.reason.as_str(), "too slow: more than 1048576 bytes queued");
+    assert!(received < 600, "it missed some: got {received}");
+}
+
+#[tokio::test]
+async fn room_messages_have_their_own_size_limit() {
+    let server = Server::start(&[]);
+    // /echo keeps the general limit (64 MiB).
+    let two_mib = bytes::Bytes::from(vec![b'x'; 2 << 20]);
+    let (mut echo, _) = wsx::connect(&server.url("/echo")).await.unwrap();
+    echo.send_binary(two_mib.clone()).await.unwrap();
+    assert_eq!(next_data(&mut echo).await, Message::Binary(two_mib.clone()));
+    // A room takes 1 MiB (--room-max-message's default) …
+    let (mut member, _) = wsx::connect(&server.url("/room/big")).await.unwrap();
+    let one_mib = bytes::Bytes::from(vec![b'y'; 1 << 20]);
+    member.send_binary(one_mib.clone()).await.unwrap();
+    assert_eq!(next_data(&mut member).await, Message::Binary(one_mib));
+    // … and closes the connection of a member that sends more with 1009.
+    let _ = member.send_binary(two_mib).await;
+    let frame = close_frame(&mut member).await.unwrap();
+    assert_eq!(frame.code, CloseCode::MESSAGE_TOO_BIG, "{frame:?}");
+    server.expect_log(&["closed", "path=\"/room/big\"", "code=1009"]);
+
+    // --room-max-message sets it.
+    let server = Server::start(&["--room-max-message", "1000"]);
+    let (mut member, _) = wsx::connect(&server.url("/room/small")).await.unwrap();
+    member.send_text("x".repeat(1000)).await.unwrap();
+    assert_eq!(next_data(&mut member).await, Message::text("x".repeat(1000)));
+    let _ = member.send_text("x".repeat(1001)).await;
+    assert_eq!(close_frame(&mut member).await.unwrap().code, CloseCode::MESSAGE_TOO_BIG);
 }
 
 #[cfg(unix)]

@@ -8,7 +8,7 @@
 //! |-------------------------------------------|-------------------------------------------|
 //! | `GET /` (no `index.html` in `--static`)   | 200, the demo page                        |
 //! | `GET /path` of a file under `--static`    | 200, the file, `Content-Type` by extension|
-//! | `GET /dir` of a directory                 | 301 to `/dir/`, which serves its `index.html` |
+//! | `GET /dir` of a directory                 | 301 to `/dir/` (one leading `/`), which serves its `index.html` |
 //! | `GET` on a WebSocket endpoint             | 426 Upgrade Required                      |
 //! | `..`, `.`, `\`, NUL or bad `%` escapes    | 400                                       |
 //! | anything else (also dot files, symlinks leading out of `DIR`) | 404                   |
@@ -52,7 +52,8 @@ enum Body {
 }
 
 impl Response {
-    fn text(status: StatusCode, body: impl Into<String>) -> Self {
+    /// A `text/plain` answer.
+    pub fn text(status: StatusCode, body: impl Into<String>) -> Self {
         Self {
             status,
             headers: vec![("Content-Type", "text/plain; charset=utf-8".into())],
@@ -125,6 +126,20 @@ pub fn resolve_static(root: &Path, raw_path: &str) -> Resolved {
     } else {
         Resolved::NotFound
     }
+}
+
+/// The `Location` of a directory asked for without its trailing slash: the path's non-empty
+/// segments (still percent-encoded, as received) joined under exactly one leading `/`, plus the
+/// slash. Empty segments are dropped because `//name/` would be a protocol-relative URL that
+/// sends the browser to the host `name` (an open redirect); the file lookup ignores them too.
+fn directory_location(raw_path: &str) -> String {
+    let mut location = String::with_capacity(raw_path.len() + 1);
+    for segment in raw_path.split('/').filter(|s| !s.is_empty()) {
+        location.push('/');
+        location.push_str(segment);
+    }
+    location.push('/');
+    location
 }
 
 /// Decodes `%XX` escapes; `None` for a malformed escape.
@@ -232,7 +247,7 @@ pub async fn respond(site: &Site, request: &Request<()>, websocket_endpoint: boo
             Err(_) => Response::text(StatusCode::NOT_FOUND, "not found\n"),
         },
         Resolved::Redirect => {
-            let mut location = format!("{path}/");
+            let mut location = directory_location(path);
             if let Some(q) = request.uri().query() {
                 location = format!("{location}?{q}");
             }
@@ -360,6 +375,14 @@ mod tests {
             assert_eq!(r("/escape-dir/secret.txt"), Resolved::NotFound);
             assert_eq!(r("/inside.txt"), Resolved::File(root.join("a b.txt")));
         }
+    }
+
+    #[test]
+    fn directory_redirects_stay_on_this_server() {
+        assert_eq!(directory_location("/sub%20dir"), "/sub%20dir/");
+        assert_eq!(directory_location("//evil.example"), "/evil.example/");
+        assert_eq!(directory_location("///evil.example//a"), "/evil.example/a/");
+        assert_eq!(directory_location("/"), "/");
     }
 
     #[test]

@@ -65,8 +65,6 @@ pub const PROTOCOLS: [&str; 2] = ["chat.v1", "echo.v1"];
 
 /// How long shutdown waits for the closing handshakes.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
-/// A room member whose connection takes no data for this long is dropped.
-const ROOM_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest a plain HTTP answer may take to be written.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(60);
 /// The longest `after` of `/close`.
@@ -454,14 +452,10 @@ impl Outcome {
             self.code = Some(frame.code.0);
             self.by = Some("server");
         }
-        // A peer that stopped reading must not hold the task here: after the timeout the
-        // caller's `recv` runs the close timer, which ends the connection.
-        match tokio::time::timeout(ROOM_SEND_TIMEOUT, ws.send(Message::Close(Some(frame)))).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => self.failed(e),
-            Err(_) => {
-                self.error.get_or_insert_with(|| format!("the close frame was not taken within {ROOM_SEND_TIMEOUT:?}"));
-            }
+        // A peer that stopped reading cannot hold the task here: the connection's write timeout
+        // fails the send, and the caller's `recv` then ends the connection.
+        if let Err(e) = ws.send(Message::Close(Some(frame))).await {
+            self.failed(e);
         }
     }
 }
@@ -498,7 +492,9 @@ async fn echo(
             None => break,
             Some(Ok(Message::Close(frame))) => out.peer_closed(frame),
             Some(Ok(msg)) if msg.is_data() => {
-                if let Err(e) = ws.send(msg).await {
+                // Fed, not sent: the replies to a batch of messages leave in one write when
+                // `recv` has handled the batch.
+                if let Err(e) = ws.feed(msg).await {
                     out.failed(e);
                     break;
                 }
@@ -529,19 +525,13 @@ async fn room(
                 Some(Err(e)) => out.failed(e),
             },
             event = subscription.recv(), if !out.closing => match event {
-                Received::Message(msg) => match tokio::time::timeout(ROOM_SEND_TIMEOUT, ws.send(msg)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
+                // The connection's write timeout bounds this send when the member stops reading.
+                Received::Message(msg) => {
+                    if let Err(e) = ws.send(msg).await {
                         out.failed(e);
                         break;
                     }
-                    Err(_) => {
-                        // The socket took nothing for that long: no close frame could get through.
-                        out.code.get_or_insert(CloseCode::ABNORMAL.0);
-                        out.error = Some(format!("room {name}: the member took no data for {ROOM_SEND_TIMEOUT:?}"));
-                        break;
-                    }
-                },
+                }
                 Received::Lagged(lag) => {
                     out.close(ws, CloseFrame::new(CloseCode::POLICY_VIOLATION, format!("too slow: {lag}"))).await;
                 }

@@ -71,6 +71,10 @@ impl Error {
     /// when we failed the connection, or 1006 when the connection died without a close frame.
     pub fn close_code(&self) -> Option<wsx_proto::CloseCode> {
         match self {
+            // Nothing could be written: the connection ended without a close frame.
+            Self::Proto(wsx_proto::Error::Timeout(wsx_proto::error::TimeoutError::Write)) => {
+                Some(wsx_proto::CloseCode::ABNORMAL)
+            }
             Self::Proto(e) => e.close_code(),
             Self::AbnormalClosure | Self::Io(_) => Some(wsx_proto::CloseCode::ABNORMAL),
             _ => None,

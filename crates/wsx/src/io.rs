@@ -136,6 +136,9 @@ struct WriteState {
     /// Why the transport was given up (a write error or timeout), kept for the task that did not
     /// see it happen (the reader of a split connection).
     failure: Option<Error>,
+    /// Output was dropped when the transport was given up: later flushes fail with
+    /// [`Error::Closed`] rather than report success.
+    lost: bool,
 }
 
 /// One connection: stream, protocol core, buffers and deadlines. See the [module docs](self).
@@ -201,10 +204,17 @@ impl<S> Core<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
-    /// Gives the transport up after a write failure: the connection closes without a handshake.
-    fn fail_write(&mut self, err: Error) -> Error {
+    /// Gives the transport up: the connection is closed without (more of) a handshake and what
+    /// is pending is dropped.
+    fn give_up(&mut self) {
+        self.write.lost |= self.conn.pending_output() > 0;
         self.conn.abort();
         self.write.deadline = None;
+    }
+
+    /// Gives the transport up after a write failure, keeping the error for the other half.
+    fn fail_write(&mut self, err: Error) -> Error {
+        self.give_up();
         self.write.failure = Some(replay(&err));
         err
     }
@@ -212,6 +222,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
     /// Writes all pending output and flushes the stream, registering `wcx` for write readiness
     /// and the write deadline. Runs the connection's timers if one is due.
     pub(crate) fn poll_flush(&mut self, wcx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        if self.write.lost {
+            return Poll::Ready(Err(Error::Closed));
+        }
         if let Some(deadline) = self.conn.poll_timeout() {
             let now = now();
             if deadline <= now {
@@ -371,7 +384,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
 
     /// The transport ended under us (end of stream or a read error): nothing more to do with it.
     fn end_transport(&mut self) {
-        self.conn.abort();
+        self.give_up();
         self.read.done = true;
         self.read.buf = BytesMut::new();
         self.read.timer = Timer::default();
@@ -417,6 +430,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
             if shut.is_pending() {
                 return Poll::Pending;
             }
+        }
+        if expired {
+            self.give_up();
         }
         self.read.done = true;
         self.read.buf = BytesMut::new();

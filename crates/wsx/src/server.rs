@@ -58,7 +58,7 @@ pub struct Accept {
 ///         while let Some(msg) = ws.recv().await {
 ///             let msg = msg?;
 ///             if msg.is_data() {
-///                 ws.send(msg).await?;
+///                 ws.feed(msg).await?; // batched: leaves when `recv` waits for input
 ///             }
 ///         }
 ///         Ok::<_, wsx::Error>(())

@@ -1,5 +1,6 @@
 //! wsx, with the echo loop of the project's README: `wsx::accept` with default settings (no
-//! permessage-deflate, no keepalive), one `recv`/`send` loop per connection.
+//! permessage-deflate, no keepalive), one `recv`/`feed` loop per connection
+//! (the replies to a batch leave in one write).
 
 use tokio::net::TcpStream;
 
@@ -8,7 +9,7 @@ async fn echo(tcp: TcpStream) -> Result<(), wsx::Error> {
     while let Some(msg) = ws.recv().await {
         let msg = msg?;
         if msg.is_data() {
-            ws.send(msg).await?;
+            ws.feed(msg).await?;
         }
     }
     Ok(())

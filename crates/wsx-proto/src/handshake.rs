@@ -176,6 +176,18 @@ pub enum HandshakeError {
     /// name that is not an HTTP token, or an origin with control characters).
     #[error("invalid handshake configuration: {0}")]
     InvalidConfig(String),
+    /// Client: an extra request header the application asked for is not a
+    /// valid HTTP header (a name that is not a token, or a value with a line
+    /// break or another control character). The connection is not attempted,
+    /// rather than sent without the header (e.g. unauthenticated). The value
+    /// is not included, as it may be a secret.
+    #[error("invalid request header {name:?}: {reason}")]
+    InvalidHeader {
+        /// The header's name as given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// Server: the request is not an acceptable upgrade request; the
     /// [`Rejection`] is the response to send. Boxed to keep
     /// `HandshakeError` (and every `Result` carrying it) small; build it with

@@ -118,8 +118,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Incoming<S> {
     /// **Cancel safety**: not cancel-safe (bytes read so far are lost).
     pub async fn read(mut stream: S, limits: &HandshakeLimits) -> Result<Self, Error> {
         let mut buf = BytesMut::with_capacity(1024);
+        let mut reader = handshake::RequestReader::new();
         loop {
-            match handshake::read_request(&mut buf, limits) {
+            match reader.read(&mut buf, limits) {
                 Ok(Some(request)) => return Ok(Self { stream, request, leftover: buf }),
                 Ok(None) => {}
                 Err(e) => {

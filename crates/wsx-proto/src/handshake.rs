@@ -72,6 +72,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use sha1::{Digest as _, Sha1};
 
+use crate::headers::{has_token, is_token, quoted_list, token_list};
+
 /// The GUID RFC 6455 §1.3 appends to `Sec-WebSocket-Key` before hashing.
 pub const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
@@ -579,7 +581,7 @@ impl ClientHandshake {
         let mut values = Vec::new();
         for value in headers.get_all(header::SEC_WEBSOCKET_EXTENSIONS) {
             let text = value.to_str().map_err(|_| HandshakeError::UnexpectedExtension(lossy(value)))?;
-            for element in split_quoted_list(text) {
+            for element in quoted_list(text) {
                 let name = element.split(';').next().unwrap_or("").trim();
                 if !self.extension_names.iter().any(|offered| offered.eq_ignore_ascii_case(name)) {
                     return Err(HandshakeError::UnexpectedExtension(name.to_owned()));
@@ -598,7 +600,7 @@ impl ClientHandshake {
         let mut selected: Option<&str> = None;
         for value in headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
             let text = value.to_str().map_err(|_| HandshakeError::UnexpectedProtocol(lossy(value)))?;
-            for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            for item in token_list(text) {
                 if selected.is_some() {
                     return Err(HandshakeError::UnexpectedProtocol(combined(headers, &header::SEC_WEBSOCKET_PROTOCOL)));
                 }
@@ -803,7 +805,7 @@ pub fn check_request(req: &Request<()>) -> Result<UpgradeRequest, Rejection> {
     let mut protocols = Vec::new();
     for value in headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
         let text = value.to_str().map_err(|_| bad("invalid Sec-WebSocket-Protocol header"))?;
-        for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        for item in token_list(text) {
             if !is_token(item) {
                 return Err(bad("invalid Sec-WebSocket-Protocol header"));
             }
@@ -1020,17 +1022,6 @@ fn single_str<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> 
     }
 }
 
-/// Whether any line of a comma-separated header contains `token`
-/// (ASCII case-insensitive). Lines that are not visible ASCII are skipped.
-fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
 /// All lines of a header joined with `", "`, lossily decoded.
 fn combined(headers: &HeaderMap, name: &HeaderName) -> String {
     headers.get_all(name).iter().map(lossy).collect::<Vec<_>>().join(", ")
@@ -1040,60 +1031,10 @@ fn lossy(value: &HeaderValue) -> String {
     String::from_utf8_lossy(value.as_bytes()).into_owned()
 }
 
-/// RFC 7230 `token`: one or more tchar.
-fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'!' | b'#'
-                        | b'$'
-                        | b'%'
-                        | b'&'
-                        | b'\''
-                        | b'*'
-                        | b'+'
-                        | b'-'
-                        | b'.'
-                        | b'^'
-                        | b'_'
-                        | b'`'
-                        | b'|'
-                        | b'~'
-                )
-        })
-}
-
 /// A `Sec-WebSocket-Key` must be base64 (with padding) of exactly 16 bytes.
 fn is_valid_key(key: &str) -> bool {
     let mut decoded = [0u8; 18];
     key.len() == 24 && STANDARD.decode_slice(key.as_bytes(), &mut decoded).is_ok_and(|n| n == 16)
-}
-
-/// Splits a comma-separated header value, ignoring commas inside
-/// quoted-strings; yields trimmed, non-empty elements.
-fn split_quoted_list(s: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut in_quotes = false;
-    let mut escaped = false;
-    for (i, b) in s.bytes().enumerate() {
-        if escaped {
-            escaped = false;
-        } else if in_quotes && b == b'\\' {
-            escaped = true;
-        } else if b == b'"' {
-            in_quotes = !in_quotes;
-        } else if b == b',' && !in_quotes {
-            out.push(&s[start..i]);
-            start = i + 1;
-        }
-    }
-    out.push(&s[start..]);
-    out.retain(|e| !e.trim().is_empty());
-    out.iter_mut().for_each(|e| *e = e.trim());
-    out
 }
 
 fn write_status_line(status: StatusCode, out: &mut BytesMut) {

@@ -49,6 +49,7 @@ pub mod deflate;
 pub mod error;
 pub mod frame;
 pub mod handshake;
+mod headers;
 pub mod mask;
 pub mod message;
 pub mod outbuf;

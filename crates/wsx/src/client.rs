@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, Uri};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use wsx_proto::deflate::PerMessageDeflate;
 use wsx_proto::handshake::{ClientHandshake, ClientRequestConfig, HandshakeError, HandshakeLimits};
@@ -12,6 +12,7 @@ use wsx_proto::Connection;
 
 use crate::io::now;
 use crate::rng::{handshake_key, OsRandom};
+use crate::server::read_head;
 use crate::{Error, WebSocket, WebSocketConfig};
 
 /// Connects to a `ws://` URL with default settings.
@@ -185,14 +186,8 @@ impl ClientBuilder {
         stream.write_all(&buf).await?;
         stream.flush().await?;
         buf.clear();
-        let outcome = loop {
-            if let Some(outcome) = hs.receive(&mut buf, &self.limits)? {
-                break outcome;
-            }
-            if stream.read_buf(&mut buf).await? == 0 {
-                return Err(HandshakeError::Malformed("connection closed during the handshake".into()).into());
-            }
-        };
+        let limits = self.limits;
+        let outcome = read_head(&mut stream, &mut buf, |buf| hs.receive(buf, &limits)).await??;
         let mut conn = Connection::client(self.config.proto.clone(), now(), OsRandom::new());
         if let Some(deflate) = &self.config.deflate {
             let answer = outcome.extensions.as_deref().unwrap_or("");

@@ -75,6 +75,17 @@ pub struct Config {
     /// The largest message accepted, summed over its fragments. Default 64 MiB. A message growing
     /// past it is refused with 1009 before its bytes are buffered.
     pub max_message_size: usize,
+    /// The largest size a compressed (permessage-deflate) message may inflate to. Default 4 MiB.
+    /// The budget for a compressed message is the smaller of this and `max_message_size`; a
+    /// message inflating past it is refused with 1009 before more is allocated.
+    ///
+    /// Separate from `max_message_size` because DEFLATE expands up to about 1032:1: with
+    /// 64 MiB as the budget, 64 KiB on the wire could become 64 MiB of memory and of inflating
+    /// work, per message. At 4 MiB, a peer gets at most about 4 MiB of memory and CPU out of
+    /// every ~4 KiB it sends; larger compressed messages need a larger value here (raise it
+    /// toward `max_message_size` when peers legitimately compress big documents, lower it when
+    /// many connections must share little memory). Uncompressed messages are not affected.
+    pub max_inflated_message_size: usize,
     /// The most frames one message may have. Default 131,072 (a 4 MiB message in 64-byte frames
     /// takes 65,536). Bounds the CPU a peer can make us spend on tiny frames.
     pub max_fragments: usize,
@@ -104,6 +115,7 @@ impl Default for Config {
         Self {
             max_frame_size: 16 << 20,
             max_message_size: 64 << 20,
+            max_inflated_message_size: 4 << 20,
             max_fragments: 1 << 17,
             keepalive_interval: None,
             keepalive_timeout: Duration::from_secs(20),
@@ -357,8 +369,8 @@ impl Connection {
                     let (Some(m), Some(pmd)) = (self.message.as_mut(), self.deflate.as_mut()) else {
                         return Err(ProtocolError::ReservedBits.into());
                     };
-                    let limit = self.config.max_message_size;
-                    pmd.decompress_chunk(new, &mut m.data, limit).map_err(|e| deflate_error(e, limit))?;
+                    let limit = inflate_budget(&self.config);
+                    pmd.decompress_chunk(new, &mut m.data, limit).map_err(|e| deflate_error(e, &self.config))?;
                     if frame.text {
                         self.utf8.feed(&m.data[m.validated..]).map_err(|_| ProtocolError::InvalidUtf8)?;
                         m.validated = m.data.len();
@@ -526,8 +538,8 @@ impl Connection {
         let (Some(mut m), Some(pmd)) = (self.message.take(), self.deflate.as_mut()) else {
             return Err(ProtocolError::ReservedBits.into());
         };
-        let limit = self.config.max_message_size;
-        pmd.finish_message(&mut m.data, limit).map_err(|e| deflate_error(e, limit))?;
+        let limit = inflate_budget(&self.config);
+        pmd.finish_message(&mut m.data, limit).map_err(|e| deflate_error(e, &self.config))?;
         if m.text {
             self.utf8.feed(&m.data[m.validated..]).map_err(|_| ProtocolError::InvalidUtf8)?;
             self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
@@ -777,10 +789,19 @@ impl Connection {
     }
 }
 
-/// Maps an inflate failure: past the budget is our limit (1009); corrupt data is invalid payload.
-fn deflate_error(err: DeflateError, limit: usize) -> Error {
+/// How large a compressed message may inflate: the smaller of the two message limits.
+fn inflate_budget(config: &Config) -> usize {
+    config.max_message_size.min(config.max_inflated_message_size)
+}
+
+/// Maps an inflate failure: past the budget is our limit (1009), named after whichever limit was
+/// the budget; corrupt data is invalid payload.
+fn deflate_error(err: DeflateError, config: &Config) -> Error {
     match err {
-        DeflateError::TooLarge { .. } => LimitError::MessageTooLarge { limit }.into(),
+        DeflateError::TooLarge { .. } if config.max_inflated_message_size < config.max_message_size => {
+            LimitError::InflatedMessageTooLarge { limit: config.max_inflated_message_size }.into()
+        }
+        DeflateError::TooLarge { .. } => LimitError::MessageTooLarge { limit: config.max_message_size }.into(),
         _ => ProtocolError::InvalidCompressedData.into(),
     }
 }

@@ -55,6 +55,8 @@
 use bytes::{Bytes, BytesMut};
 use flate2::{Compress, Decompress, FlushCompress, FlushDecompress, Status};
 
+use crate::headers::{is_token, split_outside_quotes, trim_ows};
+
 /// The extension's name in `Sec-WebSocket-Extensions`.
 pub const EXTENSION_NAME: &str = "permessage-deflate";
 
@@ -434,38 +436,6 @@ fn parse_value(raw: &str) -> Option<String> {
         }
     }
     is_token(&value).then_some(value)
-}
-
-/// Splits at every `sep` (an ASCII byte) outside double-quoted strings.
-fn split_outside_quotes(s: &str, sep: u8) -> Vec<&str> {
-    let mut parts = Vec::new();
-    let (mut start, mut quoted, mut escaped) = (0, false, false);
-    for (i, b) in s.bytes().enumerate() {
-        if quoted {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                quoted = false;
-            }
-        } else if b == b'"' {
-            quoted = true;
-        } else if b == sep {
-            parts.push(&s[start..i]);
-            start = i + 1;
-        }
-    }
-    parts.push(&s[start..]);
-    parts
-}
-
-fn trim_ows(s: &str) -> &str {
-    s.trim_matches([' ', '\t'])
-}
-
-fn is_token(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 // ---------------------------------------------------------------------------

@@ -109,6 +109,14 @@ pub enum LimitError {
         /// The configured limit.
         limit: usize,
     },
+    /// A compressed message inflated past
+    /// [`Config::max_inflated_message_size`](crate::Config::max_inflated_message_size) (when it is
+    /// the smaller of the two message limits).
+    #[error("compressed message inflates past max_inflated_message_size ({limit} bytes)")]
+    InflatedMessageTooLarge {
+        /// The configured limit.
+        limit: usize,
+    },
     /// A message had more fragments than [`Config::max_fragments`](crate::Config::max_fragments).
     #[error("message exceeds max_fragments ({limit})")]
     TooManyFragments {

@@ -72,6 +72,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use sha1::{Digest as _, Sha1};
 
+use crate::headers::{has_token, is_token, quoted_list, token_list};
+
 /// The GUID RFC 6455 §1.3 appends to `Sec-WebSocket-Key` before hashing.
 pub const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
@@ -176,6 +178,18 @@ pub enum HandshakeError {
     /// name that is not an HTTP token, or an origin with control characters).
     #[error("invalid handshake configuration: {0}")]
     InvalidConfig(String),
+    /// Client: an extra request header the application asked for is not a
+    /// valid HTTP header (a name that is not a token, or a value with a line
+    /// break or another control character). The connection is not attempted,
+    /// rather than sent without the header (e.g. unauthenticated). The value
+    /// is not included, as it may be a secret.
+    #[error("invalid request header {name:?}: {reason}")]
+    InvalidHeader {
+        /// The header's name as given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// Server: the request is not an acceptable upgrade request; the
     /// [`Rejection`] is the response to send. Boxed to keep
     /// `HandshakeError` (and every `Result` carrying it) small; build it with
@@ -319,6 +333,8 @@ pub struct ClientHandshake {
     expected_accept: String,
     protocols: Vec<String>,
     extension_names: Vec<String>,
+    /// How far the response head has been examined, across calls to `receive`.
+    scan: HeadScan,
 }
 
 /// The result of a successful client handshake.
@@ -427,7 +443,13 @@ impl ClientHandshake {
         *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() = headers;
 
-        Ok(ClientHandshake { request, expected_accept, protocols: config.protocols, extension_names })
+        Ok(ClientHandshake {
+            request,
+            expected_accept,
+            protocols: config.protocols,
+            extension_names,
+            scan: HeadScan::default(),
+        })
     }
 
     /// The request that [`write_request`](Self::write_request) serializes.
@@ -473,18 +495,42 @@ impl ClientHandshake {
     ///
     /// After success, do not call this again: later bytes are WebSocket
     /// frames, not HTTP.
+    ///
+    /// Between calls that return `Ok(None)`, only append to `buf`: each byte
+    /// is examined a bounded number of times however the head is split
+    /// (the end of the head is searched for in the new bytes only, and the
+    /// HTTP parser runs when it is found, or when the buffer has doubled since
+    /// it last ran).
     pub fn receive(
         &mut self,
         buf: &mut BytesMut,
         limits: &HandshakeLimits,
     ) -> Result<Option<ClientOutcome>, HandshakeError> {
+        let result = self.receive_head(buf, limits);
+        if !matches!(result, Ok(None)) {
+            self.scan.reset();
+        }
+        result
+    }
+
+    fn receive_head(
+        &mut self,
+        buf: &mut BytesMut,
+        limits: &HandshakeLimits,
+    ) -> Result<Option<ClientOutcome>, HandshakeError> {
         let window = head_window(buf, limits);
+        if !self.scan.ready(window, buf.len(), limits) {
+            return Ok(None);
+        }
         let mut storage = vec![httparse::EMPTY_HEADER; limits.max_headers];
         let mut parsed = httparse::Response::new(&mut storage);
         let status = parsed.parse(window);
         let head_len = match check_parse_status(status, buf.len(), limits)? {
             Some(n) => n,
-            None => return Ok(None),
+            None => {
+                self.scan.parsed_incomplete(window.len());
+                return Ok(None);
+            }
         };
         let status = parsed
             .code
@@ -535,7 +581,7 @@ impl ClientHandshake {
         let mut values = Vec::new();
         for value in headers.get_all(header::SEC_WEBSOCKET_EXTENSIONS) {
             let text = value.to_str().map_err(|_| HandshakeError::UnexpectedExtension(lossy(value)))?;
-            for element in split_quoted_list(text) {
+            for element in quoted_list(text) {
                 let name = element.split(';').next().unwrap_or("").trim();
                 if !self.extension_names.iter().any(|offered| offered.eq_ignore_ascii_case(name)) {
                     return Err(HandshakeError::UnexpectedExtension(name.to_owned()));
@@ -554,7 +600,7 @@ impl ClientHandshake {
         let mut selected: Option<&str> = None;
         for value in headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
             let text = value.to_str().map_err(|_| HandshakeError::UnexpectedProtocol(lossy(value)))?;
-            for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            for item in token_list(text) {
                 if selected.is_some() {
                     return Err(HandshakeError::UnexpectedProtocol(combined(headers, &header::SEC_WEBSOCKET_PROTOCOL)));
                 }
@@ -584,33 +630,84 @@ impl ClientHandshake {
 /// [`HandshakeError::Malformed`] (answer 400); see
 /// [`HandshakeError::to_rejection`]. The limits are enforced even while the
 /// head is incomplete. On error `buf` is left as it was.
+///
+/// This examines `buf` from its start on every call; when calling it again
+/// as more bytes arrive, use a [`RequestReader`], which remembers how far it
+/// got.
 pub fn read_request(buf: &mut BytesMut, limits: &HandshakeLimits) -> Result<Option<Request<()>>, HandshakeError> {
-    let window = head_window(buf, limits);
-    let mut storage = vec![httparse::EMPTY_HEADER; limits.max_headers];
-    let mut parsed = httparse::Request::new(&mut storage);
-    let status = parsed.parse(window);
-    let head_len = match check_parse_status(status, buf.len(), limits)? {
-        Some(n) => n,
-        None => return Ok(None),
-    };
-    let method = parsed
-        .method
-        .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
-        .ok_or_else(|| HandshakeError::Malformed("invalid method".to_owned()))?;
-    let uri = parsed
-        .path
-        .and_then(|p| Uri::try_from(p).ok())
-        .ok_or_else(|| HandshakeError::Malformed("invalid request target".to_owned()))?;
-    let version = to_version(parsed.version);
-    let headers = to_header_map(parsed.headers, limits)?;
+    RequestReader::new().read(buf, limits)
+}
 
-    let mut request = Request::new(());
-    *request.method_mut() = method;
-    *request.uri_mut() = uri;
-    *request.version_mut() = version;
-    *request.headers_mut() = headers;
-    buf.advance(head_len);
-    Ok(Some(request))
+/// Reads a request head that arrives in pieces (the server role's first
+/// step), examining each byte a bounded number of times however the head is
+/// split: the end of the head is searched for in the new bytes only, and the
+/// HTTP parser runs when it is found, or when the buffer has doubled since
+/// it last ran (so a stream that is not HTTP is still refused early).
+#[derive(Debug, Clone, Default)]
+pub struct RequestReader {
+    scan: HeadScan,
+}
+
+impl RequestReader {
+    /// A reader for one request head.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Like [`read_request`]: `Ok(None)` while the head is incomplete
+    /// (`buf` untouched), then the request with exactly its head's bytes
+    /// removed from `buf`. Between calls that return `Ok(None)`, only append
+    /// to `buf`. After a request or an error, the reader starts afresh.
+    pub fn read(
+        &mut self,
+        buf: &mut BytesMut,
+        limits: &HandshakeLimits,
+    ) -> Result<Option<Request<()>>, HandshakeError> {
+        let result = self.read_head(buf, limits);
+        if !matches!(result, Ok(None)) {
+            self.scan.reset();
+        }
+        result
+    }
+
+    fn read_head(
+        &mut self,
+        buf: &mut BytesMut,
+        limits: &HandshakeLimits,
+    ) -> Result<Option<Request<()>>, HandshakeError> {
+        let window = head_window(buf, limits);
+        if !self.scan.ready(window, buf.len(), limits) {
+            return Ok(None);
+        }
+        let mut storage = vec![httparse::EMPTY_HEADER; limits.max_headers];
+        let mut parsed = httparse::Request::new(&mut storage);
+        let status = parsed.parse(window);
+        let head_len = match check_parse_status(status, buf.len(), limits)? {
+            Some(n) => n,
+            None => {
+                self.scan.parsed_incomplete(window.len());
+                return Ok(None);
+            }
+        };
+        let method = parsed
+            .method
+            .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+            .ok_or_else(|| HandshakeError::Malformed("invalid method".to_owned()))?;
+        let uri = parsed
+            .path
+            .and_then(|p| Uri::try_from(p).ok())
+            .ok_or_else(|| HandshakeError::Malformed("invalid request target".to_owned()))?;
+        let version = to_version(parsed.version);
+        let headers = to_header_map(parsed.headers, limits)?;
+
+        let mut request = Request::new(());
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.version_mut() = version;
+        *request.headers_mut() = headers;
+        buf.advance(head_len);
+        Ok(Some(request))
+    }
 }
 
 /// What a valid upgrade request asks for.
@@ -708,7 +805,7 @@ pub fn check_request(req: &Request<()>) -> Result<UpgradeRequest, Rejection> {
     let mut protocols = Vec::new();
     for value in headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
         let text = value.to_str().map_err(|_| bad("invalid Sec-WebSocket-Protocol header"))?;
-        for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        for item in token_list(text) {
             if !is_token(item) {
                 return Err(bad("invalid Sec-WebSocket-Protocol header"));
             }
@@ -782,6 +879,84 @@ fn head_window<'a>(buf: &'a BytesMut, limits: &HandshakeLimits) -> &'a [u8] {
     &buf[..buf.len().min(limits.max_head_bytes)]
 }
 
+/// What is known about a head that is arriving in pieces, so that each call
+/// examines only what is new instead of parsing again from byte 0 (which
+/// costs O(n²) for a head trickled one byte at a time).
+#[derive(Debug, Clone, Default)]
+struct HeadScan {
+    /// How many bytes of the window have been searched for the end of the head.
+    searched: usize,
+    /// How much of an empty line (`\n\n` or `\n\r\n`) the searched bytes end
+    /// with: 0 nothing, 1 `\n`, 2 `\n\r`.
+    partial: u8,
+    /// Whether the end of the head (an empty line) is in the window.
+    end_seen: bool,
+    /// The window's length when the parser last found the head incomplete.
+    parsed_at: usize,
+    /// Bytes examined in this value's life (searched, plus handed to the
+    /// parser); kept across [`reset`](Self::reset).
+    #[cfg(test)]
+    work: usize,
+}
+
+impl HeadScan {
+    /// Searches the bytes added to `window` since the last call for the end
+    /// of the head, and says whether the parser should run now: the end is
+    /// there, the window is full (the limit decides), or it has at least
+    /// doubled since the parser last ran (which keeps refusing garbage early
+    /// while bounding the parser's total work by about twice the head).
+    fn ready(&mut self, window: &[u8], buffered: usize, limits: &HandshakeLimits) -> bool {
+        if window.len() < self.searched {
+            // Not the buffer we saw (the caller did not only append): start over.
+            self.reset();
+        }
+        let new = &window[self.searched..];
+        self.count(new.len());
+        for &b in new {
+            if self.end_seen {
+                break;
+            }
+            self.partial = match (b, self.partial) {
+                (b'\n', 1 | 2) => {
+                    self.end_seen = true;
+                    0
+                }
+                (b'\n', _) => 1,
+                (b'\r', 1) => 2,
+                _ => 0,
+            };
+        }
+        self.searched = window.len();
+        let full = buffered > 0 && buffered >= limits.max_head_bytes;
+        let ready = self.end_seen || full || self.parsed_at == 0 || window.len() >= 2 * self.parsed_at;
+        if ready {
+            self.count(window.len());
+        }
+        ready
+    }
+
+    /// Forgets the head (after it was read, or refused).
+    fn reset(&mut self) {
+        self.searched = 0;
+        self.partial = 0;
+        self.end_seen = false;
+        self.parsed_at = 0;
+    }
+
+    /// The parser ran on `len` bytes and needs more.
+    fn parsed_incomplete(&mut self, len: usize) {
+        self.parsed_at = len.max(1);
+    }
+
+    #[cfg(test)]
+    fn count(&mut self, n: usize) {
+        self.work += n;
+    }
+
+    #[cfg(not(test))]
+    fn count(&mut self, _n: usize) {}
+}
+
 /// Maps an httparse result to the head length (`None` = need more bytes),
 /// enforcing the limits.
 fn check_parse_status(
@@ -847,17 +1022,6 @@ fn single_str<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> 
     }
 }
 
-/// Whether any line of a comma-separated header contains `token`
-/// (ASCII case-insensitive). Lines that are not visible ASCII are skipped.
-fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
 /// All lines of a header joined with `", "`, lossily decoded.
 fn combined(headers: &HeaderMap, name: &HeaderName) -> String {
     headers.get_all(name).iter().map(lossy).collect::<Vec<_>>().join(", ")
@@ -867,60 +1031,10 @@ fn lossy(value: &HeaderValue) -> String {
     String::from_utf8_lossy(value.as_bytes()).into_owned()
 }
 
-/// RFC 7230 `token`: one or more tchar.
-fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'!' | b'#'
-                        | b'$'
-                        | b'%'
-                        | b'&'
-                        | b'\''
-                        | b'*'
-                        | b'+'
-                        | b'-'
-                        | b'.'
-                        | b'^'
-                        | b'_'
-                        | b'`'
-                        | b'|'
-                        | b'~'
-                )
-        })
-}
-
 /// A `Sec-WebSocket-Key` must be base64 (with padding) of exactly 16 bytes.
 fn is_valid_key(key: &str) -> bool {
     let mut decoded = [0u8; 18];
     key.len() == 24 && STANDARD.decode_slice(key.as_bytes(), &mut decoded).is_ok_and(|n| n == 16)
-}
-
-/// Splits a comma-separated header value, ignoring commas inside
-/// quoted-strings; yields trimmed, non-empty elements.
-fn split_quoted_list(s: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut in_quotes = false;
-    let mut escaped = false;
-    for (i, b) in s.bytes().enumerate() {
-        if escaped {
-            escaped = false;
-        } else if in_quotes && b == b'\\' {
-            escaped = true;
-        } else if b == b'"' {
-            in_quotes = !in_quotes;
-        } else if b == b',' && !in_quotes {
-            out.push(&s[start..i]);
-            start = i + 1;
-        }
-    }
-    out.push(&s[start..]);
-    out.retain(|e| !e.trim().is_empty());
-    out.iter_mut().for_each(|e| *e = e.trim());
-    out
 }
 
 fn write_status_line(status: StatusCode, out: &mut BytesMut) {
@@ -1395,6 +1509,71 @@ mod tests {
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
         let mut buf = response_101(&many);
         assert!(matches!(c.receive(&mut buf, &limits()), Err(HandshakeError::TooManyHeaders { limit: 64 })));
+    }
+
+    /// A head of nearly `max_head_bytes` with `max_headers` header lines.
+    fn maximal_head(first_line: &str, limits: &HandshakeLimits, required: &[String]) -> Vec<u8> {
+        let mut text = format!("{first_line}\r\n");
+        for l in required {
+            text.push_str(l);
+            text.push_str("\r\n");
+        }
+        let fillers = limits.max_headers - required.len();
+        let room = limits.max_head_bytes - text.len() - 2;
+        let per_line = room / fillers;
+        for i in 0..fillers {
+            let name = format!("X-Fill-{i:03}: ");
+            text.push_str(&name);
+            text.push_str(&"v".repeat(per_line - name.len() - 2));
+            text.push_str("\r\n");
+        }
+        text.push_str("\r\n");
+        assert!(text.len() <= limits.max_head_bytes && text.len() > limits.max_head_bytes - fillers);
+        text.into_bytes()
+    }
+
+    #[test]
+    fn a_head_trickled_byte_by_byte_is_examined_in_linear_work() {
+        let limits = limits();
+        // Server role: a request head of nearly 16 KiB, one byte per call.
+        let lines = valid_request_lines();
+        let head = maximal_head(&lines[0], &limits, &lines[1..]);
+        let mut reader = RequestReader::new();
+        let mut buf = BytesMut::new();
+        let mut request = None;
+        for (i, &b) in head.iter().enumerate() {
+            buf.put_u8(b);
+            if let Some(r) = reader.read(&mut buf, &limits).unwrap() {
+                assert_eq!(i, head.len() - 1, "complete before the last byte");
+                request = Some(r);
+            }
+        }
+        let request = request.expect("the head completes");
+        assert!(check_request(&request).is_ok());
+        assert!(buf.is_empty());
+        // Re-parsing from byte 0 on every call costs about n²/2 (133 M bytes here); the
+        // incremental scan searches each byte once and parses about 3n bytes in all (heads of
+        // 1, 2, 4, … bytes, then the whole head once its end is there).
+        let work = reader.scan.work;
+        assert!(work <= 4 * head.len(), "examined {work} bytes for a head of {}", head.len());
+
+        // Client role: the same for a response head.
+        let mut c = client("ws://example.com/", ClientRequestConfig::default());
+        let required = [
+            "Upgrade: websocket".to_owned(),
+            "Connection: Upgrade".to_owned(),
+            format!("Sec-WebSocket-Accept: {RFC_ACCEPT}"),
+        ];
+        let head = maximal_head("HTTP/1.1 101 Switching Protocols", &limits, &required);
+        let mut buf = BytesMut::new();
+        let mut done = false;
+        for &b in &head {
+            buf.put_u8(b);
+            done = c.receive(&mut buf, &limits).unwrap().is_some();
+        }
+        assert!(done && buf.is_empty());
+        let work = c.scan.work;
+        assert!(work <= 4 * head.len(), "examined {work} bytes for a head of {}", head.len());
     }
 
     #[test]

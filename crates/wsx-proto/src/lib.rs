@@ -40,12 +40,16 @@
 //! assert_eq!(event, Some(Message::text("hello")));
 //! ```
 #![deny(missing_docs)]
+// `unsafe` lives in two places only, each allowing it for itself: `mask` (SIMD) and
+// `Utf8Bytes::as_str` (no second UTF-8 check).
+#![deny(unsafe_code)]
 
 pub mod connection;
 pub mod deflate;
 pub mod error;
 pub mod frame;
 pub mod handshake;
+mod headers;
 pub mod mask;
 pub mod message;
 pub mod outbuf;

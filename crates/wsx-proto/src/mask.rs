@@ -16,8 +16,8 @@
 //! time) on 32 bytes at a time. [`apply_mask_bytewise`] is the simple
 //! reference version, used as the test oracle and as a benchmark baseline.
 //!
-//! This module is the only place in the crate that uses `unsafe`, for the AVX2
-//! intrinsics; everything is behind the safe API.
+//! This module uses `unsafe` for the AVX2 intrinsics, behind the safe API; the only other
+//! `unsafe` in the crate is `Utf8Bytes::as_str`.
 #![allow(unsafe_code)]
 
 /// Below this length the byte-at-a-time loop is used directly.

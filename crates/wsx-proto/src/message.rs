@@ -6,6 +6,12 @@ use crate::frame::CloseCode;
 
 /// Bytes that are guaranteed to be valid UTF-8: the payload of a text message, kept as a
 /// [`Bytes`] so that it can be a zero-copy slice of the read buffer.
+///
+/// The invariant (the bytes are valid UTF-8) is established once, when the value is built:
+/// [`try_from_bytes`](Self::try_from_bytes) validates, the `From<String>`, `From<&str>` and
+/// [`from_static`](Self::from_static) conversions start from a `str`, and the connection builds
+/// text messages from bytes its incremental validator has accepted. Nothing hands out the
+/// bytes mutably, so [`as_str`](Self::as_str) does not check them again.
 #[derive(Clone, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub struct Utf8Bytes(Bytes);
 
@@ -21,22 +27,25 @@ impl Utf8Bytes {
         Self(Bytes::from_static(s.as_bytes()))
     }
 
-    /// Wraps bytes already known to be UTF-8 (checked by the caller inside this crate).
+    /// Wraps bytes already known to be UTF-8.
+    ///
+    /// Crate-private on purpose: [`as_str`](Self::as_str) trusts the invariant without checking,
+    /// so every caller must have validated exactly these bytes (the connection's incremental
+    /// validator fed with every byte of the message, then `finish`ed). Debug builds check again.
     pub(crate) fn from_bytes_unchecked(bytes: Bytes) -> Self {
-        debug_assert!(std::str::from_utf8(&bytes).is_ok());
+        debug_assert!(std::str::from_utf8(&bytes).is_ok(), "Utf8Bytes::from_bytes_unchecked: invalid UTF-8");
         Self(bytes)
     }
 
-    /// The text.
-    ///
-    /// The bytes were validated on construction; getting a `&str` re-checks them with the SIMD
-    /// validator (tens of GB/s) rather than trusting them with `unsafe`, which this crate keeps
-    /// to the masking code.
+    /// The text, without copying and without validating again: the bytes were validated when
+    /// this value was built.
+    // The one place outside `mask` where this crate uses `unsafe`.
+    #[allow(unsafe_code)]
     pub fn as_str(&self) -> &str {
-        match simdutf8::basic::from_utf8(&self.0) {
-            Ok(s) => s,
-            Err(_) => unreachable!("Utf8Bytes holds valid UTF-8 by construction"),
-        }
+        // SAFETY: `self.0` is valid UTF-8. Every constructor establishes that (see the type's
+        // doc: validated, taken from a `str`, or validated by the crate before
+        // `from_bytes_unchecked`), and `Bytes` is immutable, so it still holds.
+        unsafe { std::str::from_utf8_unchecked(&self.0) }
     }
 
     /// The underlying bytes.
@@ -163,6 +172,44 @@ impl Message {
             Self::Text(t) => t.as_bytes(),
             Self::Binary(b) | Self::Ping(b) | Self::Pong(b) => b,
             Self::Close(_) => &[],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn every_constructor_gives_the_text_back() {
+        let owned = String::from("grüße ✓");
+        assert_eq!(Utf8Bytes::from(owned.clone()).as_str(), owned);
+        assert_eq!(Utf8Bytes::from("grüße ✓").as_str(), "grüße ✓");
+        assert_eq!(Utf8Bytes::from_static("grüße ✓").as_str(), "grüße ✓");
+        assert_eq!(Utf8Bytes::default().as_str(), "");
+        let bytes = Bytes::from_static("grüße ✓".as_bytes());
+        assert_eq!(Utf8Bytes::try_from_bytes(bytes.clone()).unwrap().as_str(), "grüße ✓");
+        assert_eq!(Utf8Bytes::try_from(bytes).unwrap().as_str(), "grüße ✓");
+        // Cut inside `ü`, and a lone continuation byte: refused, never wrapped.
+        assert!(Utf8Bytes::try_from_bytes(Bytes::from_static(&"grüße".as_bytes()[..3])).is_err());
+        assert!(Utf8Bytes::try_from_bytes(Bytes::from_static(b"\x80")).is_err());
+        assert!(Utf8Bytes::try_from_bytes(Bytes::from_static(b"\xed\xa0\x80")).is_err(), "a surrogate");
+    }
+
+    proptest! {
+        /// `try_from_bytes` accepts exactly what the standard library calls UTF-8, so `as_str`'s
+        /// unchecked conversion only ever sees valid UTF-8.
+        #[test]
+        fn try_from_bytes_accepts_exactly_utf8(bytes in proptest::collection::vec(any::<u8>(), 0..64),
+                                                text in "\\PC{0,16}") {
+            for candidate in [bytes, text.into_bytes()] {
+                let std = std::str::from_utf8(&candidate).map(str::to_owned);
+                match Utf8Bytes::try_from_bytes(Bytes::from(candidate.clone())) {
+                    Ok(u) => prop_assert_eq!(Ok(u.as_str().to_owned()), std),
+                    Err(_) => prop_assert!(std.is_err(), "valid UTF-8 refused: {:?}", candidate),
+                }
+            }
         }
     }
 }

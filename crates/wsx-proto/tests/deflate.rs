@@ -15,7 +15,7 @@ use common::{drain, encode_frame, feed_all, parse_frames, single_close_code, Pai
 use proptest::prelude::*;
 use wsx_proto::deflate::{DeflateConfig, DeflateParams, PerMessageDeflate};
 use wsx_proto::frame::{FrameHeader, OpCode};
-use wsx_proto::{CloseCode, CloseFrame, Config, Connection, Error, Message, ProtocolError, State};
+use wsx_proto::{CloseCode, CloseFrame, Config, Connection, Error, LimitError, Message, ProtocolError, State};
 
 const KEY: [u8; 4] = [0x9c, 0x41, 0x07, 0xe2];
 
@@ -411,6 +411,50 @@ fn uncompressed_messages_accepted_when_deflate_is_on() {
             events,
             [Message::text(text.as_str()), Message::binary(&b"abcdef"[..]), Message::text(text.as_str())]
         );
+    }
+}
+
+#[test]
+fn compressed_messages_are_bounded_by_max_inflated_message_size() {
+    // A few KiB of DEFLATE may not become more than the inflate cap, although the same message
+    // sent uncompressed is well within max_message_size.
+    let defaults = Config::default();
+    let cap = defaults.max_inflated_message_size;
+    assert!((1 << 20..=4 << 20).contains(&cap) && cap < defaults.max_message_size, "default cap {cap}");
+    let params = DeflateParams::default();
+    let now = Instant::now();
+    for to_server in [true, false] {
+        let mask = mask_for(to_server);
+        let over = vec![0u8; cap + 1];
+
+        // Uncompressed: accepted.
+        let mut conn = deflate_conn(to_server, &params, Config::default());
+        let (events, err) = feed_all(&mut conn, &frame(OpCode::Binary, true, false, &over, mask), now);
+        assert_eq!(err, None, "to_server {to_server}");
+        assert!(matches!(&events[..], [Message::Binary(b)] if b.len() == cap + 1), "to_server {to_server}");
+
+        // Compressed: refused with 1009, naming the inflate limit.
+        let compressed = sender(&params, to_server, 6).compress(&over).expect("zeros compress");
+        assert!(compressed.len() < 16 << 10, "{} compressed bytes", compressed.len());
+        let wire = frame(OpCode::Binary, true, true, &compressed, mask);
+        let mut conn = deflate_conn(to_server, &params, Config::default());
+        let expected = Error::Limit(LimitError::InflatedMessageTooLarge { limit: cap });
+        assert_eq!(fails_with(&mut conn, &wire, expected), Some(1009), "to_server {to_server}");
+
+        // When max_message_size is the smaller limit, it is the budget and the one reported.
+        let mut small = Config::default();
+        small.max_message_size = 1 << 20;
+        let mut conn = deflate_conn(to_server, &params, small);
+        let expected = Error::Limit(LimitError::MessageTooLarge { limit: 1 << 20 });
+        assert_eq!(fails_with(&mut conn, &wire, expected), Some(1009), "to_server {to_server}");
+
+        // Exactly the cap inflates.
+        let exact = vec![0u8; cap];
+        let compressed = sender(&params, to_server, 6).compress(&exact).expect("zeros compress");
+        let mut conn = deflate_conn(to_server, &params, Config::default());
+        let (events, err) = feed_all(&mut conn, &frame(OpCode::Binary, true, true, &compressed, mask), now);
+        assert_eq!(err, None, "to_server {to_server}");
+        assert!(matches!(&events[..], [Message::Binary(b)] if b.len() == cap), "to_server {to_server}");
     }
 }
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, Uri};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use wsx_proto::deflate::PerMessageDeflate;
 use wsx_proto::handshake::{ClientHandshake, ClientRequestConfig, HandshakeError, HandshakeLimits};
@@ -12,6 +12,7 @@ use wsx_proto::Connection;
 
 use crate::io::now;
 use crate::rng::{handshake_key, OsRandom};
+use crate::server::read_head;
 use crate::{Error, WebSocket, WebSocketConfig};
 
 /// Connects to a `ws://` URL with default settings.
@@ -40,6 +41,8 @@ pub struct ClientBuilder {
     config: WebSocketConfig,
     limits: HandshakeLimits,
     handshake_timeout: Duration,
+    /// The first header given to [`header`](Self::header) that could not be used: name and why.
+    invalid_header: Option<(String, &'static str)>,
 }
 
 impl ClientBuilder {
@@ -51,23 +54,44 @@ impl ClientBuilder {
             config: WebSocketConfig::default(),
             limits: HandshakeLimits::default(),
             handshake_timeout: Duration::from_secs(10),
+            invalid_header: None,
         }
     }
 
-    /// Adds a header to the upgrade request. Invalid names or values are ignored with a warning.
+    /// Adds a header to the upgrade request.
+    ///
+    /// An invalid name or value (for example a value containing a line break) makes
+    /// [`connect`](Self::connect) and [`connect_on`](Self::connect_on) fail with
+    /// [`HandshakeError::InvalidHeader`] naming the first such header, before anything is sent.
     pub fn header(mut self, name: &str, value: &str) -> Self {
         match (HeaderName::try_from(name), HeaderValue::try_from(value)) {
             (Ok(n), Ok(v)) => {
                 self.request.headers.append(n, v);
             }
-            _ => tracing::warn!(name, "ignoring invalid header"),
+            (Err(_), _) => self.note_invalid_header(name, "not a valid header name"),
+            (_, Err(_)) => self.note_invalid_header(name, "the value contains a character not allowed in a header"),
         }
         self
     }
 
-    /// Replaces all extra headers.
+    fn note_invalid_header(&mut self, name: &str, reason: &'static str) {
+        if self.invalid_header.is_none() {
+            self.invalid_header = Some((name.to_owned(), reason));
+        }
+    }
+
+    /// The error for the first invalid header given to [`header`](Self::header), if any.
+    fn check_headers(&self) -> Result<(), Error> {
+        match &self.invalid_header {
+            Some((name, reason)) => Err(HandshakeError::InvalidHeader { name: name.clone(), reason }.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Replaces all extra headers (including any invalid one given to [`header`](Self::header)).
     pub fn headers(mut self, headers: HeaderMap) -> Self {
         self.request.headers = headers;
+        self.invalid_header = None;
         self
     }
 
@@ -109,8 +133,11 @@ impl ClientBuilder {
 
     /// Opens the TCP connection and runs the opening handshake.
     ///
+    /// Fails without connecting if a header given to [`header`](Self::header) was invalid.
+    ///
     /// **Cancel safety**: cancelling drops the half-open connection.
     pub async fn connect(self) -> Result<(WebSocket<TcpStream>, Response<()>), Error> {
+        self.check_headers()?;
         let uri = parse_url(&self.url)?;
         if uri.scheme_str() == Some("wss") {
             return Err(Error::InvalidUrl("wss:// (TLS) is not supported yet".into()));
@@ -128,13 +155,15 @@ impl ClientBuilder {
     }
 
     /// Runs the opening handshake for `url` over a stream that is already connected (a TLS
-    /// stream, a proxy tunnel, an in-memory pipe). The handshake timeout applies.
+    /// stream, a proxy tunnel, an in-memory pipe). The handshake timeout applies. Fails without
+    /// writing anything if a header given to [`header`](Self::header) was invalid.
     ///
     /// **Cancel safety**: cancelling leaves the stream mid-handshake; drop it.
     pub async fn connect_on<S: AsyncRead + AsyncWrite + Unpin>(
         self,
         stream: S,
     ) -> Result<(WebSocket<S>, Response<()>), Error> {
+        self.check_headers()?;
         let uri = parse_url(&self.url)?;
         let timeout = self.handshake_timeout;
         tokio::time::timeout(timeout, self.handshake_on(stream, &uri))
@@ -157,14 +186,8 @@ impl ClientBuilder {
         stream.write_all(&buf).await?;
         stream.flush().await?;
         buf.clear();
-        let outcome = loop {
-            if let Some(outcome) = hs.receive(&mut buf, &self.limits)? {
-                break outcome;
-            }
-            if stream.read_buf(&mut buf).await? == 0 {
-                return Err(HandshakeError::Malformed("connection closed during the handshake".into()).into());
-            }
-        };
+        let limits = self.limits;
+        let outcome = read_head(&mut stream, &mut buf, |buf| hs.receive(buf, &limits)).await??;
         let mut conn = Connection::client(self.config.proto.clone(), now(), OsRandom::new());
         if let Some(deflate) = &self.config.deflate {
             let answer = outcome.extensions.as_deref().unwrap_or("");

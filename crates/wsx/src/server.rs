@@ -118,19 +118,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Incoming<S> {
     /// **Cancel safety**: not cancel-safe (bytes read so far are lost).
     pub async fn read(mut stream: S, limits: &HandshakeLimits) -> Result<Self, Error> {
         let mut buf = BytesMut::with_capacity(1024);
-        loop {
-            match handshake::read_request(&mut buf, limits) {
-                Ok(Some(request)) => return Ok(Self { stream, request, leftover: buf }),
-                Ok(None) => {}
-                Err(e) => {
-                    if let Some(rejection) = e.to_rejection() {
-                        let _ = write_rejection(&mut stream, &rejection).await;
-                    }
-                    return Err(e.into());
+        let mut reader = handshake::RequestReader::new();
+        match read_head(&mut stream, &mut buf, |buf| reader.read(buf, limits)).await? {
+            Ok(request) => Ok(Self { stream, request, leftover: buf }),
+            Err(e) => {
+                if let Some(rejection) = e.to_rejection() {
+                    let _ = write_rejection(&mut stream, &rejection).await;
                 }
-            }
-            if stream.read_buf(&mut buf).await? == 0 {
-                return Err(HandshakeError::Malformed("connection closed before the request head ended".into()).into());
+                Err(e.into())
             }
         }
     }
@@ -193,6 +188,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Incoming<S> {
     /// The stream and any bytes read past the head, to answer a plain HTTP request yourself.
     pub fn into_parts(self) -> (S, Request<()>, BytesMut) {
         (self.stream, self.request, self.leftover)
+    }
+}
+
+/// Reads from `stream` into `buf` until `parse` finds a whole HTTP head at its front (the one
+/// read loop of both roles: `parse` is a [`handshake::RequestReader`] or a
+/// [`handshake::ClientHandshake`]). `parse` is tried before the first read, for bytes already
+/// in `buf`.
+///
+/// The outer error is an I/O error or the stream ending before the head did; the inner one is
+/// the parser refusing the head (the server answers that with an HTTP status).
+pub(crate) async fn read_head<S, T>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    mut parse: impl FnMut(&mut BytesMut) -> Result<Option<T>, HandshakeError>,
+) -> Result<Result<T, HandshakeError>, Error>
+where
+    S: AsyncRead + Unpin,
+{
+    loop {
+        match parse(buf) {
+            Ok(Some(head)) => return Ok(Ok(head)),
+            Ok(None) => {}
+            Err(e) => return Ok(Err(e)),
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Err(HandshakeError::Malformed("connection closed before the HTTP head ended".into()).into());
+        }
     }
 }
 

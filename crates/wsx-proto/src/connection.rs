@@ -127,6 +127,37 @@ impl Default for Config {
     }
 }
 
+/// A [`Config`] whose limits contradict each other or cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub &'static str);
+
+impl Config {
+    /// Checks that the limits make sense together: every size and count above zero, a frame no
+    /// larger than a message, timeouts above zero. Drivers call it once, before a connection
+    /// starts (the `wsx` crate does so in `connect` and `accept`).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let checks: [(bool, &'static str); 9] = [
+            (self.max_frame_size > 0, "max_frame_size must be above 0"),
+            (self.max_message_size > 0, "max_message_size must be above 0"),
+            (self.max_frame_size <= self.max_message_size, "max_frame_size must not exceed max_message_size"),
+            (self.max_inflated_message_size > 0, "max_inflated_message_size must be above 0"),
+            (self.max_fragments > 0, "max_fragments must be above 0"),
+            (self.write_buffer_high_water > 0, "write_buffer_high_water must be above 0"),
+            (!self.close_timeout.is_zero(), "close_timeout must be above 0"),
+            (!self.keepalive_timeout.is_zero(), "keepalive_timeout must be above 0"),
+            (
+                [self.keepalive_interval, self.idle_timeout, self.write_timeout].iter().flatten().all(|d| !d.is_zero()),
+                "keepalive_interval, idle_timeout and write_timeout must be above 0 when set",
+            ),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, why)) => Err(ConfigError(why)),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Where a client connection gets the 4-byte masking key of each frame it sends. RFC 6455
 /// §10.3 requires keys that the peer cannot predict: use a cryptographically secure RNG.
 pub trait MaskKeySource: Send {

@@ -55,7 +55,7 @@ pub mod message;
 pub mod outbuf;
 pub mod utf8;
 
-pub use connection::{Config, Connection, MaskKeySource, Role, State};
+pub use connection::{Config, ConfigError, Connection, MaskKeySource, Role, State};
 pub use error::{Error, LimitError, ProtocolError, TimeoutError, UsageError};
 pub use frame::{CloseCode, FrameHeader, OpCode};
 pub use message::{CloseFrame, Message, Utf8Bytes};

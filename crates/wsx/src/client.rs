@@ -133,11 +133,13 @@ impl ClientBuilder {
 
     /// Opens the TCP connection and runs the opening handshake.
     ///
-    /// Fails without connecting if a header given to [`header`](Self::header) was invalid.
+    /// Fails without connecting if a header given to [`header`](Self::header) was invalid, or
+    /// [`Error::Config`] if the limits contradict each other.
     ///
     /// **Cancel safety**: cancelling drops the half-open connection.
     pub async fn connect(self) -> Result<(WebSocket<TcpStream>, Response<()>), Error> {
         self.check_headers()?;
+        self.config.proto.validate()?;
         let uri = parse_url(&self.url)?;
         if uri.scheme_str() == Some("wss") {
             return Err(Error::InvalidUrl("wss:// (TLS) is not supported yet".into()));
@@ -164,6 +166,7 @@ impl ClientBuilder {
         stream: S,
     ) -> Result<(WebSocket<S>, Response<()>), Error> {
         self.check_headers()?;
+        self.config.proto.validate()?;
         let uri = parse_url(&self.url)?;
         let timeout = self.handshake_timeout;
         tokio::time::timeout(timeout, self.handshake_on(stream, &uri))

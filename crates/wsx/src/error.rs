@@ -23,6 +23,10 @@ pub enum Error {
     /// nothing more can be sent. Returned by `send` and `feed` after that.
     #[error("the connection is closed")]
     Closed,
+    /// The configuration's limits contradict each other (see
+    /// [`Config::validate`](wsx_proto::Config::validate)); nothing was sent.
+    #[error(transparent)]
+    Config(#[from] wsx_proto::ConfigError),
     /// The URL could not be used.
     #[error("invalid URL: {0}")]
     InvalidUrl(String),
@@ -57,7 +61,7 @@ impl Error {
             Self::Proto(P::Protocol(_)) => ErrorKind::Peer,
             Self::Proto(P::Limit(_)) => ErrorKind::Limit,
             Self::Proto(P::Timeout(_)) | Self::HandshakeTimeout(_) => ErrorKind::Timeout,
-            Self::Proto(_) | Self::Closed | Self::InvalidUrl(_) => ErrorKind::Usage,
+            Self::Proto(_) | Self::Closed | Self::InvalidUrl(_) | Self::Config(_) => ErrorKind::Usage,
             Self::Handshake(h) => match h {
                 HandshakeError::HeadTooLarge { .. } | HandshakeError::TooManyHeaders { .. } => ErrorKind::Limit,
                 HandshakeError::InvalidUri(_) | HandshakeError::InvalidConfig(_) => ErrorKind::Usage,

@@ -40,7 +40,7 @@ mod websocket;
 
 pub use client::{connect, ClientBuilder};
 pub use error::{Error, ErrorKind};
-pub use server::{accept, accept_with, Accept, Incoming, ServerConfig};
+pub use server::{accept, accept_with, accept_with_async, Accept, Incoming, ServerConfig};
 pub use split::{ReuniteError, WsReader, WsWriter};
 pub use websocket::{WebSocket, WebSocketConfig};
 

@@ -74,7 +74,8 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(stream: S) -> Result<WebS
 
 /// Accepts a connection after `decide` has seen the request (path, headers, `Origin`) and the
 /// parsed upgrade (offered subprotocols): it returns an [`Accept`] or a [`Rejection`] (for
-/// example 403 for a refused Origin), which is sent as the HTTP answer.
+/// example 403 for a refused Origin), which is sent as the HTTP answer. The request stays
+/// available on the connection: [`WebSocket::request`].
 ///
 /// **Cancel safety**: cancelling drops the half-open connection.
 pub async fn accept_with<S, F>(stream: S, config: &ServerConfig, decide: F) -> Result<WebSocket<S>, Error>
@@ -82,24 +83,55 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnOnce(&Request<()>, &UpgradeRequest) -> Result<Accept, Rejection>,
 {
+    accept_with_async(stream, config, |request, upgrade| std::future::ready(decide(request, upgrade))).await
+}
+
+/// As [`accept_with`], with an asynchronous decision (a token checked against a database, a
+/// session looked up in a store). `decide` sees the request and returns a future that must not
+/// borrow it: copy out what the check needs first. The handshake timeout bounds the whole
+/// handshake, the decision included.
+///
+/// ```no_run
+/// # async fn lookup(_: Option<http::HeaderValue>) -> bool { true }
+/// # async fn run(tcp: tokio::net::TcpStream) -> Result<(), wsx::Error> {
+/// let config = wsx::ServerConfig::default();
+/// let ws = wsx::accept_with_async(tcp, &config, |request, _| {
+///     let token = request.headers().get("authorization").cloned();
+///     async move {
+///         if lookup(token).await {
+///             Ok(wsx::Accept::default())
+///         } else {
+///             Err(wsx::Rejection::new(http::StatusCode::UNAUTHORIZED, "unknown token"))
+///         }
+///     }
+/// })
+/// .await?;
+/// # Ok(()) }
+/// ```
+///
+/// **Cancel safety**: cancelling drops the half-open connection.
+pub async fn accept_with_async<S, F, Fut>(stream: S, config: &ServerConfig, decide: F) -> Result<WebSocket<S>, Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnOnce(&Request<()>, &UpgradeRequest) -> Fut,
+    Fut: std::future::Future<Output = Result<Accept, Rejection>>,
+{
     // The handshake's state lives in its own allocation, freed once the connection is open: a
     // task that awaits `accept_with` and then serves the connection keeps only a pointer's worth
     // of it for its whole life (idle connections are that much cheaper).
-    Box::pin(async move {
-        let timeout = config.handshake_timeout;
-        let incoming = tokio::time::timeout(timeout, Incoming::read(stream, &config.limits))
-            .await
-            .map_err(|_| Error::HandshakeTimeout(timeout))??;
+    let timeout = config.handshake_timeout;
+    let handshake = Box::pin(async move {
+        let incoming = Incoming::read(stream, &config.limits).await?;
         let upgrade = match handshake::check_request(incoming.request()) {
             Ok(u) => u,
             Err(rejection) => return Err(incoming.reject(rejection).await),
         };
-        match decide(incoming.request(), &upgrade) {
+        match decide(incoming.request(), &upgrade).await {
             Ok(accept) => incoming.accept(&upgrade, accept, &config.websocket).await,
             Err(rejection) => Err(incoming.reject(rejection).await),
         }
-    })
-    .await
+    });
+    tokio::time::timeout(timeout, handshake).await.map_err(|_| Error::HandshakeTimeout(timeout))?
 }
 
 /// A request head read from a stream, before we decide how to answer it.
@@ -140,7 +172,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Incoming<S> {
         handshake::is_upgrade_request(&self.request)
     }
 
-    /// Completes the upgrade: writes the 101 response and returns the open connection.
+    /// Completes the upgrade: writes the 101 response and returns the open connection. A
+    /// configuration that fails [`Config::validate`](wsx_proto::Config::validate) is answered
+    /// with 500 and reported as [`Error::Config`].
     ///
     /// **Cancel safety**: cancelling drops the half-open connection.
     pub async fn accept(
@@ -149,6 +183,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Incoming<S> {
         accept: Accept,
         config: &WebSocketConfig,
     ) -> Result<WebSocket<S>, Error> {
+        if let Err(e) = config.proto.validate() {
+            let _ = self.reject(Rejection::new(StatusCode::INTERNAL_SERVER_ERROR, "server misconfigured")).await;
+            return Err(e.into());
+        }
         if let Some(p) = &accept.protocol {
             if !upgrade.protocols.iter().any(|o| o == p) {
                 let rejection = Rejection::new(
@@ -172,7 +210,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Incoming<S> {
         handshake::write_response(&response, &mut out);
         self.stream.write_all(&out).await?;
         self.stream.flush().await?;
-        Ok(WebSocket::from_parts(self.stream, conn, self.leftover, accept.protocol, extensions))
+        let ws = WebSocket::from_parts(self.stream, conn, self.leftover, accept.protocol, extensions);
+        Ok(ws.with_request(self.request))
     }
 
     /// Answers with `rejection` and closes the stream; returns the error to report.

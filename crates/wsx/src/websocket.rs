@@ -63,6 +63,8 @@ pub struct WebSocket<S> {
     core: Core<S>,
     protocol: Option<String>,
     extensions: Option<String>,
+    /// The upgrade request a server accepted (boxed: a pointer while absent or taken).
+    request: Option<Box<http::Request<()>>>,
 }
 
 impl<S> std::fmt::Debug for WebSocket<S> {
@@ -85,7 +87,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         protocol: Option<String>,
         extensions: Option<String>,
     ) -> Self {
-        Self { core: Core::new(stream, conn, leftover), protocol, extensions }
+        Self { core: Core::new(stream, conn, leftover), protocol, extensions, request: None }
     }
 
     /// Receives the next message: text, binary, ping, pong, or the peer's close. After the close
@@ -247,7 +249,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
 impl<S> WebSocket<S> {
     pub(crate) fn from_core(core: Core<S>, protocol: Option<String>, extensions: Option<String>) -> Self {
-        Self { core, protocol, extensions }
+        Self { core, protocol, extensions, request: None }
+    }
+
+    /// Keeps the upgrade request a server accepted, for [`request`](Self::request).
+    pub fn with_request(mut self, request: http::Request<()>) -> Self {
+        self.request = Some(Box::new(request));
+        self
+    }
+
+    /// The upgrade request a server accepted (path, query, headers), when the connection came
+    /// from [`accept`](crate::accept), [`accept_with`](crate::accept_with),
+    /// [`accept_with_async`](crate::accept_with_async) or [`Incoming::accept`](crate::Incoming::accept).
+    /// The peer's address is the stream's: `ws.get_ref().peer_addr()` for a `TcpStream`.
+    pub fn request(&self) -> Option<&http::Request<()>> {
+        self.request.as_deref()
+    }
+
+    /// Takes the accepted request out (its headers are then freed: a server holding many idle
+    /// connections saves that memory). Take it before [`split`](Self::split) to keep it.
+    pub fn take_request(&mut self) -> Option<http::Request<()>> {
+        self.request.take().map(|r| *r)
     }
 }
 

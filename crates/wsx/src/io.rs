@@ -46,6 +46,10 @@ const MIN_READ: usize = 256;
 const MAX_READ: usize = 64 * 1024;
 /// An empty read buffer larger than this is released rather than kept while idle.
 const KEEP_IDLE_BUFFER: usize = 64 * 1024;
+/// The most one poll of `recv` reads before it yields (waking itself): a large message arriving
+/// fast is handled over several polls, so other tasks (and the writer of a split connection,
+/// which waits for the same lock) get their turn while it is read and inflated.
+const READ_BUDGET: usize = 1 << 20;
 
 /// Writes some of `out`: a vectored write when the transport supports it (so large payloads
 /// queued as their own chunks leave without a copy), otherwise the first chunk.
@@ -286,6 +290,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
                 }
             };
         }
+        let mut read_this_poll = 0;
         loop {
             if self.read.done {
                 return Poll::Ready(None);
@@ -355,15 +360,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
                 }
                 return Poll::Pending;
             }
+            if read_this_poll >= READ_BUDGET {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             self.read.prepare_read();
             let room = self.read.buf.capacity() - self.read.buf.len();
-            match tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.read.buf) {
+            let mut limited = bytes::BufMut::limit(&mut self.read.buf, READ_BUDGET - read_this_poll);
+            match tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut limited) {
                 Poll::Ready(Ok(0)) => {
                     self.end_transport();
                     return Poll::Ready(Some(Err(Error::AbnormalClosure)));
                 }
                 Poll::Ready(Ok(n)) => {
                     self.read.after_read(n, room);
+                    read_this_poll += n;
                     continue;
                 }
                 Poll::Ready(Err(e)) => {

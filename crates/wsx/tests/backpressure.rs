@@ -300,3 +300,77 @@ async fn halves_extensions_clone_and_reunite() {
     rb.reunite(wb).expect("the last writer reunites");
     ra.reunite(wa).expect("own halves reunite");
 }
+
+/// A stream that counts the bytes read through it.
+struct CountingReads {
+    inner: DuplexStream,
+    read: Arc<AtomicUsize>,
+}
+
+impl tokio::io::AsyncRead for CountingReads {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.read.fetch_add(buf.filled().len() - before, Ordering::Relaxed);
+        poll
+    }
+}
+
+impl tokio::io::AsyncWrite for CountingReads {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// One poll of `recv` reads at most about 1 MiB, even with a whole 8 MiB frame waiting: a large
+/// message is read (and inflated) over several polls, so a split reader does not hold the
+/// connection's lock, nor a task its thread, for the whole message.
+#[tokio::test]
+async fn one_poll_of_recv_reads_a_bounded_amount() {
+    use std::future::Future;
+    const SIZE: usize = 8 << 20;
+    let (ours, mut peer) = tokio::io::duplex(SIZE + 64);
+    let read = Arc::new(AtomicUsize::new(0));
+    let stream = CountingReads { inner: ours, read: read.clone() };
+    let conn = wsx::proto::Connection::server(Config::default(), Instant::now());
+    let mut ws = WebSocket::from_parts(stream, conn, BytesMut::new(), None, None);
+    peer.write_all(&masked_frame(OP_BINARY, true, &vec![0u8; SIZE], [1, 2, 3, 4])).await.unwrap();
+    let mut polls = 0;
+    let message = {
+        let mut recv = std::pin::pin!(ws.recv());
+        loop {
+            let before = read.load(Ordering::Relaxed);
+            let waker = std::task::Waker::noop();
+            let poll = recv.as_mut().poll(&mut std::task::Context::from_waker(waker));
+            let in_this_poll = read.load(Ordering::Relaxed) - before;
+            assert!(in_this_poll <= (1 << 20) + (64 << 10), "one poll read {in_this_poll} bytes");
+            polls += 1;
+            if let std::task::Poll::Ready(m) = poll {
+                break m;
+            }
+            assert!(polls < 100, "no progress");
+        }
+    };
+    assert!(matches!(message, Some(Ok(Message::Binary(ref b))) if b.len() == SIZE));
+    assert!(polls >= 8, "{polls} polls for 8 MiB");
+}

@@ -638,3 +638,52 @@ async fn shutdown_does_not_wait_for_a_peer_that_never_answers() {
     assert!(waited >= Duration::from_millis(1900) && waited < Duration::from_secs(3), "{waited:?}");
     server.expect_log(&["grace period over", "connections=1"]);
 }
+
+/// The resident memory of a process, from /proc (Linux).
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
+/// A client that floods pings on /echo and never reads: the server must stop reading once its
+/// pongs are over the high-water mark, so its memory stays flat and the client's writes stall
+/// (before, the server queued a pong per ping and grew by gigabytes).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_ping_flood_from_a_client_that_never_reads_keeps_the_server_small() {
+    let server = Server::start(&[]);
+    let a = server.addr;
+    let mut tcp = TcpStream::connect(a).unwrap();
+    let request = format!(
+        "GET /echo HTTP/1.1\r\nHost: {a}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).unwrap();
+    let mut head = [0u8; 12];
+    tcp.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 101");
+    let before = rss_bytes(server.child.id());
+    // Masked pings with 125-byte payloads, 1000 to a write.
+    let mut ping = vec![0x89, 0x80 | 125, 1, 2, 3, 4];
+    ping.extend((0..125u8).map(|i| i ^ [1, 2, 3, 4][usize::from(i) % 4]));
+    let batch: Vec<u8> = ping.iter().copied().cycle().take(ping.len() * 1000).collect();
+    tcp.set_write_timeout(Some(Duration::from_millis(500))).unwrap();
+    let started = Instant::now();
+    let mut written = 0usize;
+    while started.elapsed() < Duration::from_secs(4) {
+        match tcp.write(&batch) {
+            Ok(n) => written += n,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break,
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+    let grown = rss_bytes(server.child.id()).saturating_sub(before);
+    assert!(grown < 32 << 20, "wsx serve grew by {grown} bytes while {written} bytes of pings were sent");
+    assert!(written < 256 << 20, "the server kept reading pings: {written} bytes taken");
+}

@@ -49,7 +49,7 @@ Examples:
   wsx connect --binary ws://host/upload < data.bin > reply.bin
       Send stdin as binary messages, write what comes back unchanged.
   wsx connect --ping-interval 30 --show-ping ws://host/
-      Keepalive ping every 30 s, printed with its round-trip time."
+      Keepalive ping after 30 s without traffic, printed with its round-trip time."
     };
 }
 

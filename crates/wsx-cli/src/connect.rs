@@ -5,9 +5,11 @@
 //! - plain mode: stdin lines (or, with `--binary`, chunks) are sent, received messages are
 //!   written to stdout, status lines to stderr.
 //!
-//! The connection is split: a reader task receives and prints (and answers pings through the
-//! library), while the main loop sends what the input thread hands it, the keepalive pings and
-//! the close. The exit status tells how the connection ended (see [`AFTER_LONG_HELP`]).
+//! The connection is split: a reader task receives and prints, while the main loop sends what
+//! the input thread hands it and the close. The library does the rest: it answers pings, sends
+//! the keepalive pings of `--ping-interval` and fails a connection that stops answering, and runs
+//! the closing handshake within its close timeout; the reader reports how it ended. The exit
+//! status tells how the connection ended (see [`AFTER_LONG_HELP`]).
 
 mod format;
 mod input;
@@ -23,7 +25,7 @@ use anyhow::{bail, Context as _};
 use bytes::Bytes;
 use clap::Args;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use wsx::proto::deflate::DeflateConfig;
 use wsx::{ClientBuilder, CloseCode, CloseFrame, Message, WebSocketConfig, WsReader, WsWriter};
 
@@ -47,7 +49,7 @@ Examples:
   wsx connect --binary ws://host/upload < data.bin > reply.bin
       Send stdin as binary messages, write what comes back unchanged.
   wsx connect --ping-interval 30 --show-ping ws://host/
-      Keepalive ping every 30 s, printed with its round-trip time."
+      Keepalive ping after 30 s without traffic, printed with its round-trip time."
     };
 }
 
@@ -69,8 +71,8 @@ Plain mode (otherwise):
   Each stdin line, without its newline (\\n or \\r\\n), is one text message; lines that are not
   UTF-8 are skipped with a warning. With --binary, each read of stdin (at most 64 KiB; for a
   file, 64 KiB pieces) is one binary message. At the end of stdin wsx closes with 1000 and waits
-  for the server's close, printing what still arrives (it gives up after 5 s without anything
-  from the server); --no-close keeps listening instead.
+  for the server's close, printing what still arrives (it gives up when the server has not
+  answered within 5 s); --no-close keeps listening instead.
   Received text messages go to stdout followed by a newline; binary messages are written as
   they came (with --binary, text messages get no newline either). Pings, pongs, errors and the
   close go to stderr.
@@ -128,7 +130,7 @@ pub struct ConnectArgs {
     /// Print pings and pongs, sent and received, with round-trip times.
     #[arg(short = 'P', long)]
     show_ping: bool,
-    /// Send a ping every SECS seconds (e.g. 30, 0.5, 250ms).
+    /// Send a ping after SECS seconds without anything from the server (e.g. 30, 0.5, 250ms).
     ///
     /// Keeps idle connections alive through proxies and detects a dead server (see
     /// --ping-timeout). Pings from the server are always answered, with or without this.
@@ -162,9 +164,8 @@ pub struct ConnectArgs {
     verbose: bool,
 }
 
-/// After our close frame, how long the server may stay silent before we give up on its answer.
-/// The wait restarts with everything received, so a server still working through a backlog of
-/// messages (a large piped input) is not cut off.
+/// After our close frame, how long the server may take to answer it (the library's close
+/// timeout, which also bounds the wait for the server to close TCP after the handshake).
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Accepts a URL without a scheme, and http(s):// for ws(s)://.
@@ -211,32 +212,43 @@ fn builder(args: &ConnectArgs, url: &str) -> anyhow::Result<ClientBuilder> {
     let mut config = WebSocketConfig::default();
     config.proto.max_message_size = args.max_message_size;
     config.proto.max_frame_size = args.max_message_size;
-    // The session enforces CLOSE_TIMEOUT itself, counted from the last frame received; the
-    // library's timer counts from our close frame and would cut a busy server short.
-    config.proto.close_timeout = Duration::from_secs(24 * 3600);
+    config.proto.close_timeout = CLOSE_TIMEOUT;
+    config.proto.keepalive_interval = args.ping_interval;
+    config.proto.keepalive_timeout = args.ping_timeout;
     if !args.no_deflate {
         config.deflate = Some(DeflateConfig::default());
     }
     Ok(builder.config(config))
 }
 
-/// Pings we sent and are waiting for, for round-trip times and the ping timeout.
+/// Pings sent and not yet answered, for `--show-ping` and round-trip times. Display only: the
+/// library sends the keepalive pings and decides when the server is dead.
 struct Pings {
-    /// Payload, when sent, whether the keepalive timer sent it (not `/ping`).
+    /// Payload, when sent, whether it is a keepalive ping (not `/ping`).
     sent: VecDeque<(Bytes, Instant, bool)>,
-    counter: u64,
-    /// When the reader last received anything: any frame proves the server alive.
+    /// The library's keepalive pings so far (their payload is this counter, 8 bytes big-endian).
+    keepalives: u64,
+    /// When the reader last received anything: the library pings after the interval without it.
     last_received: Instant,
 }
 
 impl Pings {
     fn new() -> Self {
-        Self { sent: VecDeque::new(), counter: 0, last_received: Instant::now() }
+        Self { sent: VecDeque::new(), keepalives: 0, last_received: Instant::now() }
     }
 
-    fn next_payload(&mut self) -> Bytes {
-        self.counter += 1;
-        Bytes::from(self.counter.to_string())
+    /// When the library sends its next keepalive ping: `interval` after the last frame received,
+    /// unless one sent since then is still unanswered.
+    fn next_keepalive(&self, interval: Duration) -> Option<Instant> {
+        let waiting = self.sent.iter().any(|(_, at, keepalive)| *keepalive && *at >= self.last_received);
+        (!waiting).then_some(self.last_received + interval)
+    }
+
+    /// Notes the keepalive ping the library sends now; returns its number.
+    fn keepalive_sent(&mut self) -> u64 {
+        self.keepalives += 1;
+        self.record(Bytes::copy_from_slice(&self.keepalives.to_be_bytes()), true);
+        self.keepalives
     }
 
     fn record(&mut self, payload: Bytes, keepalive: bool) {
@@ -252,13 +264,14 @@ impl Pings {
         let (_, at, keepalive) = self.sent.remove(i)?;
         Some((at.elapsed(), keepalive))
     }
+}
 
-    /// When the oldest keepalive ping sent after the last received frame times out.
-    fn deadline(&self, timeout: Duration) -> Option<Instant> {
-        self.sent
-            .iter()
-            .find(|(_, at, keepalive)| *keepalive && *at > self.last_received)
-            .map(|(_, at, _)| *at + timeout)
+/// How a ping or pong payload is shown: the number of a keepalive ping (8 bytes big-endian),
+/// else the payload as text or hex.
+fn ping_payload(data: &[u8], keepalive: bool) -> String {
+    match <[u8; 8]>::try_from(data) {
+        Ok(n) if keepalive => u64::from_be_bytes(n).to_string(),
+        _ => payload(data),
     }
 }
 
@@ -278,12 +291,12 @@ enum ReaderEvent {
     Done,
 }
 
-/// `< pong 3 (0.21 ms)`: a ping or pong line, with its payload and round-trip time.
-fn control_line(what: &str, data: &[u8], rtt: Option<Duration>) -> String {
+/// `< pong 3 (0.21 ms)`: a ping or pong line, with its payload as shown and round-trip time.
+fn control_line(what: &str, shown: &str, rtt: Option<Duration>) -> String {
     let mut line = what.to_owned();
-    if !data.is_empty() {
+    if !shown.is_empty() {
         line.push(' ');
-        line.push_str(&payload(data));
+        line.push_str(shown);
     }
     if let Some(rtt) = rtt {
         let ms = rtt.as_secs_f64() * 1000.0;
@@ -297,28 +310,37 @@ async fn read_loop(
     ui: Arc<Ui>,
     pings: Arc<Mutex<Pings>>,
     show_ping: bool,
+    keepalive: bool,
+    received: Option<Arc<Notify>>,
     events: mpsc::UnboundedSender<ReaderEvent>,
 ) {
     let mut output_ok = true;
     while let Some(event) = reader.recv().await {
         lock(&pings).last_received = Instant::now();
+        if let Some(received) = &received {
+            // The next keepalive ping is due later now.
+            received.notify_one();
+        }
         let shown = match event {
             Ok(Message::Text(t)) if output_ok => ui.text(t.as_str()),
             Ok(Message::Binary(b)) if output_ok => ui.binary(&b),
             Ok(Message::Text(_) | Message::Binary(_)) => Ok(()),
             Ok(Message::Ping(p)) => {
                 if show_ping {
-                    ui.note(Kind::Ping, &control_line("< ping", &p, None));
+                    ui.note(Kind::Ping, &control_line("< ping", &payload(&p), None));
                 }
                 Ok(())
             }
             Ok(Message::Pong(p)) => {
                 let answered = lock(&pings).answer(&p);
                 match answered {
-                    Some((rtt, keepalive)) if show_ping || !keepalive => {
-                        ui.note(Kind::Ping, &control_line("< pong", &p, Some(rtt)))
+                    Some((rtt, was_keepalive)) if show_ping || !was_keepalive => {
+                        ui.note(Kind::Ping, &control_line("< pong", &ping_payload(&p, was_keepalive), Some(rtt)))
                     }
-                    None if show_ping => ui.note(Kind::Ping, &control_line("< pong", &p, None)),
+                    // A keepalive ping the display did not see go out.
+                    None if show_ping => {
+                        ui.note(Kind::Ping, &control_line("< pong", &ping_payload(&p, keepalive), None))
+                    }
                     _ => {}
                 }
                 Ok(())
@@ -418,7 +440,11 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
 
     let pings = Arc::new(Mutex::new(Pings::new()));
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    tokio::spawn(read_loop(reader, ui.clone(), pings.clone(), args.show_ping, events_tx));
+    let keepalive = args.ping_interval.is_some();
+    // The library sends the keepalive pings; with --show-ping they are shown when it does.
+    let shown_keepalive = args.ping_interval.filter(|_| args.show_ping);
+    let received = shown_keepalive.map(|_| Arc::new(Notify::new()));
+    tokio::spawn(read_loop(reader, ui.clone(), pings.clone(), args.show_ping, keepalive, received.clone(), events_tx));
 
     let mut session = Session {
         writer: &mut writer,
@@ -426,39 +452,24 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
         pings: &pings,
         show_ping: args.show_ping,
         we_closed: false,
-        closed_at: None,
         send_error: None,
-        finish_by: None,
     };
     let mut peer_close: Option<Option<CloseFrame>> = None;
     let mut failure: Option<wsx::Error> = None;
-    let mut local_failure: Option<String> = None;
     let mut input_open = true;
-    let mut ticker = args.ping_interval.map(|every| {
-        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        t
-    });
     let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
     let mut interrupted = false;
 
+    // Every way out of this loop has a deadline in the library: the reader ends (`Done`) when
+    // the connection is closed, cleanly or by the close, keepalive or write timeout.
     loop {
         let ending = session.we_closed || peer_close.is_some() || failure.is_some();
-        let ping_deadline = match (&ticker, ending) {
-            (Some(_), false) => lock(&pings).deadline(args.ping_timeout),
-            _ => None,
-        };
-        let finish_by = session.deadline(&pings);
+        let next_ping = shown_keepalive.filter(|_| !ending).and_then(|every| lock(&pings).next_keepalive(every));
         tokio::select! {
             event = events.recv() => match event {
-                Some(ReaderEvent::Closed(frame)) => {
-                    peer_close = Some(frame);
-                    // The server closes TCP right after its close frame; don't wait long for it.
-                    session.finish_within(Duration::from_secs(2));
-                }
+                Some(ReaderEvent::Closed(frame)) => peer_close = Some(frame),
                 Some(ReaderEvent::Failed(e)) => {
                     failure.get_or_insert(e);
-                    session.finish_within(Duration::from_secs(1));
                 }
                 Some(ReaderEvent::OutputClosed) => session.close(CloseCode::NORMAL, "").await,
                 Some(ReaderEvent::Done) | None => break,
@@ -478,20 +489,11 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
                     }
                 }
             },
-            _ = async { ticker.as_mut().expect("guarded").tick().await }, if ticker.is_some() && !ending => {
-                let payload = lock(&pings).next_payload();
-                lock(&pings).record(payload.clone(), true);
-                if args.show_ping {
-                    ui.note(Kind::Ping, &control_line("> ping", &payload, None));
-                }
-                session.send(Message::Ping(payload)).await;
-            },
-            _ = sleep_until_opt(ping_deadline), if ping_deadline.is_some() => {
-                local_failure = Some(format!(
-                    "no answer to a ping within {}",
-                    humantime(args.ping_timeout)
-                ));
-                break;
+            () = async { received.as_ref().expect("guarded").notified().await }, if received.is_some() => {},
+            _ = sleep_until_opt(next_ping), if next_ping.is_some() => {
+                // Nothing received for the interval: the library's keepalive ping leaves now.
+                let n = lock(&pings).keepalive_sent();
+                ui.note(Kind::Ping, &control_line("> ping", &n.to_string(), None));
             },
             _ = &mut ctrl_c => {
                 if interrupted || ending {
@@ -503,25 +505,13 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
                 ctrl_c = Box::pin(tokio::signal::ctrl_c());
                 session.close(CloseCode::NORMAL, "").await;
             },
-            _ = sleep_until_opt(finish_by), if finish_by.is_some() => {
-                if session.deadline(&pings).is_some_and(|d| d > Instant::now()) {
-                    continue; // the server sent something meanwhile
-                }
-                if session.we_closed && peer_close.is_none() && failure.is_none() {
-                    local_failure = Some(format!(
-                        "the server did not answer our close frame (nothing received for {})",
-                        humantime(CLOSE_TIMEOUT)
-                    ));
-                }
-                break;
-            }
         }
     }
 
     let we_closed = session.we_closed;
     let send_error = session.send_error.take();
     finish_terminal(&ui, prompt.as_ref()).await;
-    let (line, code) = outcome(we_closed, peer_close, failure, local_failure, send_error);
+    let (line, code) = outcome(we_closed, peer_close, failure, send_error, args.ping_timeout);
     ui.note(if code == 0 { Kind::Info } else { Kind::Error }, &line);
     Ok(ExitCode::from(code))
 }
@@ -556,50 +546,29 @@ struct Session<'a> {
     pings: &'a Mutex<Pings>,
     show_ping: bool,
     we_closed: bool,
-    /// When we sent our close frame.
-    closed_at: Option<Instant>,
     send_error: Option<wsx::Error>,
-    finish_by: Option<Instant>,
 }
 
 impl Session<'_> {
-    /// When the session stops waiting: the end reported by the reader came (or a send failed)
-    /// and it had its grace period, or our close went unanswered for CLOSE_TIMEOUT.
-    fn deadline(&self, pings: &Mutex<Pings>) -> Option<Instant> {
-        let close = self.closed_at.map(|at| at.max(lock(pings).last_received) + CLOSE_TIMEOUT);
-        match (self.finish_by, close) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-
-    /// Gives the reader at most `wait` more to report the end.
-    fn finish_within(&mut self, wait: Duration) {
-        let by = Instant::now() + wait;
-        self.finish_by = Some(self.finish_by.map_or(by, |d| d.min(by)));
-    }
-
     async fn send(&mut self, message: Message) {
         if self.send_error.is_some() {
             return;
         }
         if let Err(e) = self.writer.send(message).await {
-            // The reader reports why the connection ended; wait a little for it.
+            // The connection is closed; the reader reports why and ends.
             self.send_error = Some(e);
-            self.finish_within(Duration::from_secs(2));
         }
     }
 
-    /// Starts the closing handshake; the reader receives the server's answer.
+    /// Starts the closing handshake; the reader receives the server's answer, or the library's
+    /// close timeout ends the connection.
     async fn close(&mut self, code: CloseCode, reason: &str) {
         if self.we_closed {
             return;
         }
         self.we_closed = true;
-        self.closed_at = Some(Instant::now());
         if let Err(e) = self.writer.close(code, reason).await {
             self.send_error.get_or_insert(e);
-            self.finish_within(Duration::from_secs(2));
         }
     }
 
@@ -615,7 +584,7 @@ impl Session<'_> {
                 let data = Bytes::from(data);
                 lock(self.pings).record(data.clone(), false);
                 if self.show_ping {
-                    self.ui.note(Kind::Ping, &control_line("> ping", &data, None));
+                    self.ui.note(Kind::Ping, &control_line("> ping", &payload(&data), None));
                 }
                 self.send(Message::Ping(data)).await;
             }
@@ -627,17 +596,14 @@ impl Session<'_> {
     }
 }
 
-/// The final status line and the exit code.
+/// The final status line and the exit code. `ping_timeout` is named when the keepalive failed.
 fn outcome(
     we_closed: bool,
     peer_close: Option<Option<CloseFrame>>,
     failure: Option<wsx::Error>,
-    local_failure: Option<String>,
     send_error: Option<wsx::Error>,
+    ping_timeout: Duration,
 ) -> (String, u8) {
-    if let Some(why) = local_failure {
-        return (format!("closed: 1006 abnormal closure: {why}"), 2);
-    }
     if let Some(frame) = peer_close {
         let (code, reason) = frame.as_ref().map_or((1005, ""), |f| (f.code.0, f.reason.as_str()));
         let clean = we_closed || code == 1000 || code == 1005;
@@ -652,7 +618,13 @@ fn outcome(
             "closed: 1006 abnormal closure: the connection ended without a close frame".into()
         }
         wsx::Error::Proto(wsx::proto::Error::Timeout(wsx::proto::TimeoutError::Close)) => {
-            "closed: 1006 abnormal closure: the server did not answer our close frame".into()
+            format!(
+                "closed: 1006 abnormal closure: the server did not answer our close frame within {}",
+                humantime(CLOSE_TIMEOUT)
+            )
+        }
+        wsx::Error::Proto(wsx::proto::Error::Timeout(wsx::proto::TimeoutError::Keepalive)) => {
+            format!("closed: 1006 abnormal closure: no answer to a ping within {}", humantime(ping_timeout))
         }
         e => match e.close_code() {
             Some(code) if code != CloseCode::ABNORMAL => {
@@ -688,42 +660,46 @@ mod tests {
     #[test]
     fn tracks_pings() {
         let mut pings = Pings::new();
-        let timeout = Duration::from_secs(20);
-        assert_eq!(pings.deadline(timeout), None);
-        let p = pings.next_payload();
-        assert_eq!(p, "1");
-        pings.record(p.clone(), true);
+        let interval = Duration::from_secs(20);
+        let due = pings.next_keepalive(interval).unwrap();
+        assert_eq!(due, pings.last_received + interval);
+        assert_eq!(pings.keepalive_sent(), 1);
         pings.record(Bytes::from_static(b"manual"), false);
-        let deadline = pings.deadline(timeout).unwrap();
-        assert!(deadline > Instant::now() + Duration::from_secs(19));
+        assert_eq!(pings.next_keepalive(interval), None, "one keepalive ping is unanswered");
         assert!(matches!(pings.answer(b"manual"), Some((_, false))));
         assert!(pings.answer(b"unknown").is_none());
-        // Anything received after the ping counts as an answer for the timeout.
+        // Anything received after the ping answers it: the next one is due an interval later.
         pings.last_received = Instant::now() + Duration::from_millis(1);
-        assert_eq!(pings.deadline(timeout), None);
-        assert!(matches!(pings.answer(b"1"), Some((_, true))));
+        assert_eq!(pings.next_keepalive(interval), Some(pings.last_received + interval));
+        assert!(matches!(pings.answer(&1u64.to_be_bytes()), Some((_, true))));
+        assert_eq!(pings.keepalive_sent(), 2);
+        assert_eq!(ping_payload(&2u64.to_be_bytes(), true), "2");
+        assert_eq!(ping_payload(b"abc", true), "abc");
+        assert_eq!(ping_payload(&2u64.to_be_bytes(), false), payload(&2u64.to_be_bytes()));
     }
 
     #[test]
     fn exit_codes() {
+        const T: Duration = Duration::from_secs(20);
         let frame = |code, reason: &str| Some(Some(CloseFrame::new(CloseCode(code), reason)));
-        assert_eq!(outcome(false, frame(1000, ""), None, None, None), ("closed: 1000 normal".into(), 0));
-        assert_eq!(outcome(false, Some(None), None, None, None), ("closed: 1005 no status code".into(), 0));
-        assert_eq!(outcome(false, frame(4000, "bye"), None, None, None), ("closed: 4000 \"bye\"".into(), 2));
-        assert_eq!(outcome(false, frame(1001, ""), None, None, None).1, 2);
-        assert_eq!(outcome(true, frame(4000, "mine"), None, None, None).1, 0);
-        let (line, code) = outcome(false, None, Some(wsx::Error::AbnormalClosure), None, None);
+        assert_eq!(outcome(false, frame(1000, ""), None, None, T), ("closed: 1000 normal".into(), 0));
+        assert_eq!(outcome(false, Some(None), None, None, T), ("closed: 1005 no status code".into(), 0));
+        assert_eq!(outcome(false, frame(4000, "bye"), None, None, T), ("closed: 4000 \"bye\"".into(), 2));
+        assert_eq!(outcome(false, frame(1001, ""), None, None, T).1, 2);
+        assert_eq!(outcome(true, frame(4000, "mine"), None, None, T).1, 0);
+        let (line, code) = outcome(false, None, Some(wsx::Error::AbnormalClosure), None, T);
         assert!(line.starts_with("closed: 1006"), "{line}");
         assert_eq!(code, 2);
         let timeout = wsx::Error::Proto(wsx::proto::Error::Timeout(wsx::proto::TimeoutError::Close));
-        let (line, code) = outcome(true, None, Some(timeout), None, None);
+        let (line, code) = outcome(true, None, Some(timeout), None, T);
         assert!(line.contains("did not answer our close"), "{line}");
         assert_eq!(code, 2);
         let protocol = wsx::Error::Proto(wsx::proto::ProtocolError::ReservedOpcode(3).into());
-        let (line, code) = outcome(false, None, Some(protocol), None, None);
+        let (line, code) = outcome(false, None, Some(protocol), None, T);
         assert!(line.starts_with("closed: 1002 protocol error (sent by wsx)"), "{line}");
         assert_eq!(code, 2);
-        let (line, code) = outcome(false, None, None, Some("no answer to a ping within 20 s".into()), None);
-        assert_eq!((line.as_str(), code), ("closed: 1006 abnormal closure: no answer to a ping within 20 s", 2));
+        let keepalive = wsx::Error::Proto(wsx::proto::Error::Timeout(wsx::proto::TimeoutError::Keepalive));
+        let (line, code) = outcome(false, None, Some(keepalive), None, Duration::from_millis(300));
+        assert_eq!((line.as_str(), code), ("closed: 1006 abnormal closure: no answer to a ping within 0.3 s", 2));
     }
 }

@@ -454,6 +454,57 @@ fn unanswered_pings_fail_the_connection() {
     assert!(run.stderr.contains("closed: 1006 abnormal closure: no answer to a ping within 0.3 s"), "{}", run.stderr);
 }
 
+/// A TCP server that completes the opening handshake by hand, then never sends another byte
+/// (what reaches it is read and ignored): a dead peer behind a live TCP connection.
+fn dead_after_handshake_server() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    server(|mut tcp| async move {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        let key = head
+            .lines()
+            .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("sec-websocket-key")))
+            .map(|(_, v)| v.trim().to_owned())
+            .expect("a Sec-WebSocket-Key");
+        let accept = wsx::proto::handshake::accept_key(key.as_bytes());
+        let response = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        );
+        tcp.write_all(response.as_bytes()).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+            if n == 0 {
+                return;
+            }
+        }
+    })
+}
+
+#[test]
+fn ping_interval_detects_a_dead_peer() {
+    let addr = dead_after_handshake_server();
+    let (interval, timeout) = (Duration::from_millis(200), Duration::from_millis(500));
+    let started = Instant::now();
+    let run = wsx(
+        &["--ping-interval", "200ms", "--ping-timeout", "500ms", "--show-ping", &url(addr)],
+        Stdin::Open(b"", Duration::from_secs(30)),
+        &[],
+    );
+    let took = started.elapsed();
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("> ping 1\n"), "{}", run.stderr);
+    assert!(run.stderr.contains("closed: 1006 abnormal closure: no answer to a ping within 0.5 s"), "{}", run.stderr);
+    assert!(took >= interval + timeout, "gave up after {took:?}, before the ping could time out");
+    assert!(took < interval + timeout + Duration::from_secs(3), "took {took:?}");
+}
+
 #[test]
 fn no_close_keeps_listening_after_stdin_ends() {
     let addr = server(|tcp| async move {

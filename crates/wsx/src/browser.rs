@@ -41,7 +41,7 @@
 //! | `extensions` | [`extensions`](BrowserWebSocket::extensions) | `""` until open; then the server's `Sec-WebSocket-Extensions` answer, e.g. `permessage-deflate` with its parameters. |
 //! | `protocol` | [`protocol`](BrowserWebSocket::protocol) | `""` until open; then the subprotocol the server selected. If subprotocols were offered and the server selected none, the connection fails (as the standard's handshake steps require). |
 //! | `send(data)` | [`send`](BrowserWebSocket::send)`(data)` | A string (`&str`, `String`, [`Utf8Bytes`]) is a text message; `ArrayBuffer`, views and `Blob` correspond to binary data (`Bytes`, `Vec<u8>`, `&[u8]`). Never blocks and never waits: it queues. In CONNECTING: `InvalidStateError`. In CLOSING or CLOSED: nothing is sent, no error, `bufferedAmount` grows. |
-//! | buffer full → "flag as full" and close | — | The queue is unbounded; nothing is ever dropped or closed for it. Watch `buffered_amount` (as the standard's own example does) to pace sending. |
+//! | buffer full → "flag as full" and close | — | What `send` queues is not bounded here (as in browsers, which buffer far more than they admit): nothing is ever dropped or closed for it, and `send` never waits. Everything queued and not yet written counts in `buffered_amount`: the application must watch it (as the standard's own example does) to pace sending, or memory grows with a peer that does not read. A peer that takes nothing at all fails the connection after the [write timeout](wsx_proto::Config::write_timeout) (30 s). |
 //! | `close(code, reason)` | [`close`](BrowserWebSocket::close)`(Option<u16>, Option<&str>)` | The standard's steps: a code other than 1000 or 3000–4999 → `InvalidAccessError`; a reason over 123 UTF-8 bytes → `SyntaxError` (both checked first, in any state). Then: CLOSING or CLOSED → nothing; CONNECTING → the connection fails (`Error`, then `Close` with 1006, not clean) and the state is CLOSING; OPEN → the closing handshake starts after the messages already sent, state CLOSING. No code and no reason: a close frame without a body; a reason without a code: code 1000. |
 //! | `binaryType` (`"blob"`, `"arraybuffer"`) | — | Irrelevant in Rust: binary data is always [`Bytes`] (zero-copy, in memory), text always [`Utf8Bytes`]. |
 //! | `onopen` / `open` | [`Event::Open`] | |
@@ -52,10 +52,24 @@
 //! | ping and pong frames | — | Not exposed, as in the standard: pings are answered by the connection. |
 //! | garbage collection of an open socket | `Drop` | Dropping the [`BrowserWebSocket`] while OPEN starts the closing handshake with no status code (what the standard asks when an open socket is collected); while CONNECTING, fails the connection. The connection then winds down in the background; an [`Events`] stream taken earlier still receives the last events. |
 //!
-//! Events are queued on an unbounded channel in the order the standard fires them and taken with
+//! Events are queued in the order the standard fires them and taken with
 //! [`next_event`](BrowserWebSocket::next_event), or as a [`Stream`](futures_core::Stream) from
 //! [`events`](BrowserWebSocket::events), so that sending and receiving can happen in different
-//! places. [`BrowserWebSocket`] is `Send + Sync`: share it (e.g. in an `Arc`) to send from several
+//! places.
+//!
+//! # Memory: the event queue is bounded
+//!
+//! A browser runs its event loop whether or not the page is listening; here the application
+//! takes events when it wants, so the queue between the connection and the application is
+//! bounded by [`BrowserConfig`]: at most [`max_queued_events`](BrowserConfig::max_queued_events)
+//! events (default 1024) and [`max_queued_bytes`](BrowserConfig::max_queued_bytes) bytes of
+//! message data (default 16 MiB; a single larger message is let in alone, when the queue holds
+//! no other message). When it is full the connection stops reading from the socket until the
+//! application takes events, so TCP flow control makes a fast peer wait instead of making this
+//! process grow. Nothing is dropped. While reading is paused, pings are not answered either: take
+//! events regularly, or a peer's keepalive may give up on the connection.
+//! [`queued_events`](BrowserWebSocket::queued_events) and
+//! [`queued_bytes`](BrowserWebSocket::queued_bytes) show how full the queue is. [`BrowserWebSocket`] is `Send + Sync`: share it (e.g. in an `Arc`) to send from several
 //! tasks.
 //!
 //! What a browser does and this type does not: it sends no `Origin`, cookies or other headers of
@@ -71,7 +85,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use wsx_proto::deflate::DeflateConfig;
 use wsx_proto::{CloseCode, CloseFrame, Message, Utf8Bytes};
 
@@ -298,6 +312,14 @@ struct Shared {
     extensions: OnceLock<String>,
     /// `close()` moved the state to CLOSING: message events not yet taken are dropped.
     close_called: AtomicBool,
+    /// The bounds of the event queue.
+    config: BrowserConfig,
+    /// Bytes of message data the event queue may still take, as permits (at most `u32::MAX`).
+    event_bytes: Semaphore,
+    /// Events queued and not yet taken.
+    queued_events: AtomicUsize,
+    /// Bytes of message data in the queued events.
+    queued_bytes: AtomicUsize,
 }
 
 impl Shared {
@@ -312,6 +334,42 @@ impl Shared {
     /// Moves from `from` to `to`; false if the state was not `from`.
     fn transition(&self, from: ReadyState, to: ReadyState) -> bool {
         self.ready_state.compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    /// The permits a message of `len` bytes holds in `event_bytes`: its length, capped by the
+    /// budget, so that a message larger than the budget still gets in once the queue is empty.
+    fn permits_for(&self, len: usize) -> u32 {
+        len.min(self.config.max_queued_bytes).min(u32::MAX as usize) as u32
+    }
+
+    /// The application took `event` from the queue: frees its slot and its bytes.
+    fn taken(&self, event: &Event) {
+        self.queued_events.fetch_sub(1, Ordering::AcqRel);
+        if let Event::Message(m) = event {
+            self.queued_bytes.fetch_sub(m.data.len(), Ordering::AcqRel);
+            self.event_bytes.add_permits(self.permits_for(m.data.len()) as usize);
+        }
+    }
+}
+
+/// Options of a [`BrowserWebSocket`] that the standard leaves to the browser: how much the event
+/// queue holds before the connection stops reading (see the [module docs](self#memory-the-event-queue-is-bounded)).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct BrowserConfig {
+    /// The most events queued and not yet taken. Default 1024; at least 1. Bounds the queue
+    /// when messages are small (each event costs about 100 bytes besides its data).
+    pub max_queued_events: usize,
+    /// The most bytes of message data (UTF-8 text, binary) in queued events. Default 16 MiB.
+    /// A message larger than this is queued when no other message is; its size is bounded by the
+    /// connection's `max_message_size` (64 MiB). More smooths bursts from a fast peer; less
+    /// bounds memory per connection tighter.
+    pub max_queued_bytes: usize,
+}
+
+impl Default for BrowserConfig {
+    fn default() -> Self {
+        Self { max_queued_events: 1024, max_queued_bytes: 16 << 20 }
     }
 }
 
@@ -329,6 +387,7 @@ enum Command {
 /// to the standard, item by item.
 pub struct BrowserWebSocket {
     shared: Arc<Shared>,
+    /// Unbounded, as `send` never waits: what it holds is counted in `bufferedAmount`.
     commands: mpsc::UnboundedSender<Command>,
     events: Events,
 }
@@ -357,6 +416,15 @@ impl BrowserWebSocket {
     ///
     /// When called outside a tokio runtime (as `tokio::spawn` does), once the arguments are valid.
     pub fn new(url: &str, protocols: &[&str]) -> Result<Self, SyntaxError> {
+        Self::with_config(url, protocols, BrowserConfig::default())
+    }
+
+    /// As [`new`](Self::new), with the bounds of the event queue in `config`.
+    ///
+    /// # Panics
+    ///
+    /// As [`new`](Self::new).
+    pub fn with_config(url: &str, protocols: &[&str], config: BrowserConfig) -> Result<Self, SyntaxError> {
         let url = parse_url(url)?;
         for (i, p) in protocols.iter().enumerate() {
             if !is_token(p) {
@@ -373,10 +441,15 @@ impl BrowserWebSocket {
             protocol: OnceLock::new(),
             extensions: OnceLock::new(),
             close_called: AtomicBool::new(false),
+            event_bytes: Semaphore::new(config.max_queued_bytes.min(u32::MAX as usize)),
+            queued_events: AtomicUsize::new(0),
+            queued_bytes: AtomicUsize::new(0),
+            config,
         });
         let (commands, command_rx) = mpsc::unbounded_channel();
-        let (event_tx, event_rx) = mpsc::unbounded_channel();
+        let (event_tx, event_rx) = mpsc::channel(shared.config.max_queued_events.max(1));
         let protocols = protocols.iter().map(|p| (*p).to_owned()).collect();
+        let event_tx = EventSender { tx: event_tx, shared: shared.clone() };
         tokio::spawn(run(shared.clone(), protocols, command_rx, event_tx));
         let events = Events { rx: Some(event_rx), shared: shared.clone() };
         Ok(Self { shared, commands, events })
@@ -394,8 +467,24 @@ impl BrowserWebSocket {
 
     /// `bufferedAmount`: bytes of application data passed to [`send`](Self::send) and not yet
     /// written to the socket (never decreasing again once the connection is closed).
+    ///
+    /// `send` never waits, so this is the only bound on what it queues: watch it, and stop
+    /// sending while it is high (a peer that reads slowly, or not at all, makes it grow).
     pub fn buffered_amount(&self) -> usize {
         self.shared.buffered.load(Ordering::Acquire)
+    }
+
+    /// Events received and not yet taken (not in the standard: the receiving side's
+    /// `bufferedAmount`). At most [`BrowserConfig::max_queued_events`]; at that bound the
+    /// connection stops reading.
+    pub fn queued_events(&self) -> usize {
+        self.shared.queued_events.load(Ordering::Acquire)
+    }
+
+    /// Bytes of message data in the events not yet taken (not in the standard). At most
+    /// [`BrowserConfig::max_queued_bytes`], or one larger message alone.
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.queued_bytes.load(Ordering::Acquire)
     }
 
     /// `protocol`: the subprotocol the server selected; empty before OPEN or if none.
@@ -497,7 +586,7 @@ impl BrowserWebSocket {
 /// The events of a [`BrowserWebSocket`], in order; ends after [`Event::Close`]. A
 /// [`Stream`](futures_core::Stream).
 pub struct Events {
-    rx: Option<mpsc::UnboundedReceiver<Event>>,
+    rx: Option<mpsc::Receiver<Event>>,
     shared: Arc<Shared>,
 }
 
@@ -520,7 +609,11 @@ impl Events {
             return Poll::Ready(None);
         };
         loop {
-            match std::task::ready!(rx.poll_recv(cx)) {
+            let event = std::task::ready!(rx.poll_recv(cx));
+            if let Some(ev) = &event {
+                self.shared.taken(ev);
+            }
+            match event {
                 // The standard's message task returns early unless readyState is OPEN; the
                 // connection's own moves to CLOSING come after the messages it received, so only
                 // `close()` can make a queued message late.
@@ -552,16 +645,58 @@ impl futures_core::FusedStream for Events {
 // ------------------------------------------------------------------------------------------------
 // The background task
 
-type EventSender = mpsc::UnboundedSender<Event>;
+/// The task's end of the bounded event queue.
+struct EventSender {
+    tx: mpsc::Sender<Event>,
+    shared: Arc<Shared>,
+}
+
+impl EventSender {
+    /// Queues `event`, waiting while the queue is full (in events, or in bytes for a message):
+    /// the task reads nothing meanwhile, so a peer sending faster than the application takes
+    /// events is held back by TCP flow control. Returns at once when the application dropped
+    /// the queue's receiving end.
+    async fn send(&self, event: Event) {
+        let permits = match &event {
+            // Taken after `close()`, it would be dropped: don't wait to queue it.
+            Event::Message(_) if self.shared.close_called.load(Ordering::Acquire) => return,
+            Event::Message(m) => self.shared.permits_for(m.data.len()),
+            _ => 0,
+        };
+        let slot = tokio::select! {
+            slot = self.reserve(permits) => slot,
+            () = self.tx.closed() => None,
+        };
+        let Some(slot) = slot else { return };
+        self.shared.queued_events.fetch_add(1, Ordering::AcqRel);
+        if let Event::Message(m) = &event {
+            self.shared.queued_bytes.fetch_add(m.data.len(), Ordering::AcqRel);
+        }
+        slot.send(event);
+    }
+
+    /// Waits for `permits` bytes of room, then for a slot.
+    async fn reserve(&self, permits: u32) -> Option<mpsc::Permit<'_, Event>> {
+        // The semaphore is never closed; the bytes return when the event is taken.
+        self.shared.event_bytes.acquire_many(permits).await.ok()?.forget();
+        match self.tx.reserve().await {
+            Ok(slot) => Some(slot),
+            Err(_) => {
+                self.shared.event_bytes.add_permits(permits as usize);
+                None
+            }
+        }
+    }
+}
 
 /// Ends a connection that never opened: the standard's "fail the WebSocket connection" before
 /// it was established.
-fn fail_before_open(shared: &Shared, events: &EventSender, message: String) {
+async fn fail_before_open(shared: &Shared, events: &EventSender, message: String) {
     tracing::debug!(url = %shared.url, %message, "WebSocket connection failed");
     shared.set_state(ReadyState::Closed);
-    let _ = events.send(Event::Error(ErrorEvent { message }));
+    events.send(Event::Error(ErrorEvent { message })).await;
     let close = CloseEvent { was_clean: false, code: CloseCode::ABNORMAL.0, reason: String::new() };
-    let _ = events.send(Event::Close(close));
+    events.send(Event::Close(close)).await;
 }
 
 /// Opens the connection, then reads it (this task) and writes it (a second task).
@@ -583,20 +718,21 @@ async fn run(
         _ = commands.recv() => None,
     };
     let ws = match outcome {
-        None => return fail_before_open(&shared, &events, NOT_ESTABLISHED.into()),
-        Some(Err(e)) => return fail_before_open(&shared, &events, e.to_string()),
+        None => return fail_before_open(&shared, &events, NOT_ESTABLISHED.into()).await,
+        Some(Err(e)) => return fail_before_open(&shared, &events, e.to_string()).await,
         Some(Ok((ws, _response))) => ws,
     };
     if !protocols.is_empty() && ws.protocol().is_none() {
-        return fail_before_open(&shared, &events, "the server selected none of the offered subprotocols".into());
+        let message = "the server selected none of the offered subprotocols".into();
+        return fail_before_open(&shared, &events, message).await;
     }
     let _ = shared.protocol.set(ws.protocol().unwrap_or("").to_owned());
     let _ = shared.extensions.set(ws.extensions().unwrap_or("").to_owned());
     if !shared.transition(ReadyState::Connecting, ReadyState::Open) {
         // `close()` won the race against the end of the handshake.
-        return fail_before_open(&shared, &events, NOT_ESTABLISHED.into());
+        return fail_before_open(&shared, &events, NOT_ESTABLISHED.into()).await;
     }
-    let _ = events.send(Event::Open);
+    events.send(Event::Open).await;
 
     let (mut reader, writer) = ws.split();
     let writer = tokio::spawn(write_loop(writer, commands, shared.clone()));
@@ -606,10 +742,10 @@ async fn run(
     while let Some(item) = reader.recv().await {
         match item {
             Ok(Message::Text(t)) => {
-                let _ = events.send(Event::Message(MessageEvent { data: MessageData::Text(t) }));
+                events.send(Event::Message(MessageEvent { data: MessageData::Text(t) })).await;
             }
             Ok(Message::Binary(b)) => {
-                let _ = events.send(Event::Message(MessageEvent { data: MessageData::Binary(b) }));
+                events.send(Event::Message(MessageEvent { data: MessageData::Binary(b) })).await;
             }
             Ok(Message::Ping(_) | Message::Pong(_)) => {}
             Ok(Message::Close(frame)) => {
@@ -639,9 +775,9 @@ async fn run(
         _ => CloseEvent { was_clean: false, code: CloseCode::ABNORMAL.0, reason: String::new() },
     };
     if let Some(message) = failure {
-        let _ = events.send(Event::Error(ErrorEvent { message }));
+        events.send(Event::Error(ErrorEvent { message })).await;
     }
-    let _ = events.send(Event::Close(close));
+    events.send(Event::Close(close)).await;
 }
 
 /// Writes what the handle queues, in order, and keeps `bufferedAmount` up to date.

@@ -5,13 +5,17 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use wsx::browser::{BrowserWebSocket, CloseEvent, DomError, Event, MessageData, ReadyState, SyntaxError};
+use wsx::browser::{
+    BrowserConfig, BrowserWebSocket, CloseEvent, DomError, Event, MessageData, ReadyState, SyntaxError,
+};
 use wsx::{Accept, Bytes, CloseCode, CloseFrame, Message, Rejection, ServerConfig, WebSocket};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -669,4 +673,123 @@ fn handles_can_be_shared_between_tasks() {
     send_sync::<BrowserWebSocket>();
     send_sync::<wsx::browser::Events>();
     send_sync::<DomError>();
+}
+
+// ------------------------------------------------------------------------------------------------
+// A peer that sends faster than the application takes events
+
+/// Everything a loopback connection can hold besides the event queue: the server's output
+/// queue (its 1 MiB high-water mark) and both sockets' buffers (Linux grows a receive buffer up
+/// to `tcp_rmem`'s maximum, 32 MiB on some machines, but only while the application reads).
+const IN_FLIGHT: usize = 24 << 20;
+
+/// Starts a wsx server that sends `count` binary messages of `size` bytes (the first 8 bytes
+/// are the message's index) as fast as the client takes them, counting in `sent` those whose
+/// bytes were handed to the socket, then closes with 1000.
+async fn flood_server(count: usize, size: usize, sent: Arc<AtomicUsize>) -> SocketAddr {
+    let (listener, addr) = listen().await;
+    tokio::spawn(async move {
+        let Ok((tcp, _)) = listener.accept().await else { return };
+        let Ok(mut ws) = wsx::accept(tcp).await else { return };
+        for i in 0..count {
+            let mut data = vec![0u8; size];
+            data[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            if ws.send(Message::Binary(data.into())).await.is_err() {
+                return;
+            }
+            sent.store(i + 1, Ordering::Release);
+        }
+        let _ = ws.close(CloseCode::NORMAL, "done").await;
+    });
+    addr
+}
+
+/// Waits until `sent` has not moved for 300 ms, checking meanwhile that the queue never passes
+/// its bounds; returns the count it stopped at.
+async fn until_stalled(ws: &BrowserWebSocket, sent: &AtomicUsize, config: &BrowserConfig) -> usize {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut last = usize::MAX;
+    loop {
+        for _ in 0..30 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            assert!(ws.queued_events() <= config.max_queued_events, "{} events queued", ws.queued_events());
+            assert!(ws.queued_bytes() <= config.max_queued_bytes, "{} bytes queued", ws.queued_bytes());
+        }
+        let now = sent.load(Ordering::Acquire);
+        if now == last {
+            return now;
+        }
+        last = now;
+        assert!(tokio::time::Instant::now() < deadline, "the server never stalled ({now} messages sent)");
+    }
+}
+
+/// Takes `count` message events, checking that they come in order, then the server's close.
+async fn take_all_in_order(ws: &mut BrowserWebSocket, count: usize, size: usize) {
+    for i in 0..count {
+        match next(ws).await {
+            Event::Message(m) => {
+                let data = m.data.as_binary().expect("binary");
+                assert_eq!(data.len(), size);
+                assert_eq!(u64::from_be_bytes(data[..8].try_into().unwrap()), i as u64, "out of order");
+            }
+            other => panic!("expected message {i}, got {other:?}"),
+        }
+    }
+    expect_close(ws, true, 1000, "done").await;
+    assert_eq!((ws.queued_events(), ws.queued_bytes()), (0, 0));
+}
+
+#[tokio::test]
+async fn a_full_queue_in_bytes_stops_reading_until_events_are_taken() {
+    const COUNT: usize = 2048;
+    const SIZE: usize = 32 << 10; // 64 MiB in all
+    let sent = Arc::new(AtomicUsize::new(0));
+    let addr = flood_server(COUNT, SIZE, sent.clone()).await;
+    let mut config = BrowserConfig::default();
+    config.max_queued_bytes = 256 << 10;
+    let mut ws = BrowserWebSocket::with_config(&url(addr), &[], config.clone()).unwrap();
+    expect_open(&mut ws).await;
+
+    let stalled = until_stalled(&ws, &sent, &config).await;
+    assert!(stalled * SIZE < IN_FLIGHT, "the server wrote {stalled} messages while nobody took events");
+    // The queue is exactly full: 8 messages of 32 KiB make the 256 KiB, the 9th waits.
+    assert_eq!((ws.queued_events(), ws.queued_bytes()), (8, 256 << 10));
+    assert_eq!(ws.ready_state(), ReadyState::Open);
+
+    take_all_in_order(&mut ws, COUNT, SIZE).await;
+    assert_eq!(sent.load(Ordering::Acquire), COUNT);
+}
+
+#[tokio::test]
+async fn a_full_queue_in_events_stops_reading_until_events_are_taken() {
+    const COUNT: usize = 48 << 10;
+    const SIZE: usize = 1 << 10; // 48 MiB in all
+    let sent = Arc::new(AtomicUsize::new(0));
+    let addr = flood_server(COUNT, SIZE, sent.clone()).await;
+    let mut config = BrowserConfig::default();
+    config.max_queued_events = 16;
+    let mut ws = BrowserWebSocket::with_config(&url(addr), &[], config.clone()).unwrap();
+    expect_open(&mut ws).await;
+
+    let stalled = until_stalled(&ws, &sent, &config).await;
+    assert!(stalled * SIZE < IN_FLIGHT, "the server wrote {stalled} messages while nobody took events");
+    assert_eq!((ws.queued_events(), ws.queued_bytes()), (16, 16 << 10));
+
+    take_all_in_order(&mut ws, COUNT, SIZE).await;
+    assert_eq!(sent.load(Ordering::Acquire), COUNT);
+}
+
+#[tokio::test]
+async fn a_message_over_the_byte_bound_still_gets_through_alone() {
+    let sent = Arc::new(AtomicUsize::new(0));
+    let addr = flood_server(3, 64 << 10, sent.clone()).await;
+    let mut config = BrowserConfig::default();
+    config.max_queued_bytes = 16 << 10;
+    let mut ws = BrowserWebSocket::with_config(&url(addr), &[], config).unwrap();
+    expect_open(&mut ws).await;
+    until("one large message queued", || ws.queued_events() == 1).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!((ws.queued_events(), ws.queued_bytes()), (1, 64 << 10), "one message over the bound, alone");
+    take_all_in_order(&mut ws, 3, 64 << 10).await;
 }

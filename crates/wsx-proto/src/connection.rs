@@ -40,6 +40,7 @@ use crate::frame::{CloseCode, FrameHeader, OpCode, MAX_CONTROL_PAYLOAD, MAX_HEAD
 use crate::mask::apply_mask;
 use crate::message::{CloseFrame, Message, Utf8Bytes};
 use crate::outbuf::OutBuf;
+use crate::prepared::PreparedMessage;
 use crate::utf8::Utf8Validator;
 
 /// Which end of the connection we are.
@@ -616,6 +617,51 @@ impl Connection {
                 check_control(&p)?;
                 self.write_frame(OpCode::Pong, true, p);
             }
+        }
+        Ok(())
+    }
+
+    /// Queues a message prepared for many connections: the same bytes [`send`](Self::send)
+    /// would write for it, but framed and compressed once for every connection that can share
+    /// them (see [`PreparedMessage`] for which can). Same state rules and errors as `send`.
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use wsx_proto::{Config, Connection, Message, PreparedMessage};
+    ///
+    /// let now = Instant::now();
+    /// let mut a = Connection::server(Config::default(), now);
+    /// let mut b = Connection::server(Config::default(), now);
+    /// let hello = PreparedMessage::text("hello");
+    /// a.send_prepared(&hello).unwrap();
+    /// b.send(Message::text("hello")).unwrap();
+    /// assert_eq!(a.pending_output(), b.pending_output());
+    /// ```
+    pub fn send_prepared(&mut self, message: &PreparedMessage) -> Result<(), Error> {
+        if self.state != State::Open {
+            return Err(UsageError::NotOpen(self.state).into());
+        }
+        self.check_not_fragmenting()?;
+        let opcode = message.opcode();
+        let encoding = match self.deflate.as_deref() {
+            Some(d) if !d.skips(message.len()) => match d.shared_key() {
+                Some(key) => message
+                    .compressed(key)
+                    .filter(|e| d.accepts_shared(message.len(), e.payload.len()))
+                    .unwrap_or_else(|| message.plain()),
+                None => {
+                    // Context takeover: this message depends on what this connection sent
+                    // before, so it is compressed here, as `send` does.
+                    self.write_message(opcode, message.payload().clone());
+                    return Ok(());
+                }
+            },
+            _ => message.plain(),
+        };
+        if self.mask_keys.is_some() {
+            self.write_frame_rsv1(opcode, true, encoding.rsv1, encoding.payload);
+        } else {
+            self.out.push_shared(&encoding.frame);
         }
         Ok(())
     }

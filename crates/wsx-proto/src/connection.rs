@@ -666,6 +666,34 @@ impl Connection {
         Ok(())
     }
 
+    /// Queues a message as [`send`](Self::send) does, but a text or binary message goes out
+    /// uncompressed (RSV1 clear) even when permessage-deflate is in use: for data that is
+    /// already compressed (images, archives) or too small to gain, where compressing would only
+    /// cost time. RFC 7692 lets a sender leave any message uncompressed. Without
+    /// permessage-deflate, and for control messages, it is the same as `send`.
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use wsx_proto::{Config, Connection, Message};
+    ///
+    /// let mut conn = Connection::server(Config::default(), Instant::now());
+    /// conn.send_uncompressed(Message::binary(vec![0xff; 8])).unwrap();
+    /// assert_eq!(conn.pending_output(), 2 + 8);
+    /// ```
+    pub fn send_uncompressed(&mut self, message: Message) -> Result<(), Error> {
+        let (opcode, payload) = match message {
+            Message::Text(t) => (OpCode::Text, t.into_bytes()),
+            Message::Binary(b) => (OpCode::Binary, b),
+            other => return self.send(other),
+        };
+        if self.state != State::Open {
+            return Err(UsageError::NotOpen(self.state).into());
+        }
+        self.check_not_fragmenting()?;
+        self.write_frame(opcode, true, payload);
+        Ok(())
+    }
+
     fn check_not_fragmenting(&self) -> Result<(), Error> {
         if self.sending_fragmented {
             return Err(UsageError::Fragmentation("a fragmented message is in progress").into());

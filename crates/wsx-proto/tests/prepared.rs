@@ -1,5 +1,6 @@
-//! Prepared messages (`PreparedMessage`, `Connection::send_prepared`): the bytes on the wire
-//! are those `send` writes; encodings are shared between connections that can share them (same `Bytes`), and a
+//! Prepared messages (`PreparedMessage`, `Connection::send_prepared`) and per-message
+//! "do not compress" (`Connection::send_uncompressed`): the bytes on the wire are those `send`
+//! writes; encodings are shared between connections that can share them (same `Bytes`), and a
 //! connection with context takeover compresses by itself and stays decodable.
 
 mod common;
@@ -9,6 +10,7 @@ use std::time::Instant;
 use bytes::{Buf, Bytes};
 use common::{counting_keys, drain, feed_all, parse_frames};
 use wsx_proto::deflate::{DeflateParams, PerMessageDeflate};
+use wsx_proto::frame::OpCode;
 use wsx_proto::{Config, Connection, Error, Message, PreparedMessage, UsageError};
 
 fn server() -> Connection {
@@ -248,4 +250,39 @@ fn context_takeover_compresses_per_connection_and_stays_decodable() {
         // first (a shared fresh-context frame would be the same size every time).
         assert!(sizes[1..].iter().all(|&n| n < sizes[0]), "{sizes:?}");
     }
+}
+
+// ------------------------------------------------------------------ send_uncompressed
+
+#[test]
+fn send_uncompressed_clears_rsv1_on_that_message_only() {
+    let p = params(false, false, 15, 15);
+    let text = compressible(2000);
+    for is_server in [true, false] {
+        let mut conn = with_deflate(if is_server { server() } else { client() }, &p, 1, 0);
+        conn.send(Message::text(text.clone())).unwrap();
+        conn.send_uncompressed(Message::text(text.clone())).unwrap();
+        conn.send_uncompressed(Message::binary(vec![9u8; 300])).unwrap();
+        conn.send(Message::text(text.clone())).unwrap();
+        conn.send_uncompressed(Message::Ping(Bytes::from_static(b"p"))).unwrap();
+        let wire = drain(&mut conn);
+        let frames = parse_frames(&wire);
+        let rsv1: Vec<bool> = frames.iter().map(|f| f.header.rsv1).collect();
+        assert_eq!(rsv1, [true, false, false, true, false], "server {is_server}");
+        assert_eq!(frames[1].payload, text.as_bytes(), "sent as it is");
+        assert_eq!(frames[4].header.opcode, OpCode::Ping);
+        let mut peer = with_deflate(if is_server { client() } else { server() }, &p, 1, 0);
+        let (events, err) = feed_all(&mut peer, &wire, Instant::now());
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(events.len(), 5);
+        assert_eq!(events[3], Message::text(text.clone()));
+    }
+}
+
+#[test]
+fn send_uncompressed_follows_the_rules_of_send() {
+    let mut conn = server();
+    conn.close(None, Instant::now()).unwrap();
+    let err = conn.send_uncompressed(Message::text("late")).unwrap_err();
+    assert!(matches!(err, Error::Usage(UsageError::NotOpen(_))));
 }

@@ -131,6 +131,12 @@ impl PreparedMessage {
         self.inner.payload.is_empty()
     }
 
+    /// Whether `self` and `other` are handles to the same prepared message (clones of one
+    /// another), which share their encodings.
+    pub fn ptr_eq(&self, other: &PreparedMessage) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// The message as a [`Message`], sharing the payload.
     pub fn to_message(&self) -> Message {
         match self.inner.opcode {

@@ -47,7 +47,8 @@ use tokio::task::JoinSet;
 use wsx::proto::deflate::DeflateConfig;
 use wsx::proto::handshake::check_request;
 use wsx::{
-    Accept, CloseCode, CloseFrame, Incoming, Message, Rejection, ServerConfig, State, WebSocket, WebSocketConfig,
+    Accept, CloseCode, CloseFrame, Incoming, Message, PreparedMessage, Rejection, ServerConfig, State, WebSocket,
+    WebSocketConfig,
 };
 
 mod host;
@@ -519,7 +520,12 @@ async fn room(
         tokio::select! {
             msg = ws.recv() => match msg {
                 None => break,
-                Some(Ok(msg)) if msg.is_data() => bus.publish(name, msg),
+                // Framed (and compressed) once here for every member, by `send_prepared`.
+                Some(Ok(msg)) if msg.is_data() => {
+                    if let Ok(prepared) = PreparedMessage::try_from(msg) {
+                        bus.publish(name, prepared);
+                    }
+                }
                 Some(Ok(Message::Close(frame))) => out.peer_closed(frame),
                 Some(Ok(_)) => {}
                 Some(Err(e)) => out.failed(e),
@@ -527,7 +533,7 @@ async fn room(
             event = subscription.recv(), if !out.closing => match event {
                 // The connection's write timeout bounds this send when the member stops reading.
                 Received::Message(msg) => {
-                    if let Err(e) = ws.send(msg).await {
+                    if let Err(e) = ws.send_prepared(&msg).await {
                         out.failed(e);
                         break;
                     }

@@ -509,6 +509,43 @@ async fn rooms_broadcast_to_every_member() {
     server.expect_log(&["closed", "path=\"/room/lobby\"", "code=1000"]);
 }
 
+/// Room members that negotiate permessage-deflate: the room's prepared messages (compressed
+/// once and shared without context takeover, `wsx serve`'s default; compressed per member with
+/// it) reach every member intact, many in a row.
+#[tokio::test]
+async fn rooms_broadcast_compressed_messages() {
+    for args in [&[][..], &["--deflate-context-takeover"][..]] {
+        let server = Server::start(args);
+        let mut config = wsx::WebSocketConfig::default();
+        config.deflate = Some(wsx::proto::deflate::DeflateConfig::default());
+        let join = || ClientBuilder::new(server.url("/room/z")).config(config.clone()).connect();
+        // Each member's own message coming back proves it joined; `a` joined before `b`'s.
+        let (mut a, _) = join().await.unwrap();
+        a.send_text("a joined").await.unwrap();
+        assert_eq!(next_data(&mut a).await, Message::text("a joined"));
+        let (mut b, _) = join().await.unwrap();
+        b.send_text("b joined").await.unwrap();
+        assert_eq!(next_data(&mut b).await, Message::text("b joined"));
+        assert_eq!(next_data(&mut a).await, Message::text("b joined"));
+        for ws in [&a, &b] {
+            assert!(ws.extensions().is_some_and(|e| e.starts_with("permessage-deflate")), "{args:?}");
+        }
+        let long = "the same words again and again, ".repeat(400);
+        for i in 0..5 {
+            let sent = [Message::text(format!("{i} {long}")), Message::binary(vec![i as u8; 5000])];
+            for m in &sent {
+                a.send(m.clone()).await.unwrap();
+            }
+            for ws in [&mut a, &mut b] {
+                assert_eq!(next_data(ws).await, sent[0], "{args:?}, round {i}");
+                assert_eq!(next_data(ws).await, sent[1], "{args:?}, round {i}");
+            }
+        }
+        drop(a.close(CloseCode::NORMAL, "").await);
+        drop(b.close(CloseCode::NORMAL, "").await);
+    }
+}
+
 /// A member joins `/room/busy` and does not read while another publishes 600 messages of 64 KiB
 /// (far more than the socket buffers hold); then it reads. Returns how many messages it got
 /// before the server's close frame, and that frame.

@@ -40,6 +40,7 @@ use crate::frame::{CloseCode, FrameHeader, OpCode, MAX_CONTROL_PAYLOAD, MAX_HEAD
 use crate::mask::apply_mask;
 use crate::message::{CloseFrame, Message, Utf8Bytes};
 use crate::outbuf::OutBuf;
+use crate::prepared::PreparedMessage;
 use crate::utf8::Utf8Validator;
 
 /// Which end of the connection we are.
@@ -648,6 +649,79 @@ impl Connection {
                 self.write_frame(OpCode::Pong, true, p);
             }
         }
+        Ok(())
+    }
+
+    /// Queues a message prepared for many connections: the same bytes [`send`](Self::send)
+    /// would write for it, but framed and compressed once for every connection that can share
+    /// them (see [`PreparedMessage`] for which can). Same state rules and errors as `send`.
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use wsx_proto::{Config, Connection, Message, PreparedMessage};
+    ///
+    /// let now = Instant::now();
+    /// let mut a = Connection::server(Config::default(), now);
+    /// let mut b = Connection::server(Config::default(), now);
+    /// let hello = PreparedMessage::text("hello");
+    /// a.send_prepared(&hello).unwrap();
+    /// b.send(Message::text("hello")).unwrap();
+    /// assert_eq!(a.pending_output(), b.pending_output());
+    /// ```
+    pub fn send_prepared(&mut self, message: &PreparedMessage) -> Result<(), Error> {
+        if self.state != State::Open {
+            return Err(UsageError::NotOpen(self.state).into());
+        }
+        self.check_not_fragmenting()?;
+        let opcode = message.opcode();
+        let encoding = match self.deflate.as_deref() {
+            Some(d) if !d.skips(message.len()) => match d.shared_key() {
+                Some(key) => message
+                    .compressed(key)
+                    .filter(|e| d.accepts_shared(message.len(), e.payload.len()))
+                    .unwrap_or_else(|| message.plain()),
+                None => {
+                    // Context takeover: this message depends on what this connection sent
+                    // before, so it is compressed here, as `send` does.
+                    self.write_message(opcode, message.payload().clone());
+                    return Ok(());
+                }
+            },
+            _ => message.plain(),
+        };
+        if self.mask_keys.is_some() {
+            self.write_frame_rsv1(opcode, true, encoding.rsv1, encoding.payload);
+        } else {
+            self.out.push_shared(&encoding.frame);
+        }
+        Ok(())
+    }
+
+    /// Queues a message as [`send`](Self::send) does, but a text or binary message goes out
+    /// uncompressed (RSV1 clear) even when permessage-deflate is in use: for data that is
+    /// already compressed (images, archives) or too small to gain, where compressing would only
+    /// cost time. RFC 7692 lets a sender leave any message uncompressed. Without
+    /// permessage-deflate, and for control messages, it is the same as `send`.
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use wsx_proto::{Config, Connection, Message};
+    ///
+    /// let mut conn = Connection::server(Config::default(), Instant::now());
+    /// conn.send_uncompressed(Message::binary(vec![0xff; 8])).unwrap();
+    /// assert_eq!(conn.pending_output(), 2 + 8);
+    /// ```
+    pub fn send_uncompressed(&mut self, message: Message) -> Result<(), Error> {
+        let (opcode, payload) = match message {
+            Message::Text(t) => (OpCode::Text, t.into_bytes()),
+            Message::Binary(b) => (OpCode::Binary, b),
+            other => return self.send(other),
+        };
+        if self.state != State::Open {
+            return Err(UsageError::NotOpen(self.state).into());
+        }
+        self.check_not_fragmenting()?;
+        self.write_frame(opcode, true, payload);
         Ok(())
     }
 

@@ -579,49 +579,49 @@ impl PerMessageDeflate {
         }
         let (level, bits) = (self.level, self.compress_bits);
         let compressor = self.compressor.get_or_insert_with(|| pool::compressor(level, bits));
-        let mut out = Vec::with_capacity(payload.len() / 4 + 64);
-        let mut input = payload;
-        let complete = loop {
-            if out.len() == out.capacity() {
-                out.reserve_exact(input.len() + input.len() / 8 + 1024);
-            }
-            let (in_before, out_before) = (compressor.total_in(), compressor.total_out());
-            let result = compressor.compress_vec(input, &mut out, FlushCompress::Sync);
-            let consumed = (compressor.total_in() - in_before) as usize;
-            let produced = compressor.total_out() - out_before;
-            input = input.get(consumed..).unwrap_or_default();
-            if result.is_err() {
-                break false;
-            }
-            // With room left in the output, zlib has flushed everything it had.
-            if out.len() < out.capacity() && (input.is_empty() || (consumed == 0 && produced == 0)) {
-                break input.is_empty();
-            }
-        };
-        if complete && out.ends_with(&TAIL) {
-            out.truncate(out.len() - TAIL.len());
-        } else if complete && out.is_empty() {
-            // Nothing new since the previous flush (zlib declines a second flush in a row): the
-            // stream is at a byte boundary, where `00` plus the receiver's tail is an empty block.
-            out.push(0);
-        } else {
+        let Some(out) = deflate_message(compressor, payload) else {
             self.compressor = None;
             return None;
-        }
+        };
         if self.compress_reset {
             if let Some(c) = self.compressor.take() {
                 pool::release_compressor(level, bits, c);
             }
-            // With a threshold of 0 every message is compressed, even when it does not shrink
-            // (some peers, such as the Autobahn suite's compression cases, expect that).
-            if self.threshold > 0 && out.len() >= payload.len() {
-                return None;
-            }
+        }
+        self.accept_compressed(payload.len(), out)
+    }
+
+    /// When our compression context is reset after every message, what our compressed output
+    /// depends on: the same payload compressed with this key gives bytes any connection with the
+    /// same key may send as they are (a [`PreparedMessage`](crate::PreparedMessage) caches them
+    /// by key). `None` with context takeover: each message depends on the ones before it.
+    pub(crate) fn shared_key(&self) -> Option<SharedKey> {
+        self.compress_reset.then_some(SharedKey { level: self.level, bits: self.compress_bits })
+    }
+
+    /// Whether a payload of this length is sent uncompressed without trying (the threshold).
+    pub(crate) fn skips(&self, payload_len: usize) -> bool {
+        payload_len < self.threshold
+    }
+
+    /// The threshold's second rule, for output compressed with a reset context: with a
+    /// threshold above 0, output that did not shrink is not worth sending compressed.
+    fn accept_compressed(&self, payload_len: usize, mut out: Vec<u8>) -> Option<Bytes> {
+        // With a threshold of 0 every message is compressed, even when it does not shrink
+        // (some peers, such as the Autobahn suite's compression cases, expect that).
+        if self.compress_reset && self.threshold > 0 && out.len() >= payload_len {
+            return None;
         }
         if out.capacity() - out.len() > out.len() / 4 + 4096 {
             out.shrink_to_fit();
         }
         Some(Bytes::from(out))
+    }
+
+    /// Whether compressed bytes made with this connection's [`shared_key`](Self::shared_key)
+    /// are worth sending for a payload of `payload_len` bytes (else send it uncompressed).
+    pub(crate) fn accepts_shared(&self, payload_len: usize, compressed_len: usize) -> bool {
+        !(self.threshold > 0 && compressed_len >= payload_len)
     }
 
     /// Inflates the next piece of an incoming compressed message (a frame's payload, or any part
@@ -730,6 +730,60 @@ impl PerMessageDeflate {
             }
         }
     }
+}
+
+/// What the output of a compressor whose context is reset after every message depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SharedKey {
+    /// The compression level, 0..=9.
+    pub(crate) level: u32,
+    /// The window, 9..=15.
+    pub(crate) bits: u8,
+}
+
+/// Compresses one whole message with a fresh context (taken from and handed back to the
+/// per-thread pool), as a connection with `key` would: the DEFLATE data without the trailing
+/// `00 00 ff ff`. `None` if the compressor failed (the message then goes out uncompressed).
+pub(crate) fn compress_fresh(key: SharedKey, payload: &[u8]) -> Option<Vec<u8>> {
+    let mut compressor = pool::compressor(key.level, key.bits);
+    let out = deflate_message(&mut compressor, payload)?;
+    pool::release_compressor(key.level, key.bits, compressor);
+    Some(out)
+}
+
+/// Runs `payload` through `compressor` with a sync flush and strips the flush's empty block
+/// (RFC 7692 §7.2.1); an empty result becomes the single byte `00` (§7.2.3.6). `None` if the
+/// compressor failed (drop it: its state is unknown).
+fn deflate_message(compressor: &mut Compress, payload: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(payload.len() / 4 + 64);
+    let mut input = payload;
+    let complete = loop {
+        if out.len() == out.capacity() {
+            out.reserve_exact(input.len() + input.len() / 8 + 1024);
+        }
+        let (in_before, out_before) = (compressor.total_in(), compressor.total_out());
+        let result = compressor.compress_vec(input, &mut out, FlushCompress::Sync);
+        let consumed = (compressor.total_in() - in_before) as usize;
+        let produced = compressor.total_out() - out_before;
+        input = input.get(consumed..).unwrap_or_default();
+        if result.is_err() {
+            break false;
+        }
+        // With room left in the output, zlib has flushed everything it had.
+        if out.len() < out.capacity() && (input.is_empty() || (consumed == 0 && produced == 0)) {
+            break input.is_empty();
+        }
+    };
+    if complete && out.ends_with(&TAIL) {
+        out.truncate(out.len() - TAIL.len());
+    } else if complete && out.is_empty() {
+        // Nothing new since the previous flush (zlib declines a second flush in a row): the
+        // stream is at a byte boundary, where `00` plus the receiver's tail is an empty block.
+        out.push(0);
+    } else {
+        return None;
+    }
+    Some(out)
 }
 
 /// Gives a full `out` more capacity, never more than `budget + 1` in total (one byte past the

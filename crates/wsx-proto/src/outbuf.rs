@@ -46,6 +46,17 @@ impl OutBuf {
         self.len += n;
     }
 
+    /// Queues a whole encoded frame that other connections share (a prepared message): a large
+    /// one as its own chunk, without a copy; a small one copied after the pending frames.
+    pub(crate) fn push_shared(&mut self, frame: &Bytes) {
+        if frame.len() >= Self::ZERO_COPY_THRESHOLD {
+            self.push_chunk(frame.clone());
+        } else {
+            self.tail.extend_from_slice(frame);
+            self.len += frame.len();
+        }
+    }
+
     /// Queues a payload as its own chunk after everything pending.
     pub(crate) fn push_chunk(&mut self, chunk: Bytes) {
         if chunk.is_empty() {

@@ -35,7 +35,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Sleep;
 use wsx_proto::error::TimeoutError;
-use wsx_proto::{Connection, Message, Role, State};
+use wsx_proto::{Connection, Message, PreparedMessage, Role, State};
 
 use crate::Error;
 
@@ -203,6 +203,29 @@ impl<S> Core<S> {
             Message::Close(frame) => self.conn.close(frame, now())?,
             m => self.conn.send(m)?,
         }
+        Ok(())
+    }
+
+    /// Queues a prepared message (see [`Connection::send_prepared`]). Sending on a closed
+    /// connection is [`Error::Closed`].
+    pub(crate) fn queue_prepared(&mut self, message: &PreparedMessage) -> Result<(), Error> {
+        if self.conn.state() == State::Closed {
+            return Err(Error::Closed);
+        }
+        self.conn.send_prepared(message)?;
+        Ok(())
+    }
+
+    /// Queues a message as [`queue`](Self::queue) does, a text or binary one uncompressed (see
+    /// [`Connection::send_uncompressed`]).
+    pub(crate) fn queue_uncompressed(&mut self, message: Message) -> Result<(), Error> {
+        if !message.is_data() {
+            return self.queue(message);
+        }
+        if self.conn.state() == State::Closed {
+            return Err(Error::Closed);
+        }
+        self.conn.send_uncompressed(message)?;
         Ok(())
     }
 }

@@ -48,7 +48,7 @@ pub use bytes::Bytes;
 /// The sans-I/O protocol core this crate drives.
 pub use wsx_proto as proto;
 pub use wsx_proto::handshake::{HandshakeError, HandshakeLimits, Rejection, UpgradeRequest};
-pub use wsx_proto::{CloseCode, CloseFrame, Message, State, Utf8Bytes};
+pub use wsx_proto::{CloseCode, CloseFrame, Message, PreparedMessage, State, Utf8Bytes};
 
 /// The examples of the project's README, compiled as doc tests so that they stay true.
 #[cfg(doctest)]

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker};
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use wsx_proto::{CloseCode, CloseFrame, Message, State};
+use wsx_proto::{CloseCode, CloseFrame, Message, PreparedMessage, State};
 
 use crate::io::Core;
 use crate::{Error, WebSocket};
@@ -321,6 +321,45 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsWriter<S> {
     /// **Cancel safety**: cancel-safe.
     pub async fn flush(&mut self) -> Result<(), Error> {
         poll_fn(|cx| self.poll_flush_inner(cx)).await
+    }
+
+    /// Sends a prepared message and writes it, as
+    /// [`WebSocket::send_prepared`](crate::WebSocket::send_prepared).
+    ///
+    /// **Cancel safety**: not cancel-safe; a queued message is still written by later calls.
+    pub async fn send_prepared(&mut self, message: &PreparedMessage) -> Result<(), Error> {
+        self.feed_prepared(message).await?;
+        self.flush().await
+    }
+
+    /// Queues a prepared message without writing it, as [`feed`](Self::feed) does.
+    ///
+    /// **Cancel safety**: cancel-safe; if cancelled, the message was not queued.
+    pub async fn feed_prepared(&mut self, message: &PreparedMessage) -> Result<(), Error> {
+        poll_fn(|cx| self.poll_ready_inner(cx)).await?;
+        lock(&self.shared.inner).core.queue_prepared(message)
+    }
+
+    /// Sends a message and writes it, a text or binary one uncompressed, as
+    /// [`WebSocket::send_uncompressed`](crate::WebSocket::send_uncompressed).
+    ///
+    /// **Cancel safety**: not cancel-safe; a queued message is still written by later calls.
+    pub async fn send_uncompressed(&mut self, message: Message) -> Result<(), Error> {
+        self.feed_uncompressed(message).await?;
+        self.flush().await
+    }
+
+    /// Queues a message without writing it, a text or binary one uncompressed, as
+    /// [`WebSocket::feed_uncompressed`](crate::WebSocket::feed_uncompressed).
+    ///
+    /// **Cancel safety**: cancel-safe; if cancelled, the message was not queued.
+    pub async fn feed_uncompressed(&mut self, message: Message) -> Result<(), Error> {
+        poll_fn(|cx| self.poll_ready_inner(cx)).await?;
+        if !message.is_data() {
+            // A close goes through `queue`, which lets the reader arm the close timeout.
+            return self.queue(message);
+        }
+        lock(&self.shared.inner).core.queue_uncompressed(message)
     }
 
     /// Sends a close frame and writes it; the reader receives the peer's close and then `None`.

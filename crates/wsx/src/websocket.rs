@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
-use wsx_proto::{CloseCode, CloseFrame, Connection, Message, State, Utf8Bytes};
+use wsx_proto::{CloseCode, CloseFrame, Connection, Message, PreparedMessage, State, Utf8Bytes};
 
 use crate::io::Core;
 use crate::split::{self, WsReader, WsWriter};
@@ -137,6 +137,53 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     pub async fn feed(&mut self, message: Message) -> Result<(), Error> {
         poll_fn(|cx| self.core.poll_ready(cx)).await?;
         self.core.queue(message)
+    }
+
+    /// Sends a message prepared for many connections (see [`PreparedMessage`]): the same bytes
+    /// as `send` of that message, but framed and compressed once for every connection that can
+    /// share them, which is what a broadcast wants. Waits, writes and fails as
+    /// [`send`](Self::send) does.
+    ///
+    /// ```no_run
+    /// # async fn broadcast(members: &mut [wsx::WebSocket<tokio::net::TcpStream>]) -> Result<(), wsx::Error> {
+    /// let news = wsx::PreparedMessage::text("one encoding for everyone");
+    /// for ws in members {
+    ///     ws.send_prepared(&news).await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// **Cancel safety**: as [`send`](Self::send).
+    pub async fn send_prepared(&mut self, message: &PreparedMessage) -> Result<(), Error> {
+        self.feed_prepared(message).await?;
+        self.flush().await
+    }
+
+    /// Queues a prepared message without writing it, as [`feed`](Self::feed) does.
+    ///
+    /// **Cancel safety**: cancel-safe; if cancelled, the message was not queued.
+    pub async fn feed_prepared(&mut self, message: &PreparedMessage) -> Result<(), Error> {
+        poll_fn(|cx| self.core.poll_ready(cx)).await?;
+        self.core.queue_prepared(message)
+    }
+
+    /// Sends a message as [`send`](Self::send) does, but a text or binary message goes out
+    /// uncompressed even when permessage-deflate is in use (see
+    /// [`Connection::send_uncompressed`]): for data that is already compressed, such as images.
+    ///
+    /// **Cancel safety**: as [`send`](Self::send).
+    pub async fn send_uncompressed(&mut self, message: Message) -> Result<(), Error> {
+        self.feed_uncompressed(message).await?;
+        self.flush().await
+    }
+
+    /// Queues a message without writing it, as [`feed`](Self::feed) does, a text or binary one
+    /// uncompressed (see [`send_uncompressed`](Self::send_uncompressed)).
+    ///
+    /// **Cancel safety**: cancel-safe; if cancelled, the message was not queued.
+    pub async fn feed_uncompressed(&mut self, message: Message) -> Result<(), Error> {
+        poll_fn(|cx| self.core.poll_ready(cx)).await?;
+        self.core.queue_uncompressed(message)
     }
 
     /// Sends a text message. Same as `send(Message::Text(..))`.

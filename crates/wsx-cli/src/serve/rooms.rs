@@ -4,7 +4,9 @@
 //! [`Subscription`] yields the room's messages; dropping it leaves) and
 //! [`publish`](Bus::publish) to a room. [`LocalBus`] is the in-process implementation: a map
 //! of rooms, each a list of its members' [`Inbox`]es, a room removed when its last member
-//! leaves. Publishing puts the message (its bytes shared, not copied) in every member's inbox.
+//! leaves. Publishing puts the message in every member's inbox as one [`PreparedMessage`]: its
+//! bytes shared, and its frame (compressed, when the members' permessage-deflate parameters let
+//! them share one) encoded once for the whole room rather than once per member.
 //!
 //! A bus spanning several server processes (Redis pub/sub, say) fits behind the same trait: it
 //! keeps a `LocalBus`-like map for the members of this process, relays what is published here to
@@ -26,7 +28,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
-use wsx::Message;
+use wsx::PreparedMessage;
 
 /// Carries room traffic. Implementations must deliver each room's messages to every member in
 /// one order (the order of [`publish`](Self::publish) calls as the bus saw them).
@@ -35,9 +37,9 @@ pub trait Bus: Send + Sync + 'static {
     /// published to the room from now on (its own member's included), until it is dropped.
     fn join(&self, room: &str) -> Subscription;
 
-    /// Publishes a text or binary message to every member of `room`. Never waits for members;
-    /// a room without members drops it.
-    fn publish(&self, room: &str, message: Message);
+    /// Publishes a message to every member of `room`. Never waits for members; a room without
+    /// members drops it.
+    fn publish(&self, room: &str, message: PreparedMessage);
 }
 
 /// How much a member's inbox may hold before the member counts as lagging.
@@ -54,7 +56,7 @@ pub struct QueueLimits {
 #[derive(Debug)]
 pub enum Received {
     /// The next message of the room.
-    Message(Message),
+    Message(PreparedMessage),
     /// This member fell behind past this limit; its queued messages were dropped and it gets
     /// nothing more (every later `recv` says so again).
     Lagged(Lag),
@@ -89,7 +91,7 @@ pub struct Inbox {
 
 #[derive(Debug, Default)]
 struct InboxState {
-    queue: VecDeque<Message>,
+    queue: VecDeque<PreparedMessage>,
     /// Payload bytes in `queue`.
     bytes: usize,
     lagged: Option<Lag>,
@@ -103,12 +105,12 @@ impl Inbox {
 
     /// Queues a message for this member, or, when that would pass a limit, marks the member as
     /// lagging and drops what it holds. Never waits.
-    pub fn push(&self, message: Message) {
+    pub fn push(&self, message: PreparedMessage) {
         let mut state = lock(&self.state);
         if state.lagged.is_some() {
             return;
         }
-        let len = message.payload().len();
+        let len = message.len();
         let lag = if state.queue.is_empty() {
             None
         } else if state.queue.len() >= self.limits.messages {
@@ -167,7 +169,7 @@ impl Subscription {
             {
                 let mut state = lock(&self.inbox.state);
                 if let Some(message) = state.queue.pop_front() {
-                    state.bytes -= message.payload().len();
+                    state.bytes -= message.len();
                     return Received::Message(message);
                 }
                 if let Some(lag) = state.lagged {
@@ -249,7 +251,7 @@ impl Bus for LocalBus {
         Subscription::new(inbox, Box::new(membership))
     }
 
-    fn publish(&self, room: &str, message: Message) {
+    fn publish(&self, room: &str, message: PreparedMessage) {
         if let Some(r) = lock(&self.rooms).get(room) {
             for member in &r.members {
                 member.push(message.clone());
@@ -261,16 +263,21 @@ impl Bus for LocalBus {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wsx::Message;
 
-    fn text(s: &str) -> Message {
-        Message::text(s)
+    fn text(s: &str) -> PreparedMessage {
+        PreparedMessage::text(s.to_owned())
     }
 
-    async fn next(sub: &mut Subscription) -> Message {
+    async fn next_prepared(sub: &mut Subscription) -> PreparedMessage {
         match sub.recv().await {
             Received::Message(m) => m,
             other => panic!("expected a message, got {other:?}"),
         }
+    }
+
+    async fn next(sub: &mut Subscription) -> Message {
+        next_prepared(sub).await.to_message()
     }
 
     #[tokio::test]
@@ -280,13 +287,13 @@ mod tests {
         let mut b = bus.join("lobby");
         let mut other = bus.join("other");
         bus.publish("lobby", text("1"));
-        bus.publish("lobby", Message::binary(vec![2u8]));
+        bus.publish("lobby", PreparedMessage::binary(vec![2u8]));
         bus.publish("other", text("elsewhere"));
         for sub in [&mut a, &mut b] {
-            assert_eq!(next(sub).await, text("1"));
+            assert_eq!(next(sub).await, Message::text("1"));
             assert_eq!(next(sub).await, Message::binary(vec![2u8]));
         }
-        assert_eq!(next(&mut other).await, text("elsewhere"));
+        assert_eq!(next(&mut other).await, Message::text("elsewhere"));
     }
 
     #[tokio::test]
@@ -303,7 +310,7 @@ mod tests {
         bus.publish("r", text("lost"));
         let mut c = bus.join("r");
         bus.publish("r", text("kept"));
-        assert_eq!(next(&mut c).await, text("kept"));
+        assert_eq!(next(&mut c).await, Message::text("kept"));
     }
 
     #[tokio::test]
@@ -313,7 +320,7 @@ mod tests {
         let mut fast = bus.join("r");
         for i in 0..10 {
             bus.publish("r", text(&i.to_string()));
-            assert_eq!(next(&mut fast).await, text(&i.to_string()));
+            assert_eq!(next(&mut fast).await, Message::text(i.to_string()));
         }
         // Its inbox was emptied when the fifth message did not fit; it gets nothing more.
         for _ in 0..2 {
@@ -330,10 +337,10 @@ mod tests {
         let bus = LocalBus::new(QueueLimits { messages: 1000, bytes: 10_000 });
         let mut slow = bus.join("r");
         let mut fast = bus.join("r");
-        let big = Message::binary(vec![0u8; 4000]);
+        let big = PreparedMessage::binary(vec![0u8; 4000]);
         for queued in [4000, 8000, 0] {
             bus.publish("r", big.clone());
-            assert_eq!(next(&mut fast).await, big);
+            assert_eq!(next(&mut fast).await, big.to_message());
             // The third one would pass 10,000 bytes: the slow member's inbox is emptied.
             assert_eq!(slow.inbox.queued_bytes(), queued);
         }
@@ -342,9 +349,9 @@ mod tests {
             other => panic!("expected a lag, got {other:?}"),
         }
         // One message larger than the bound still reaches a member whose inbox is empty.
-        let huge = Message::binary(vec![0u8; 20_000]);
+        let huge = PreparedMessage::binary(vec![0u8; 20_000]);
         bus.publish("r", huge.clone());
-        assert_eq!(next(&mut fast).await, huge);
+        assert_eq!(next(&mut fast).await, huge.to_message());
     }
 
     #[tokio::test]
@@ -354,6 +361,18 @@ mod tests {
         let waiting = tokio::spawn(async move { next(&mut sub).await });
         tokio::task::yield_now().await;
         bus.publish("r", text("later"));
-        assert_eq!(waiting.await.unwrap(), text("later"));
+        assert_eq!(waiting.await.unwrap(), Message::text("later"));
+    }
+
+    #[tokio::test]
+    async fn every_member_gets_the_one_prepared_message() {
+        let bus = LocalBus::new(QueueLimits { messages: 4, bytes: 1 << 20 });
+        let mut a = bus.join("r");
+        let mut b = bus.join("r");
+        let published = text("encoded once");
+        bus.publish("r", published.clone());
+        // The same prepared message (so the same cached encodings), not copies of the payload.
+        let (got_a, got_b) = (next_prepared(&mut a).await, next_prepared(&mut b).await);
+        assert!(got_a.ptr_eq(&published) && got_b.ptr_eq(&published));
     }
 }

@@ -487,10 +487,13 @@ async fn rooms_broadcast_to_every_member() {
     let (mut a, _) = wsx::connect(&server.url("/room/lobby")).await.unwrap();
     let (mut b, _) = wsx::connect(&server.url("/room/lobby")).await.unwrap();
     let (mut other, _) = wsx::connect(&server.url("/room/other")).await.unwrap();
-    // Joining is done once the server has accepted: a round trip through the room proves it.
-    a.send_text("ping").await.unwrap();
-    assert_eq!(next_data(&mut a).await, Message::text("ping"));
-    assert_eq!(next_data(&mut b).await, Message::text("ping"));
+    // A member has joined once its own message comes back through the room (the server joins
+    // after the handshake, so a message sent before that would miss it): `a` first, then `b`.
+    a.send_text("a here").await.unwrap();
+    assert_eq!(next_data(&mut a).await, Message::text("a here"));
+    b.send_text("b here").await.unwrap();
+    assert_eq!(next_data(&mut b).await, Message::text("b here"));
+    assert_eq!(next_data(&mut a).await, Message::text("b here"));
 
     a.send_text("from a").await.unwrap();
     b.send_binary(vec![7u8; 3]).await.unwrap();

@@ -18,7 +18,8 @@
 //! - [`utf8`]: incremental UTF-8 validation that fails at the first bad byte;
 //! - [`handshake`]: the HTTP/1.1 Upgrade handshake for both roles;
 //! - [`deflate`]: permessage-deflate (RFC 7692) negotiation and per-message compression;
-//! - [`Connection`]: the state machine for either role after the handshake.
+//! - [`Connection`]: the state machine for either role after the handshake;
+//! - [`stream`]: receiving a large message as a stream of chunks ([`Connection::read_chunk`]).
 //!
 //! # Quick start: a client and a server in memory
 //!
@@ -53,6 +54,7 @@ mod headers;
 pub mod mask;
 pub mod message;
 pub mod outbuf;
+pub mod stream;
 pub mod utf8;
 
 pub use connection::{Config, ConfigError, Connection, MaskKeySource, Role, State};
@@ -60,3 +62,4 @@ pub use error::{Error, LimitError, ProtocolError, TimeoutError, UsageError};
 pub use frame::{CloseCode, FrameHeader, OpCode};
 pub use message::{CloseFrame, Message, Utf8Bytes};
 pub use outbuf::OutBuf;
+pub use stream::{Chunk, StreamEvent};

@@ -41,6 +41,7 @@ use crate::mask::apply_mask;
 use crate::message::{CloseFrame, Message, Utf8Bytes};
 use crate::outbuf::OutBuf;
 use crate::prepared::PreparedMessage;
+use crate::stream::{Chunk, StreamEvent};
 use crate::utf8::Utf8Validator;
 
 /// Which end of the connection we are.
@@ -185,6 +186,19 @@ struct PartialFrame {
     compressed: bool,
 }
 
+impl PartialFrame {
+    /// The first `n` done payload bytes were removed from the read buffer (handed out as a chunk,
+    /// or inflated): the rest of the payload starts `n` bytes further into the frame.
+    fn advance(&mut self, n: usize) {
+        self.done -= n;
+        self.len -= n;
+        // The mask key applies from the new start of the payload.
+        if let Some(key) = self.header.mask.as_mut() {
+            key.rotate_left(n % 4);
+        }
+    }
+}
+
 /// A fragmented message being assembled.
 #[derive(Debug)]
 struct PartialMessage {
@@ -196,7 +210,37 @@ struct PartialMessage {
     compressed: bool,
     /// For compressed text: how much of `data` the UTF-8 validator has seen.
     validated: usize,
+    /// Bytes of this message already handed out as chunks by [`Connection::read_chunk`] (so the
+    /// message's size is `streamed + data.len()` plus the frame in progress).
+    streamed: usize,
+    /// Whether `read_chunk` is handing this message out (then `data` holds only what is held
+    /// back: a split character, or inflated bytes not yet handed out).
+    streaming: bool,
+    /// Whether a chunk of this message was handed out.
+    started: bool,
 }
+
+impl PartialMessage {
+    fn new(text: bool, compressed: bool, fragments: usize) -> Self {
+        Self {
+            text,
+            data: BytesMut::new(),
+            fragments,
+            compressed,
+            validated: 0,
+            streamed: 0,
+            streaming: false,
+            started: false,
+        }
+    }
+}
+
+/// A compressed message streamed by [`Connection::read_chunk`] is inflated from this many input
+/// bytes at a time, and a chunk is handed out once it holds [`STREAM_INFLATED_CHUNK`] bytes: so
+/// a chunk stays under 64 KiB + 256 B × 1032 (DEFLATE's largest ratio) ≈ 322 KiB whatever
+/// arrived, and near 64 KiB for ordinary data.
+const STREAM_INFLATE_STEP: usize = 256;
+const STREAM_INFLATED_CHUNK: usize = 64 * 1024;
 
 /// The WebSocket connection state machine for one role. See the [module docs](self).
 pub struct Connection {
@@ -358,10 +402,16 @@ impl Connection {
     /// On a protocol violation or an exceeded limit, a close frame with the matching code is
     /// queued, the state becomes [`State::Closed`] and the error is returned; once closed, this
     /// discards whatever it is given and returns `Ok(None)`.
+    ///
+    /// A message that [`read_chunk`](Self::read_chunk) has started handing out must be finished
+    /// with `read_chunk`: until then this returns a [`UsageError`] and changes nothing.
     pub fn read_event(&mut self, buf: &mut BytesMut, now: Instant) -> Result<Option<Message>, Error> {
         if self.state == State::Closed {
             buf.clear();
             return Ok(None);
+        }
+        if self.message.as_ref().is_some_and(|m| m.streaming) {
+            return Err(UsageError::Fragmentation("read_event called while read_chunk is streaming a message").into());
         }
         match self.read_event_inner(buf, now) {
             Ok(ev) => Ok(ev),
@@ -384,34 +434,17 @@ impl Connection {
                 buf.advance(header_len);
                 self.frame = Some(frame);
             }
-            let Some(frame) = self.frame.as_mut() else {
+            let Some(frame) = self.frame.as_ref() else {
                 return Ok(None);
             };
             let available = buf.len().min(frame.len);
             if available > frame.done {
-                self.last_received = now;
-                self.ping_deadline = None;
-                let new = &mut buf[frame.done..available];
-                if let Some(key) = frame.header.mask {
-                    apply_mask(new, key, frame.done);
-                }
-                if frame.compressed {
-                    // Inflate as the bytes arrive, under the message budget, and validate the
-                    // inflated text as it appears.
-                    let (Some(m), Some(pmd)) = (self.message.as_mut(), self.deflate.as_mut()) else {
-                        return Err(ProtocolError::ReservedBits.into());
-                    };
-                    let limit = inflate_budget(&self.config);
-                    pmd.decompress_chunk(new, &mut m.data, limit).map_err(|e| deflate_error(e, &self.config))?;
-                    if frame.text {
-                        self.utf8.feed(&m.data[m.validated..]).map_err(|_| ProtocolError::InvalidUtf8)?;
-                        m.validated = m.data.len();
-                    }
-                } else if frame.text {
-                    self.utf8.feed(new).map_err(|_| ProtocolError::InvalidUtf8)?;
-                }
-                frame.done = available;
+                self.note_received(now);
+                self.take_arrived(buf, available)?;
             }
+            let Some(frame) = self.frame.as_ref() else {
+                return Ok(None);
+            };
             if frame.done < frame.len {
                 return Ok(None);
             }
@@ -429,6 +462,239 @@ impl Connection {
                 return Ok(Some(event));
             }
         }
+    }
+
+    /// Parses frames from the front of `buf` and returns the next piece of a data message as it
+    /// arrives, or a control message: the streaming counterpart of
+    /// [`read_event`](Self::read_event), for messages too large to assemble. See [`crate::stream`].
+    ///
+    /// Returns `Ok(None)` when nothing more can be handed out from `buf` (read more and call
+    /// again). An uncompressed chunk is the already-unmasked, already-validated bytes of the
+    /// frame in progress, split off the front of `buf` without a copy, so no chunk is larger than
+    /// what `buf` held; a compressed message is inflated a little at a time into chunks of about
+    /// 64 KiB. A text chunk never ends inside a character: up to 3 bytes are held back until the
+    /// character's end arrives (copied only when a character straddles two frames).
+    ///
+    /// Pings are answered, the peer's close is echoed, faults fail the connection and limits
+    /// apply to the whole message, all as with `read_event`. The two may be used on one
+    /// connection, message by message: `read_chunk` can take over a message that `read_event`
+    /// started, but not the reverse (a [`UsageError`] until the message is finished).
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use bytes::{Buf, BytesMut};
+    /// use wsx_proto::{Config, Connection, Message, StreamEvent};
+    ///
+    /// let now = Instant::now();
+    /// let mut client = Connection::client(Config::default(), now, || [1, 2, 3, 4]);
+    /// let mut server = Connection::server(Config::default(), now);
+    /// client.send(Message::binary(vec![7u8; 100_000])).unwrap();
+    /// let out = client.output();
+    /// let wire = out.copy_to_bytes(out.remaining());
+    ///
+    /// // The bytes arrive 16 KiB at a time; each read yields a chunk.
+    /// let (mut buf, mut received, mut chunks) = (BytesMut::new(), Vec::new(), 0);
+    /// for piece in wire.chunks(16 * 1024) {
+    ///     buf.extend_from_slice(piece);
+    ///     while let Some(event) = server.read_chunk(&mut buf, now).unwrap() {
+    ///         let StreamEvent::Chunk(chunk) = event else { unreachable!("no control frames sent") };
+    ///         assert!(chunk.data.len() <= 16 * 1024);
+    ///         received.extend_from_slice(&chunk.data);
+    ///         chunks += 1;
+    ///         if chunk.fin {
+    ///             assert_eq!(received, vec![7u8; 100_000]);
+    ///         }
+    ///     }
+    /// }
+    /// assert!(chunks > 1);
+    /// ```
+    pub fn read_chunk(&mut self, buf: &mut BytesMut, now: Instant) -> Result<Option<StreamEvent>, Error> {
+        if self.state == State::Closed {
+            buf.clear();
+            return Ok(None);
+        }
+        match self.read_chunk_inner(buf, now) {
+            Ok(ev) => Ok(ev),
+            Err(err) => {
+                buf.clear();
+                self.fail(&err);
+                Err(err)
+            }
+        }
+    }
+
+    fn read_chunk_inner(&mut self, buf: &mut BytesMut, now: Instant) -> Result<Option<StreamEvent>, Error> {
+        loop {
+            if self.frame.is_none() {
+                let Some((header, header_len)) = FrameHeader::parse(buf)? else {
+                    return Ok(None);
+                };
+                self.note_received(now);
+                let frame = self.check_header(header)?;
+                buf.advance(header_len);
+                self.frame = Some(frame);
+            }
+            let Some(frame) = self.frame.as_ref() else {
+                return Ok(None);
+            };
+            let (header, done, len, compressed, text) =
+                (frame.header, frame.done, frame.len, frame.compressed, frame.text);
+            let available = buf.len().min(len);
+            if header.opcode.is_control() {
+                if available > done {
+                    self.note_received(now);
+                    self.take_arrived(buf, available)?;
+                }
+                if available < len {
+                    return Ok(None);
+                }
+                self.frame = None;
+                let payload = buf.split_to(len).freeze();
+                if let Some(event) = self.complete_frame(header, payload)? {
+                    return Ok(Some(StreamEvent::Control(event)));
+                }
+                continue;
+            }
+            // A data frame: its message may have been started by `read_event` (or, for a first
+            // frame, not be recorded yet).
+            let m = self.message.get_or_insert_with(|| PartialMessage::new(text, false, 0));
+            m.streaming = true;
+            if available > done {
+                self.note_received(now);
+                if compressed {
+                    // A little input at a time, so that a chunk stays small however well the
+                    // data compresses.
+                    let mut upto = done;
+                    while upto < available
+                        && self.message.as_ref().is_some_and(|m| m.data.len() < STREAM_INFLATED_CHUNK)
+                    {
+                        upto = (upto + STREAM_INFLATE_STEP).min(available);
+                        self.take_arrived(buf, upto)?;
+                    }
+                } else {
+                    self.take_arrived(buf, available)?;
+                }
+            }
+            if let Some(chunk) = self.next_chunk(buf)? {
+                return Ok(Some(StreamEvent::Chunk(chunk)));
+            }
+            if self.frame.is_some() {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Hands out what the data frame in progress has made ready, if anything: for an
+    /// uncompressed frame, the done bytes at the front of `buf` (after any bytes held back from
+    /// the previous frame); for a compressed one, the inflated bytes. Text keeps back the start of
+    /// a character that is not complete yet. Ends the frame (and the message, on FIN) when all
+    /// its bytes are done.
+    fn next_chunk(&mut self, buf: &mut BytesMut) -> Result<Option<Chunk>, Error> {
+        let (Some(frame), Some(m)) = (self.frame.as_mut(), self.message.as_mut()) else {
+            return Ok(None);
+        };
+        let complete = frame.done == frame.len;
+        let fin = complete && frame.header.fin;
+        if complete {
+            m.fragments += 1;
+        }
+        if fin && m.compressed {
+            let (Some(pmd), limit) = (self.deflate.as_mut(), inflate_budget(&self.config).saturating_sub(m.streamed))
+            else {
+                return Err(ProtocolError::ReservedBits.into());
+            };
+            pmd.finish_message(&mut m.data, limit).map_err(|e| deflate_error(e, &self.config))?;
+            if m.text {
+                self.utf8.feed(&m.data[m.validated..]).map_err(|_| ProtocolError::InvalidUtf8)?;
+                m.validated = m.data.len();
+            }
+        }
+        if fin && m.text {
+            self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
+        }
+        let keep = if m.text && !fin { self.utf8.incomplete_len() } else { 0 };
+        let data = if m.compressed {
+            // The input inflated so far is no longer needed: drop it from the read buffer.
+            let consumed = frame.done;
+            buf.advance(consumed);
+            frame.advance(consumed);
+            let emit = m.data.len() - keep.min(m.data.len());
+            if emit == 0 && !fin {
+                None
+            } else {
+                let chunk = m.data.split_to(emit).freeze();
+                // Start the next chunk in a buffer of its own (the held-back bytes are at most 3).
+                m.data = BytesMut::from(&m.data[..]);
+                m.validated = m.data.len();
+                Some(chunk)
+            }
+        } else {
+            // The held-back bytes are the last `keep` of `m.data` followed by the done bytes.
+            let from_buf = if complete { frame.done } else { frame.done - keep.min(frame.done) };
+            let emit = (m.data.len() + frame.done).saturating_sub(keep);
+            if emit == 0 && !fin {
+                if complete {
+                    m.data.extend_from_slice(&buf.split_to(from_buf));
+                }
+                None
+            } else {
+                let mut taken = buf.split_to(from_buf);
+                frame.advance(from_buf);
+                Some(if m.data.is_empty() {
+                    let rest = taken.split_off(emit);
+                    m.data.extend_from_slice(&rest);
+                    taken.freeze()
+                } else {
+                    m.data.extend_from_slice(&taken);
+                    let chunk = m.data.split_to(emit).freeze();
+                    m.data = BytesMut::from(&m.data[..]);
+                    chunk
+                })
+            }
+        };
+        if complete {
+            self.frame = None;
+        }
+        let Some(data) = data else {
+            return Ok(None);
+        };
+        let chunk = Chunk { text: m.text, first: !m.started, fin, data };
+        m.started = true;
+        m.streamed += chunk.data.len();
+        if fin {
+            self.message = None;
+        }
+        Ok(Some(chunk))
+    }
+
+    /// Unmasks the current frame's payload bytes from `done` up to `upto` at the front of `buf`,
+    /// validates them (text) or inflates them into the message buffer under the message's
+    /// remaining budget (compressed; inflated text is validated as it appears), and marks them
+    /// done. Shared by `read_event` and `read_chunk`.
+    #[inline]
+    fn take_arrived(&mut self, buf: &mut [u8], upto: usize) -> Result<(), Error> {
+        let Some(frame) = self.frame.as_mut() else {
+            return Ok(());
+        };
+        let new = &mut buf[frame.done..upto];
+        if let Some(key) = frame.header.mask {
+            apply_mask(new, key, frame.done);
+        }
+        if frame.compressed {
+            let (Some(m), Some(pmd)) = (self.message.as_mut(), self.deflate.as_mut()) else {
+                return Err(ProtocolError::ReservedBits.into());
+            };
+            let limit = inflate_budget(&self.config).saturating_sub(m.streamed);
+            pmd.decompress_chunk(new, &mut m.data, limit).map_err(|e| deflate_error(e, &self.config))?;
+            if frame.text {
+                self.utf8.feed(&m.data[m.validated..]).map_err(|_| ProtocolError::InvalidUtf8)?;
+                m.validated = m.data.len();
+            }
+        } else if frame.text {
+            self.utf8.feed(new).map_err(|_| ProtocolError::InvalidUtf8)?;
+        }
+        frame.done = upto;
+        Ok(())
     }
 
     fn note_received(&mut self, now: Instant) {
@@ -475,7 +741,7 @@ impl Connection {
                     }
                     text = m.text;
                     compressed = m.compressed;
-                    m.data.len() as u64
+                    (m.streamed + m.data.len()) as u64
                 }
                 (None, op) => {
                     text = op == OpCode::Text;
@@ -488,8 +754,7 @@ impl Connection {
                 return Err(LimitError::MessageTooLarge { limit: self.config.max_message_size }.into());
             }
             if compressed && self.message.is_none() {
-                self.message =
-                    Some(PartialMessage { text, data: BytesMut::new(), fragments: 0, compressed: true, validated: 0 });
+                self.message = Some(PartialMessage::new(text, true, 0));
             }
         }
         // Both limits above are usize, so the length fits.
@@ -524,15 +789,9 @@ impl Connection {
                 }
             }
             OpCode::Text | OpCode::Binary => {
-                let mut data = BytesMut::new();
-                data.extend_from_slice(&payload);
-                self.message = Some(PartialMessage {
-                    text: h.opcode == OpCode::Text,
-                    data,
-                    fragments: 1,
-                    compressed: false,
-                    validated: 0,
-                });
+                let mut m = PartialMessage::new(h.opcode == OpCode::Text, false, 1);
+                m.data.extend_from_slice(&payload);
+                self.message = Some(m);
                 Ok(None)
             }
             OpCode::Continuation => {
@@ -570,7 +829,7 @@ impl Connection {
         let (Some(mut m), Some(pmd)) = (self.message.take(), self.deflate.as_mut()) else {
             return Err(ProtocolError::ReservedBits.into());
         };
-        let limit = inflate_budget(&self.config);
+        let limit = inflate_budget(&self.config).saturating_sub(m.streamed);
         pmd.finish_message(&mut m.data, limit).map_err(|e| deflate_error(e, &self.config))?;
         if m.text {
             self.utf8.feed(&m.data[m.validated..]).map_err(|_| ProtocolError::InvalidUtf8)?;

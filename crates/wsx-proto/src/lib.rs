@@ -20,6 +20,7 @@
 //! - [`deflate`]: permessage-deflate (RFC 7692) negotiation and per-message compression;
 //! - [`Connection`]: the state machine for either role after the handshake;
 //! - [`prepared`]: [`PreparedMessage`], a message encoded and compressed once for many connections.
+//! - [`stream`]: receiving a large message as a stream of chunks ([`Connection::read_chunk`]).
 //!
 //! # Quick start: a client and a server in memory
 //!
@@ -55,6 +56,7 @@ pub mod mask;
 pub mod message;
 pub mod outbuf;
 pub mod prepared;
+pub mod stream;
 pub mod utf8;
 
 pub use connection::{Config, ConfigError, Connection, MaskKeySource, Role, State};
@@ -63,3 +65,4 @@ pub use frame::{CloseCode, FrameHeader, OpCode};
 pub use message::{CloseFrame, Message, Utf8Bytes};
 pub use outbuf::OutBuf;
 pub use prepared::PreparedMessage;
+pub use stream::{Chunk, StreamEvent};

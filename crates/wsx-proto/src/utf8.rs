@@ -93,6 +93,17 @@ impl Utf8Validator {
         self.pending_len == 0
     }
 
+    /// How many bytes at the end of what was fed are the start of a character that is not
+    /// complete yet (0 to 3; 0 after an error). Everything fed before them is complete, valid
+    /// UTF-8, which is how a text message can be handed out in chunks that are each valid.
+    #[must_use]
+    pub fn incomplete_len(&self) -> usize {
+        match self.pending_len {
+            POISONED => 0,
+            n => usize::from(n),
+        }
+    }
+
     /// Feeds the first bytes of `chunk` to the pending partial code point.
     /// Returns the rest of `chunk`, which then starts at a code point
     /// boundary (or is empty, with the code point still pending).

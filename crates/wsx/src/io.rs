@@ -35,7 +35,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Sleep;
 use wsx_proto::error::TimeoutError;
-use wsx_proto::{Connection, Message, PreparedMessage, Role, State};
+use wsx_proto::{Connection, Message, PreparedMessage, Role, State, StreamEvent};
 
 use crate::Error;
 
@@ -50,6 +50,58 @@ const KEEP_IDLE_BUFFER: usize = 64 * 1024;
 /// fast is handled over several polls, so other tasks (and the writer of a split connection,
 /// which waits for the same lock) get their turn while it is read and inflated.
 const READ_BUDGET: usize = 1 << 20;
+
+/// What a receive loop hands out: whole messages ([`Core::poll_recv`]) or chunks and control
+/// messages ([`Core::poll_recv_chunk`]). The loop is the same; only the connection's read function
+/// and how a close or a ping is recognized differ.
+pub(crate) trait RecvEvent: Sized {
+    /// Parses the next event out of `buf` (`Connection::read_event` or `read_chunk`).
+    fn read(conn: &mut Connection, buf: &mut BytesMut, now: Instant) -> Result<Option<Self>, wsx_proto::Error>;
+    /// The peer's close, taken out (it is stashed until its echo is written), or the event back.
+    fn into_close(self) -> Result<Message, Self>;
+    /// Wraps a stashed close again.
+    fn from_close(close: Message) -> Self;
+    /// Whether this is a ping (its pong is flushed when it ends a batch).
+    fn is_ping(&self) -> bool;
+}
+
+impl RecvEvent for Message {
+    #[inline]
+    fn read(conn: &mut Connection, buf: &mut BytesMut, now: Instant) -> Result<Option<Self>, wsx_proto::Error> {
+        conn.read_event(buf, now)
+    }
+    fn into_close(self) -> Result<Message, Self> {
+        match self {
+            Message::Close(_) => Ok(self),
+            other => Err(other),
+        }
+    }
+    fn from_close(close: Message) -> Self {
+        close
+    }
+    fn is_ping(&self) -> bool {
+        matches!(self, Message::Ping(_))
+    }
+}
+
+impl RecvEvent for StreamEvent {
+    #[inline]
+    fn read(conn: &mut Connection, buf: &mut BytesMut, now: Instant) -> Result<Option<Self>, wsx_proto::Error> {
+        conn.read_chunk(buf, now)
+    }
+    fn into_close(self) -> Result<Message, Self> {
+        match self {
+            StreamEvent::Control(close @ Message::Close(_)) => Ok(close),
+            other => Err(other),
+        }
+    }
+    fn from_close(close: Message) -> Self {
+        StreamEvent::Control(close)
+    }
+    fn is_ping(&self) -> bool {
+        matches!(self, StreamEvent::Control(Message::Ping(_)))
+    }
+}
 
 /// Writes some of `out`: a vectored write when the transport supports it (so large payloads
 /// queued as their own chunks leave without a copy), otherwise the first chunk.
@@ -305,6 +357,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
         cx: &mut Context<'_>,
         write_waker: Option<&Waker>,
     ) -> Poll<Option<Result<Message, Error>>> {
+        self.poll_recv_event(cx, write_waker)
+    }
+
+    /// Receives the next chunk of a data message or control message. See
+    /// [`WebSocket::recv_chunk`](crate::WebSocket::recv_chunk); `write_waker` as in `poll_recv`.
+    pub(crate) fn poll_recv_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        write_waker: Option<&Waker>,
+    ) -> Poll<Option<Result<StreamEvent, Error>>> {
+        self.poll_recv_event(cx, write_waker)
+    }
+
+    /// The receive loop of `poll_recv` and `poll_recv_chunk`: flushes, timers, backpressure, the
+    /// read budget, the close echo and the wind-down, around the connection's read function.
+    fn poll_recv_event<E: RecvEvent>(
+        &mut self,
+        cx: &mut Context<'_>,
+        write_waker: Option<&Waker>,
+    ) -> Poll<Option<Result<E, Error>>> {
         macro_rules! flush {
             () => {
                 match write_waker {
@@ -326,7 +398,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
                     self.read.stash = Some(ev);
                     return Poll::Pending;
                 }
-                return Poll::Ready(Some(Ok(ev)));
+                return Poll::Ready(Some(Ok(E::from_close(ev))));
             }
             if self.conn.state() == State::Closed {
                 if let Some(err) = self.write.failure.take() {
@@ -335,19 +407,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
                 return self.poll_wind_down(cx, write_waker).map(|()| None);
             }
             let now = now();
-            let event = self.conn.read_event(&mut self.read.buf, now);
+            let event = E::read(&mut self.conn, &mut self.read.buf, now);
             self.read.partial = matches!(event, Ok(None));
-            match event {
-                Ok(Some(ev @ Message::Close(_))) => {
-                    self.read.stash = Some(ev);
+            match event.map(|ev| ev.map(E::into_close)) {
+                Ok(Some(Ok(close))) => {
+                    self.read.stash = Some(close);
                     continue;
                 }
-                Ok(Some(ev)) => {
+                Ok(Some(Err(ev))) => {
                     // Corking: what is pending (replies the application fed while handling this
                     // batch, pongs) leaves in one write once the batch is handled: with the next
                     // `send` or `flush`, or before the next read. Only a ping that ends the batch
                     // flushes here, so that its pong does not wait for the application.
-                    if matches!(ev, Message::Ping(_)) && self.conn.pending_output() > 0 && !self.has_buffered_frame() {
+                    if ev.is_ping() && self.conn.pending_output() > 0 && !self.has_buffered_frame() {
                         let _ = flush!();
                     }
                     return Poll::Ready(Some(Ok(ev)));

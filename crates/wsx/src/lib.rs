@@ -48,6 +48,8 @@ pub use bytes::Bytes;
 /// The sans-I/O protocol core this crate drives.
 pub use wsx_proto as proto;
 pub use wsx_proto::handshake::{HandshakeError, HandshakeLimits, Rejection, UpgradeRequest};
+/// What [`WebSocket::recv_chunk`] hands out: pieces of data messages and control messages.
+pub use wsx_proto::{Chunk, StreamEvent};
 pub use wsx_proto::{CloseCode, CloseFrame, Message, PreparedMessage, State, Utf8Bytes};
 
 /// The examples of the project's README, compiled as doc tests so that they stay true.

@@ -254,6 +254,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsReader<S> {
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, Error>>> {
         self.shared.poll_with(cx, true, |core, cx, proxy| core.poll_recv(cx, Some(proxy)))
     }
+
+    /// Receives the next chunk of a data message, or a control message, as
+    /// [`WebSocket::recv_chunk`](crate::WebSocket::recv_chunk).
+    ///
+    /// **Cancel safety**: cancel-safe.
+    pub async fn recv_chunk(&mut self) -> Option<Result<wsx_proto::StreamEvent, Error>> {
+        poll_fn(|cx| self.shared.poll_with(cx, true, |core, cx, proxy| core.poll_recv_chunk(cx, Some(proxy)))).await
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> futures_core::Stream for WsReader<S> {

@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
-use wsx_proto::{CloseCode, CloseFrame, Connection, Message, PreparedMessage, State, Utf8Bytes};
+use wsx_proto::{CloseCode, CloseFrame, Connection, Message, PreparedMessage, State, StreamEvent, Utf8Bytes};
 
 use crate::io::Core;
 use crate::split::{self, WsReader, WsWriter};
@@ -111,6 +111,51 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, Error>>> {
         self.core.poll_recv(cx, None)
+    }
+
+    /// Receives the next piece of a data message as it arrives, without assembling the message,
+    /// or a control message: for messages too large to hold whole (Python websockets'
+    /// `recv_streaming`). See [`wsx_proto::stream`] for the chunks' guarantees.
+    ///
+    /// Returns [`StreamEvent::Chunk`] for the pieces of text and binary messages, in order (the
+    /// first with `first`, the last with `fin`; a text chunk is valid UTF-8 on its own), and
+    /// [`StreamEvent::Control`] for pings (already answered), pongs and the peer's close (already
+    /// echoed), between chunks when the peer sends them between fragments. An uncompressed chunk
+    /// is at most one read (64 KiB); a compressed message's chunks are about 64 KiB. The limits
+    /// apply to the whole message as with [`recv`](Self::recv) (raise
+    /// [`max_message_size`](wsx_proto::Config::max_message_size) to stream larger messages); the
+    /// connection holds about one read buffer meanwhile.
+    ///
+    /// Errors, timers, backpressure and the end of the connection are as with `recv`, and the
+    /// two may be mixed message by message. A message that `recv_chunk` started must be finished
+    /// with `recv_chunk` (`recv` then fails with a usage error and changes nothing).
+    ///
+    /// **Cancel safety**: cancel-safe, as `recv`: no chunk is lost.
+    ///
+    /// ```no_run
+    /// use tokio::io::{AsyncWrite, AsyncWriteExt};
+    /// use wsx::StreamEvent;
+    ///
+    /// # async fn save(
+    /// #     mut ws: wsx::WebSocket<tokio::net::TcpStream>,
+    /// #     mut file: impl AsyncWrite + Unpin,
+    /// # ) -> Result<(), Box<dyn std::error::Error>> {
+    /// // Write each message to a file as it arrives, whatever its size.
+    /// while let Some(event) = ws.recv_chunk().await {
+    ///     match event? {
+    ///         StreamEvent::Chunk(chunk) => {
+    ///             file.write_all(&chunk.data).await?;
+    ///             if chunk.fin {
+    ///                 file.flush().await?;
+    ///             }
+    ///         }
+    ///         StreamEvent::Control(control) => println!("control: {control:?}"),
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn recv_chunk(&mut self) -> Option<Result<StreamEvent, Error>> {
+        poll_fn(|cx| self.core.poll_recv_chunk(cx, None)).await
     }
 
     /// Sends a message (text, binary, ping, pong; a close starts the closing handshake without

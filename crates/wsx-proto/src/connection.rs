@@ -101,9 +101,9 @@ pub struct Config {
     pub close_timeout: Duration,
     /// The write-buffer high-water mark: while at least this many bytes are pending output, a
     /// driver makes senders wait *and stops reading* (so a peer that does not read cannot make us
-    /// queue replies without bound), and automatic pongs are merged: only the newest unanswered
-    /// ping keeps a pong (RFC 6455 §5.5.3). Default 1 MiB: more buffers more per connection,
-    /// less writes in smaller pieces.
+    /// queue replies without bound), and automatic pongs are merged: pings handled between two
+    /// writes while over the mark share one pong, for the newest (RFC 6455 §5.5.3). Default
+    /// 1 MiB: more buffers more per connection, less writes in smaller pieces.
     pub write_buffer_high_water: usize,
     /// How long pending output may make no progress before the driver gives the connection up
     /// ([`TimeoutError::Write`]): the deadline of every write, including the close echo. The
@@ -367,7 +367,9 @@ impl Connection {
     /// Whether pending output is at or over [`Config::write_buffer_high_water`]: a driver then
     /// stops reading and makes senders wait until the transport takes some of it.
     pub fn is_output_full(&self) -> bool {
-        self.pending_output() >= self.config.write_buffer_high_water
+        // Never full when empty, whatever the mark (a mark of 0 must not stop reading forever).
+        let pending = self.pending_output();
+        pending > 0 && pending >= self.config.write_buffer_high_water
     }
 
     /// The transport is gone (end of stream, an I/O error, a write timeout): the connection is
@@ -1045,7 +1047,8 @@ impl Connection {
     }
 
     fn write_close(&mut self, code: Option<CloseCode>, reason: &str) {
-        // A held pong goes before the close: nothing follows a close frame.
+        // A held pong answers a ping that came before this close: it goes first. (Pings that
+        // come after our close are still answered, RFC 6455 §5.5.2: pongs are control frames.)
         self.release_held_pong();
         let mut payload = BytesMut::with_capacity(2 + reason.len());
         if let Some(code) = code {

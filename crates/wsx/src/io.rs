@@ -195,6 +195,10 @@ struct WriteState {
     /// Output was dropped when the transport was given up: later flushes fail with
     /// [`Error::Closed`] rather than report success.
     lost: bool,
+    /// The last write-side poll (write, flush or shutdown) was pending: the stream will wake the
+    /// write waker it was given. Even with nothing left in our output (a TLS stream or a
+    /// `BufWriter` holding the bytes), someone is waiting on the stream.
+    blocked: bool,
 }
 
 /// One connection: stream, protocol core, buffers and deadlines. See the [module docs](self).
@@ -230,6 +234,11 @@ impl<S> Core<S> {
             read: ReadState { buf, read_size: MIN_READ, ..ReadState::default() },
             write: WriteState::default(),
         }
+    }
+
+    /// Whether a task is waiting on the stream's write side (see `WriteState::blocked`).
+    pub(crate) fn is_write_blocked(&self) -> bool {
+        self.write.blocked
     }
 
     /// Whether the read buffer already holds a whole frame, so the next `recv` needs no read.
@@ -320,6 +329,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
             } else {
                 poll_write_out(&mut self.stream, wcx, self.conn.output())
             };
+            self.write.blocked = progress.is_pending();
             match progress {
                 Poll::Ready(Ok(0)) => {
                     self.write.deadline = None;
@@ -342,7 +352,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
         }
     }
 
-    /// Waits until pending output is under the high-water mark (writing it meanwhile).
+    /// When pending output is over the high-water mark, writes all of it (and flushes) before
+    /// letting the caller queue more; otherwise ready at once.
     pub(crate) fn poll_ready(&mut self, wcx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         if self.conn.is_output_full() {
             std::task::ready!(self.poll_flush(wcx))?;
@@ -445,6 +456,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
                 self.write.failure = None;
                 return Poll::Ready(Some(Err(e)));
             }
+            if self.conn.state() == State::Closed {
+                // A timer that came due during the flush closed the connection: report it.
+                continue;
+            }
             if self.conn.is_output_full() {
                 // Backpressure: read nothing more until the peer takes some of our output. The
                 // flush above registered for write readiness and the write deadline.
@@ -518,12 +533,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
             }
         }
         if self.conn.role() == Role::Client && self.conn.is_closed_cleanly() && !expired {
+            // Discard what the server still sends until it closes TCP, a budget per poll.
+            let mut discarded = 0;
             loop {
+                if discarded >= READ_BUDGET {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
                 self.read.buf.clear();
                 self.read.prepare_read();
                 match tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.read.buf) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => break,
-                    Poll::Ready(Ok(_)) => continue,
+                    Poll::Ready(Ok(n)) => discarded += n,
                     Poll::Pending => return Poll::Pending,
                 }
             }
@@ -533,6 +554,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
                 Some(w) => Pin::new(&mut self.stream).poll_shutdown(&mut Context::from_waker(w)),
                 None => Pin::new(&mut self.stream).poll_shutdown(cx),
             };
+            self.write.blocked = shut.is_pending();
             if shut.is_pending() {
                 return Poll::Pending;
             }

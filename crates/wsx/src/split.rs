@@ -107,9 +107,11 @@ impl<S> Shared<S> {
         let mut inner = lock(&self.inner);
         let before = inner.core.conn.pending_output();
         let was_closed = inner.core.conn.state() == State::Closed;
+        let was_blocked = inner.core.is_write_blocked();
         let poll = f(&mut inner.core, cx, &self.proxy);
         let after = inner.core.conn.pending_output();
         let closed = inner.core.conn.state() == State::Closed;
+        let blocked = inner.core.is_write_blocked();
         let reader = if is_reader {
             if poll.is_pending() {
                 match &mut inner.reader_waker {
@@ -127,10 +129,12 @@ impl<S> Shared<S> {
         if let Some(w) = reader {
             w.wake();
         }
-        if poll.is_pending() && after > 0 {
+        // Pending while the stream's write side holds the proxy (bytes queued, or a stream that
+        // buffers them itself still flushing): wait with the others for the proxy's wake.
+        if poll.is_pending() && (blocked || after > 0) {
             self.waiters.wait(seen, cx.waker());
         }
-        if after < before || (closed && !was_closed) {
+        if after < before || (was_blocked && !blocked) || (closed && !was_closed) {
             self.waiters.wake_all();
         }
         poll
@@ -293,11 +297,19 @@ impl<S> WsWriter<S> {
         self.shared.extensions.as_deref()
     }
 
-    fn queue(&self, message: Message) -> Result<(), Error> {
-        let closing = matches!(message, Message::Close(_));
-        lock(&self.shared.inner).core.queue(message)?;
-        if closing {
-            // The reader runs the close timeout: let it arm its timer.
+    /// Queues through `f`, then wakes the reader when it must act: a close we started (the
+    /// reader runs the close timeout), or, when no flush follows (`feed`, `Sink::start_send`),
+    /// output that was empty and is now pending, so that the bytes leave (within their write
+    /// deadline) even if no writer flushes.
+    fn queue_with(&self, flush_follows: bool, f: impl FnOnce(&mut Core<S>) -> Result<(), Error>) -> Result<(), Error> {
+        let (was_empty, closing) = {
+            let mut inner = lock(&self.shared.inner);
+            let was_empty = inner.core.conn.pending_output() == 0;
+            let was_open = inner.core.conn.state() == State::Open;
+            f(&mut inner.core)?;
+            (was_empty, was_open && inner.core.conn.state() == State::Closing)
+        };
+        if closing || (!flush_follows && was_empty) {
             self.shared.wake_reader();
         }
         Ok(())
@@ -311,7 +323,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsWriter<S> {
     ///
     /// **Cancel safety**: not cancel-safe; a queued message is still written by later calls.
     pub async fn send(&mut self, message: Message) -> Result<(), Error> {
-        self.feed(message).await?;
+        poll_fn(|cx| self.poll_ready_inner(cx)).await?;
+        self.queue_with(true, |core| core.queue(message))?;
         self.flush().await
     }
 
@@ -321,7 +334,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsWriter<S> {
     /// **Cancel safety**: cancel-safe; if cancelled, the message was not queued.
     pub async fn feed(&mut self, message: Message) -> Result<(), Error> {
         poll_fn(|cx| self.poll_ready_inner(cx)).await?;
-        self.queue(message)
+        self.queue_with(false, |core| core.queue(message))
     }
 
     /// Writes everything queued and flushes the stream.
@@ -336,7 +349,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsWriter<S> {
     ///
     /// **Cancel safety**: not cancel-safe; a queued message is still written by later calls.
     pub async fn send_prepared(&mut self, message: &PreparedMessage) -> Result<(), Error> {
-        self.feed_prepared(message).await?;
+        poll_fn(|cx| self.poll_ready_inner(cx)).await?;
+        self.queue_with(true, |core| core.queue_prepared(message))?;
         self.flush().await
     }
 
@@ -345,7 +359,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsWriter<S> {
     /// **Cancel safety**: cancel-safe; if cancelled, the message was not queued.
     pub async fn feed_prepared(&mut self, message: &PreparedMessage) -> Result<(), Error> {
         poll_fn(|cx| self.poll_ready_inner(cx)).await?;
-        lock(&self.shared.inner).core.queue_prepared(message)
+        self.queue_with(false, |core| core.queue_prepared(message))
     }
 
     /// Sends a message and writes it, a text or binary one uncompressed, as
@@ -353,7 +367,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsWriter<S> {
     ///
     /// **Cancel safety**: not cancel-safe; a queued message is still written by later calls.
     pub async fn send_uncompressed(&mut self, message: Message) -> Result<(), Error> {
-        self.feed_uncompressed(message).await?;
+        poll_fn(|cx| self.poll_ready_inner(cx)).await?;
+        self.queue_with(true, |core| core.queue_uncompressed(message))?;
         self.flush().await
     }
 
@@ -363,11 +378,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsWriter<S> {
     /// **Cancel safety**: cancel-safe; if cancelled, the message was not queued.
     pub async fn feed_uncompressed(&mut self, message: Message) -> Result<(), Error> {
         poll_fn(|cx| self.poll_ready_inner(cx)).await?;
-        if !message.is_data() {
-            // A close goes through `queue`, which lets the reader arm the close timeout.
-            return self.queue(message);
-        }
-        lock(&self.shared.inner).core.queue_uncompressed(message)
+        self.queue_with(false, |core| core.queue_uncompressed(message))
     }
 
     /// Sends a close frame and writes it; the reader receives the peer's close and then `None`.
@@ -394,7 +405,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> futures_sink::Sink<Message> for WsWriter
     }
 
     fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), Error> {
-        self.queue(item)
+        self.queue_with(false, |core| core.queue(item))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
@@ -403,9 +414,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> futures_sink::Sink<Message> for WsWriter
 
     /// Starts the closing handshake (code 1000) if it has not started, and writes it.
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        if self.state() == State::Open {
-            self.queue(Message::Close(Some(CloseFrame::new(CloseCode::NORMAL, ""))))?;
-        }
+        // Checked under the same lock as the queueing: another clone may be closing too.
+        self.queue_with(true, |core| match core.conn.state() {
+            State::Open => core.queue(Message::Close(Some(CloseFrame::new(CloseCode::NORMAL, "")))),
+            _ => Ok(()),
+        })?;
         self.poll_flush_inner(cx)
     }
 }

@@ -344,9 +344,9 @@ impl tokio::io::AsyncWrite for CountingReads {
     }
 }
 
-/// One poll of `recv` reads at most about 1 MiB, even with a whole 8 MiB frame waiting: a large
-/// message is read (and inflated) over several polls, so a split reader does not hold the
-/// connection's lock, nor a task its thread, for the whole message.
+/// One poll of a split reader's `recv` reads at most about 1 MiB, even with a whole 8 MiB frame
+/// waiting: a large message is read (and inflated) over several polls, so the reader does not
+/// hold the connection's lock (which the writer needs) for the whole message.
 #[tokio::test]
 async fn one_poll_of_recv_reads_a_bounded_amount() {
     use std::future::Future;
@@ -355,11 +355,11 @@ async fn one_poll_of_recv_reads_a_bounded_amount() {
     let read = Arc::new(AtomicUsize::new(0));
     let stream = CountingReads { inner: ours, read: read.clone() };
     let conn = wsx::proto::Connection::server(Config::default(), Instant::now());
-    let mut ws = WebSocket::from_parts(stream, conn, BytesMut::new(), None, None);
+    let (mut reader, _writer) = WebSocket::from_parts(stream, conn, BytesMut::new(), None, None).split();
     peer.write_all(&masked_frame(OP_BINARY, true, &vec![0u8; SIZE], [1, 2, 3, 4])).await.unwrap();
     let mut polls = 0;
     let message = {
-        let mut recv = std::pin::pin!(ws.recv());
+        let mut recv = std::pin::pin!(reader.recv());
         loop {
             let before = read.load(Ordering::Relaxed);
             let waker = std::task::Waker::noop();

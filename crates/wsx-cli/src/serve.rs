@@ -289,18 +289,19 @@ async fn connection(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, mut s
 
 /// Reads the request and answers it: plain HTTP, a refusal, or the upgrade.
 async fn handshake(server: &Server, tcp: TcpStream, peer: SocketAddr) -> Option<(WebSocket<TcpStream>, Route, String)> {
-    let timeout = server.config.handshake_timeout;
-    let incoming = match tokio::time::timeout(timeout, Incoming::read(tcp, &server.config.limits)).await {
-        Ok(Ok(incoming)) => incoming,
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "no request");
-            return None;
-        }
-        Err(_) => {
-            tracing::debug!(%peer, "no request head within {timeout:?}");
-            return None;
-        }
-    };
+    let timeout = server.config.websocket.proto.handshake_timeout;
+    let incoming =
+        match tokio::time::timeout(timeout, Incoming::read(tcp, &server.config.websocket.proto.handshake)).await {
+            Ok(Ok(incoming)) => incoming,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "no request");
+                return None;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "no request head within {timeout:?}");
+                return None;
+            }
+        };
     let uri = incoming.request().uri();
     let path = uri.path_and_query().map_or_else(|| uri.to_string(), |p| p.as_str().to_owned());
     let route = if server.echo_everywhere { Ok(Some(Route::Echo)) } else { route(uri) };

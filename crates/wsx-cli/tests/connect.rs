@@ -184,6 +184,40 @@ fn binary_mode_round_trips_bytes_in_chunks_of_at_most_64k() {
     assert_eq!(messages.iter().map(|m| m.1).sum::<usize>(), data.len());
 }
 
+/// Pipe mode with more than the socket buffers hold: 16 MiB of stdin to a server that reads
+/// slowly and pings every 2 ms (so the connection's reader writes pongs while its writer is
+/// blocked: the shape that used to hang a split connection). Everything comes back, in order.
+#[test]
+fn binary_pipe_of_megabytes_to_a_slow_pinging_server() {
+    let addr = server(|tcp| async move {
+        let mut ws = wsx::accept(tcp).await.unwrap();
+        let mut ping = tokio::time::interval(Duration::from_millis(2));
+        loop {
+            tokio::select! {
+                msg = ws.recv() => match msg {
+                    Some(Ok(msg)) if msg.is_data() => {
+                        tokio::time::sleep(Duration::from_millis(1)).await; // a slow reader
+                        if ws.send(msg).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    _ => break,
+                },
+                _ = ping.tick() => {
+                    if ws.state() == wsx::State::Open && ws.send(Message::Ping(wsx::Bytes::from_static(b"p"))).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let data: Vec<u8> = (0..16u32 << 20).map(|i| (i * 13 + i / 4093) as u8).collect();
+    let run = wsx(&["--binary", &url(addr)], Stdin::Bytes(&data), &[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(run.stdout == data, "stdout differs from stdin ({} bytes vs {})", run.stdout.len(), data.len());
+}
+
 #[test]
 fn server_close_with_another_code_exits_2_and_prints_code_and_reason() {
     let addr = server(|tcp| async move {

@@ -67,7 +67,9 @@ pub enum State {
     Closed,
 }
 
-/// Limits and timers. Every field has a safe default; see each field for the trade-off.
+/// Limits and timers: every limit of a connection, its opening handshake included, in one place.
+/// Every field has a safe default (see each field for the trade-off); [`Config::validate`]
+/// checks that they fit together.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Config {
@@ -110,6 +112,12 @@ pub struct Config {
     /// clock restarts whenever bytes are written, so a slow but live peer is not cut off.
     /// Default 30 s; `None` waits forever (not advised for servers).
     pub write_timeout: Option<Duration>,
+    /// Bounds on the HTTP head of the opening handshake (the request a server reads, the
+    /// response a client reads). Default 16 KiB, 64 header lines; a server answers 431 beyond.
+    pub handshake: crate::handshake::HandshakeLimits,
+    /// How long the opening handshake may take, for drivers: a server's read of the request
+    /// (and its decision), a client's TCP connect plus the exchange. Default 10 s.
+    pub handshake_timeout: Duration,
 }
 
 impl Default for Config {
@@ -125,6 +133,8 @@ impl Default for Config {
             close_timeout: Duration::from_secs(5),
             write_buffer_high_water: 1 << 20,
             write_timeout: Some(Duration::from_secs(30)),
+            handshake: crate::handshake::HandshakeLimits::default(),
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -139,7 +149,7 @@ impl Config {
     /// larger than a message, timeouts above zero. Drivers call it once, before a connection
     /// starts (the `wsx` crate does so in `connect` and `accept`).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(bool, &'static str); 9] = [
+        let checks: [(bool, &'static str); 12] = [
             (self.max_frame_size > 0, "max_frame_size must be above 0"),
             (self.max_message_size > 0, "max_message_size must be above 0"),
             (self.max_frame_size <= self.max_message_size, "max_frame_size must not exceed max_message_size"),
@@ -148,6 +158,9 @@ impl Config {
             (self.write_buffer_high_water > 0, "write_buffer_high_water must be above 0"),
             (!self.close_timeout.is_zero(), "close_timeout must be above 0"),
             (!self.keepalive_timeout.is_zero(), "keepalive_timeout must be above 0"),
+            (!self.handshake_timeout.is_zero(), "handshake_timeout must be above 0"),
+            (self.handshake.max_head_bytes > 0, "handshake.max_head_bytes must be above 0"),
+            (self.handshake.max_headers > 0, "handshake.max_headers must be above 0"),
             (
                 [self.keepalive_interval, self.idle_timeout, self.write_timeout].iter().flatten().all(|d| !d.is_zero()),
                 "keepalive_interval, idle_timeout and write_timeout must be above 0 when set",

@@ -39,8 +39,6 @@ pub struct ClientBuilder {
     url: String,
     request: ClientRequestConfig,
     config: WebSocketConfig,
-    limits: HandshakeLimits,
-    handshake_timeout: Duration,
     /// The first header given to [`header`](Self::header) that could not be used: name and why.
     invalid_header: Option<(String, &'static str)>,
 }
@@ -52,8 +50,6 @@ impl ClientBuilder {
             url: url.into(),
             request: ClientRequestConfig::default(),
             config: WebSocketConfig::default(),
-            limits: HandshakeLimits::default(),
-            handshake_timeout: Duration::from_secs(10),
             invalid_header: None,
         }
     }
@@ -119,15 +115,17 @@ impl ClientBuilder {
         self
     }
 
-    /// Bounds on the server's response head. Default: 16 KiB, 64 headers.
+    /// Bounds on the server's response head (a shortcut into
+    /// [`Config::handshake`](wsx_proto::Config::handshake)). Default: 16 KiB, 64 headers.
     pub fn handshake_limits(mut self, limits: HandshakeLimits) -> Self {
-        self.limits = limits;
+        self.config.proto.handshake = limits;
         self
     }
 
-    /// How long TCP connect plus the opening handshake may take. Default 10 s.
+    /// How long TCP connect plus the opening handshake may take (a shortcut into
+    /// [`Config::handshake_timeout`](wsx_proto::Config::handshake_timeout)). Default 10 s.
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
-        self.handshake_timeout = timeout;
+        self.config.proto.handshake_timeout = timeout;
         self
     }
 
@@ -147,7 +145,7 @@ impl ClientBuilder {
         let host = uri.host().ok_or_else(|| Error::InvalidUrl(format!("no host in {}", self.url)))?;
         let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
         let port = uri.port_u16().unwrap_or(80);
-        let timeout = self.handshake_timeout;
+        let timeout = self.config.proto.handshake_timeout;
         let fut = async move {
             let stream = TcpStream::connect((host.as_str(), port)).await?;
             stream.set_nodelay(true)?;
@@ -168,7 +166,7 @@ impl ClientBuilder {
         self.check_headers()?;
         self.config.proto.validate()?;
         let uri = parse_url(&self.url)?;
-        let timeout = self.handshake_timeout;
+        let timeout = self.config.proto.handshake_timeout;
         tokio::time::timeout(timeout, self.handshake_on(stream, &uri))
             .await
             .map_err(|_| Error::HandshakeTimeout(timeout))?
@@ -189,7 +187,7 @@ impl ClientBuilder {
         stream.write_all(&buf).await?;
         stream.flush().await?;
         buf.clear();
-        let limits = self.limits;
+        let limits = self.config.proto.handshake;
         let outcome = read_head(&mut stream, &mut buf, |buf| hs.receive(buf, &limits)).await??;
         let mut conn = Connection::client(self.config.proto.clone(), now(), OsRandom::new());
         if let Some(deflate) = &self.config.deflate {

@@ -202,6 +202,10 @@ struct WriteState {
     /// write waker it was given. Even with nothing left in our output (a TLS stream or a
     /// `BufWriter` holding the bytes), someone is waiting on the stream.
     blocked: bool,
+    /// A write failed (the peer reset or closed the connection): nothing more is written or
+    /// queued, but reading goes on, since the peer's close frame (and its reason) may still be
+    /// waiting to be read.
+    broken: bool,
 }
 
 /// One connection: stream, protocol core, buffers and deadlines. See the [module docs](self).
@@ -260,7 +264,7 @@ impl<S> Core<S> {
     /// timeout) now; anything else is encoded into the output. Sending on a closed connection is
     /// [`Error::Closed`].
     pub(crate) fn queue(&mut self, message: Message) -> Result<(), Error> {
-        if self.conn.state() == State::Closed {
+        if self.conn.state() == State::Closed || self.write.broken {
             return Err(Error::Closed);
         }
         match message {
@@ -273,7 +277,7 @@ impl<S> Core<S> {
     /// Queues a prepared message (see [`Connection::send_prepared`]). Sending on a closed
     /// connection is [`Error::Closed`].
     pub(crate) fn queue_prepared(&mut self, message: &PreparedMessage) -> Result<(), Error> {
-        if self.conn.state() == State::Closed {
+        if self.conn.state() == State::Closed || self.write.broken {
             return Err(Error::Closed);
         }
         self.conn.send_prepared(message)?;
@@ -286,7 +290,7 @@ impl<S> Core<S> {
         if !message.is_data() {
             return self.queue(message);
         }
-        if self.conn.state() == State::Closed {
+        if self.conn.state() == State::Closed || self.write.broken {
             return Err(Error::Closed);
         }
         self.conn.send_uncompressed(message)?;
@@ -303,17 +307,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
         self.write.deadline = None;
     }
 
-    /// Gives the transport up after a write failure, keeping the error for the other half.
+    /// After a write failure. The write timeout gives the transport up (the peer stopped
+    /// reading), keeping the error for the other half. A write error only ends writing: `recv`
+    /// reads on, to deliver what the peer sent before it went (its close frame, most often)
+    /// and then the end of the stream.
     fn fail_write(&mut self, err: Error) -> Error {
-        self.give_up();
-        self.write.failure = Some(replay(&err));
+        if matches!(err, Error::Io(_)) {
+            self.write.broken = true;
+            self.write.deadline = None;
+        } else {
+            self.give_up();
+            self.write.failure = Some(replay(&err));
+        }
         err
     }
 
     /// Writes all pending output and flushes the stream, registering `wcx` for write readiness
     /// and the write deadline. Runs the connection's timers if one is due.
     pub(crate) fn poll_flush(&mut self, wcx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        if self.write.lost {
+        if self.write.lost || self.write.broken {
             return Poll::Ready(Err(Error::Closed));
         }
         if let Some(deadline) = self.conn.poll_timeout() {
@@ -456,16 +468,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
                     continue;
                 }
             }
-            // Everything produced while handling the last read leaves now, in one write.
+            // Everything produced while handling the last read leaves now, in one write. A
+            // broken write side does not stop reading (see `fail_write`).
             if let Poll::Ready(Err(e)) = flush!() {
-                self.write.failure = None;
-                return Poll::Ready(Some(Err(e)));
+                if !self.write.broken {
+                    self.write.failure = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
             }
             if self.conn.state() == State::Closed {
                 // A timer that came due during the flush closed the connection: report it.
                 continue;
             }
-            if self.conn.is_output_full() {
+            if self.conn.is_output_full() && !self.write.broken {
                 // Backpressure: read nothing more until the peer takes some of our output. The
                 // flush above registered for write readiness and the write deadline.
                 if let Some(deadline) = self.conn.poll_timeout() {

@@ -1,8 +1,6 @@
 //! The server role: [`accept`], [`accept_with`], and [`Incoming`] for full control over the
 //! request (plain HTTP answers, routing, refusals).
 
-use std::time::Duration;
-
 use bytes::BytesMut;
 use http::{HeaderMap, Request, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -13,26 +11,18 @@ use wsx_proto::Connection;
 use crate::io::now;
 use crate::{Error, WebSocket, WebSocketConfig};
 
-/// Server settings: connection limits and timers, handshake limits and timeout.
-#[derive(Debug, Clone)]
+/// Server settings. Every limit and timer, the handshake's included (head size, header count,
+/// handshake timeout), lives in [`wsx_proto::Config`] at `websocket.proto`.
+#[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct ServerConfig {
-    /// Limits and timers of each connection.
+    /// Limits and timers of each connection and of its opening handshake, and compression.
     pub websocket: WebSocketConfig,
-    /// Bounds on the request head. Default 16 KiB, 64 headers; beyond them we answer 431.
-    pub limits: HandshakeLimits,
-    /// How long a client has to send its whole request head. Default 10 s.
-    pub handshake_timeout: Duration,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        Self {
-            websocket: WebSocketConfig::default(),
-            limits: HandshakeLimits::default(),
-            handshake_timeout: Duration::from_secs(10),
-        }
-    }
+    /// Keep the accepted request (path, query, headers) on the connection, for
+    /// [`WebSocket::request`]. Default off: the headers cost about 1.5 KB per connection for its
+    /// whole life (an idle wsx connection costs under 3 KB without them); the accept callback
+    /// sees the request either way.
+    pub keep_request: bool,
 }
 
 /// What the application decided about an upgrade request.
@@ -74,8 +64,8 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(stream: S) -> Result<WebS
 
 /// Accepts a connection after `decide` has seen the request (path, headers, `Origin`) and the
 /// parsed upgrade (offered subprotocols): it returns an [`Accept`] or a [`Rejection`] (for
-/// example 403 for a refused Origin), which is sent as the HTTP answer. The request stays
-/// available on the connection: [`WebSocket::request`].
+/// example 403 for a refused Origin), which is sent as the HTTP answer. With
+/// [`ServerConfig::keep_request`] the request stays on the connection: [`WebSocket::request`].
 ///
 /// **Cancel safety**: cancelling drops the half-open connection.
 pub async fn accept_with<S, F>(stream: S, config: &ServerConfig, decide: F) -> Result<WebSocket<S>, Error>
@@ -119,14 +109,18 @@ where
     // The handshake's state lives in its own allocation, freed once the connection is open: a
     // task that awaits `accept_with` and then serves the connection keeps only a pointer's worth
     // of it for its whole life (idle connections are that much cheaper).
-    let timeout = config.handshake_timeout;
+    let timeout = config.websocket.proto.handshake_timeout;
     let handshake = Box::pin(async move {
-        let incoming = Incoming::read(stream, &config.limits).await?;
+        let incoming = Incoming::read(stream, &config.websocket.proto.handshake).await?;
         let upgrade = match handshake::check_request(incoming.request()) {
             Ok(u) => u,
             Err(rejection) => return Err(incoming.reject(rejection).await),
         };
         match decide(incoming.request(), &upgrade).await {
+            Ok(accept) if config.keep_request => {
+                let request = incoming.request().clone();
+                Ok(incoming.accept(&upgrade, accept, &config.websocket).await?.with_request(request))
+            }
             Ok(accept) => incoming.accept(&upgrade, accept, &config.websocket).await,
             Err(rejection) => Err(incoming.reject(rejection).await),
         }
@@ -210,8 +204,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Incoming<S> {
         handshake::write_response(&response, &mut out);
         self.stream.write_all(&out).await?;
         self.stream.flush().await?;
-        let ws = WebSocket::from_parts(self.stream, conn, self.leftover, accept.protocol, extensions);
-        Ok(ws.with_request(self.request))
+        Ok(WebSocket::from_parts(self.stream, conn, self.leftover, accept.protocol, extensions))
     }
 
     /// Answers with `rejection` and closes the stream; returns the error to report.

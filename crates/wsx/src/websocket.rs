@@ -350,9 +350,10 @@ impl<S> WebSocket<S> {
         self
     }
 
-    /// The upgrade request a server accepted (path, query, headers), when the connection came
-    /// from [`accept`](crate::accept), [`accept_with`](crate::accept_with),
-    /// [`accept_with_async`](crate::accept_with_async) or [`Incoming::accept`](crate::Incoming::accept).
+    /// The upgrade request a server accepted (path, query, headers), when it was kept:
+    /// [`ServerConfig::keep_request`](crate::ServerConfig::keep_request) with
+    /// [`accept_with`](crate::accept_with) or [`accept_with_async`](crate::accept_with_async), or
+    /// [`with_request`](Self::with_request) after [`Incoming::accept`](crate::Incoming::accept).
     /// The peer's address is the stream's: `ws.get_ref().peer_addr()` for a `TcpStream`.
     pub fn request(&self) -> Option<&http::Request<()>> {
         self.request.as_deref()

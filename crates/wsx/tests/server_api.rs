@@ -18,7 +18,9 @@ async fn an_async_decision_accepts_or_refuses_and_the_request_is_kept() {
         let mut outcomes = Vec::new();
         for _ in 0..2 {
             let (tcp, _) = listener.accept().await.unwrap();
-            let result = wsx::accept_with_async(tcp, &ServerConfig::default(), |request, _| {
+            let mut config = ServerConfig::default();
+            config.keep_request = true;
+            let result = wsx::accept_with_async(tcp, &config, |request, _| {
                 let token = request.headers().get("authorization").cloned();
                 async move {
                     tokio::time::sleep(Duration::from_millis(20)).await; // the lookup
@@ -52,12 +54,24 @@ async fn an_async_decision_accepts_or_refuses_and_the_request_is_kept() {
     assert!(outcomes[1].is_err());
 }
 
+/// Without `keep_request`, the connection does not hold the request's headers.
+#[tokio::test]
+async fn the_request_is_not_kept_unless_asked() {
+    let (listener, addr) = listen().await;
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        wsx::accept(tcp).await.map(|ws| ws.request().is_none())
+    });
+    let _client = deadline(ClientBuilder::new(format!("ws://{addr}/")).connect()).await.expect("accepted");
+    assert!(deadline(server).await.unwrap().expect("server"), "the request was kept");
+}
+
 /// The handshake timeout bounds the decision too.
 #[tokio::test]
 async fn a_decision_that_never_ends_times_out() {
     let (listener, addr) = listen().await;
     let mut config = ServerConfig::default();
-    config.handshake_timeout = Duration::from_millis(200);
+    config.websocket.proto.handshake_timeout = Duration::from_millis(200);
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         wsx::accept_with_async(tcp, &config, |_, _| std::future::pending()).await
@@ -103,6 +117,8 @@ async fn contradictory_limits_are_refused_before_the_connection_starts() {
         |c: &mut wsx::proto::Config| c.write_buffer_high_water = 0,
         |c: &mut wsx::proto::Config| c.close_timeout = Duration::ZERO,
         |c: &mut wsx::proto::Config| c.write_timeout = Some(Duration::ZERO),
+        |c: &mut wsx::proto::Config| c.handshake_timeout = Duration::ZERO,
+        |c: &mut wsx::proto::Config| c.handshake.max_headers = 0,
     ] {
         let mut c = wsx::proto::Config::default();
         zero(&mut c);

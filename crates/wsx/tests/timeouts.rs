@@ -43,7 +43,7 @@ async fn stalled_handshake(prefix: &[u8]) {
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         let mut config = ServerConfig::default();
-        config.handshake_timeout = Duration::from_millis(300);
+        config.websocket.proto.handshake_timeout = Duration::from_millis(300);
         let start = Instant::now();
         let result = wsx::accept_with(tcp, &config, |_, _| Ok(Accept::default())).await;
         (result.map(|_| ()), start.elapsed())

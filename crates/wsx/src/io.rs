@@ -194,7 +194,7 @@ struct WriteState {
     deadline: Option<Instant>,
     /// Why the transport was given up (a write error or timeout), kept for the task that did not
     /// see it happen (the reader of a split connection).
-    failure: Option<Error>,
+    failure: Option<Box<Error>>,
     /// Output was dropped when the transport was given up: later flushes fail with
     /// [`Error::Closed`] rather than report success.
     lost: bool,
@@ -317,7 +317,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
             self.write.deadline = None;
         } else {
             self.give_up();
-            self.write.failure = Some(replay(&err));
+            self.write.failure = Some(Box::new(replay(&err)));
         }
         err
     }
@@ -334,7 +334,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
                 // A timeout that fails the connection queues its close frame: written below, and
                 // reported by `recv`.
                 if let Err(e) = self.conn.handle_timeout(now) {
-                    self.write.failure = Some(e.into());
+                    self.write.failure = Some(Box::new(e.into()));
                 }
             }
         }
@@ -430,7 +430,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
             }
             if self.conn.state() == State::Closed {
                 if let Some(err) = self.write.failure.take() {
-                    return Poll::Ready(Some(Err(err)));
+                    return Poll::Ready(Some(Err(*err)));
                 }
                 return self.poll_wind_down(cx, write_waker).map(|()| None);
             }

@@ -106,11 +106,11 @@ where
     F: FnOnce(&Request<()>, &UpgradeRequest) -> Fut,
     Fut: std::future::Future<Output = Result<Accept, Rejection>>,
 {
-    // The handshake's state lives in its own allocation, freed once the connection is open: a
-    // task that awaits `accept_with` and then serves the connection keeps only a pointer's worth
-    // of it for its whole life (idle connections are that much cheaper).
+    // The handshake's state, its timer included, lives in its own allocation, freed once the
+    // connection is open: a task that awaits `accept_with` and then serves the connection keeps
+    // only a pointer's worth of it for its whole life (idle connections are that much cheaper).
     let timeout = config.websocket.proto.handshake_timeout;
-    let handshake = Box::pin(async move {
+    let handshake = async move {
         let incoming = Incoming::read(stream, &config.websocket.proto.handshake).await?;
         let upgrade = match handshake::check_request(incoming.request()) {
             Ok(u) => u,
@@ -124,8 +124,11 @@ where
             Ok(accept) => incoming.accept(&upgrade, accept, &config.websocket).await,
             Err(rejection) => Err(incoming.reject(rejection).await),
         }
-    });
-    tokio::time::timeout(timeout, handshake).await.map_err(|_| Error::HandshakeTimeout(timeout))?
+    };
+    Box::pin(
+        async move { tokio::time::timeout(timeout, handshake).await.map_err(|_| Error::HandshakeTimeout(timeout))? },
+    )
+    .await
 }
 
 /// A request head read from a stream, before we decide how to answer it.

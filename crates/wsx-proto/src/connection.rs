@@ -428,26 +428,39 @@ impl Connection {
         if self.message.as_ref().is_some_and(|m| m.streaming) {
             return Err(UsageError::Fragmentation("read_event called while read_chunk is streaming a message").into());
         }
-        match self.read_event_inner(buf, now) {
-            Ok(ev) => Ok(ev),
-            Err(err) => {
-                buf.clear();
-                self.fail(&err);
-                Err(err)
-            }
+        let result = self.read_event_inner(buf, now);
+        self.fail_on_error(buf, result)
+    }
+
+    /// A fault while reading fails the connection: the rest of the input is dropped and the
+    /// close frame naming the fault is queued.
+    fn fail_on_error<T>(&mut self, buf: &mut BytesMut, result: Result<T, Error>) -> Result<T, Error> {
+        if let Err(err) = &result {
+            buf.clear();
+            self.fail(err);
         }
+        result
+    }
+
+    /// Parses the next frame's header from `buf` when no frame is in progress; false when the
+    /// header has not fully arrived.
+    fn start_frame(&mut self, buf: &mut BytesMut, now: Instant) -> Result<bool, Error> {
+        if self.frame.is_none() {
+            let Some((header, header_len)) = FrameHeader::parse(buf)? else {
+                return Ok(false);
+            };
+            self.note_received(now);
+            let frame = self.check_header(header)?;
+            buf.advance(header_len);
+            self.frame = Some(frame);
+        }
+        Ok(true)
     }
 
     fn read_event_inner(&mut self, buf: &mut BytesMut, now: Instant) -> Result<Option<Message>, Error> {
         loop {
-            if self.frame.is_none() {
-                let Some((header, header_len)) = FrameHeader::parse(buf)? else {
-                    return Ok(None);
-                };
-                self.note_received(now);
-                let frame = self.check_header(header)?;
-                buf.advance(header_len);
-                self.frame = Some(frame);
+            if !self.start_frame(buf, now)? {
+                return Ok(None);
             }
             let Some(frame) = self.frame.as_ref() else {
                 return Ok(None);
@@ -528,26 +541,14 @@ impl Connection {
             buf.clear();
             return Ok(None);
         }
-        match self.read_chunk_inner(buf, now) {
-            Ok(ev) => Ok(ev),
-            Err(err) => {
-                buf.clear();
-                self.fail(&err);
-                Err(err)
-            }
-        }
+        let result = self.read_chunk_inner(buf, now);
+        self.fail_on_error(buf, result)
     }
 
     fn read_chunk_inner(&mut self, buf: &mut BytesMut, now: Instant) -> Result<Option<StreamEvent>, Error> {
         loop {
-            if self.frame.is_none() {
-                let Some((header, header_len)) = FrameHeader::parse(buf)? else {
-                    return Ok(None);
-                };
-                self.note_received(now);
-                let frame = self.check_header(header)?;
-                buf.advance(header_len);
-                self.frame = Some(frame);
+            if !self.start_frame(buf, now)? {
+                return Ok(None);
             }
             let Some(frame) = self.frame.as_ref() else {
                 return Ok(None);

@@ -39,6 +39,17 @@ async fn server_and_raw_peer(capacity: usize, config: ServerConfig) -> (WebSocke
     (deadline(server).await.expect("server task"), peer)
 }
 
+/// Reads one frame off the raw end of a pipe.
+async fn read_raw_frame(peer: &mut DuplexStream) -> RawFrame {
+    let mut buf = BytesMut::new();
+    loop {
+        if let Some(f) = parse_frame(&mut buf) {
+            return f;
+        }
+        assert!(peer.read_buf(&mut buf).await.expect("read") > 0, "end of stream before a frame");
+    }
+}
+
 /// A wsx server and a wsx client over a duplex pipe of `capacity` bytes.
 async fn server_and_client(
     capacity: usize,
@@ -287,16 +298,7 @@ async fn halves_extensions_clone_and_reunite() {
     let Err(wsx::ReuniteError(rb, wb2)) = rb.reunite(wb2) else { panic!("reunited with a clone alive") };
     let mut wb2 = wb2;
     wb2.send(Message::Text("from a clone".into())).await.expect("send");
-    let mut buf = BytesMut::new();
-    let frame = within(Duration::from_secs(5), "the frame", async {
-        loop {
-            if let Some(f) = parse_frame(&mut buf) {
-                return f;
-            }
-            assert!(pb.read_buf(&mut buf).await.unwrap() > 0);
-        }
-    })
-    .await;
+    let frame = within(Duration::from_secs(5), "the frame", read_raw_frame(&mut pb)).await;
     assert_eq!(&frame.payload[..], b"from a clone");
     drop(wb2);
     rb.reunite(wb).expect("the last writer reunites");
@@ -416,16 +418,7 @@ async fn what_a_split_writer_feeds_leaves_without_a_flush() {
     let reader_task = tokio::spawn(async move { while reader.recv().await.is_some() {} });
     tokio::time::sleep(Duration::from_millis(50)).await; // the reader waits for input
     writer.feed(Message::Text("fed".into())).await.expect("feed");
-    let mut buf = BytesMut::new();
-    let frame = within(Duration::from_secs(5), "the fed message", async {
-        loop {
-            if let Some(f) = parse_frame(&mut buf) {
-                return f;
-            }
-            assert!(peer.read_buf(&mut buf).await.unwrap() > 0);
-        }
-    })
-    .await;
+    let frame = within(Duration::from_secs(5), "the fed message", read_raw_frame(&mut peer)).await;
     assert_eq!(&frame.payload[..], b"fed");
     reader_task.abort();
 }

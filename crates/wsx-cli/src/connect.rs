@@ -258,6 +258,19 @@ impl Pings {
         self.sent.push_back((payload, Instant::now(), keepalive));
     }
 
+    /// A pong for the next keepalive ping arrived before the display noted the ping (the
+    /// library's timer and ours race): notes the ping now, as sent at `sent_at` (when the library
+    /// sent it: the interval after the previous frame received). Returns its number and the
+    /// round-trip time.
+    fn catch_up(&mut self, pong: &[u8], sent_at: Instant) -> Option<(u64, Duration)> {
+        let n = u64::from_be_bytes(pong.try_into().ok()?);
+        if n != self.keepalives + 1 {
+            return None;
+        }
+        self.keepalives = n;
+        Some((n, sent_at.elapsed()))
+    }
+
     /// The round-trip time of the ping this pong answers, and whether it was a keepalive.
     fn answer(&mut self, pong: &[u8]) -> Option<(Duration, bool)> {
         let i = self.sent.iter().position(|(p, ..)| p.as_ref() == pong)?;
@@ -310,13 +323,15 @@ async fn read_loop(
     ui: Arc<Ui>,
     pings: Arc<Mutex<Pings>>,
     show_ping: bool,
-    keepalive: bool,
+    interval: Option<Duration>,
     received: Option<Arc<Notify>>,
     events: mpsc::UnboundedSender<ReaderEvent>,
 ) {
+    // With a keepalive interval, 8-byte pong payloads are shown as keepalive numbers.
+    let keepalive = interval.is_some();
     let mut output_ok = true;
     while let Some(event) = reader.recv().await {
-        lock(&pings).last_received = Instant::now();
+        let previous = std::mem::replace(&mut lock(&pings).last_received, Instant::now());
         if let Some(received) = &received {
             // The next keepalive ping is due later now.
             received.notify_one();
@@ -337,9 +352,17 @@ async fn read_loop(
                     Some((rtt, was_keepalive)) if show_ping || !was_keepalive => {
                         ui.note(Kind::Ping, &control_line("< pong", &ping_payload(&p, was_keepalive), Some(rtt)))
                     }
-                    // A keepalive ping the display did not see go out.
+                    // A keepalive ping the display did not see go out yet: the library's timer
+                    // fired before ours. Show it now, in order, timed from when it left.
                     None if show_ping => {
-                        ui.note(Kind::Ping, &control_line("< pong", &ping_payload(&p, keepalive), None))
+                        let caught = interval.and_then(|every| lock(&pings).catch_up(&p, previous + every));
+                        match caught {
+                            Some((n, rtt)) => {
+                                ui.note(Kind::Ping, &control_line("> ping", &n.to_string(), None));
+                                ui.note(Kind::Ping, &control_line("< pong", &n.to_string(), Some(rtt)))
+                            }
+                            None => ui.note(Kind::Ping, &control_line("< pong", &ping_payload(&p, keepalive), None)),
+                        }
                     }
                     _ => {}
                 }
@@ -440,11 +463,18 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
 
     let pings = Arc::new(Mutex::new(Pings::new()));
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    let keepalive = args.ping_interval.is_some();
     // The library sends the keepalive pings; with --show-ping they are shown when it does.
     let shown_keepalive = args.ping_interval.filter(|_| args.show_ping);
     let received = shown_keepalive.map(|_| Arc::new(Notify::new()));
-    tokio::spawn(read_loop(reader, ui.clone(), pings.clone(), args.show_ping, keepalive, received.clone(), events_tx));
+    tokio::spawn(read_loop(
+        reader,
+        ui.clone(),
+        pings.clone(),
+        args.show_ping,
+        args.ping_interval,
+        received.clone(),
+        events_tx,
+    ));
 
     let mut session = Session {
         writer: &mut writer,
@@ -491,9 +521,15 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
             },
             () = async { received.as_ref().expect("guarded").notified().await }, if received.is_some() => {},
             _ = sleep_until_opt(next_ping), if next_ping.is_some() => {
-                // Nothing received for the interval: the library's keepalive ping leaves now.
-                let n = lock(&pings).keepalive_sent();
-                ui.note(Kind::Ping, &control_line("> ping", &n.to_string(), None));
+                // Nothing received for the interval: the library's keepalive ping leaves now
+                // (unless the reader saw a frame meanwhile, or already showed this ping).
+                let mut p = lock(&pings);
+                let still_due = shown_keepalive.and_then(|every| p.next_keepalive(every)).is_some_and(|d| d <= Instant::now());
+                if still_due {
+                    let n = p.keepalive_sent();
+                    drop(p);
+                    ui.note(Kind::Ping, &control_line("> ping", &n.to_string(), None));
+                }
             },
             _ = &mut ctrl_c => {
                 if interrupted || ending {
@@ -676,6 +712,12 @@ mod tests {
         assert_eq!(ping_payload(&2u64.to_be_bytes(), true), "2");
         assert_eq!(ping_payload(b"abc", true), "abc");
         assert_eq!(ping_payload(&2u64.to_be_bytes(), false), payload(&2u64.to_be_bytes()));
+        // A pong for keepalive 3 before the display noted ping 3: caught up, in order, once.
+        let sent_at = Instant::now();
+        assert!(pings.catch_up(&4u64.to_be_bytes(), sent_at).is_none(), "not the next keepalive");
+        assert!(matches!(pings.catch_up(&3u64.to_be_bytes(), sent_at), Some((3, _))));
+        assert!(pings.catch_up(&3u64.to_be_bytes(), sent_at).is_none(), "shown once");
+        assert_eq!(pings.keepalive_sent(), 4);
     }
 
     #[test]

@@ -11,7 +11,7 @@ mod common;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use common::{drain, encode_frame, feed_all, parse_frames, single_close_code, Pair, Rng, Side, WireFrame};
+use common::{drain, encode_frame, feed_all, params, parse_frames, single_close_code, Pair, Rng, Side, WireFrame};
 use proptest::prelude::*;
 use wsx_proto::deflate::{DeflateConfig, DeflateParams, PerMessageDeflate};
 use wsx_proto::frame::{FrameHeader, OpCode};
@@ -20,15 +20,6 @@ use wsx_proto::{CloseCode, CloseFrame, Config, Connection, Error, LimitError, Me
 const KEY: [u8; 4] = [0x9c, 0x41, 0x07, 0xe2];
 
 // ------------------------------------------------------------------ helpers
-
-fn params(snct: bool, cnct: bool, sbits: u8, cbits: u8) -> DeflateParams {
-    DeflateParams {
-        server_no_context_takeover: snct,
-        client_no_context_takeover: cnct,
-        server_max_window_bits: sbits,
-        client_max_window_bits: cbits,
-    }
-}
 
 /// Runs the negotiation as the handshake does: the client's offer goes to the server, the
 /// server's response back to the client. Both sides must agree on the result.

@@ -8,7 +8,7 @@ mod common;
 use std::time::Instant;
 
 use bytes::{Buf, Bytes};
-use common::{counting_keys, drain, feed_all, parse_frames};
+use common::{counting_keys, drain, feed_all, params, parse_frames};
 use wsx_proto::deflate::{DeflateParams, PerMessageDeflate};
 use wsx_proto::frame::OpCode;
 use wsx_proto::{Config, Connection, Error, Message, PreparedMessage, UsageError};
@@ -19,15 +19,6 @@ fn server() -> Connection {
 
 fn client() -> Connection {
     Connection::client(Config::default(), Instant::now(), counting_keys())
-}
-
-fn params(snct: bool, cnct: bool, sbits: u8, cbits: u8) -> DeflateParams {
-    DeflateParams {
-        server_no_context_takeover: snct,
-        client_no_context_takeover: cnct,
-        server_max_window_bits: sbits,
-        client_max_window_bits: cbits,
-    }
 }
 
 fn with_deflate(mut conn: Connection, p: &DeflateParams, level: u32, threshold: usize) -> Connection {

@@ -8,6 +8,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
+use wsx_proto::deflate::DeflateParams;
 use wsx_proto::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
 use wsx_proto::mask::apply_mask;
 use wsx_proto::{Config, Connection, Error, Message};
@@ -296,5 +297,15 @@ pub fn feed_all(conn: &mut Connection, bytes: &[u8], now: Instant) -> (Vec<Messa
             Ok(None) => return (events, None),
             Err(e) => return (events, Some(e)),
         }
+    }
+}
+
+/// Negotiated permessage-deflate parameters: no-context-takeover flags and window bits.
+pub fn params(snct: bool, cnct: bool, sbits: u8, cbits: u8) -> DeflateParams {
+    DeflateParams {
+        server_no_context_takeover: snct,
+        client_no_context_takeover: cnct,
+        server_max_window_bits: sbits,
+        client_max_window_bits: cbits,
     }
 }

@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use bytes::Bytes;
 use clap::Args;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 use wsx::proto::deflate::DeflateConfig;
+use wsx::MaybeTlsStream;
 use wsx::{ClientBuilder, CloseCode, CloseFrame, Message, WebSocketConfig, WsReader, WsWriter};
 
 use self::format::{describe_close, escape_controls, parse_secs, parse_size, payload};
@@ -319,7 +319,7 @@ fn control_line(what: &str, shown: &str, rtt: Option<Duration>) -> String {
 }
 
 async fn read_loop(
-    mut reader: WsReader<TcpStream>,
+    mut reader: WsReader<MaybeTlsStream>,
     ui: Arc<Ui>,
     pings: Arc<Mutex<Pings>>,
     show_ping: bool,
@@ -577,7 +577,7 @@ fn humantime(d: Duration) -> String {
 
 /// The sending side of the session.
 struct Session<'a> {
-    writer: &'a mut WsWriter<TcpStream>,
+    writer: &'a mut WsWriter<MaybeTlsStream>,
     ui: &'a Ui,
     pings: &'a Mutex<Pings>,
     show_ping: bool,

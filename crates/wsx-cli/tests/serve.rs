@@ -408,7 +408,7 @@ fn origins_are_checked_on_upgrades() {
     assert_eq!(bad.status, 426, "no Sec-WebSocket-Version");
 }
 
-async fn next_data(ws: &mut wsx::WebSocket<tokio::net::TcpStream>) -> Message {
+async fn next_data(ws: &mut wsx::WebSocket<wsx::MaybeTlsStream>) -> Message {
     loop {
         match tokio::time::timeout(Duration::from_secs(10), ws.recv()).await.expect("a message in time") {
             Some(Ok(m)) if m.is_data() => return m,
@@ -420,7 +420,7 @@ async fn next_data(ws: &mut wsx::WebSocket<tokio::net::TcpStream>) -> Message {
 }
 
 /// Receives until the peer's close frame; returns it.
-async fn close_frame(ws: &mut wsx::WebSocket<tokio::net::TcpStream>) -> Option<wsx::CloseFrame> {
+async fn close_frame(ws: &mut wsx::WebSocket<wsx::MaybeTlsStream>) -> Option<wsx::CloseFrame> {
     loop {
         match tokio::time::timeout(Duration::from_secs(10), ws.recv()).await.expect("the close in time") {
             Some(Ok(Message::Close(f))) => return f,

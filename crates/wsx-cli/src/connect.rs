@@ -17,6 +17,7 @@ mod ui;
 
 use std::collections::VecDeque;
 use std::io::IsTerminal as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,6 +27,7 @@ use bytes::Bytes;
 use clap::Args;
 use tokio::sync::{mpsc, Notify};
 use wsx::proto::deflate::DeflateConfig;
+use wsx::tls::ClientTls;
 use wsx::MaybeTlsStream;
 use wsx::{ClientBuilder, CloseCode, CloseFrame, Message, WebSocketConfig, WsReader, WsWriter};
 
@@ -104,7 +106,7 @@ Environment:
 #[derive(Args, Debug)]
 #[command(after_help = AFTER_HELP, after_long_help = AFTER_LONG_HELP)]
 pub struct ConnectArgs {
-    /// The server's URL, `ws://host:port/path?query`: port, path and query are optional, and so is `ws://`.
+    /// The server's URL, `ws://host:port/path?query` or `wss://…`: port, path and query are optional, and so is `ws://`.
     url: String,
     /// Add a request header, `Name: value` (repeatable).
     #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
@@ -162,6 +164,19 @@ pub struct ConnectArgs {
     /// Print the server's handshake response (status and headers).
     #[arg(short = 'v', long)]
     verbose: bool,
+    /// wss://: also trust the CA certificates in this PEM file (besides the system's).
+    #[arg(long, value_name = "FILE")]
+    cacert: Option<PathBuf>,
+    /// wss://: present this PEM client certificate (chain, leaf first); needs --key.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+    /// wss://: the PEM private key of --cert.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+    /// wss://: do not verify the server's certificate (name, issuer, dates). Anyone on the path
+    /// can then read and change the traffic: for development only; a warning is printed.
+    #[arg(short = 'k', long)]
+    insecure: bool,
 }
 
 /// After our close frame, how long the server may take to answer it (the library's close
@@ -218,7 +233,22 @@ fn builder(args: &ConnectArgs, url: &str) -> anyhow::Result<ClientBuilder> {
     if !args.no_deflate {
         config.deflate = Some(DeflateConfig::default());
     }
-    Ok(builder.config(config))
+    Ok(builder.config(config).tls(client_tls(args)?))
+}
+
+/// The TLS settings of `--cacert`, `--cert`/`--key` and `--insecure` (used for wss:// only).
+fn client_tls(args: &ConnectArgs) -> anyhow::Result<ClientTls> {
+    let mut tls = ClientTls::new();
+    if let Some(ca) = &args.cacert {
+        tls = tls.add_ca_pem_file(ca).context("--cacert")?;
+    }
+    if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+        tls = tls.client_auth_pem_files(cert, key).context("--cert/--key")?;
+    }
+    if args.insecure {
+        tls = tls.danger_accept_invalid_certs();
+    }
+    Ok(tls)
 }
 
 /// Pings sent and not yet answered, for `--show-ping` and round-trip times. Display only: the
@@ -389,6 +419,9 @@ async fn read_loop(
 pub async fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
     let url = normalize_url(&args.url);
     let builder = builder(&args, &url)?;
+    if args.insecure && url.starts_with("wss://") {
+        eprintln!("wsx: warning: --insecure: the server's certificate is not verified; anyone on the path can read and change this connection");
+    }
     let stdin_tty = std::io::stdin().is_terminal();
     let stdout_tty = std::io::stdout().is_terminal();
     let force_tty = std::env::var_os("WSX_FORCE_TTY").is_some_and(|v| v == "1");

@@ -51,7 +51,9 @@ Examples:
   wsx connect --binary ws://host/upload < data.bin > reply.bin
       Send stdin as binary messages, write what comes back unchanged.
   wsx connect --ping-interval 30 --show-ping ws://host/
-      Keepalive ping after 30 s without traffic, printed with its round-trip time."
+      Keepalive ping after 30 s without traffic, printed with its round-trip time.
+  wsx connect --cacert ca.pem --cert me.pem --key me-key.pem wss://host:8443/feed
+      TLS with a private CA (besides the system's roots) and a client certificate."
     };
 }
 
@@ -89,6 +91,7 @@ Exit status:
   0    closed cleanly: the server closed with 1000 or without a code, or wsx closed (end of
        stdin, /quit, /close, Ctrl-C) and the server answered
   1    could not connect: invalid URL or option, DNS failure, connection refused, timeout,
+       TLS failure (unknown issuer, name mismatch, expired certificate…: the cause is printed),
        handshake refused by the server (its HTTP status is printed)
   2    the server closed with another code, or the connection ended abnormally (1006: dropped
        without a close frame, no answer to our close, no pong within --ping-timeout, a
@@ -98,6 +101,7 @@ Exit status:
   'closed: 4000 \"session expired\"'.
 
 Environment:
+  SSL_CERT_FILE, SSL_CERT_DIR   trusted roots for wss:// instead of the system's store
   WSX_HISTORY   history file of interactive mode (default ~/.wsx_history; empty: none)
   NO_COLOR      no colours"
 );

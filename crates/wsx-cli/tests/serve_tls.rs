@@ -50,9 +50,15 @@ fn path(p: &Path) -> &str {
 
 /// `wsx connect ARGS` with `stdin` piped in; at most 15 s.
 fn wsx_connect(args: &[&str], stdin: &str) -> Output {
+    wsx_connect_env(args, stdin, &[])
+}
+
+/// As [`wsx_connect`], with extra environment variables.
+fn wsx_connect_env(args: &[&str], stdin: &str, env: &[(&str, &Path)]) -> Output {
     let mut child = Command::new(WSX)
         .arg("connect")
         .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
         .env("NO_COLOR", "1")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -99,6 +105,12 @@ async fn https_and_wss_with_a_certificate_from_files() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("unknown issuer"), "{}", text(&out.stderr));
     server.expect_log(&["TLS handshake failed", "UnknownCA"]);
+
+    // A system-like store that holds it (what a public CA is on a normal machine): no option
+    // needed.
+    let out = wsx_connect_env(&[&format!("wss://localhost:{port}/echo")], "store\n", &[("SSL_CERT_FILE", &ca_file)]);
+    assert_eq!(text(&out.stdout), "store\n", "stderr: {}", text(&out.stderr));
+    assert!(out.status.success());
 
     // Plain HTTP (and ws://) to the TLS port: a 400 that says what to do.
     let mut tcp = TcpStream::connect(server.addr).unwrap();

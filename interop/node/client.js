@@ -2,20 +2,31 @@
 // Node `ws` as a client of `wsx serve` (scripts/interop).
 //
 // Usage: node client.js URL [--deflate | --no-deflate] [--expect-deflate] [--server-close-url URL2]
+//                       [--cacert FILE] [--untrusted-cacert FILE] [--plain-refused-url URL3]
 //
 // Sends the message set of messages.js and checks every echo byte for byte and by type (text or
 // binary), pings with payloads and checks each pong's payload, then closes with 4001
 // "bye from client" and checks that the server echoed the code and closed the TCP connection
 // promptly. With --server-close-url, a second connection, to URL2, must be closed by the server
 // with 4002 "bye from server", cleanly. With compression, it also checks on the socket that the
-// echoes of the compressible 1 MiB messages arrived compressed. Exit status 0 when everything
-// matched; otherwise 1, with the mismatch on stderr.
+// echoes of the compressible 1 MiB messages arrived compressed.
+//
+// Over TLS (wss:// URLs, --cacert required): the client trusts only the CA certificates of
+// --cacert (the `ca` option, with rejectUnauthorized: the certificate and its name are
+// verified), checks that each connection is TLS and authorized, and reports its version and
+// cipher. With --untrusted-cacert, a connection that trusts only that CA must first fail
+// certificate verification; with --plain-refused-url, a plain ws:// connection to the TLS port
+// must be refused with HTTP 400 within 5 s, not hang.
+//
+// Exit status 0 when everything matched; otherwise 1, with the mismatch on stderr.
 
+const fs = require('fs');
 const WebSocket = require('ws');
 const m = require('./messages.js');
 
 const STEP_TIMEOUT_MS = 15000; // for one echo, pong or close
 const CLOSE_DEADLINE_MS = 3000; // a closing handshake taking longer did not end cleanly
+const REFUSAL_DEADLINE_MS = 5000; // a connection that must be refused, and is not by then, hangs
 
 class Fail extends Error {}
 
@@ -60,12 +71,32 @@ function describe(item) {
   return `a ${item.type} event`;
 }
 
-// Opens a connection and checks the agreed extensions: {ws, next, socket, agreed}.
-async function open(url, deflate, expectDeflate) {
+// TLS options that trust only the CA certificates of `file` (not Node's bundled roots), with
+// verification on whatever NODE_TLS_REJECT_UNAUTHORIZED says.
+function trustOnly(file) {
+  return { ca: fs.readFileSync(file), rejectUnauthorized: true };
+}
+
+// The connection is TLS exactly when the URL is wss://, and then its certificate was verified;
+// returns "TLSv1.3 CIPHER" or null.
+function checkTls(url, socket) {
+  const wantTls = url.startsWith('wss://');
+  if (Boolean(socket.encrypted) !== wantTls) throw new Fail(`${url}: the connection is ${socket.encrypted ? 'TLS' : 'not TLS'}`);
+  if (!wantTls) return null;
+  if (!socket.authorized) throw new Fail(`${url}: the certificate was not verified: ${socket.authorizationError}`);
+  return `${socket.getProtocol()} ${socket.getCipher().standardName}`;
+}
+
+// Opens a connection and checks the agreed extensions: {ws, next, socket, agreed, tls}.
+async function open(url, deflate, expectDeflate, tlsOptions) {
   // Threshold 0: compress every message, even empty ones (when its side resets its context
   // after each message, as wsx serve asks, ws leaves messages under 1 KiB uncompressed by
   // default).
-  const ws = new WebSocket(url, { perMessageDeflate: deflate ? { threshold: 0 } : false, maxPayload: 64 * m.MIB });
+  const ws = new WebSocket(url, {
+    perMessageDeflate: deflate ? { threshold: 0 } : false,
+    maxPayload: 64 * m.MIB,
+    ...tlsOptions,
+  });
   const next = eventQueue(ws);
   const upgrade = await next('the opening handshake');
   if (upgrade.type !== 'upgrade') throw new Fail(`the opening handshake: got ${describe(upgrade)}`);
@@ -80,7 +111,63 @@ async function open(url, deflate, expectDeflate) {
   } else if (agreed !== undefined || ws.extensions !== '') {
     throw new Fail(`expected no extension, got ${JSON.stringify(agreed)} (active: ${active})`);
   }
-  return { ws, next, socket: upgrade.res.socket, agreed: agreed || 'none' };
+  const tls = checkTls(url, upgrade.res.socket);
+  return { ws, next, socket: upgrade.res.socket, agreed: agreed || 'none', tls };
+}
+
+// One connection attempt that must fail: resolves with {type: 'error', err},
+// {type: 'response', res} (an HTTP answer other than 101), or {type: 'open'} or
+// {type: 'timeout'} (both failures for the caller).
+function attempt(url, options) {
+  return new Promise((resolve) => {
+    const ws = new WebSocket(url, { perMessageDeflate: false, ...options });
+    const timer = setTimeout(() => {
+      ws.terminate();
+      resolve({ type: 'timeout' });
+    }, REFUSAL_DEADLINE_MS);
+    const done = (result) => {
+      clearTimeout(timer);
+      resolve(result);
+    };
+    ws.on('unexpected-response', (req, res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk) => (body += chunk));
+      res.on('end', () => done({ type: 'response', res, body }));
+      res.on('error', (err) => done({ type: 'error', err }));
+    });
+    ws.on('open', () => {
+      ws.terminate();
+      done({ type: 'open' });
+    });
+    ws.on('error', (err) => done({ type: 'error', err }));
+  });
+}
+
+// A client trusting only another CA must fail to verify the server's certificate.
+async function untrustedCaRefused(url, file) {
+  const what = `a connection trusting only --untrusted-cacert ${file}`;
+  const got = await attempt(url, trustOnly(file));
+  if (got.type === 'timeout') throw new Fail(`${what}: neither refused nor connected in ${REFUSAL_DEADLINE_MS} ms`);
+  if (got.type === 'open') throw new Fail(`${what}: connected: the server's certificate was not verified`);
+  if (got.type === 'response') throw new Fail(`${what}: got HTTP ${got.res.statusCode}: the certificate was not verified`);
+  // OpenSSL's verification errors: the chain ends in a CA we do not trust.
+  const verification = ['SELF_SIGNED_CERT_IN_CHAIN', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY'];
+  if (!verification.includes(got.err.code)) {
+    throw new Fail(`${what}: refused, but not by certificate verification: ${got.err.code}: ${got.err.message}`);
+  }
+  return `untrusted CA refused (${got.err.code})`;
+}
+
+// A plain ws:// connection to the TLS port must get an HTTP 400, quickly.
+async function plainRefused(url) {
+  const started = Date.now();
+  const got = await attempt(url, {});
+  if (got.type === 'timeout') throw new Fail(`plain ${url}: no answer in ${REFUSAL_DEADLINE_MS} ms (a hang)`);
+  if (got.type === 'open') throw new Fail(`plain ${url}: connected without TLS to the TLS port`);
+  if (got.type === 'error') throw new Fail(`plain ${url}: expected HTTP 400, got ${got.err.code || ''} ${got.err.message}`);
+  if (got.res.statusCode !== 400) throw new Fail(`plain ${url}: expected HTTP 400, got ${got.res.statusCode}`);
+  return `plain ws:// refused with 400 in ${Date.now() - started} ms (${JSON.stringify(got.body.trim())})`;
 }
 
 // Sends one test message and checks its echo; returns the bytes the echo took on the wire.
@@ -133,8 +220,12 @@ async function serverClose(conn) {
   await expectClosed(conn, `the server's close ${code}`, Date.now(), code, reason);
 }
 
-async function run(url, deflate, expectDeflate, serverCloseUrl) {
-  const conn = await open(url, deflate, expectDeflate);
+async function run(url, deflate, expectDeflate, serverCloseUrl, cacert, untrustedCacert, plainRefusedUrl) {
+  const tlsOptions = cacert === null ? {} : trustOnly(cacert);
+  const refusals = [];
+  if (untrustedCacert !== null) refusals.push(await untrustedCaRefused(url, untrustedCacert));
+  if (plainRefusedUrl !== null) refusals.push(await plainRefused(plainRefusedUrl));
+  const conn = await open(url, deflate, expectDeflate, tlsOptions);
   const messages = m.messageSet();
   const wireSizes = [];
   for (const msg of messages) {
@@ -159,12 +250,13 @@ async function run(url, deflate, expectDeflate, serverCloseUrl) {
   await clientClose(conn);
   let closes = `client close ${m.CLIENT_CLOSE.code}`;
   if (serverCloseUrl !== null) {
-    await serverClose(await open(serverCloseUrl, deflate, expectDeflate));
+    await serverClose(await open(serverCloseUrl, deflate, expectDeflate, tlsOptions));
     closes += `, server close ${m.SERVER_CLOSE.code}`;
   }
+  const tls = conn.tls === null ? '' : `; ${[`TLS: ${conn.tls}`, ...refusals].join(', ')}`;
   return (
     `${messages.length} messages, ${m.PING_PAYLOADS.length} pings, ${closes}; ` +
-    `compressible echoes took ${wireSizes.join(' and ')} B on the wire; extensions: ${conn.agreed}`
+    `compressible echoes took ${wireSizes.join(' and ')} B on the wire; extensions: ${conn.agreed}${tls}`
   );
 }
 
@@ -173,6 +265,9 @@ function main() {
   let deflate = false;
   let expectDeflate = false;
   let serverCloseUrl = null;
+  let cacert = null;
+  let untrustedCacert = null;
+  let plainRefusedUrl = null;
   const args = process.argv.slice(2);
   for (let i = 0; i < args.length; i++) {
     const a = args[i];
@@ -180,6 +275,9 @@ function main() {
     else if (a === '--no-deflate') deflate = false;
     else if (a === '--expect-deflate') expectDeflate = true;
     else if (a === '--server-close-url' && i + 1 < args.length) serverCloseUrl = args[++i];
+    else if (a === '--cacert' && i + 1 < args.length) cacert = args[++i];
+    else if (a === '--untrusted-cacert' && i + 1 < args.length) untrustedCacert = args[++i];
+    else if (a === '--plain-refused-url' && i + 1 < args.length) plainRefusedUrl = args[++i];
     else if (!a.startsWith('--') && url === null) url = a;
     else {
       console.error(`node client: unexpected argument ${a}`);
@@ -187,10 +285,22 @@ function main() {
     }
   }
   if (url === null) {
-    console.error('usage: node client.js URL [--deflate | --no-deflate] [--expect-deflate] [--server-close-url URL2]');
+    console.error(
+      'usage: node client.js URL [--deflate | --no-deflate] [--expect-deflate] [--server-close-url URL2] ' +
+        '[--cacert FILE] [--untrusted-cacert FILE] [--plain-refused-url URL3]',
+    );
     process.exit(2);
   }
-  run(url, deflate, expectDeflate, serverCloseUrl).then(
+  const tls = url.startsWith('wss://');
+  if (tls && cacert === null) {
+    console.error('node client: a wss:// URL needs --cacert FILE (the CA to trust)');
+    process.exit(2);
+  }
+  if (!tls && (cacert !== null || untrustedCacert !== null || plainRefusedUrl !== null)) {
+    console.error('node client: --cacert, --untrusted-cacert and --plain-refused-url need a wss:// URL');
+    process.exit(2);
+  }
+  run(url, deflate, expectDeflate, serverCloseUrl, cacert, untrustedCacert, plainRefusedUrl).then(
     (summary) => {
       console.log(`node client: ok: ${summary}`);
       process.exit(0);

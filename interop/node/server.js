@@ -1,7 +1,7 @@
 'use strict';
 // Node `ws` as the echo server for wsx's interop client (scripts/interop).
 //
-// Usage: node server.js [--port 0] [--deflate | --no-deflate] [--connections 2]
+// Usage: node server.js [--port 0] [--deflate | --no-deflate] [--connections 2] [--tls-cert FILE --tls-key FILE]
 //
 // Prints "listening on 127.0.0.1:PORT" once it accepts connections. Per connection: pings the
 // client with "ping from server" right after the handshake; echoes every message; on a text
@@ -16,14 +16,21 @@
 // messages arrived compressed, the pong to its ping, and the closing handshake (the client's
 // echo of our code, or the client's own close 4001 "bye from client"). After --connections
 // connections it exits: 0 if all matched; otherwise 1, one line per problem on stderr.
+//
+// With --tls-cert and --tls-key (PEM: the certificate chain, leaf first, and its key), ws runs on
+// an `https` server: wss:// only; each connection must be TLS (its version and cipher are in the
+// ok line). Failed TLS handshakes (a plain client, or one that refuses the certificate) are no
+// connections.
 
+const fs = require('fs');
+const https = require('https');
 const { WebSocketServer } = require('ws');
 const m = require('./messages.js');
 
 const FRAGMENTED_PREFIX = Buffer.from('fragmented');
 
 function parseArgs() {
-  const opts = { port: 0, deflate: false, connections: 2 };
+  const opts = { port: 0, deflate: false, connections: 2, tlsCert: null, tlsKey: null };
   const args = process.argv.slice(2);
   for (let i = 0; i < args.length; i++) {
     const a = args[i];
@@ -31,10 +38,16 @@ function parseArgs() {
     else if (a === '--no-deflate') opts.deflate = false;
     else if (a === '--port') opts.port = Number(args[++i]);
     else if (a === '--connections') opts.connections = Number(args[++i]);
+    else if (a === '--tls-cert') opts.tlsCert = args[++i];
+    else if (a === '--tls-key') opts.tlsKey = args[++i];
     else {
       console.error(`node server: unexpected argument ${a}`);
       process.exit(2);
     }
+  }
+  if ((opts.tlsCert === null) !== (opts.tlsKey === null)) {
+    console.error('node server: --tls-cert and --tls-key go together');
+    process.exit(2);
   }
   return opts;
 }
@@ -57,25 +70,38 @@ function main() {
   let count = 0;
   let remaining = opts.connections;
 
+  const tls = opts.tlsCert !== null;
+  // With TLS, ws upgrades the requests of an https server, which listens itself.
+  const httpsServer = tls
+    ? https.createServer({ cert: fs.readFileSync(opts.tlsCert), key: fs.readFileSync(opts.tlsKey) })
+    : null;
   const wss = new WebSocketServer({
-    host: '127.0.0.1',
-    port: opts.port,
+    ...(tls ? { server: httpsServer } : { host: '127.0.0.1', port: opts.port }),
     // Threshold 0: compress every message, even empty ones, also if a client asks the server to
     // reset its context after each message (ws then leaves messages under 1 KiB uncompressed by
     // default).
     perMessageDeflate: opts.deflate ? { threshold: 0 } : false,
     maxPayload: 64 * m.MIB,
   });
-  wss.on('listening', () => console.log(`listening on 127.0.0.1:${wss.address().port}`));
-  wss.on('error', (err) => {
+  const listening = () => console.log(`listening on 127.0.0.1:${wss.address().port}`);
+  const failed = (err) => {
     console.error(`node server: FAIL: ${err.message}`);
     process.exit(1);
-  });
+  };
+  wss.on('error', failed);
+  if (tls) {
+    httpsServer.on('error', failed);
+    httpsServer.listen(opts.port, '127.0.0.1', listening);
+  } else {
+    wss.on('listening', listening);
+  }
 
   wss.on('connection', (ws, req) => {
     const name = `connection ${++count}`;
     const socket = req.socket;
     const agreed = ws.extensions || 'none';
+    // Now: once the socket has closed, the session's details are gone.
+    const tlsNote = socket.encrypted ? `; TLS: ${socket.getProtocol()} ${socket.getCipher().standardName}` : '';
     const problems = [];
     let expected = null;
     let received = 0;
@@ -144,20 +170,25 @@ function main() {
         problems.push(`expected the client's close ${m.CLIENT_CLOSE.code} ${JSON.stringify(m.CLIENT_CLOSE.reason)}, got ${got}`);
       }
       if (!pongMatched) problems.push(`no pong matching our ping ${JSON.stringify(m.SERVER_PING.toString())}`);
+      if (Boolean(socket.encrypted) !== tls) {
+        problems.push(`expected a ${tls ? 'TLS' : 'plain'} connection, got ${socket.encrypted ? 'TLS' : 'plain'}`);
+      }
       if (problems.length) {
         failures.push(...problems.map((p) => `${name}: ${p}`));
       } else {
         const wireNote = wireSizes.length ? `compressible messages took ${wireSizes.join(' and ')} B on the wire, ` : '';
         console.log(
           `node server: ${name}: ok: ${received} message(s) (${fragmented} echoed as fragments), ${wireNote}` +
-            `close ${got}, pong matched; extensions: ${agreed}`,
+            `close ${got}, pong matched; extensions: ${agreed}${tlsNote}`,
         );
       }
       if (--remaining === 0) {
-        wss.close(() => {
+        const finish = () => {
           for (const f of failures) console.error(`node server: FAIL: ${f}`);
           process.exit(failures.length ? 1 : 0);
-        });
+        };
+        // ws does not close an https server it was given.
+        wss.close(() => (httpsServer ? httpsServer.close(finish) : finish()));
       }
     });
   });

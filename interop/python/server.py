@@ -1,6 +1,6 @@
 """Python `websockets` as the echo server for wsx's interop client (scripts/interop).
 
-Usage: server.py [--port 0] [--deflate | --no-deflate] [--connections 2]
+Usage: server.py [--port 0] [--deflate | --no-deflate] [--connections 2] [--tls-cert FILE --tls-key FILE]
 
 Prints "listening on 127.0.0.1:PORT" once it accepts connections. Per connection: pings the
 client with "ping from server" right after the handshake; echoes every message, a fragmented one
@@ -12,10 +12,15 @@ interop client sends (messages.first_connection() or, when the first message is 
 connection 2, messages.second_connection()), the pong to its ping, and the closing handshake
 (the client's echo of our code, or the client's own close 4001 "bye from client"). After
 --connections connections it exits: 0 if all matched; otherwise 1, one line per problem.
+
+With --tls-cert and --tls-key (PEM: the certificate chain, leaf first, and its key), it serves
+wss:// only, and checks that each connection is TLS (its version and cipher are in the ok line).
+Failed TLS handshakes (a plain client, or one that refuses the certificate) are no connections.
 """
 
 import argparse
 import asyncio
+import ssl
 import sys
 
 from websockets.asyncio.server import serve
@@ -25,7 +30,8 @@ import messages as m
 
 
 class Server:
-    def __init__(self, connections):
+    def __init__(self, connections, tls):
+        self.tls = tls
         self.remaining = connections
         self.count = 0
         self.failures = []
@@ -90,6 +96,10 @@ class Server:
             problems.append(f"expected the client's close {m.CLIENT_CLOSE[0]} {m.CLIENT_CLOSE[1]!r}, got {got}")
         if not (pong.done() and not pong.cancelled() and pong.exception() is None):
             problems.append(f"no pong matching our ping {m.SERVER_PING!r}")
+        ssl_object = ws.transport.get_extra_info("ssl_object")
+        if self.tls != (ssl_object is not None):
+            problems.append(f"expected a {'TLS' if self.tls else 'plain'} connection, got {'TLS' if ssl_object else 'plain'}")
+        tls = f"; TLS: {ssl_object.version()} {ssl_object.cipher()[0]}" if ssl_object else ""
 
         extensions = ws.response.headers.get("Sec-WebSocket-Extensions") or "none"
         if problems:
@@ -97,7 +107,7 @@ class Server:
         else:
             print(
                 f"python server: {name}: ok: {received} message(s) ({fragmented} fragmented, echoed as fragments), "
-                f"close {got}, pong matched; extensions: {extensions}",
+                f"close {got}, pong matched; extensions: {extensions}{tls}",
                 flush=True,
             )
         self.remaining -= 1
@@ -105,8 +115,14 @@ class Server:
             self.done.set()
 
 
-async def run(port, deflate, connections):
-    server = Server(connections)
+def server_context(cert, key):
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+async def run(port, deflate, connections, ssl_context):
+    server = Server(connections, ssl_context is not None)
     async with serve(
         server.handler,
         "127.0.0.1",
@@ -115,6 +131,7 @@ async def run(port, deflate, connections):
         max_size=64 * m.MIB,
         ping_interval=None,
         close_timeout=5,
+        ssl=ssl_context,
     ) as ws_server:
         port = ws_server.sockets[0].getsockname()[1]
         print(f"listening on 127.0.0.1:{port}", flush=True)
@@ -128,8 +145,13 @@ def main():
     parser.add_argument("--deflate", dest="deflate", action="store_true", help="accept permessage-deflate")
     parser.add_argument("--no-deflate", dest="deflate", action="store_false", help="refuse it (default)")
     parser.add_argument("--connections", type=int, default=2, help="exit after this many connections")
+    parser.add_argument("--tls-cert", help="serve wss:// with this PEM certificate chain (needs --tls-key)")
+    parser.add_argument("--tls-key", help="the PEM private key of --tls-cert")
     args = parser.parse_args()
-    failures = asyncio.run(run(args.port, args.deflate, args.connections))
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    ssl_context = server_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+    failures = asyncio.run(run(args.port, args.deflate, args.connections, ssl_context))
     for failure in failures:
         print(f"python server: FAIL: {failure}", file=sys.stderr)
     return 1 if failures else 0

@@ -2,10 +2,19 @@
 //! `interop/README.md` against a peer's echo server (Python `websockets`, Node `ws`) and checks
 //! every echo byte for byte.
 //!
-//! Usage: `interop_client URL [--deflate | --no-deflate] [--expect-deflate]`
+//! Usage: `interop_client URL [--deflate | --no-deflate] [--expect-deflate] [--cacert FILE]
+//! [--untrusted-cacert FILE] [--plain-refused-url URL2]`
 //!
 //! - `--deflate` offers permessage-deflate (default: `--no-deflate`, no offer).
 //! - `--expect-deflate`: the server must accept it; without it, no extension may be agreed.
+//! - `--cacert FILE`: for a `wss://` URL (required there): trust only the CA certificates of
+//!   FILE, not the system's. The connection must then really be TLS; the TLS version and cipher
+//!   suite are reported.
+//! - `--untrusted-cacert FILE`: first, a connection that trusts only FILE (a CA that did not
+//!   sign the server's certificate) must be refused with "unknown issuer": the certificate is
+//!   verified at all.
+//! - `--plain-refused-url URL2`: first, a plain `ws://` connection to URL2 (the server's TLS
+//!   port) must fail within 5 s, not hang.
 //!
 //! Connection 1: the message set (text and binary of 0 B, 20 B, 1 MiB compressible, 1 MiB
 //! random; a fragmented text and a fragmented binary message), pings with payloads, the server's
@@ -15,12 +24,14 @@
 //!
 //! Exit status 0 when everything matched; otherwise 1, with the first mismatch on stderr.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use wsx::proto::deflate::DeflateConfig;
-use wsx::{ClientBuilder, CloseCode, Message, WebSocket, WebSocketConfig};
+use wsx::tls::ClientTls;
+use wsx::{ClientBuilder, CloseCode, Message, TlsError, WebSocket, WebSocketConfig};
 
 type Ws = WebSocket<wsx::MaybeTlsStream>;
 
@@ -29,34 +40,64 @@ const MIB: usize = 1 << 20;
 const STEP_TIMEOUT: Duration = Duration::from_secs(15);
 /// A closing handshake that takes longer than this did not end cleanly (the close timeout is 5 s).
 const CLOSE_DEADLINE: Duration = Duration::from_secs(3);
+/// A connection that must be refused (plain to a TLS port, untrusted certificate) must fail
+/// within this, not hang.
+const REFUSAL_DEADLINE: Duration = Duration::from_secs(5);
 /// The text message that asks the server to close with 4002 `bye from server`.
 const CLOSE_COMMAND: &str = "close 4002 bye from server";
 /// What the peer servers send as their ping right after the handshake.
 const SERVER_PING: &[u8] = b"ping from server";
+
+const USAGE: &str = "usage: interop_client URL [--deflate | --no-deflate] [--expect-deflate] [--cacert FILE] \
+                     [--untrusted-cacert FILE] [--plain-refused-url URL2]";
 
 #[derive(Debug)]
 struct Args {
     url: String,
     deflate: bool,
     expect_deflate: bool,
+    cacert: Option<PathBuf>,
+    untrusted_cacert: Option<PathBuf>,
+    plain_refused_url: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut url = None;
     let mut deflate = false;
     let mut expect_deflate = false;
-    for arg in std::env::args().skip(1) {
+    let mut cacert = None;
+    let mut untrusted_cacert = None;
+    let mut plain_refused_url = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
         match arg.as_str() {
             "--deflate" => deflate = true,
             "--no-deflate" => deflate = false,
             "--expect-deflate" => expect_deflate = true,
+            "--cacert" => cacert = Some(PathBuf::from(value("--cacert")?)),
+            "--untrusted-cacert" => untrusted_cacert = Some(PathBuf::from(value("--untrusted-cacert")?)),
+            "--plain-refused-url" => plain_refused_url = Some(value("--plain-refused-url")?),
             a if a.starts_with("--") => return Err(format!("unknown option {a}")),
             a if url.is_none() => url = Some(a.to_owned()),
             a => return Err(format!("unexpected argument {a}")),
         }
     }
-    let url = url.ok_or("usage: interop_client URL [--deflate | --no-deflate] [--expect-deflate]")?;
-    Ok(Args { url, deflate, expect_deflate })
+    let url: String = url.ok_or(USAGE)?;
+    let tls = url.starts_with("wss://");
+    if tls && cacert.is_none() {
+        // The system's roots would not know the test CA, and verification stays on.
+        return Err(format!("{url}: a wss:// URL needs --cacert FILE (the CA to trust)"));
+    }
+    if !tls && (cacert.is_some() || untrusted_cacert.is_some() || plain_refused_url.is_some()) {
+        return Err(format!("--cacert, --untrusted-cacert and --plain-refused-url need a wss:// URL, not {url}"));
+    }
+    Ok(Args { url, deflate, expect_deflate, cacert, untrusted_cacert, plain_refused_url })
+}
+
+/// A client configuration that trusts only the CA certificates of `file`.
+fn trust_only(option: &str, file: &std::path::Path) -> Result<ClientTls, String> {
+    ClientTls::new().only_added_roots().add_ca_pem_file(file).map_err(|e| format!("{option} {}: {e}", file.display()))
 }
 
 // ---------------------------------------------------------------- the message set
@@ -209,17 +250,57 @@ struct Run {
     args: Args,
     /// Payloads of the pings the server sent us.
     server_pings: Vec<Bytes>,
+    /// The TLS version and cipher suite of the last connection, for `wss://`.
+    tls: Option<String>,
 }
 
 impl Run {
-    async fn connect(&self) -> Check<Ws> {
+    /// With `--untrusted-cacert`: a client that trusts only another CA must refuse the server's
+    /// certificate as signed by an unknown issuer. Returns what happened, for the summary.
+    async fn untrusted_ca_refused(&self, ca: &std::path::Path) -> Check<String> {
+        let what = format!("a connection trusting only --untrusted-cacert {}", ca.display());
+        let connect = ClientBuilder::new(&self.args.url).tls(trust_only("--untrusted-cacert", ca)?).connect();
+        match tokio::time::timeout(REFUSAL_DEADLINE, connect).await {
+            Err(_) => Err(format!("{what}: neither refused nor connected in {REFUSAL_DEADLINE:?}")),
+            Ok(Ok(_)) => Err(format!("{what}: connected: the server's certificate was not verified")),
+            Ok(Err(wsx::Error::Tls(TlsError::UnknownIssuer))) => Ok("untrusted CA refused (unknown issuer)".into()),
+            Ok(Err(e)) => Err(format!("{what}: refused, but not for an unknown issuer: {e}")),
+        }
+    }
+
+    /// With `--plain-refused-url`: a plain `ws://` connection to the TLS port must fail, and
+    /// quickly. Returns what happened, for the summary.
+    async fn plain_refused(&self, url: &str) -> Check<String> {
+        let started = Instant::now();
+        match tokio::time::timeout(REFUSAL_DEADLINE, ClientBuilder::new(url).connect()).await {
+            Err(_) => Err(format!("plain {url}: neither refused nor connected in {REFUSAL_DEADLINE:?} (a hang)")),
+            Ok(Ok(_)) => Err(format!("plain {url}: connected without TLS to the TLS port")),
+            Ok(Err(e)) => Ok(format!("plain ws:// refused in {} ms ({e})", started.elapsed().as_millis())),
+        }
+    }
+
+    async fn connect(&mut self) -> Check<Ws> {
         let mut config = WebSocketConfig::default();
         config.deflate = self.args.deflate.then(DeflateConfig::default);
-        let (ws, _) = ClientBuilder::new(&self.args.url)
-            .config(config)
-            .connect()
-            .await
-            .map_err(|e| format!("connect to {}: {e}", self.args.url))?;
+        let mut builder = ClientBuilder::new(&self.args.url).config(config);
+        if let Some(ca) = &self.args.cacert {
+            builder = builder.tls(trust_only("--cacert", ca)?);
+        }
+        let (ws, _) = builder.connect().await.map_err(|e| format!("connect to {}: {e}", self.args.url))?;
+        let want_tls = self.args.url.starts_with("wss://");
+        if ws.get_ref().is_tls() != want_tls {
+            return Err(format!(
+                "connect to {}: the connection is {}",
+                self.args.url,
+                if ws.get_ref().is_tls() { "TLS" } else { "not TLS" }
+            ));
+        }
+        if let Some(session) = ws.get_ref().tls_session() {
+            let version = session.protocol_version().map_or("no version".into(), |v| format!("{v:?}"));
+            let suite =
+                session.negotiated_cipher_suite().map_or("no cipher suite".into(), |s| format!("{:?}", s.suite()));
+            self.tls = Some(format!("{version} {suite}"));
+        }
         let ext = ws.extensions();
         match (self.args.expect_deflate, ext) {
             (true, Some(e)) if e.trim_start().to_ascii_lowercase().starts_with("permessage-deflate") => {}
@@ -379,17 +460,33 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut run = Run { args, server_pings: Vec::new() };
+    let mut run = Run { args, server_pings: Vec::new(), tls: None };
     let result = async {
+        // The refusals first: a peer server counts only the connections that got through.
+        let mut refusals = Vec::new();
+        if let Some(ca) = run.args.untrusted_cacert.clone() {
+            refusals.push(run.untrusted_ca_refused(&ca).await?);
+        }
+        if let Some(url) = run.args.plain_refused_url.clone() {
+            refusals.push(run.plain_refused(&url).await?);
+        }
         let (extensions, echoed) = run.first_connection().await?;
         run.second_connection().await?;
-        Ok::<_, String>((extensions, echoed + 1))
+        // Nothing to add for ws://: the line stays what it was before TLS.
+        let tls = match &run.tls {
+            Some(session) => {
+                let parts: Vec<String> = std::iter::once(format!("TLS: {session}")).chain(refusals).collect();
+                format!("; {}", parts.join(", "))
+            }
+            None => String::new(),
+        };
+        Ok::<_, String>((extensions, echoed + 1, tls))
     }
     .await;
     match result {
-        Ok((extensions, echoed)) => {
+        Ok((extensions, echoed, tls)) => {
             println!(
-                "interop_client: ok: {} messages, {} pings, server close 4002, client close 4001; extensions: {extensions}",
+                "interop_client: ok: {} messages, {} pings, server close 4002, client close 4001; extensions: {extensions}{tls}",
                 echoed,
                 ping_payloads().len()
             );

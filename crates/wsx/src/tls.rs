@@ -422,7 +422,15 @@ pub async fn accept(
         }
         return Err(TlsError::NotTls.into());
     }
-    Ok(acceptor.accept(tcp).await?)
+    match acceptor.accept(tcp).await {
+        Ok(stream) => Ok(stream),
+        // Typically a client that did not trust our certificate and hung up without an alert.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(TlsError::Handshake(
+            "the client closed the connection during the TLS handshake (did it refuse our certificate?)".into(),
+        )
+        .into()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Runs the client side of the TLS handshake for `host` (its SNI name, or an IP address).

@@ -11,6 +11,7 @@ use wsx_proto::handshake::{ClientHandshake, ClientRequestConfig, HandshakeError,
 use wsx_proto::Connection;
 
 use crate::io::now;
+use crate::proxy::{self, ProxyConfig};
 use crate::rng::{handshake_key, OsRandom};
 use crate::server::read_head;
 use crate::{Error, WebSocket, WebSocketConfig};
@@ -41,6 +42,7 @@ pub struct ClientBuilder {
     config: WebSocketConfig,
     /// The first header given to [`header`](Self::header) that could not be used: name and why.
     invalid_header: Option<(String, &'static str)>,
+    proxy: ProxyConfig,
 }
 
 impl ClientBuilder {
@@ -51,6 +53,7 @@ impl ClientBuilder {
             request: ClientRequestConfig::default(),
             config: WebSocketConfig::default(),
             invalid_header: None,
+            proxy: ProxyConfig::default(),
         }
     }
 
@@ -129,7 +132,49 @@ impl ClientBuilder {
         self
     }
 
-    /// Opens the TCP connection and runs the opening handshake.
+    /// Connects through the proxy at `url` instead of the one the environment names (if any):
+    /// `http://[user:password@]host:port` (HTTP `CONNECT`), `socks5://…` (SOCKS5, the server's
+    /// name resolved here) or `socks5h://…` (SOCKS5, resolved by the proxy). Without a scheme,
+    /// `http://`; without a port, 1080. The environment is not read, except that hosts given to
+    /// [`proxy_bypass`](Self::proxy_bypass) are still reached directly. See [`crate::proxy`].
+    ///
+    /// The URL is checked by [`connect`](Self::connect), which fails with [`Error::Proxy`]
+    /// ([`ProxyFailure::InvalidUrl`](proxy::ProxyFailure::InvalidUrl)) naming it (without its
+    /// password) if it cannot be used.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), wsx::Error> {
+    /// let (ws, _) = wsx::ClientBuilder::new("ws://example.com/feed")
+    ///     .proxy("http://alice:s3cret@proxy.corp:3128")
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn proxy(mut self, url: impl Into<String>) -> Self {
+        self.proxy.set_proxy(url.into());
+        self
+    }
+
+    /// Connects directly, whatever the environment's proxy variables say (and forgets a proxy
+    /// given to [`proxy`](Self::proxy)).
+    pub fn no_proxy(mut self) -> Self {
+        self.proxy.set_direct();
+        self
+    }
+
+    /// Hosts to reach without a proxy, in `no_proxy` syntax (see
+    /// [`no_proxy_matches`](proxy::no_proxy_matches)), e.g. `"localhost,.corp.example,10.0.0.0/8"`.
+    /// Applies to the proxy given to [`proxy`](Self::proxy), and replaces the environment's
+    /// `no_proxy` for a proxy the environment names; `""` bypasses nothing, like curl's
+    /// `--noproxy ""`.
+    pub fn proxy_bypass(mut self, list: impl Into<String>) -> Self {
+        self.proxy.set_bypass(list.into());
+        self
+    }
+
+    /// Opens the TCP connection (directly, or through a proxy: see [`proxy`](Self::proxy) and
+    /// [`crate::proxy`]) and runs the opening handshake. The handshake timeout covers all of it,
+    /// the proxy's part included.
     ///
     /// Fails without connecting if a header given to [`header`](Self::header) was invalid, or
     /// [`Error::Config`] if the limits contradict each other.
@@ -146,12 +191,14 @@ impl ClientBuilder {
         let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
         let port = uri.port_u16().unwrap_or(80);
         let timeout = self.config.proto.handshake_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
         let fut = async move {
-            let stream = TcpStream::connect((host.as_str(), port)).await?;
-            stream.set_nodelay(true)?;
+            let scheme = uri.scheme_str().unwrap_or("ws");
+            let limits = &self.config.proto.handshake;
+            let stream = proxy::connect(&self.proxy, scheme, &host, port, limits, deadline, timeout).await?;
             self.handshake_on(stream, &uri).await
         };
-        tokio::time::timeout(timeout, fut).await.map_err(|_| Error::HandshakeTimeout(timeout))?
+        tokio::time::timeout_at(deadline, fut).await.map_err(|_| Error::HandshakeTimeout(timeout))?
     }
 
     /// Runs the opening handshake for `url` over a stream that is already connected (a TLS

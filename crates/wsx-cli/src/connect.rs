@@ -49,7 +49,9 @@ Examples:
   wsx connect --binary ws://host/upload < data.bin > reply.bin
       Send stdin as binary messages, write what comes back unchanged.
   wsx connect --ping-interval 30 --show-ping ws://host/
-      Keepalive ping after 30 s without traffic, printed with its round-trip time."
+      Keepalive ping after 30 s without traffic, printed with its round-trip time.
+  wsx connect --proxy http://user:password@proxy.corp:3128 wss://host/feed
+      Through an HTTP proxy (CONNECT); socks5h://host:1080 for a SOCKS5 proxy."
     };
 }
 
@@ -87,7 +89,8 @@ Exit status:
   0    closed cleanly: the server closed with 1000 or without a code, or wsx closed (end of
        stdin, /quit, /close, Ctrl-C) and the server answered
   1    could not connect: invalid URL or option, DNS failure, connection refused, timeout,
-       handshake refused by the server (its HTTP status is printed)
+       handshake refused by the server (its HTTP status is printed), a proxy that failed or
+       refused (the proxy, without its password, and its answer are printed)
   2    the server closed with another code, or the connection ended abnormally (1006: dropped
        without a close frame, no answer to our close, no pong within --ping-timeout, a
        protocol error); clap also exits with 2 on invalid command-line usage
@@ -97,7 +100,15 @@ Exit status:
 
 Environment:
   WSX_HISTORY   history file of interactive mode (default ~/.wsx_history; empty: none)
-  NO_COLOR      no colours"
+  NO_COLOR      no colours
+  ws_proxy, WS_PROXY, http_proxy, all_proxy, ALL_PROXY
+                the proxy for ws:// URLs: the first one set, unless --proxy or --no-proxy
+  wss_proxy, WSS_PROXY, https_proxy, HTTPS_PROXY, all_proxy, ALL_PROXY
+                the proxy for wss:// URLs; as in curl, upper-case HTTP_PROXY is never read
+  no_proxy, NO_PROXY
+                hosts reached directly, comma separated: * for all, a name for itself and
+                its subdomains (leading dot allowed), IP addresses and CIDR ranges
+                (10.0.0.0/8), each optionally with :port"
 );
 
 /// Options of `wsx connect`.
@@ -162,6 +173,17 @@ pub struct ConnectArgs {
     /// Print the server's handshake response (status and headers).
     #[arg(short = 'v', long)]
     verbose: bool,
+    /// Connect through this proxy instead of the environment's.
+    ///
+    /// http://[user:password@]host:port for an HTTP CONNECT tunnel (the default without a
+    /// scheme), socks5://… for SOCKS5 with the server's name resolved here, socks5h://… for SOCKS5
+    /// with the name resolved by the proxy. The port defaults to 1080; the user name and password
+    /// are percent-decoded (%40 for @). wss:// runs TLS end to end inside the tunnel.
+    #[arg(short = 'x', long, value_name = "URL", conflicts_with = "no_proxy")]
+    proxy: Option<String>,
+    /// Connect directly, ignoring the proxy environment variables.
+    #[arg(long)]
+    no_proxy: bool,
 }
 
 /// After our close frame, how long the server may take to answer it (the library's close
@@ -208,6 +230,12 @@ fn builder(args: &ConnectArgs, url: &str) -> anyhow::Result<ClientBuilder> {
     }
     if let Some(o) = &args.origin {
         builder = builder.origin(o);
+    }
+    if let Some(proxy) = &args.proxy {
+        builder = builder.proxy(proxy);
+    }
+    if args.no_proxy {
+        builder = builder.no_proxy();
     }
     let mut config = WebSocketConfig::default();
     config.proto.max_message_size = args.max_message_size;

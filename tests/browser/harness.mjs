@@ -50,9 +50,13 @@ export async function startServer(args = []) {
     proc.on('error', reject);
     exited.then(({ code }) => reject(new Error(`wsx serve exited (${code}) before listening:\n${log.join('\n')}`)));
   });
+  const tls = args.includes('--tls-self-signed') || args.includes('--tls-cert');
+  // `wsx serve --tls-self-signed` prints the SPKI pin of the certificate it made.
+  const pin = log.map((l) => /SPKI pin: (\S+)/.exec(l)).find(Boolean)?.[1];
   return {
     port,
-    origin: `http://127.0.0.1:${port}`,
+    origin: `${tls ? 'https' : 'http'}://127.0.0.1:${port}`,
+    pin,
     log,
     exited,
     /** Lines of the log that match `re`, waiting up to `ms` for at least one. */
@@ -77,16 +81,41 @@ export function launchBrowser() {
   return chromium.launch({
     executablePath: CHROMIUM,
     headless: true,
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
+    args: BROWSER_ARGS,
   });
+}
+
+const BROWSER_ARGS = [
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+];
+
+/**
+ * Headless chromium that trusts the certificates whose SPKI pins (base64 SHA-256 of the public
+ * key) are given, as `--ignore-certificate-errors-spki-list` does: Chromium reads that switch
+ * only with a persistent profile, so this is a persistent context in a fresh temporary
+ * user-data-dir. Resolves to the context (`newPage`, `close`).
+ */
+export async function launchTrustingContext(pins) {
+  const { mkdtemp, rm } = await import('node:fs/promises');
+  const os = await import('node:os');
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'wsx-chromium-'));
+  const context = await chromium.launchPersistentContext(dir, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [...BROWSER_ARGS, `--ignore-certificate-errors-spki-list=${pins.join(',')}`],
+  });
+  const close = context.close.bind(context);
+  context.close = async () => {
+    await close();
+    await rm(dir, { recursive: true, force: true });
+  };
+  return context;
 }
 
 /**
@@ -97,7 +126,7 @@ export const TOOLKIT = `
 window.t = {
   /** Opens a WebSocket; resolves when open, rejects with the close event's fields if it never opens. */
   open(url, protocols = [], binaryType = 'arraybuffer') {
-    if (url.startsWith('/')) url = 'ws://' + location.host + url;
+    if (url.startsWith('/')) url = (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + url;
     const ws = new WebSocket(url, protocols);
     ws.binaryType = binaryType;
     ws.queue = [];

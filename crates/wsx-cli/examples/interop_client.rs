@@ -19,11 +19,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::net::TcpStream;
 use wsx::proto::deflate::DeflateConfig;
 use wsx::{ClientBuilder, CloseCode, Message, WebSocket, WebSocketConfig};
 
-type Ws = WebSocket<TcpStream>;
+type Ws = WebSocket<wsx::MaybeTlsStream>;
 
 const MIB: usize = 1 << 20;
 /// How long one echo, pong or close may take before the run fails.

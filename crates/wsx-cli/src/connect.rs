@@ -17,6 +17,7 @@ mod ui;
 
 use std::collections::VecDeque;
 use std::io::IsTerminal as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,9 +25,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use bytes::Bytes;
 use clap::Args;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 use wsx::proto::deflate::DeflateConfig;
+use wsx::tls::ClientTls;
+use wsx::MaybeTlsStream;
 use wsx::{ClientBuilder, CloseCode, CloseFrame, Message, WebSocketConfig, WsReader, WsWriter};
 
 use self::format::{describe_close, escape_controls, parse_secs, parse_size, payload};
@@ -50,6 +52,8 @@ Examples:
       Send stdin as binary messages, write what comes back unchanged.
   wsx connect --ping-interval 30 --show-ping ws://host/
       Keepalive ping after 30 s without traffic, printed with its round-trip time.
+  wsx connect --cacert ca.pem --cert me.pem --key me-key.pem wss://host:8443/feed
+      TLS with a private CA (besides the system's roots) and a client certificate.
   wsx connect --proxy http://user:password@proxy.corp:3128 wss://host/feed
       Through an HTTP proxy (CONNECT); socks5h://host:1080 for a SOCKS5 proxy."
     };
@@ -89,6 +93,7 @@ Exit status:
   0    closed cleanly: the server closed with 1000 or without a code, or wsx closed (end of
        stdin, /quit, /close, Ctrl-C) and the server answered
   1    could not connect: invalid URL or option, DNS failure, connection refused, timeout,
+       TLS failure (unknown issuer, name mismatch, expired certificate…: the cause is printed),
        handshake refused by the server (its HTTP status is printed), a proxy that failed or
        refused (the proxy, without its password, and its answer are printed)
   2    the server closed with another code, or the connection ended abnormally (1006: dropped
@@ -99,6 +104,7 @@ Exit status:
   'closed: 4000 \"session expired\"'.
 
 Environment:
+  SSL_CERT_FILE, SSL_CERT_DIR   trusted roots for wss:// instead of the system's store
   WSX_HISTORY   history file of interactive mode (default ~/.wsx_history; empty: none)
   NO_COLOR      no colours
   ws_proxy, WS_PROXY, http_proxy, all_proxy, ALL_PROXY
@@ -115,7 +121,7 @@ Environment:
 #[derive(Args, Debug)]
 #[command(after_help = AFTER_HELP, after_long_help = AFTER_LONG_HELP)]
 pub struct ConnectArgs {
-    /// The server's URL, `ws://host:port/path?query`: port, path and query are optional, and so is `ws://`.
+    /// The server's URL, `ws://host:port/path?query` or `wss://…`: port, path and query are optional, and so is `ws://`.
     url: String,
     /// Add a request header, `Name: value` (repeatable).
     #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
@@ -173,6 +179,19 @@ pub struct ConnectArgs {
     /// Print the server's handshake response (status and headers).
     #[arg(short = 'v', long)]
     verbose: bool,
+    /// wss://: also trust the CA certificates in this PEM file (besides the system's).
+    #[arg(long, value_name = "FILE")]
+    cacert: Option<PathBuf>,
+    /// wss://: present this PEM client certificate (chain, leaf first); needs --key.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+    /// wss://: the PEM private key of --cert.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+    /// wss://: do not verify the server's certificate (name, issuer, dates). Anyone on the path
+    /// can then read and change the traffic: for development only; a warning is printed.
+    #[arg(short = 'k', long)]
+    insecure: bool,
     /// Connect through this proxy instead of the environment's.
     ///
     /// http://[user:password@]host:port for an HTTP CONNECT tunnel (the default without a
@@ -246,7 +265,22 @@ fn builder(args: &ConnectArgs, url: &str) -> anyhow::Result<ClientBuilder> {
     if !args.no_deflate {
         config.deflate = Some(DeflateConfig::default());
     }
-    Ok(builder.config(config))
+    Ok(builder.config(config).tls(client_tls(args)?))
+}
+
+/// The TLS settings of `--cacert`, `--cert`/`--key` and `--insecure` (used for wss:// only).
+fn client_tls(args: &ConnectArgs) -> anyhow::Result<ClientTls> {
+    let mut tls = ClientTls::new();
+    if let Some(ca) = &args.cacert {
+        tls = tls.add_ca_pem_file(ca).context("--cacert")?;
+    }
+    if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+        tls = tls.client_auth_pem_files(cert, key).context("--cert/--key")?;
+    }
+    if args.insecure {
+        tls = tls.danger_accept_invalid_certs();
+    }
+    Ok(tls)
 }
 
 /// Pings sent and not yet answered, for `--show-ping` and round-trip times. Display only: the
@@ -347,7 +381,7 @@ fn control_line(what: &str, shown: &str, rtt: Option<Duration>) -> String {
 }
 
 async fn read_loop(
-    mut reader: WsReader<TcpStream>,
+    mut reader: WsReader<MaybeTlsStream>,
     ui: Arc<Ui>,
     pings: Arc<Mutex<Pings>>,
     show_ping: bool,
@@ -417,6 +451,9 @@ async fn read_loop(
 pub async fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
     let url = normalize_url(&args.url);
     let builder = builder(&args, &url)?;
+    if args.insecure && url.starts_with("wss://") {
+        eprintln!("wsx: warning: --insecure: the server's certificate is not verified; anyone on the path can read and change this connection");
+    }
     let stdin_tty = std::io::stdin().is_terminal();
     let stdout_tty = std::io::stdout().is_terminal();
     let force_tty = std::env::var_os("WSX_FORCE_TTY").is_some_and(|v| v == "1");
@@ -605,7 +642,7 @@ fn humantime(d: Duration) -> String {
 
 /// The sending side of the session.
 struct Session<'a> {
-    writer: &'a mut WsWriter<TcpStream>,
+    writer: &'a mut WsWriter<MaybeTlsStream>,
     ui: &'a Ui,
     pings: &'a Mutex<Pings>,
     show_ping: bool,

@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 use ::http::{HeaderMap, StatusCode, Uri};
 use anyhow::Context as _;
 use clap::Args;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -55,6 +56,7 @@ mod host;
 mod http;
 mod origin;
 mod rooms;
+mod tls;
 
 use host::HostPolicy;
 use origin::OriginPolicy;
@@ -131,6 +133,8 @@ pub struct ServeArgs {
     /// closes its connection with 1009. /echo keeps the 64 MiB limit.
     #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
     room_max_message: usize,
+    #[command(flatten)]
+    tls: tls::TlsArgs,
 }
 
 /// Everything a connection needs to know about the server.
@@ -144,6 +148,8 @@ struct Server {
     origins: OriginPolicy,
     site: http::Site,
     bus: Arc<dyn Bus>,
+    /// With `--tls-cert`/`--tls-key` or `--tls-self-signed`: every connection speaks TLS.
+    tls: Option<wsx::tls::TlsAcceptor>,
 }
 
 /// What an upgrade request's path asks for.
@@ -169,6 +175,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    let tls = tls::acceptor(&args.tls)?;
     let listener = TcpListener::bind(args.addr).await.with_context(|| format!("cannot listen on {}", args.addr))?;
     let mut config = ServerConfig::default();
     if !args.no_deflate {
@@ -197,18 +204,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         origins,
         site: http::Site { static_root },
         bus: Arc::new(LocalBus::new(queue_limits)),
+        tls,
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let addr = listener.local_addr()?;
     let mode = if args.echo { "echo on every path" } else { "demo, /echo, /room/{name}, /close" };
-    tracing::info!(%addr, mode, "wsx serve listening on http://{addr}/");
+    let scheme = if server.tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, mode, "wsx serve listening on {scheme}://{addr}/");
 
     let signal = loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
-                    tasks.spawn(connection(server.clone(), tcp, peer, shutdown_rx.clone()));
+                    tasks.spawn(tcp_connection(server.clone(), tcp, peer, shutdown_rx.clone()));
                 }
                 Err(e) => {
                     // Out of file descriptors, typically: let connections end before retrying.
@@ -271,12 +280,28 @@ impl Signals {
     }
 }
 
-/// Serves one TCP connection: a plain HTTP answer, a refused handshake, or a WebSocket.
-async fn connection(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, mut shutdown: watch::Receiver<bool>) {
+/// The transport of a connection: TCP, or TLS over TCP.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for S {}
+
+/// Serves one TCP connection: with `--tls-*`, the TLS handshake first (bounded by the handshake
+/// timeout), then [`connection`].
+async fn tcp_connection(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, shutdown: watch::Receiver<bool>) {
     let _ = tcp.set_nodelay(true);
+    let Some(acceptor) = &server.tls else { return connection(server, tcp, peer, shutdown).await };
+    let timeout = server.config.websocket.proto.handshake_timeout;
+    match tokio::time::timeout(timeout, wsx::tls::accept(acceptor, tcp)).await {
+        Ok(Ok(stream)) => connection(server, stream, peer, shutdown).await,
+        Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::info!(%peer, "TLS handshake not done within {timeout:?}"),
+    }
+}
+
+/// Serves one connection: a plain HTTP answer, a refused handshake, or a WebSocket.
+async fn connection<S: Io>(server: Arc<Server>, stream: S, peer: SocketAddr, mut shutdown: watch::Receiver<bool>) {
     let started = Instant::now();
     // The handshake's state lives in its own allocation, freed before the connection's life.
-    let Some((mut ws, route, path)) = Box::pin(handshake(&server, tcp, peer)).await else { return };
+    let Some((mut ws, route, path)) = Box::pin(handshake(&server, stream, peer)).await else { return };
     tracing::info!(%peer, path, protocol = ws.protocol(), "open");
     let outcome = match route {
         Route::Echo => echo(&mut ws, &mut shutdown, None).await,
@@ -288,10 +313,10 @@ async fn connection(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, mut s
 }
 
 /// Reads the request and answers it: plain HTTP, a refusal, or the upgrade.
-async fn handshake(server: &Server, tcp: TcpStream, peer: SocketAddr) -> Option<(WebSocket<TcpStream>, Route, String)> {
+async fn handshake<S: Io>(server: &Server, stream: S, peer: SocketAddr) -> Option<(WebSocket<S>, Route, String)> {
     let timeout = server.config.websocket.proto.handshake_timeout;
     let incoming =
-        match tokio::time::timeout(timeout, Incoming::read(tcp, &server.config.websocket.proto.handshake)).await {
+        match tokio::time::timeout(timeout, Incoming::read(stream, &server.config.websocket.proto.handshake)).await {
             Ok(Ok(incoming)) => incoming,
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "no request");
@@ -370,7 +395,7 @@ async fn handshake(server: &Server, tcp: TcpStream, peer: SocketAddr) -> Option<
 }
 
 /// Answers an upgrade request with an HTTP error and closes; logs it.
-async fn refuse(incoming: Incoming<TcpStream>, rejection: Rejection, peer: SocketAddr, path: &str) {
+async fn refuse<S: Io>(incoming: Incoming<S>, rejection: Rejection, peer: SocketAddr, path: &str) {
     let status = rejection.status.as_u16();
     let reason = rejection.body.trim().to_owned();
     incoming.reject(rejection).await;
@@ -445,7 +470,7 @@ impl Outcome {
 
     /// Starts the closing handshake (unless one is under way); the caller goes on receiving
     /// until the peer's answer.
-    async fn close(&mut self, ws: &mut WebSocket<TcpStream>, frame: CloseFrame) {
+    async fn close<S: Io>(&mut self, ws: &mut WebSocket<S>, frame: CloseFrame) {
         self.closing = true;
         if ws.state() != State::Open {
             return;
@@ -467,8 +492,8 @@ fn going_away() -> CloseFrame {
 }
 
 /// Echoes every data message; with `close_after`, closes with that frame after that long.
-async fn echo(
-    ws: &mut WebSocket<TcpStream>,
+async fn echo<S: Io>(
+    ws: &mut WebSocket<S>,
     shutdown: &mut watch::Receiver<bool>,
     close_after: Option<(CloseFrame, Duration)>,
 ) -> Outcome {
@@ -509,8 +534,8 @@ async fn echo(
 }
 
 /// A room member: what it sends goes to the room, what the room carries goes to it.
-async fn room(
-    ws: &mut WebSocket<TcpStream>,
+async fn room<S: Io>(
+    ws: &mut WebSocket<S>,
     name: &str,
     bus: &dyn Bus,
     shutdown: &mut watch::Receiver<bool>,

@@ -1,96 +1,17 @@
 //! `wsx serve` end to end: the real binary on 127.0.0.1:0, driven by raw HTTP over TCP and by
 //! the wsx client.
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use wsx::{ClientBuilder, CloseCode, Message};
 
-const WSX: &str = env!("CARGO_BIN_EXE_wsx");
+mod common;
+
+use common::Server;
 const SECRET: &str = "TOP SECRET, never served";
-
-/// A running `wsx serve`, killed when dropped.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Server {
-    fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(WSX)
-            .args(["serve", "--addr", "127.0.0.1:0"])
-            .args(args)
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run wsx serve");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let lines = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = line.split("addr=").nth(1).and_then(|a| a.split_whitespace().next()) {
-                    if line.contains("listening") {
-                        let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
-                    }
-                }
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let addr = rx.recv_timeout(Duration::from_secs(10)).expect("wsx serve did not start listening");
-        Self { child, addr, log }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("ws://{}{path}", self.addr)
-    }
-
-    /// Waits up to 3 s for a log line containing every one of `parts`.
-    fn expect_log(&self, parts: &[&str]) -> String {
-        let end = Instant::now() + Duration::from_secs(3);
-        loop {
-            if let Some(l) = self.log.lock().unwrap().iter().find(|l| parts.iter().all(|p| l.contains(p))) {
-                return l.clone();
-            }
-            assert!(Instant::now() < end, "no log line with {parts:?} in:\n{}", self.log.lock().unwrap().join("\n"));
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    #[cfg(unix)]
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status().unwrap();
-        assert!(status.success());
-    }
-
-    fn wait(&mut self, within: Duration) -> ExitStatus {
-        let end = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < end, "wsx serve did not exit within {within:?}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A raw HTTP answer.
 #[derive(Debug)]
@@ -408,7 +329,7 @@ fn origins_are_checked_on_upgrades() {
     assert_eq!(bad.status, 426, "no Sec-WebSocket-Version");
 }
 
-async fn next_data(ws: &mut wsx::WebSocket<tokio::net::TcpStream>) -> Message {
+async fn next_data(ws: &mut wsx::WebSocket<wsx::MaybeTlsStream>) -> Message {
     loop {
         match tokio::time::timeout(Duration::from_secs(10), ws.recv()).await.expect("a message in time") {
             Some(Ok(m)) if m.is_data() => return m,
@@ -420,7 +341,7 @@ async fn next_data(ws: &mut wsx::WebSocket<tokio::net::TcpStream>) -> Message {
 }
 
 /// Receives until the peer's close frame; returns it.
-async fn close_frame(ws: &mut wsx::WebSocket<tokio::net::TcpStream>) -> Option<wsx::CloseFrame> {
+async fn close_frame(ws: &mut wsx::WebSocket<wsx::MaybeTlsStream>) -> Option<wsx::CloseFrame> {
     loop {
         match tokio::time::timeout(Duration::from_secs(10), ws.recv()).await.expect("the close in time") {
             Some(Ok(Message::Close(f))) => return f,

@@ -46,7 +46,7 @@
 //! | `binaryType` (`"blob"`, `"arraybuffer"`) | — | Irrelevant in Rust: binary data is always [`Bytes`] (zero-copy, in memory), text always [`Utf8Bytes`]. |
 //! | `onopen` / `open` | [`Event::Open`] | |
 //! | `onmessage` / `MessageEvent` | [`Event::Message`]`(`[`MessageEvent`]`)` | `data` is [`MessageData::Text`] or [`MessageData::Binary`]. `origin` is the origin of [`url`](BrowserWebSocket::url) for every message; `lastEventId`, `source` and `ports` are always empty for WebSocket and left out. As in the standard, a message whose event is taken after `close()` was called (readyState no longer OPEN) is dropped. |
-//! | `onerror` / `error` | [`Event::Error`]`(`[`ErrorEvent`]`)` | Fired right before `Close` when the connection was *failed*: the handshake failed or was refused (no server, refused port, HTTP status other than 101, bad answer, no subprotocol selected, no answer within 10 s, `close()` while connecting, `wss://` which this crate does not support yet), or the server broke the protocol or a limit. Not fired when the server just drops the TCP connection. The browser's error event says nothing about the cause (so that pages cannot probe a network); here [`ErrorEvent::message`] describes it, for logs. |
+//! | `onerror` / `error` | [`Event::Error`]`(`[`ErrorEvent`]`)` | Fired right before `Close` when the connection was *failed*: the handshake failed or was refused (no server, refused port, HTTP status other than 101, bad answer, no subprotocol selected, no answer within 10 s, `close()` while connecting, a TLS failure such as an untrusted certificate), or the server broke the protocol or a limit. Not fired when the server just drops the TCP connection. The browser's error event says nothing about the cause (so that pages cannot probe a network); here [`ErrorEvent::message`] describes it, for logs. |
 //! | `onclose` / `CloseEvent` | [`Event::Close`]`(`[`CloseEvent`]`)` | Always the last event. `code` and `reason` are those of the close frame *received* from the server (RFC 6455 §7.1.5–7.1.6): after `close(4000, "bye")` they are what the server echoed (a server echoing the code with no reason gives `4000`, `""`). 1005 when the server's close frame had no code; 1006 (and `reason` `""`) when no close frame was received: handshake failure, failure, TCP closed without a close frame, no answer to our close frame within 5 s. `was_clean` is true when both close frames were exchanged (and nothing failed). |
 //! | `DOMException` (`name`, `message`) | [`DomError`] ([`name`](DomError::name), `Display`) | `InvalidStateError`, `InvalidAccessError`, `SyntaxError`. |
 //! | ping and pong frames | — | Not exposed, as in the standard: pings are answered by the connection. |
@@ -84,7 +84,6 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 use wsx_proto::deflate::DeflateConfig;
 use wsx_proto::{CloseCode, CloseFrame, Message, Utf8Bytes};
@@ -365,11 +364,20 @@ pub struct BrowserConfig {
     /// connection's `max_message_size` (64 MiB). More smooths bursts from a fast peer; less
     /// bounds memory per connection tighter.
     pub max_queued_bytes: usize,
+    /// TLS settings for `wss://` (trust roots, extra CAs, a client certificate). Default: the
+    /// system's roots, as a browser uses its own store.
+    #[cfg(feature = "tls")]
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 impl Default for BrowserConfig {
     fn default() -> Self {
-        Self { max_queued_events: 1024, max_queued_bytes: 16 << 20 }
+        Self {
+            max_queued_events: 1024,
+            max_queued_bytes: 16 << 20,
+            #[cfg(feature = "tls")]
+            tls: None,
+        }
     }
 }
 
@@ -409,8 +417,8 @@ impl BrowserWebSocket {
     /// outcome arrives as [`Event::Open`], or [`Event::Error`] then [`Event::Close`].
     ///
     /// `url`: `ws://`, `wss://`, `http://` or `https://` (the last two stand for the first two),
-    /// without fragment. `wss://` passes this check but its connection fails: this crate has no
-    /// TLS yet.
+    /// without fragment. `wss://` verifies the server with the system's roots unless
+    /// [`BrowserConfig::tls`] says otherwise.
     ///
     /// # Panics
     ///
@@ -708,6 +716,10 @@ async fn run(
 ) {
     let config = WebSocketConfig { deflate: Some(DeflateConfig::default()), ..WebSocketConfig::default() };
     let mut builder = ClientBuilder::new(shared.url.clone()).config(config);
+    #[cfg(feature = "tls")]
+    if let Some(tls) = &shared.config.tls {
+        builder = builder.tls(tls.clone());
+    }
     for p in &protocols {
         builder = builder.protocol(p.clone());
     }
@@ -782,7 +794,7 @@ async fn run(
 
 /// Writes what the handle queues, in order, and keeps `bufferedAmount` up to date.
 async fn write_loop(
-    mut writer: WsWriter<TcpStream>,
+    mut writer: WsWriter<crate::MaybeTlsStream>,
     mut commands: mpsc::UnboundedReceiver<Command>,
     shared: Arc<Shared>,
 ) {

@@ -5,7 +5,6 @@ use std::time::Duration;
 use bytes::BytesMut;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, Uri};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use wsx_proto::deflate::PerMessageDeflate;
 use wsx_proto::handshake::{ClientHandshake, ClientRequestConfig, HandshakeError, HandshakeLimits};
 use wsx_proto::Connection;
@@ -14,9 +13,23 @@ use crate::io::now;
 use crate::proxy::{self, ProxyConfig};
 use crate::rng::{handshake_key, OsRandom};
 use crate::server::read_head;
-use crate::{Error, WebSocket, WebSocketConfig};
+use crate::{Error, MaybeTlsStream, WebSocket, WebSocketConfig};
 
-/// Connects to a `ws://` URL with default settings.
+/// How a `wss://` connection sets up TLS.
+#[cfg(feature = "tls")]
+#[derive(Debug, Clone, Default)]
+enum TlsSetting {
+    /// [`ClientTls::new()`](crate::tls::ClientTls::new), built once per process.
+    #[default]
+    Default,
+    /// A [`ClientTls`](crate::tls::ClientTls) of the application's.
+    Custom(crate::tls::ClientTls),
+    /// A whole rustls configuration of the application's.
+    Config(std::sync::Arc<rustls::ClientConfig>),
+}
+
+/// Connects to a `ws://` or `wss://` URL with default settings (for `wss://`: the system's
+/// trusted roots, see [`tls`](crate::tls)).
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), wsx::Error> {
@@ -30,7 +43,7 @@ use crate::{Error, WebSocket, WebSocketConfig};
 /// ```
 ///
 /// **Cancel safety**: cancelling drops the half-open connection.
-pub async fn connect(url: &str) -> Result<(WebSocket<TcpStream>, Response<()>), Error> {
+pub async fn connect(url: &str) -> Result<(WebSocket<MaybeTlsStream>, Response<()>), Error> {
     ClientBuilder::new(url).connect().await
 }
 
@@ -43,10 +56,12 @@ pub struct ClientBuilder {
     /// The first header given to [`header`](Self::header) that could not be used: name and why.
     invalid_header: Option<(String, &'static str)>,
     proxy: ProxyConfig,
+    #[cfg(feature = "tls")]
+    tls: TlsSetting,
 }
 
 impl ClientBuilder {
-    /// A builder for `url` (`ws://host[:port]/path?query`).
+    /// A builder for `url` (`ws://host[:port]/path?query` or `wss://…`).
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -54,7 +69,25 @@ impl ClientBuilder {
             config: WebSocketConfig::default(),
             invalid_header: None,
             proxy: ProxyConfig::default(),
+            #[cfg(feature = "tls")]
+            tls: TlsSetting::Default,
         }
+    }
+
+    /// TLS settings for `wss://`: trust roots, extra CAs, a client certificate (see
+    /// [`ClientTls`](crate::tls::ClientTls)). Default: `ClientTls::new()`, the system's roots.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: crate::tls::ClientTls) -> Self {
+        self.tls = TlsSetting::Custom(tls);
+        self
+    }
+
+    /// A whole rustls client configuration for `wss://`, used as it is (set its
+    /// `alpn_protocols` to `http/1.1`, or leave them empty, for servers that also speak HTTP/2).
+    #[cfg(feature = "tls")]
+    pub fn tls_config(mut self, config: std::sync::Arc<rustls::ClientConfig>) -> Self {
+        self.tls = TlsSetting::Config(config);
+        self
     }
 
     /// Adds a header to the upgrade request.
@@ -173,32 +206,59 @@ impl ClientBuilder {
     }
 
     /// Opens the TCP connection (directly, or through a proxy: see [`proxy`](Self::proxy) and
-    /// [`crate::proxy`]) and runs the opening handshake. The handshake timeout covers all of it,
-    /// the proxy's part included.
+    /// [`crate::proxy`]), runs the TLS handshake for `wss://` (end to end, through a proxy's
+    /// tunnel), and runs the opening handshake, all within the handshake timeout (the proxy's
+    /// part included).
     ///
     /// Fails without connecting if a header given to [`header`](Self::header) was invalid, or
-    /// [`Error::Config`] if the limits contradict each other.
+    /// [`Error::Config`] if the limits contradict each other, or [`Error::Tls`] if the TLS
+    /// settings cannot be used (a key that does not match its certificate, no trusted roots).
     ///
     /// **Cancel safety**: cancelling drops the half-open connection.
-    pub async fn connect(self) -> Result<(WebSocket<TcpStream>, Response<()>), Error> {
+    pub async fn connect(self) -> Result<(WebSocket<MaybeTlsStream>, Response<()>), Error> {
         self.check_headers()?;
         self.config.proto.validate()?;
         let uri = parse_url(&self.url)?;
-        if uri.scheme_str() == Some("wss") {
-            return Err(Error::InvalidUrl("wss:// (TLS) is not supported yet".into()));
-        }
+        let secure = match uri.scheme_str() {
+            Some("wss") => true,
+            Some("ws") => false,
+            _ => return Err(Error::InvalidUrl(format!("{}: the scheme must be ws:// or wss://", self.url))),
+        };
         let host = uri.host().ok_or_else(|| Error::InvalidUrl(format!("no host in {}", self.url)))?;
         let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
-        let port = uri.port_u16().unwrap_or(80);
+        let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+        #[cfg(feature = "tls")]
+        let tls = if secure { Some(self.rustls_config()?) } else { None };
+        #[cfg(not(feature = "tls"))]
+        if secure {
+            return Err(crate::TlsError::NotBuiltIn.into());
+        }
         let timeout = self.config.proto.handshake_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         let fut = async move {
-            let scheme = uri.scheme_str().unwrap_or("ws");
             let limits = &self.config.proto.handshake;
-            let stream = proxy::connect(&self.proxy, scheme, &host, port, limits, deadline, timeout).await?;
+            let scheme = if secure { "wss" } else { "ws" };
+            let tcp = proxy::connect(&self.proxy, scheme, &host, port, limits, deadline, timeout).await?;
+            #[cfg(feature = "tls")]
+            let stream = match tls {
+                Some(config) => MaybeTlsStream::Tls(Box::new(crate::tls::connect(config, &host, tcp).await?)),
+                None => MaybeTlsStream::Plain(tcp),
+            };
+            #[cfg(not(feature = "tls"))]
+            let stream = MaybeTlsStream::Plain(tcp);
             self.handshake_on(stream, &uri).await
         };
         tokio::time::timeout_at(deadline, fut).await.map_err(|_| Error::HandshakeTimeout(timeout))?
+    }
+
+    /// The rustls configuration for a `wss://` connection.
+    #[cfg(feature = "tls")]
+    fn rustls_config(&self) -> Result<std::sync::Arc<rustls::ClientConfig>, Error> {
+        Ok(match &self.tls {
+            TlsSetting::Default => crate::tls::ClientTls::default_config()?,
+            TlsSetting::Custom(tls) => tls.build()?,
+            TlsSetting::Config(config) => config.clone(),
+        })
     }
 
     /// Runs the opening handshake for `url` over a stream that is already connected (a TLS

@@ -2,6 +2,8 @@
 
 use wsx_proto::handshake::HandshakeError;
 
+use crate::tls_error::TlsError;
+
 /// Everything that can go wrong on a WebSocket connection.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -30,13 +32,28 @@ pub enum Error {
     /// The URL could not be used.
     #[error("invalid URL: {0}")]
     InvalidUrl(String),
+    /// TLS failed: a certificate was refused, the peer refused ours or the handshake, or a
+    /// certificate or key file cannot be used. I/O errors that carry a rustls error arrive
+    /// here, sorted, rather than as [`Error::Io`].
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
     /// Connecting through a proxy failed: the proxy's URL (without its password), where it came
     /// from, and what it answered. Boxed, to keep `Error` small.
     #[error(transparent)]
     Proxy(Box<crate::proxy::ProxyError>),
     /// Reading, writing or connecting failed.
     #[error("I/O error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = crate::tls::from_io(&e) {
+            return Self::Tls(tls);
+        }
+        Self::Io(e)
+    }
 }
 
 /// Who or what is to blame for an [`Error`], for deciding what to do about it.
@@ -56,6 +73,9 @@ pub enum ErrorKind {
     Timeout,
     /// The transport failed or ended without a closing handshake.
     Io,
+    /// TLS failed: a certificate (ours or the peer's) was not accepted, the TLS handshake
+    /// failed, or a certificate or key file is unusable.
+    Tls,
 }
 
 impl Error {
@@ -74,6 +94,7 @@ impl Error {
             },
             Self::Proxy(p) => p.kind(),
             Self::AbnormalClosure | Self::Io(_) => ErrorKind::Io,
+            Self::Tls(_) => ErrorKind::Tls,
         }
     }
 
@@ -86,7 +107,7 @@ impl Error {
                 Some(wsx_proto::CloseCode::ABNORMAL)
             }
             Self::Proto(e) => e.close_code(),
-            Self::AbnormalClosure | Self::Io(_) => Some(wsx_proto::CloseCode::ABNORMAL),
+            Self::AbnormalClosure | Self::Io(_) | Self::Tls(_) => Some(wsx_proto::CloseCode::ABNORMAL),
             _ => None,
         }
     }

@@ -41,12 +41,18 @@ pub mod proxy;
 mod rng;
 mod server;
 mod split;
+mod stream;
+#[cfg(feature = "tls")]
+pub mod tls;
+mod tls_error;
 mod websocket;
 
 pub use client::{connect, ClientBuilder};
 pub use error::{Error, ErrorKind};
 pub use server::{accept, accept_with, accept_with_async, Accept, Incoming, ServerConfig};
 pub use split::{ReuniteError, WsReader, WsWriter};
+pub use stream::MaybeTlsStream;
+pub use tls_error::TlsError;
 pub use websocket::{WebSocket, WebSocketConfig};
 
 pub use bytes::Bytes;

@@ -649,9 +649,12 @@ async fn connection_refused_is_error_then_close_1006() {
 }
 
 #[tokio::test]
-async fn wss_is_accepted_but_cannot_connect_yet() {
-    let mut ws = BrowserWebSocket::new("wss://127.0.0.1:1/", &[]).unwrap();
-    assert_eq!(ws.url(), "wss://127.0.0.1:1/");
+async fn wss_to_a_plain_server_fails_naming_tls() {
+    // A plain WebSocket server: the TLS handshake meets an HTTP answer.
+    let (addr, _log) = echo_server().await;
+    let wss = format!("wss://{addr}/");
+    let mut ws = BrowserWebSocket::new(&wss, &[]).unwrap();
+    assert_eq!(ws.url(), wss);
     let message = expect_failure(&mut ws).await;
     assert!(message.contains("TLS"), "{message}");
 }

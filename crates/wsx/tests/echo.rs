@@ -5,11 +5,10 @@ mod common;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use wsx::{CloseCode, CloseFrame, Message, ServerConfig, WebSocket};
 
 /// The next message that is not a ping or pong.
-async fn next_non_control(ws: &mut WebSocket<TcpStream>) -> Message {
+async fn next_non_control<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(ws: &mut WebSocket<S>) -> Message {
     loop {
         match ws.recv().await {
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}

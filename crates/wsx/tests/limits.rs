@@ -49,7 +49,7 @@ async fn spawn_limited_server(
 }
 
 /// The client's view: the server's close frame with 1009, then the end.
-async fn expect_close_1009(ws: &mut wsx::WebSocket<tokio::net::TcpStream>) {
+async fn expect_close_1009(ws: &mut wsx::WebSocket<wsx::MaybeTlsStream>) {
     match ws.recv().await {
         Some(Ok(Message::Close(Some(f)))) => {
             assert_eq!(f.code, CloseCode::MESSAGE_TOO_BIG);

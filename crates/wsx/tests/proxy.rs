@@ -13,9 +13,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use wsx::proxy::{ProxyError, ProxyFailure};
-use wsx::{ClientBuilder, ErrorKind, Message, ServerConfig, WebSocket};
+use wsx::{ClientBuilder, ErrorKind, MaybeTlsStream, Message, ServerConfig, WebSocket};
 
 use common::{deadline, echo_loop, listen, spawn_server, url};
 use proxies::{free_port, ProxyServer};
@@ -26,7 +25,7 @@ async fn echo_server() -> SocketAddr {
 }
 
 /// Sends a text message and expects it back.
-async fn round_trip(ws: &mut WebSocket<TcpStream>) {
+async fn round_trip(ws: &mut WebSocket<MaybeTlsStream>) {
     ws.send_text("through the tunnel").await.expect("send");
     match ws.recv().await {
         Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), "through the tunnel"),
@@ -35,8 +34,8 @@ async fn round_trip(ws: &mut WebSocket<TcpStream>) {
 }
 
 /// The port of the client's TCP peer: the proxy's when tunnelled, the server's when direct.
-fn peer_port(ws: &WebSocket<TcpStream>) -> u16 {
-    ws.get_ref().peer_addr().expect("peer_addr").port()
+fn peer_port(ws: &WebSocket<MaybeTlsStream>) -> u16 {
+    ws.get_ref().tcp().peer_addr().expect("peer_addr").port()
 }
 
 /// Connects to `target` through `proxy` (a URL) and returns the error, which must be a proxy error.

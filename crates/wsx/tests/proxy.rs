@@ -3,8 +3,12 @@
 //! hand-written misbehaving proxies (silent, endless answer).
 //!
 //! Each test proves which way the connection went: through the proxy, the client's TCP peer is
-//! the proxy's port; directly, it is the server's.
+//! the proxy's port; directly, it is the server's. The wss:// tests also check that TLS ran end
+//! to end inside the tunnel, with the target's name (not the proxy's) as SNI.
 
+#[cfg(feature = "tls")]
+#[path = "common/certs.rs"]
+mod certs;
 mod common;
 #[path = "common/proxies.rs"]
 mod proxies;
@@ -307,4 +311,77 @@ async fn invalid_or_unreachable_proxies_name_themselves() {
         proxy_error(ClientBuilder::new("ws://127.0.0.1:9/").proxy("http://carol:hunter2@[::1")).await;
     assert_eq!(kind, ErrorKind::Usage);
     assert!(message.starts_with("proxy http://***@[::1: invalid proxy URL"), "{message}");
+}
+
+// ------------------------------------------------------------------ wss:// inside the tunnels
+
+/// A wss echo server for one connection, on the address `localhost` resolves to, with a
+/// certificate for `localhost` signed by `ca`. Its task ends with the SNI name the client sent.
+#[cfg(feature = "tls")]
+async fn wss_echo_server_on_localhost(ca: &certs::TestCa) -> (u16, tokio::task::JoinHandle<Option<String>>) {
+    let leaf = ca.server(&["localhost"]);
+    let tls = wsx::tls::ServerTls::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes()).expect("server TLS");
+    let acceptor = tls.acceptor().expect("acceptor");
+    let (listener, addr) = listen_on_localhost().await;
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.expect("accept");
+        let tls = wsx::tls::accept(&acceptor, tcp).await.expect("server TLS handshake");
+        let sni = tls.get_ref().1.server_name().map(str::to_owned);
+        let mut ws = wsx::accept(tls).await.expect("server WebSocket handshake");
+        while let Some(Ok(msg)) = ws.recv().await {
+            if msg.is_data() && ws.send(msg).await.is_err() {
+                break;
+            }
+        }
+        sni
+    });
+    (addr.port(), server)
+}
+
+/// A wss echo server for one connection: its port and its task (see
+/// [`wss_echo_server_on_localhost`]).
+#[cfg(feature = "tls")]
+type WssServer = (u16, tokio::task::JoinHandle<Option<String>>);
+
+/// Connects to `server` (`wss://localhost:port/`) through `proxy` at `via`, trusting `ca` only;
+/// checks the tunnel, the echo and the SNI name the server saw.
+#[cfg(feature = "tls")]
+async fn wss_round_trip(ca: &certs::TestCa, (port, server): WssServer, proxy: &ProxyServer, via: String) {
+    let tls = wsx::tls::ClientTls::new().only_added_roots().add_ca_pem(ca.pem().as_bytes()).expect("CA");
+    let builder = ClientBuilder::new(format!("wss://localhost:{port}/")).tls(tls).proxy(&via);
+    let (mut ws, _) =
+        deadline(builder.connect()).await.unwrap_or_else(|e| panic!("{via}: {e}; the proxy's log:\n{}", proxy.log()));
+    assert!(ws.get_ref().is_tls(), "{via}");
+    assert_eq!(peer_port(&ws), proxy.port, "{via}: the connection did not go through the proxy");
+    round_trip(&mut ws).await;
+    ws.close(wsx::CloseCode::NORMAL, "").await.expect("close");
+    while ws.recv().await.is_some() {}
+    let sni = deadline(server).await.expect("server task");
+    assert_eq!(sni.as_deref(), Some("localhost"), "{via}: SNI must be the server's name");
+}
+
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn wss_through_http_connect_with_and_without_basic_auth() {
+    let ca = certs::TestCa::new("wsx proxy test CA");
+    let server = wss_echo_server_on_localhost(&ca).await;
+    let proxy = ProxyServer::tinyproxy(&[server.0], None);
+    wss_round_trip(&ca, server, &proxy, proxy.url("http", None)).await;
+
+    let server = wss_echo_server_on_localhost(&ca).await;
+    let proxy = ProxyServer::tinyproxy(&[server.0], Some(("alice", "s3-cr.et")));
+    wss_round_trip(&ca, server, &proxy, proxy.url("http", Some("alice:s3-cr.et"))).await;
+}
+
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn wss_through_socks5_and_socks5h_with_and_without_credentials() {
+    let ca = certs::TestCa::new("wsx proxy test CA");
+    let open = ProxyServer::microsocks(None);
+    let locked = ProxyServer::microsocks(Some(("bob", "se:cr@t")));
+    for scheme in ["socks5", "socks5h"] {
+        wss_round_trip(&ca, wss_echo_server_on_localhost(&ca).await, &open, open.url(scheme, None)).await;
+        let via = locked.url(scheme, Some("bob:se%3Acr%40t"));
+        wss_round_trip(&ca, wss_echo_server_on_localhost(&ca).await, &locked, via).await;
+    }
 }

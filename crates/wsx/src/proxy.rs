@@ -441,7 +441,7 @@ pub enum ProxyFailure {
         /// (control characters escaped, the reason shortened).
         status_line: String,
         /// What the status usually means here, starting with `; `, or empty.
-        hint: String,
+        hint: &'static str,
     },
     /// The SOCKS5 proxy refused the connection to the server with this reply code (RFC 1928).
     #[error("SOCKS5 reply {reply}: {meaning}")]
@@ -805,18 +805,16 @@ fn check_connect_response(head: &[u8], limits: &HandshakeLimits, sent_credential
                 .filter_map(|v| v.split_whitespace().next().map(|s| s.to_ascii_lowercase()))
                 .collect();
             if !schemes.is_empty() && !schemes.iter().any(|s| s == "basic") {
-                "; it asks for an authentication scheme other than Basic, the only one wsx speaks".to_owned()
+                "; it asks for an authentication scheme other than Basic, the only one wsx speaks"
             } else if sent_credentials {
-                "; it refused the user name and password of the proxy URL".to_owned()
+                "; it refused the user name and password of the proxy URL"
             } else {
-                "; it wants a user name and password: put them in the proxy URL, \
-                 http://user:password@host:port"
-                    .to_owned()
+                "; it wants a user name and password: put them in the proxy URL, http://user:password@host:port"
             }
         }
-        403 => "; the proxy does not allow a tunnel to this host and port".to_owned(),
-        500..=599 => "; the proxy could not reach the server, or failed".to_owned(),
-        _ => String::new(),
+        403 => "; the proxy does not allow a tunnel to this host and port",
+        500..=599 => "; the proxy could not reach the server, or failed",
+        _ => "",
     };
     Err(ProxyFailure::Refused { status, status_line, hint })
 }

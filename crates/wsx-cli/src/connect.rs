@@ -53,7 +53,9 @@ Examples:
   wsx connect --ping-interval 30 --show-ping ws://host/
       Keepalive ping after 30 s without traffic, printed with its round-trip time.
   wsx connect --cacert ca.pem --cert me.pem --key me-key.pem wss://host:8443/feed
-      TLS with a private CA (besides the system's roots) and a client certificate."
+      TLS with a private CA (besides the system's roots) and a client certificate.
+  wsx connect --proxy http://user:password@proxy.corp:3128 wss://host/feed
+      Through an HTTP proxy (CONNECT); socks5h://host:1080 for a SOCKS5 proxy."
     };
 }
 
@@ -92,7 +94,8 @@ Exit status:
        stdin, /quit, /close, Ctrl-C) and the server answered
   1    could not connect: invalid URL or option, DNS failure, connection refused, timeout,
        TLS failure (unknown issuer, name mismatch, expired certificate…: the cause is printed),
-       handshake refused by the server (its HTTP status is printed)
+       handshake refused by the server (its HTTP status is printed), a proxy that failed or
+       refused (the proxy, without its password, and its answer are printed)
   2    the server closed with another code, or the connection ended abnormally (1006: dropped
        without a close frame, no answer to our close, no pong within --ping-timeout, a
        protocol error); clap also exits with 2 on invalid command-line usage
@@ -103,7 +106,15 @@ Exit status:
 Environment:
   SSL_CERT_FILE, SSL_CERT_DIR   trusted roots for wss:// instead of the system's store
   WSX_HISTORY   history file of interactive mode (default ~/.wsx_history; empty: none)
-  NO_COLOR      no colours"
+  NO_COLOR      no colours
+  ws_proxy, WS_PROXY, http_proxy, all_proxy, ALL_PROXY
+                the proxy for ws:// URLs: the first one set, unless --proxy or --no-proxy
+  wss_proxy, WSS_PROXY, https_proxy, HTTPS_PROXY, all_proxy, ALL_PROXY
+                the proxy for wss:// URLs; as in curl, upper-case HTTP_PROXY is never read
+  no_proxy, NO_PROXY
+                hosts reached directly, comma separated: * for all, a name for itself and
+                its subdomains (leading dot allowed), IP addresses and CIDR ranges
+                (10.0.0.0/8), each optionally with :port"
 );
 
 /// Options of `wsx connect`.
@@ -181,6 +192,17 @@ pub struct ConnectArgs {
     /// can then read and change the traffic: for development only; a warning is printed.
     #[arg(short = 'k', long)]
     insecure: bool,
+    /// Connect through this proxy instead of the environment's.
+    ///
+    /// http://[user:password@]host:port for an HTTP CONNECT tunnel (the default without a
+    /// scheme), socks5://… for SOCKS5 with the server's name resolved here, socks5h://… for SOCKS5
+    /// with the name resolved by the proxy. The port defaults to 1080; the user name and password
+    /// are percent-decoded (%40 for @). wss:// runs TLS end to end inside the tunnel.
+    #[arg(short = 'x', long, value_name = "URL", conflicts_with = "no_proxy")]
+    proxy: Option<String>,
+    /// Connect directly, ignoring the proxy environment variables.
+    #[arg(long)]
+    no_proxy: bool,
 }
 
 /// After our close frame, how long the server may take to answer it (the library's close
@@ -227,6 +249,12 @@ fn builder(args: &ConnectArgs, url: &str) -> anyhow::Result<ClientBuilder> {
     }
     if let Some(o) = &args.origin {
         builder = builder.origin(o);
+    }
+    if let Some(proxy) = &args.proxy {
+        builder = builder.proxy(proxy);
+    }
+    if args.no_proxy {
+        builder = builder.no_proxy();
     }
     let mut config = WebSocketConfig::default();
     config.proto.max_message_size = args.max_message_size;

@@ -15,7 +15,29 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use wsx::{Accept, CloseCode, Message, Rejection, ServerConfig};
 
+#[path = "../../wsx/tests/common/proxies.rs"]
+mod proxies;
+
+use proxies::ProxyServer;
+
 const WSX: &str = env!("CARGO_BIN_EXE_wsx");
+
+/// The variables wsx reads a proxy from: removed for every run, so that a proxy in the
+/// environment of whoever runs the tests does not change them.
+const PROXY_VARIABLES: &[&str] = &[
+    "ws_proxy",
+    "WS_PROXY",
+    "wss_proxy",
+    "WSS_PROXY",
+    "http_proxy",
+    "HTTP_PROXY",
+    "https_proxy",
+    "HTTPS_PROXY",
+    "all_proxy",
+    "ALL_PROXY",
+    "no_proxy",
+    "NO_PROXY",
+];
 
 /// Starts a server whose `handler` runs for every accepted TCP connection.
 fn server<F, Fut>(handler: F) -> SocketAddr
@@ -82,6 +104,9 @@ fn wsx(args: &[&str], stdin: Stdin<'_>, env: &[(&str, &str)]) -> Run {
     let mut cmd = Command::new(WSX);
     cmd.arg("connect").args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     cmd.env_remove("WSX_FORCE_TTY").env("WSX_HISTORY", "").env("NO_COLOR", "1");
+    for name in PROXY_VARIABLES {
+        cmd.env_remove(name);
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -267,6 +292,62 @@ fn refused_handshake_exits_1_with_the_status() {
     assert_eq!(run.code, Some(1), "{}", run.stderr);
     assert!(run.stderr.contains("403"), "{}", run.stderr);
     assert!(!run.stderr.contains('\x1b'), "raw escape in {:?}", run.stderr);
+}
+
+/// How many tunnels tinyproxy has opened so far, from its log.
+fn tunnels(proxy: &ProxyServer) -> usize {
+    proxy.log().matches("): CONNECT ").count()
+}
+
+#[test]
+fn proxy_option_environment_and_no_proxy() {
+    let addr = echo_server();
+    let proxy = ProxyServer::tinyproxy(&[addr.port()], Some(("alice", "s3-cr.et")));
+
+    // --proxy with the credentials: the echo comes back through the tunnel.
+    let run = wsx(&["--proxy", &proxy.url("http", Some("alice:s3-cr.et")), &url(addr)], Stdin::Bytes(b"hello\n"), &[]);
+    assert_eq!(run.code, Some(0), "{}\ntinyproxy's log:\n{}", run.stderr, proxy.log());
+    assert_eq!(run.out(), "hello\n");
+    assert_eq!(tunnels(&proxy), 1, "{}", proxy.log());
+
+    // The same proxy from the environment, without credentials: refused, and said so.
+    let from_env = [("ws_proxy", proxy.url("http", None))];
+    let env: Vec<(&str, &str)> = from_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let run = wsx(&[&url(addr)], Stdin::Bytes(b"hello\n"), &env);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    let expected = format!("proxy http://127.0.0.1:{} (from ws_proxy): answered HTTP/1.0 407", proxy.port);
+    assert!(run.stderr.contains(&expected), "{}", run.stderr);
+    assert!(run.out().is_empty());
+
+    // --no-proxy ignores the environment: directly to the server.
+    let run = wsx(&["--no-proxy", &url(addr)], Stdin::Bytes(b"hello\n"), &env);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(run.out(), "hello\n");
+    assert_eq!(tunnels(&proxy), 2, "only the refused attempt reached the proxy:\n{}", proxy.log());
+
+    // A wrong password is refused, and never printed.
+    let run = wsx(&["-x", &proxy.url("http", Some("alice:hunter2")), &url(addr)], Stdin::Bytes(b""), &[]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains(&format!("proxy http://alice@127.0.0.1:{}: answered", proxy.port)), "{}", run.stderr);
+    assert!(!run.stderr.contains("hunter2"), "{}", run.stderr);
+
+    // Both options at once is a usage error.
+    let run = wsx(&["--no-proxy", "--proxy", "http://127.0.0.1:1", &url(addr)], Stdin::Bytes(b""), &[]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+}
+
+#[test]
+fn socks5_proxy_option() {
+    let addr = echo_server();
+    let proxy = ProxyServer::microsocks(Some(("bob", "se:cr@t")));
+    let via = proxy.url("socks5h", Some("bob:se%3Acr%40t"));
+    let run = wsx(&["--proxy", &via, &url(addr)], Stdin::Bytes(b"one\ntwo\n"), &[]);
+    assert_eq!(run.code, Some(0), "{}\nmicrosocks's log:\n{}", run.stderr, proxy.log());
+    assert_eq!(run.out(), "one\ntwo\n");
+    // The proxy really was in the way: a refused login fails the connection.
+    let run = wsx(&["--proxy", &proxy.url("socks5h", Some("bob:wrong")), &url(addr)], Stdin::Bytes(b""), &[]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("SOCKS5 authentication"), "{}", run.stderr);
 }
 
 #[test]
@@ -571,8 +652,17 @@ fn help_shows_examples_modes_and_exit_status() {
     let out = Command::new(WSX).args(["connect", "--help"]).output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).unwrap();
-    for needle in ["Examples:", "printf 'hello\\nworld\\n' | wsx connect", "Exit status:", "Interactive mode", "\\x1b"]
-    {
+    for needle in [
+        "Examples:",
+        "printf 'hello\\nworld\\n' | wsx connect",
+        "Exit status:",
+        "Interactive mode",
+        "\\x1b",
+        "--proxy <URL>",
+        "--no-proxy",
+        "socks5h://",
+        "wss_proxy, WSS_PROXY, https_proxy, HTTPS_PROXY",
+    ] {
         assert!(help.contains(needle), "{needle:?} missing from --help");
     }
     let out = Command::new(WSX).args(["connect", "-h"]).output().unwrap();

@@ -4,6 +4,8 @@
 #[path = "../../wsx/tests/common/certs.rs"]
 mod certs;
 mod common;
+#[path = "../../wsx/tests/common/proxies.rs"]
+mod proxies;
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
@@ -58,6 +60,13 @@ fn wsx_connect_env(args: &[&str], stdin: &str, env: &[(&str, &Path)]) -> Output 
     let mut child = Command::new(WSX)
         .arg("connect")
         .args(args)
+        // A proxy in the environment of whoever runs the tests must not change them.
+        .env_remove("https_proxy")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("wss_proxy")
+        .env_remove("WSS_PROXY")
+        .env_remove("all_proxy")
+        .env_remove("ALL_PROXY")
         .envs(env.iter().map(|(k, v)| (*k, *v)))
         .env("NO_COLOR", "1")
         .stdin(Stdio::piped())
@@ -217,4 +226,38 @@ fn a_silent_client_on_the_tls_port_is_dropped_after_the_handshake_timeout() {
     assert_eq!(n, 0);
     assert!(started.elapsed() < Duration::from_secs(15), "closed after {:?}", started.elapsed());
     server.expect_log(&["TLS handshake not done within"]);
+}
+
+#[test]
+fn wsx_connect_wss_through_http_and_socks5_proxies() {
+    let dir = TempDir::new("serve-tls-proxies");
+    let ca = TestCa::new("wsx test CA");
+    let ca_file = dir.write("ca.pem", &ca.pem());
+    let (cert, key) = write_leaf(&dir, &ca.server(&["localhost"]), "server");
+    let server = Server::start(&["--tls-cert", path(&cert), "--tls-key", path(&key)]);
+    server.expect_log(&["listening on https://"]);
+    let port = server.addr.port();
+    let target = format!("wss://localhost:{port}/echo");
+    let http = proxies::ProxyServer::tinyproxy(&[port], Some(("alice", "s3-cr.et")));
+    let socks = proxies::ProxyServer::microsocks(Some(("bob", "se:cr@t")));
+
+    // TLS end to end through each tunnel: the certificate is checked for localhost, the
+    // target's name, not the proxy's address.
+    for via in [http.url("http", Some("alice:s3-cr.et")), socks.url("socks5h", Some("bob:se%3Acr%40t"))] {
+        let out = wsx_connect(&["--proxy", &via, "--cacert", path(&ca_file), &target], "hello\n");
+        assert_eq!(text(&out.stdout), "hello\n", "{via}: {}", text(&out.stderr));
+        assert!(out.status.success(), "{via}: {}", text(&out.stderr));
+    }
+    assert_eq!(http.log().matches("): CONNECT ").count(), 1, "tinyproxy's log:\n{}", http.log());
+
+    // The SOCKS5 proxy was in the way: a wrong password fails, naming it without the password.
+    let via = socks.url("socks5h", Some("bob:hunter2"));
+    let out = wsx_connect(&["--proxy", &via, "--cacert", path(&ca_file), &target], "");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!("proxy socks5h://bob@127.0.0.1:{}: SOCKS5 authentication", socks.port)),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
 }

@@ -5,12 +5,12 @@ use std::time::Duration;
 use bytes::BytesMut;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, Uri};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use wsx_proto::deflate::PerMessageDeflate;
 use wsx_proto::handshake::{ClientHandshake, ClientRequestConfig, HandshakeError, HandshakeLimits};
 use wsx_proto::Connection;
 
 use crate::io::now;
+use crate::proxy::{self, ProxyConfig};
 use crate::rng::{handshake_key, OsRandom};
 use crate::server::read_head;
 use crate::{Error, MaybeTlsStream, WebSocket, WebSocketConfig};
@@ -55,6 +55,7 @@ pub struct ClientBuilder {
     config: WebSocketConfig,
     /// The first header given to [`header`](Self::header) that could not be used: name and why.
     invalid_header: Option<(String, &'static str)>,
+    proxy: ProxyConfig,
     #[cfg(feature = "tls")]
     tls: TlsSetting,
 }
@@ -67,6 +68,7 @@ impl ClientBuilder {
             request: ClientRequestConfig::default(),
             config: WebSocketConfig::default(),
             invalid_header: None,
+            proxy: ProxyConfig::default(),
             #[cfg(feature = "tls")]
             tls: TlsSetting::Default,
         }
@@ -163,8 +165,50 @@ impl ClientBuilder {
         self
     }
 
-    /// Opens the TCP connection, runs the TLS handshake for `wss://`, and runs the opening
-    /// handshake, all within the handshake timeout.
+    /// Connects through the proxy at `url` instead of the one the environment names (if any):
+    /// `http://[user:password@]host:port` (HTTP `CONNECT`), `socks5://…` (SOCKS5, the server's
+    /// name resolved here) or `socks5h://…` (SOCKS5, resolved by the proxy). Without a scheme,
+    /// `http://`; without a port, 1080. The environment is not read, except that hosts given to
+    /// [`proxy_bypass`](Self::proxy_bypass) are still reached directly. See [`crate::proxy`].
+    ///
+    /// The URL is checked by [`connect`](Self::connect), which fails with [`Error::Proxy`]
+    /// ([`ProxyFailure::InvalidUrl`](proxy::ProxyFailure::InvalidUrl)) naming it (without its
+    /// password) if it cannot be used.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), wsx::Error> {
+    /// let (ws, _) = wsx::ClientBuilder::new("ws://example.com/feed")
+    ///     .proxy("http://alice:s3cret@proxy.corp:3128")
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn proxy(mut self, url: impl Into<String>) -> Self {
+        self.proxy.set_proxy(url.into());
+        self
+    }
+
+    /// Connects directly, whatever the environment's proxy variables say (and forgets a proxy
+    /// given to [`proxy`](Self::proxy)).
+    pub fn no_proxy(mut self) -> Self {
+        self.proxy.set_direct();
+        self
+    }
+
+    /// Hosts to reach without a proxy, in `no_proxy` syntax (see
+    /// [`no_proxy_matches`](proxy::no_proxy_matches)), e.g. `"localhost,.corp.example,10.0.0.0/8"`.
+    /// Applies to the proxy given to [`proxy`](Self::proxy), and replaces the environment's
+    /// `no_proxy` for a proxy the environment names; `""` bypasses nothing, like curl's
+    /// `--noproxy ""`.
+    pub fn proxy_bypass(mut self, list: impl Into<String>) -> Self {
+        self.proxy.set_bypass(list.into());
+        self
+    }
+
+    /// Opens the TCP connection (directly, or through a proxy: see [`proxy`](Self::proxy) and
+    /// [`crate::proxy`]), runs the TLS handshake for `wss://` (end to end, through a proxy's
+    /// tunnel), and runs the opening handshake, all within the handshake timeout (the proxy's
+    /// part included).
     ///
     /// Fails without connecting if a header given to [`header`](Self::header) was invalid, or
     /// [`Error::Config`] if the limits contradict each other, or [`Error::Tls`] if the TLS
@@ -190,9 +234,11 @@ impl ClientBuilder {
             return Err(crate::TlsError::NotBuiltIn.into());
         }
         let timeout = self.config.proto.handshake_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
         let fut = async move {
-            let tcp = TcpStream::connect((host.as_str(), port)).await?;
-            tcp.set_nodelay(true)?;
+            let limits = &self.config.proto.handshake;
+            let scheme = if secure { "wss" } else { "ws" };
+            let tcp = proxy::connect(&self.proxy, scheme, &host, port, limits, deadline, timeout).await?;
             #[cfg(feature = "tls")]
             let stream = match tls {
                 Some(config) => MaybeTlsStream::Tls(Box::new(crate::tls::connect(config, &host, tcp).await?)),
@@ -202,7 +248,7 @@ impl ClientBuilder {
             let stream = MaybeTlsStream::Plain(tcp);
             self.handshake_on(stream, &uri).await
         };
-        tokio::time::timeout(timeout, fut).await.map_err(|_| Error::HandshakeTimeout(timeout))?
+        tokio::time::timeout_at(deadline, fut).await.map_err(|_| Error::HandshakeTimeout(timeout))?
     }
 
     /// The rustls configuration for a `wss://` connection.

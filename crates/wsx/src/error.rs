@@ -37,6 +37,10 @@ pub enum Error {
     /// here, sorted, rather than as [`Error::Io`].
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
+    /// Connecting through a proxy failed: the proxy's URL (without its password), where it came
+    /// from, and what it answered. Boxed, to keep `Error` small.
+    #[error(transparent)]
+    Proxy(Box<crate::proxy::ProxyError>),
     /// Reading, writing or connecting failed.
     #[error("I/O error: {0}")]
     Io(std::io::Error),
@@ -57,9 +61,10 @@ impl From<std::io::Error> for Error {
 #[non_exhaustive]
 pub enum ErrorKind {
     /// The peer broke the protocol or the handshake rules (a close frame naming the fault was
-    /// sent where one could be), or refused the handshake.
+    /// sent where one could be), or refused the handshake; or a proxy refused the tunnel.
     Peer,
-    /// The peer exceeded one of our limits (message or frame size, handshake head size…).
+    /// The peer exceeded one of our limits (message or frame size, handshake head size, the size of
+    /// a proxy's answer…).
     Limit,
     /// We asked for something the connection's state or the RFC forbids (sending after close,
     /// an invalid close code, a bad URL or header): fix the calling code.
@@ -87,6 +92,7 @@ impl Error {
                 HandshakeError::InvalidUri(_) | HandshakeError::InvalidConfig(_) => ErrorKind::Usage,
                 _ => ErrorKind::Peer,
             },
+            Self::Proxy(p) => p.kind(),
             Self::AbnormalClosure | Self::Io(_) => ErrorKind::Io,
             Self::Tls(_) => ErrorKind::Tls,
         }

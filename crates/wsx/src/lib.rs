@@ -24,6 +24,10 @@
 //!
 //! An echo server: see [`accept`].
 //!
+//! The client connects through the proxy the environment names (`ws_proxy`, `https_proxy`,
+//! `no_proxy`… read as curl reads them), or the one given to [`ClientBuilder::proxy`]: HTTP
+//! `CONNECT` or SOCKS5. See [`proxy`].
+//!
 //! Payloads are handed out as [`bytes::Bytes`] slices of the read buffer (no copy for messages
 //! in one frame); replies produced while a batch of received messages is handled leave in one
 //! write; pings and the closing handshake are answered for you.
@@ -33,6 +37,7 @@ pub mod browser;
 mod client;
 mod error;
 mod io;
+pub mod proxy;
 mod rng;
 mod server;
 mod split;

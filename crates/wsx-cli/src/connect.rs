@@ -107,7 +107,7 @@ Environment:
   SSL_CERT_FILE, SSL_CERT_DIR   trusted roots for wss:// instead of the system's store
   WSX_HISTORY   history file of interactive mode (default ~/.wsx_history; empty: none)
   NO_COLOR      no colours
-  ws_proxy, WS_PROXY, http_proxy, all_proxy, ALL_PROXY
+  ws_proxy, WS_PROXY, https_proxy, HTTPS_PROXY, http_proxy, all_proxy, ALL_PROXY
                 the proxy for ws:// URLs: the first one set, unless --proxy or --no-proxy
   wss_proxy, WSS_PROXY, https_proxy, HTTPS_PROXY, all_proxy, ALL_PROXY
                 the proxy for wss:// URLs; as in curl, upper-case HTTP_PROXY is never read

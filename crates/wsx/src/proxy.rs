@@ -16,8 +16,11 @@
 //!    read at all. Hosts listed with
 //!    [`ClientBuilder::proxy_bypass`](crate::ClientBuilder::proxy_bypass) are still reached
 //!    directly.
-//! 3. The environment (the default), as curl reads it; see [`proxy_from_env`]:
-//!    - for `ws://`: `ws_proxy`, `WS_PROXY`, `http_proxy`, `all_proxy`, `ALL_PROXY`;
+//! 3. The environment (the default), much as curl reads it; see [`proxy_from_env`]:
+//!    - for `ws://`: `ws_proxy`, `WS_PROXY`, `https_proxy`, `HTTPS_PROXY`, `http_proxy`,
+//!      `all_proxy`, `ALL_PROXY` (`https_proxy` before `http_proxy`: a WebSocket connection is a
+//!      tunnel whatever its scheme, and the proxy a machine sets for HTTPS is the one that allows
+//!      CONNECT; curl itself skips `https_proxy` for `ws://`);
 //!    - for `wss://`: `wss_proxy`, `WSS_PROXY`, `https_proxy`, `HTTPS_PROXY`, `all_proxy`,
 //!      `ALL_PROXY`;
 //!    - the first one set to a non-empty value wins, lower case before upper case. Upper-case
@@ -91,7 +94,8 @@ use crate::{Error, ErrorKind};
 pub const DEFAULT_PROXY_PORT: u16 = 1080;
 
 /// The variables that name a proxy for `ws://`, in the order they are tried.
-const WS_VARIABLES: &[&str] = &["ws_proxy", "WS_PROXY", "http_proxy", "all_proxy", "ALL_PROXY"];
+const WS_VARIABLES: &[&str] =
+    &["ws_proxy", "WS_PROXY", "https_proxy", "HTTPS_PROXY", "http_proxy", "all_proxy", "ALL_PROXY"];
 /// The variables that name a proxy for `wss://`, in the order they are tried.
 const WSS_VARIABLES: &[&str] = &["wss_proxy", "WSS_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"];
 /// The variables that list the hosts to reach directly.
@@ -126,8 +130,8 @@ impl fmt::Debug for EnvProxy {
 /// environment: `|name| std::env::var(name).ok()`); a variable set to the empty string counts as
 /// unset, as in curl.
 ///
-/// The order, as curl's: for `ws`, `ws_proxy`, `WS_PROXY`, `http_proxy` (never `HTTP_PROXY`),
-/// `all_proxy`, `ALL_PROXY`; for `wss`, `wss_proxy`, `WSS_PROXY`, `https_proxy`, `HTTPS_PROXY`,
+/// The order: for `ws`, `ws_proxy`, `WS_PROXY`, `https_proxy`, `HTTPS_PROXY`, `http_proxy`
+/// (never `HTTP_PROXY`), `all_proxy`, `ALL_PROXY`; for `wss`, `wss_proxy`, `WSS_PROXY`, `https_proxy`, `HTTPS_PROXY`,
 /// `all_proxy`, `ALL_PROXY`. Before that, a host matching `no_proxy` (else `NO_PROXY`) gets no
 /// proxy; see [`no_proxy_matches`]. Other schemes get `None`.
 ///
@@ -904,23 +908,28 @@ mod tests {
     }
 
     #[test]
-    fn ws_reads_ws_proxy_then_http_proxy_then_all_proxy() {
+    fn ws_reads_ws_proxy_then_https_proxy_then_http_proxy_then_all_proxy() {
         let all = &[
             ("ws_proxy", "a"),
             ("WS_PROXY", "b"),
-            ("http_proxy", "c"),
-            ("HTTP_PROXY", "d"),
-            ("https_proxy", "e"),
-            ("all_proxy", "f"),
-            ("ALL_PROXY", "g"),
+            ("https_proxy", "c"),
+            ("HTTPS_PROXY", "d"),
+            ("http_proxy", "e"),
+            ("HTTP_PROXY", "f"),
+            ("all_proxy", "g"),
+            ("ALL_PROXY", "h"),
         ];
         assert_eq!(chosen("ws", all), Some(("ws_proxy", "a".into())));
         assert_eq!(chosen("ws", &all[1..]), Some(("WS_PROXY", "b".into())));
-        assert_eq!(chosen("ws", &all[2..]), Some(("http_proxy", "c".into())));
-        // HTTP_PROXY is never read, and https_proxy is for wss:// only.
-        assert_eq!(chosen("ws", &all[3..]), Some(("all_proxy", "f".into())));
-        assert_eq!(chosen("ws", &all[6..]), Some(("ALL_PROXY", "g".into())));
-        assert_eq!(chosen("ws", &[("HTTP_PROXY", "d")]), None);
+        assert_eq!(chosen("ws", &all[2..]), Some(("https_proxy", "c".into())));
+        assert_eq!(chosen("ws", &all[3..]), Some(("HTTPS_PROXY", "d".into())));
+        assert_eq!(chosen("ws", &all[4..]), Some(("http_proxy", "e".into())));
+        // HTTP_PROXY is never read.
+        assert_eq!(chosen("ws", &all[5..]), Some(("all_proxy", "g".into())));
+        assert_eq!(chosen("ws", &all[7..]), Some(("ALL_PROXY", "h".into())));
+        assert_eq!(chosen("ws", &[("HTTP_PROXY", "f")]), None);
+        // http_proxy is for ws:// only.
+        assert_eq!(chosen("wss", &[("http_proxy", "e")]), None);
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub mod browser;
 mod client;
 mod error;
 mod io;
+pub mod origin;
 mod rng;
 mod server;
 mod split;

@@ -32,6 +32,8 @@
 pub mod browser;
 mod client;
 mod error;
+#[cfg(feature = "hyper")]
+pub mod hyper;
 mod io;
 pub mod origin;
 mod rng;

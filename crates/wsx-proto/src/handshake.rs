@@ -727,7 +727,12 @@ pub struct UpgradeRequest {
 /// Whether a request asks for a WebSocket upgrade (`Upgrade` lists `websocket`), as opposed to a
 /// plain HTTP request to be answered as such. [`check_request`] then says whether it is valid.
 pub fn is_upgrade_request<B>(req: &Request<B>) -> bool {
-    has_token(req.headers(), &header::UPGRADE, "websocket")
+    is_upgrade_headers(req.headers())
+}
+
+/// [`is_upgrade_request`] on a request's headers alone (`Upgrade` lists `websocket`).
+pub fn is_upgrade_headers(headers: &HeaderMap) -> bool {
+    has_token(headers, &header::UPGRADE, "websocket")
 }
 
 /// Checks a request against RFC 6455 §4.2.1.

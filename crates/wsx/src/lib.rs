@@ -29,6 +29,8 @@
 //! write; pings and the closing handshake are answered for you.
 #![deny(missing_docs)]
 
+#[cfg(feature = "axum")]
+pub mod axum;
 pub mod browser;
 mod client;
 mod error;

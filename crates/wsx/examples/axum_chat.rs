@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use axum::extract::State;
 use axum::response::{Html, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc::{self, error::TrySendError};
@@ -190,6 +191,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let origins = OriginPolicy::new(&origins).map_err(|e| format!("--origin {e}"))?;
     let listener = TcpListener::bind(&addr).await?;
     eprintln!("axum_chat listening on http://{}/", listener.local_addr()?);
+    // Small messages should leave at once, not wait for the previous one's ACK (Nagle).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app(App::new(origins))).await?;
     Ok(())
 }

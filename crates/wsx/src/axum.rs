@@ -35,7 +35,9 @@
 //!
 //! axum must serve the connection with upgrades enabled, as `axum::serve` does: the request
 //! then carries hyper's upgrade handle in its extensions. The connection runs on the TCP socket
-//! itself when axum serves plain TCP (see [`UpgradedStream`]).
+//! itself when axum serves plain TCP (see [`UpgradedStream`]). The upgrade is HTTP/1.1's: a
+//! WebSocket over HTTP/2 (RFC 8441's extended `CONNECT`) is not supported yet and is refused
+//! with 405, as [`accept`](crate::accept) refuses any method but `GET`.
 
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::response::{IntoResponse, Response};

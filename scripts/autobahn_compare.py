@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Compare kosoku (Autobahn) reports with the checked-in expectations.
 
-Standard library only. For each ROLE (server, client) it reads
-REPORTS/<role>s/index.json and CONFORMANCE/expected-<role>.json and fails the
-role on any case whose behavior or behaviorClose differs, including a case
-missing from the report or one the expectation does not know.
+Standard library only. For each ROLE (server, client, axum) it reads
+REPORTS/<role>s/index.json and CONFORMANCE/expected-<role>.json (for axum,
+expected-server.json) and fails the role on any case whose behavior or
+behaviorClose differs, including a case missing from the report or one the
+expectation does not know.
 
     scripts/autobahn_compare.py [--wall server=12.3] [--error client=MSG] server client
 
@@ -126,6 +127,11 @@ def case_details(
     return text
 
 
+# Roles compared with another role's expectation: the axum echo app is a server like
+# `wsx serve --echo` and must pass the same cases.
+EXPECTATION = {"axum": "server"}
+
+
 def compare_role(
     role: str,
     args: argparse.Namespace,
@@ -135,7 +141,7 @@ def compare_role(
 ) -> bool:
     report_dir = os.path.join(args.reports_dir, role + "s")
     index_path = os.path.join(report_dir, "index.json")
-    expected_path = os.path.join(args.conformance_dir, f"expected-{role}.json")
+    expected_path = os.path.join(args.conformance_dir, f"expected-{EXPECTATION.get(role, role)}.json")
     wall_text = f"{float(wall):.1f}s" if wall else "n/a"
     print(f"== autobahn {role} ==")
 
@@ -224,7 +230,7 @@ def main() -> int:
     here = os.path.dirname(os.path.abspath(__file__))
     root = os.path.normpath(os.path.join(here, ".."))
     ap = argparse.ArgumentParser(description="compare kosoku reports with expectations")
-    ap.add_argument("roles", nargs="+", choices=("server", "client"))
+    ap.add_argument("roles", nargs="+", choices=("server", "client", "axum"))
     ap.add_argument("--reports-dir", default=os.path.join(root, "reports"))
     ap.add_argument("--conformance-dir", default=os.path.join(root, "conformance"))
     ap.add_argument("--wall", action="append", metavar="ROLE=SECONDS")

@@ -18,8 +18,8 @@
 //!   binary message), which the server relays unchanged.
 //! - **Host names**: see [`host`]: requests whose `Host` is not an IP address, `localhost` or a
 //!   `--host` name are refused with 421 (DNS rebinding), unless `--allow-any-host`.
-//! - **Origins**: see [`origin`]: a browser page may connect when it was served by this server or
-//!   its origin was given with `--origin`; requests without `Origin` are allowed.
+//! - **Origins**: see [`wsx::origin`]: a browser page may connect when it was served by this
+//!   server or its origin was given with `--origin`; requests without `Origin` are allowed.
 //! - **Closing**: the peer's close frame is answered with the same code and an empty reason (the
 //!   protocol core's echo), so a page that closes with 4000 "bye" sees code 4000, reason "".
 //! - **Rooms**: see [`rooms`]: a member that falls more than `--room-queue` messages or
@@ -45,6 +45,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use wsx::origin::{OriginPolicy, Scheme};
 use wsx::proto::deflate::DeflateConfig;
 use wsx::proto::handshake::check_request;
 use wsx::{
@@ -54,12 +55,10 @@ use wsx::{
 
 mod host;
 mod http;
-mod origin;
 mod rooms;
 mod tls;
 
 use host::HostPolicy;
-use origin::OriginPolicy;
 use rooms::{Bus, LocalBus, QueueLimits, Received};
 
 /// The subprotocols the server knows. It selects the first one of the client's offer that is
@@ -152,6 +151,17 @@ struct Server {
     tls: Option<wsx::tls::TlsAcceptor>,
 }
 
+impl Server {
+    /// The scheme of this server's own pages, for the same-origin check.
+    fn scheme(&self) -> Scheme {
+        if self.tls.is_some() {
+            Scheme::Https
+        } else {
+            Scheme::Http
+        }
+    }
+}
+
 /// What an upgrade request's path asks for.
 #[derive(Debug)]
 enum Route {
@@ -165,7 +175,7 @@ enum Route {
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Installed first, so that a signal arriving while we start is not fatal.
     let mut signals = Signals::new().context("cannot install the signal handlers")?;
-    let origins = OriginPolicy::new(&args.origins).map_err(anyhow::Error::msg)?;
+    let origins = OriginPolicy::new(&args.origins).map_err(|e| anyhow::anyhow!("--origin {e}"))?;
     let hosts = HostPolicy::new(&args.hosts, args.allow_any_host).map_err(anyhow::Error::msg)?;
     let static_root = match &args.static_dir {
         Some(dir) => {
@@ -362,8 +372,13 @@ async fn handshake<S: Io>(server: &Server, stream: S, peer: SocketAddr) -> Optio
         }
     };
     let host = incoming.request().headers().get(::http::header::HOST).and_then(|h| h.to_str().ok());
-    if let Err(rejection) = server.origins.check(upgrade.origin.as_deref(), host) {
-        refuse(incoming, rejection, peer, &path).await;
+    if let Err(rejection) = server.origins.check(upgrade.origin.as_deref(), host, server.scheme()) {
+        let origin = upgrade.origin.as_deref().unwrap_or_default().trim();
+        let body = format!(
+            "origin {origin:?} may not open a WebSocket here: only pages served by this server may \
+             (start wsx serve with --origin {origin} to allow it)\n"
+        );
+        refuse(incoming, Rejection::new(rejection.status, body), peer, &path).await;
         return None;
     }
     let route = match route {

@@ -261,3 +261,21 @@ fn wsx_connect_wss_through_http_and_socks5_proxies() {
     );
     assert!(!stderr.contains("hunter2"), "{stderr}");
 }
+
+#[tokio::test]
+async fn over_tls_the_servers_own_origin_is_https() {
+    let dir = TempDir::new("serve-tls-origin");
+    let ca = TestCa::new("wsx test CA");
+    let (cert, key) = write_leaf(&dir, &ca.server(&["localhost"]), "server");
+    let server = Server::start(&["--tls-cert", path(&cert), "--tls-key", path(&key)]);
+    let port = server.addr.port();
+    let connect = |origin: String| {
+        let tls = ClientTls::new().only_added_roots().add_ca_pem(ca.pem().as_bytes()).unwrap();
+        ClientBuilder::new(format!("wss://localhost:{port}/echo")).tls(tls).origin(origin).connect()
+    };
+    connect(format!("https://localhost:{port}")).await.expect("a page served by this server may connect");
+    match connect(format!("http://localhost:{port}")).await {
+        Err(wsx::Error::Handshake(wsx::HandshakeError::UnexpectedStatus { status, .. })) => assert_eq!(status, 403),
+        other => panic!("an http:// page is another origin for a TLS server: {:?}", other.map(|_| ())),
+    }
+}

@@ -726,8 +726,13 @@ pub struct UpgradeRequest {
 
 /// Whether a request asks for a WebSocket upgrade (`Upgrade` lists `websocket`), as opposed to a
 /// plain HTTP request to be answered as such. [`check_request`] then says whether it is valid.
-pub fn is_upgrade_request(req: &Request<()>) -> bool {
-    has_token(req.headers(), &header::UPGRADE, "websocket")
+pub fn is_upgrade_request<B>(req: &Request<B>) -> bool {
+    is_upgrade_headers(req.headers())
+}
+
+/// [`is_upgrade_request`] on a request's headers alone (`Upgrade` lists `websocket`).
+pub fn is_upgrade_headers(headers: &HeaderMap) -> bool {
+    has_token(headers, &header::UPGRADE, "websocket")
 }
 
 /// Checks a request against RFC 6455 §4.2.1.
@@ -745,20 +750,33 @@ pub fn is_upgrade_request(req: &Request<()>) -> bool {
 ///   `426 Upgrade Required` with `Sec-WebSocket-Version: 13` (§4.4).
 ///
 /// The body says what was wrong, e.g. `missing Sec-WebSocket-Key header`.
+///
+/// The body type does not matter (an upgrade request has none): a request
+/// an HTTP server library parsed (hyper's `Request<Incoming>`) is checked
+/// as it is; [`check_request_head`] checks a head split from its body.
 // The `Rejection` error is the response itself, built once per connection.
-pub fn check_request(req: &Request<()>) -> Result<UpgradeRequest, Rejection> {
+pub fn check_request<B>(req: &Request<B>) -> Result<UpgradeRequest, Rejection> {
+    check_head(req.method(), req.version(), req.uri(), req.headers())
+}
+
+/// [`check_request`] for a request head split from its body
+/// (`http::request::Parts`, what an axum extractor sees).
+pub fn check_request_head(head: &http::request::Parts) -> Result<UpgradeRequest, Rejection> {
+    check_head(&head.method, head.version, &head.uri, &head.headers)
+}
+
+fn check_head(method: &Method, version: Version, uri: &Uri, headers: &HeaderMap) -> Result<UpgradeRequest, Rejection> {
     let bad = |msg: &str| Rejection::new(StatusCode::BAD_REQUEST, msg);
-    if req.method() != Method::GET {
+    if method != Method::GET {
         return Err(Rejection::new(StatusCode::METHOD_NOT_ALLOWED, "a WebSocket upgrade must use the GET method")
             .with_header(header::ALLOW, HeaderValue::from_static("GET")));
     }
-    if req.version() < Version::HTTP_11 {
+    if version < Version::HTTP_11 {
         return Err(bad("a WebSocket upgrade requires HTTP/1.1 or later"));
     }
-    if !req.uri().path().starts_with('/') {
+    if !uri.path().starts_with('/') {
         return Err(bad("invalid request target"));
     }
-    let headers = req.headers();
     match headers.get_all(header::HOST).iter().count() {
         0 => return Err(bad("missing Host header")),
         1 => {}
@@ -1350,6 +1368,24 @@ mod tests {
                 assert!(r.is_some());
                 assert!(buf.is_empty());
             }
+        }
+    }
+
+    /// A request with a body type, and a head split from its body, are checked as the request.
+    #[test]
+    fn check_request_head_agrees_with_check_request() {
+        let cases = [
+            request_with("Host", Some("Host: server.example.com")),
+            request_with("Sec-WebSocket-Version", Some("Sec-WebSocket-Version: 8")),
+            request_with("Sec-WebSocket-Key", None),
+            request_with("GET", Some("POST /chat HTTP/1.1")),
+        ];
+        for req in cases {
+            let expected = check_request(&req).map(|u| u.key).map_err(|r| (r.status, r.body));
+            let with_body = req.clone().map(|()| "a body type");
+            assert_eq!(check_request(&with_body).map(|u| u.key).map_err(|r| (r.status, r.body)), expected);
+            let (head, _) = req.into_parts();
+            assert_eq!(check_request_head(&head).map(|u| u.key).map_err(|r| (r.status, r.body)), expected);
         }
     }
 

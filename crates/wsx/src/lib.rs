@@ -33,10 +33,15 @@
 //! write; pings and the closing handshake are answered for you.
 #![deny(missing_docs)]
 
+#[cfg(feature = "axum")]
+pub mod axum;
 pub mod browser;
 mod client;
 mod error;
+#[cfg(feature = "hyper")]
+pub mod hyper;
 mod io;
+pub mod origin;
 pub mod proxy;
 mod rng;
 mod server;

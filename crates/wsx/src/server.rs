@@ -2,7 +2,7 @@
 //! request (plain HTTP answers, routing, refusals).
 
 use bytes::BytesMut;
-use http::{HeaderMap, Request, StatusCode};
+use http::{HeaderMap, Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use wsx_proto::deflate::PerMessageDeflate;
 use wsx_proto::handshake::{self, HandshakeError, HandshakeLimits, Rejection, UpgradeRequest};
@@ -180,34 +180,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Incoming<S> {
         accept: Accept,
         config: &WebSocketConfig,
     ) -> Result<WebSocket<S>, Error> {
-        if let Err(e) = config.proto.validate() {
-            let _ = self.reject(Rejection::new(StatusCode::INTERNAL_SERVER_ERROR, "server misconfigured")).await;
-            return Err(e.into());
-        }
-        if let Some(p) = &accept.protocol {
-            if !upgrade.protocols.iter().any(|o| o == p) {
-                let rejection = Rejection::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "server selected a subprotocol the client did not offer",
-                );
-                return Err(self.reject(rejection).await);
+        let answer = match answer(upgrade, accept, config) {
+            Ok(answer) => answer,
+            Err(refusal) => {
+                // The error says why; the refusal is a courtesy to the client.
+                let _ = write_rejection(&mut self.stream, &refusal.rejection).await;
+                return Err(refusal.error);
             }
-        }
-        let mut conn = Connection::server(config.proto.clone(), now());
-        let mut extensions = None;
-        if let Some(deflate) = &config.deflate {
-            if let Some((params, answer)) = deflate.server_negotiate(&upgrade.extensions) {
-                conn.set_deflate(PerMessageDeflate::new(&params, true, deflate.level, deflate.compression_threshold));
-                extensions = Some(answer);
-            }
-        }
-        let response =
-            handshake::accept_response(upgrade, accept.protocol.as_deref(), extensions.as_deref(), &accept.headers);
+        };
         let mut out = BytesMut::with_capacity(256);
-        handshake::write_response(&response, &mut out);
+        handshake::write_response(&answer.response, &mut out);
         self.stream.write_all(&out).await?;
         self.stream.flush().await?;
-        Ok(WebSocket::from_parts(self.stream, conn, self.leftover, accept.protocol, extensions))
+        Ok(WebSocket::from_parts(self.stream, answer.conn, self.leftover, answer.protocol, answer.extensions))
     }
 
     /// Answers with `rejection` and closes the stream; returns the error to report.
@@ -224,6 +209,55 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Incoming<S> {
     pub fn into_parts(self) -> (S, Request<()>, BytesMut) {
         (self.stream, self.request, self.leftover)
     }
+}
+
+/// The server's side of an upgrade it accepts: the `101 Switching Protocols` response and the
+/// connection set up to match it.
+pub(crate) struct Answer {
+    pub(crate) response: Response<()>,
+    pub(crate) conn: Connection,
+    pub(crate) protocol: Option<String>,
+    pub(crate) extensions: Option<String>,
+}
+
+/// Why an upgrade the application accepted cannot be answered with 101: the HTTP answer to send
+/// instead, and the error to report.
+pub(crate) struct Refusal {
+    pub(crate) rejection: Rejection,
+    pub(crate) error: Error,
+}
+
+/// Turns a checked request, the application's decision and the configuration into the server's
+/// answer: validates the configuration, checks that the chosen subprotocol was offered,
+/// negotiates permessage-deflate and builds the 101 response, all with `wsx-proto`. The one
+/// place that does this, for [`Incoming::accept`] and the hyper adapter alike, so both answer a
+/// request the same way.
+pub(crate) fn answer(upgrade: &UpgradeRequest, accept: Accept, config: &WebSocketConfig) -> Result<Answer, Refusal> {
+    if let Err(e) = config.proto.validate() {
+        let rejection = Rejection::new(StatusCode::INTERNAL_SERVER_ERROR, "server misconfigured");
+        return Err(Refusal { rejection, error: e.into() });
+    }
+    if let Some(p) = &accept.protocol {
+        if !upgrade.protocols.iter().any(|o| o == p) {
+            let rejection = Rejection::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server selected a subprotocol the client did not offer",
+            );
+            let error = HandshakeError::Rejected(Box::new(rejection.clone())).into();
+            return Err(Refusal { rejection, error });
+        }
+    }
+    let mut conn = Connection::server(config.proto.clone(), now());
+    let mut extensions = None;
+    if let Some(deflate) = &config.deflate {
+        if let Some((params, answer)) = deflate.server_negotiate(&upgrade.extensions) {
+            conn.set_deflate(PerMessageDeflate::new(&params, true, deflate.level, deflate.compression_threshold));
+            extensions = Some(answer);
+        }
+    }
+    let response =
+        handshake::accept_response(upgrade, accept.protocol.as_deref(), extensions.as_deref(), &accept.headers);
+    Ok(Answer { response, conn, protocol: accept.protocol, extensions })
 }
 
 /// Reads from `stream` into `buf` until `parse` finds a whole HTTP head at its front (the one

@@ -228,7 +228,7 @@ impl ClientBuilder {
         let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
         let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
         #[cfg(feature = "tls")]
-        let tls = if secure { Some(self.rustls_config()?) } else { None };
+        let tls = if secure { Some(self.rustls_config().await?) } else { None };
         #[cfg(not(feature = "tls"))]
         if secure {
             return Err(crate::TlsError::NotBuiltIn.into());
@@ -253,12 +253,18 @@ impl ClientBuilder {
 
     /// The rustls configuration for a `wss://` connection.
     #[cfg(feature = "tls")]
-    fn rustls_config(&self) -> Result<std::sync::Arc<rustls::ClientConfig>, Error> {
-        Ok(match &self.tls {
-            TlsSetting::Default => crate::tls::ClientTls::default_config()?,
-            TlsSetting::Custom(tls) => tls.build()?,
-            TlsSetting::Config(config) => config.clone(),
-        })
+    async fn rustls_config(&self) -> Result<std::sync::Arc<rustls::ClientConfig>, Error> {
+        let setting = match &self.tls {
+            TlsSetting::Config(config) => return Ok(config.clone()),
+            other => other.clone(),
+        };
+        // Built once (per process for the default, per `ClientTls` and its clones otherwise);
+        // the first build reads the system's certificate store: file I/O, off the async threads.
+        let build = move || match setting {
+            TlsSetting::Custom(tls) => tls.config(),
+            _ => crate::tls::ClientTls::default_config(),
+        };
+        Ok(tokio::task::spawn_blocking(build).await.map_err(std::io::Error::other)??)
     }
 
     /// Runs the opening handshake for `url` over a stream that is already connected (a TLS

@@ -74,7 +74,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Timeout};
-use wsx_proto::handshake::{self, Rejection, UpgradeRequest};
+use wsx_proto::handshake::{self, HandshakeError, Rejection, UpgradeRequest};
 use wsx_proto::Connection;
 
 use crate::server::{answer, Answer};
@@ -167,6 +167,19 @@ pub struct Upgrade {
     upgrade: UpgradeRequest,
     on_upgrade: OnUpgrade,
     started: Instant,
+    /// The request head's size as it was on the wire (method, target, headers; hyper does not
+    /// keep the raw head) and its header count, held to the configuration's
+    /// [`HandshakeLimits`](wsx_proto::handshake::HandshakeLimits) in `accept`, as `wsx::accept`
+    /// holds the head it reads.
+    head_bytes: usize,
+    header_count: usize,
+}
+
+/// The size a request head had on the wire, give or take the whitespace hyper dropped.
+fn head_size(method: &http::Method, uri: &http::Uri, headers: &http::HeaderMap) -> usize {
+    let line = method.as_str().len() + 1 + uri.to_string().len() + " HTTP/1.1\r\n".len();
+    let fields: usize = headers.iter().map(|(name, value)| name.as_str().len() + 2 + value.len() + 2).sum();
+    line + fields + 2
 }
 
 impl Upgrade {
@@ -177,23 +190,29 @@ impl Upgrade {
     /// from hyper's HTTP/1.1 server). The handshake timeout counts from here.
     pub fn new<B>(request: &mut Request<B>) -> Result<Self, Rejection> {
         let upgrade = handshake::check_request(request)?;
-        Self::with_handle(upgrade, request.extensions_mut().remove::<OnUpgrade>())
+        let size = (head_size(request.method(), request.uri(), request.headers()), request.headers().len());
+        Self::with_handle(upgrade, request.extensions_mut().remove::<OnUpgrade>(), size)
     }
 
     /// [`new`](Self::new) for a request head split from its body (what an axum extractor sees).
     pub fn from_head(head: &mut request::Parts) -> Result<Self, Rejection> {
         let upgrade = handshake::check_request_head(head)?;
-        Self::with_handle(upgrade, head.extensions.remove::<OnUpgrade>())
+        let size = (head_size(&head.method, &head.uri, &head.headers), head.headers.len());
+        Self::with_handle(upgrade, head.extensions.remove::<OnUpgrade>(), size)
     }
 
-    fn with_handle(upgrade: UpgradeRequest, on_upgrade: Option<OnUpgrade>) -> Result<Self, Rejection> {
+    fn with_handle(
+        upgrade: UpgradeRequest,
+        on_upgrade: Option<OnUpgrade>,
+        (head_bytes, header_count): (usize, usize),
+    ) -> Result<Self, Rejection> {
         let Some(on_upgrade) = on_upgrade else {
             return Err(Rejection::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "this server cannot upgrade the connection (no HTTP/1.1 upgrade on it)",
             ));
         };
-        Ok(Self { upgrade, on_upgrade, started: Instant::now() })
+        Ok(Self { upgrade, on_upgrade, started: Instant::now(), head_bytes, header_count })
     }
 
     /// What the client asked for: offered subprotocols (in its order of preference), extension
@@ -206,10 +225,23 @@ impl Upgrade {
     /// timers and compression of `config`: returns the `101 Switching Protocols` response,
     /// which the service must return, and the [`Upgrading`] that becomes the connection once
     /// hyper has sent it. `Err` is the answer to send instead, as
-    /// [`Incoming::accept`](crate::Incoming::accept) would: `500` for a configuration that fails
+    /// [`Incoming::accept`](crate::Incoming::accept) would: `431` for a head over the limits of
+    /// `config.proto.handshake` (hyper's own limits apply first, while it reads the head), `500`
+    /// for a configuration that fails
     /// [`Config::validate`](wsx_proto::Config::validate) (logged at `error` level with the
     /// reason) or for a subprotocol the client did not offer.
     pub fn accept(self, accept: Accept, config: &WebSocketConfig) -> Result<(Response<()>, Upgrading), Rejection> {
+        let limits = &config.proto.handshake;
+        let too_large = if self.header_count > limits.max_headers {
+            Some(HandshakeError::TooManyHeaders { limit: limits.max_headers })
+        } else if self.head_bytes > limits.max_head_bytes {
+            Some(HandshakeError::HeadTooLarge { limit: limits.max_head_bytes })
+        } else {
+            None
+        };
+        if let Some(rejection) = too_large.and_then(|e| e.to_rejection()) {
+            return Err(rejection);
+        }
         let Answer { response, conn, protocol, extensions } =
             answer(&self.upgrade, accept, config).map_err(|refusal| {
                 if let Error::Config(e) = &refusal.error {

@@ -226,6 +226,7 @@ fn replay(e: &Error) -> Error {
         Error::Proto(p) => Error::Proto(p.clone()),
         Error::Io(io) => Error::Io(io::Error::new(io.kind(), io.to_string())),
         Error::AbnormalClosure => Error::AbnormalClosure,
+        Error::Tls(t) => Error::Tls(t.clone()),
         _ => Error::Closed,
     }
 }
@@ -312,7 +313,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
     /// reads on, to deliver what the peer sent before it went (its close frame, most often)
     /// and then the end of the stream.
     fn fail_write(&mut self, err: Error) -> Error {
-        if matches!(err, Error::Io(_)) {
+        if matches!(err, Error::Io(_) | Error::Tls(_)) {
             self.write.broken = true;
             self.write.deadline = None;
         } else {
@@ -501,7 +502,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
             let limit = (budget - read_this_poll).max(MAX_READ);
             let mut limited = bytes::BufMut::limit(&mut self.read.buf, limit);
             match tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut limited) {
+                // TLS reports a peer that closed TCP without `close_notify` as UnexpectedEof:
+                // the same end as an end of stream over plain TCP (the WebSocket framing tells a
+                // truncated message on its own).
                 Poll::Ready(Ok(0)) => {
+                    self.end_transport();
+                    return Poll::Ready(Some(Err(Error::AbnormalClosure)));
+                }
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
                     self.end_transport();
                     return Poll::Ready(Some(Err(Error::AbnormalClosure)));
                 }

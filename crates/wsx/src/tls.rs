@@ -66,6 +66,7 @@
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -136,6 +137,10 @@ pub struct ClientTls {
     extra_roots: Vec<CertificateDer<'static>>,
     client_auth: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
     insecure: bool,
+    /// The configuration built from the settings above, shared by clones, so that connections
+    /// made with one `ClientTls` share one root store and one session cache. Reset by every
+    /// setter.
+    built: Arc<OnceLock<Result<Arc<rustls::ClientConfig>, TlsError>>>,
 }
 
 impl Clone for ClientTls {
@@ -145,6 +150,7 @@ impl Clone for ClientTls {
             extra_roots: self.extra_roots.clone(),
             client_auth: self.client_auth.as_ref().map(|(certs, key)| (certs.clone(), key.clone_key())),
             insecure: self.insecure,
+            built: self.built.clone(),
         }
     }
 }
@@ -170,24 +176,33 @@ impl ClientTls {
     /// The defaults: the system's roots (or Mozilla's with only the `webpki-roots` feature), no
     /// client certificate.
     pub fn new() -> Self {
-        Self { roots: Roots::default(), extra_roots: Vec::new(), client_auth: None, insecure: false }
+        Self {
+            roots: Roots::default(),
+            extra_roots: Vec::new(),
+            client_auth: None,
+            insecure: false,
+            built: Arc::default(),
+        }
     }
 
     /// Trust Mozilla's root certificates, compiled in, instead of the system's.
     #[cfg(feature = "webpki-roots")]
     pub fn webpki_roots(mut self) -> Self {
+        self.built = Arc::default();
         self.roots = Roots::WebPki;
         self
     }
 
     /// Trust only the CAs added with [`add_ca_pem`](Self::add_ca_pem), not the system's.
     pub fn only_added_roots(mut self) -> Self {
+        self.built = Arc::default();
         self.roots = Roots::None;
         self
     }
 
     /// Also trusts the CA certificates in `pem` (one or more `CERTIFICATE` blocks).
     pub fn add_ca_pem(mut self, pem: &[u8]) -> Result<Self, TlsError> {
+        self.built = Arc::default();
         self.extra_roots.extend(certificates(pem, None)?);
         Ok(self)
     }
@@ -198,6 +213,7 @@ impl ClientTls {
         let pem = read_file(path)?;
         let certs = certificates(&pem, Some(path))?;
         let mut this = self;
+        this.built = Arc::default();
         this.extra_roots.extend(certs);
         Ok(this)
     }
@@ -208,6 +224,7 @@ impl ClientTls {
         let certs = certificates(cert_pem, None)?;
         let key = private_key(key_pem, None)?;
         check_key_matches(&certs, &key)?;
+        self.built = Arc::default();
         self.client_auth = Some((certs, key));
         Ok(self)
     }
@@ -218,6 +235,7 @@ impl ClientTls {
         let certs = certificates(&read_file(cert)?, Some(cert))?;
         let key = private_key(&read_file(key)?, Some(key))?;
         check_key_matches(&certs, &key)?;
+        self.built = Arc::default();
         self.client_auth = Some((certs, key));
         Ok(self)
     }
@@ -226,6 +244,7 @@ impl ClientTls {
     /// read and change the traffic. For development against self-signed servers only (`wsx
     /// connect --insecure`). Signatures in the handshake are still checked.
     pub fn danger_accept_invalid_certs(mut self) -> Self {
+        self.built = Arc::default();
         self.insecure = true;
         self
     }
@@ -274,6 +293,11 @@ impl ClientTls {
         };
         config.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
         Ok(Arc::new(config))
+    }
+
+    /// [`build`](Self::build), once for this `ClientTls` and its clones.
+    pub(crate) fn config(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+        self.built.get_or_init(|| self.build()).clone()
     }
 
     /// The configuration of `ClientTls::new()`, built once per process (reading the system's
@@ -411,14 +435,7 @@ pub async fn accept(
     if first[0] != TLS_HANDSHAKE_RECORD {
         if first[0].is_ascii_uppercase() {
             // Probably an HTTP request line: answer in its language.
-            let body = "This port speaks TLS: use https:// or wss://.\n";
-            let answer = format!(
-                "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n\
-                 connection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = tcp.write_all(answer.as_bytes()).await;
-            let _ = tcp.shutdown().await;
+            refuse_plain_http(&mut tcp).await;
         }
         return Err(TlsError::NotTls.into());
     }
@@ -433,6 +450,51 @@ pub async fn accept(
     }
 }
 
+/// The most of a plain-HTTP request read before answering it, and how long each side of the
+/// answer may take.
+const PLAIN_REQUEST_LIMIT: usize = 16 * 1024;
+const PLAIN_ANSWER_TIME: Duration = Duration::from_secs(1);
+
+/// Answers a plain-HTTP request on the TLS port with a 400 that says what to do. The request is
+/// read first (up to the end of its head, 16 KiB, or a second) and what follows the answer is
+/// drained briefly: closing a socket with unread bytes sends a reset, which can make the
+/// client lose the answer.
+async fn refuse_plain_http(tcp: &mut TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::with_capacity(1024);
+    let _ = tokio::time::timeout(PLAIN_ANSWER_TIME, async {
+        let mut chunk = [0u8; 1024];
+        while seen.len() < PLAIN_REQUEST_LIMIT && !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            match tcp.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    let body = "This port speaks TLS: use https:// or wss://.\n";
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(PLAIN_ANSWER_TIME, async {
+        tcp.write_all(answer.as_bytes()).await?;
+        tcp.shutdown().await?;
+        // Until the client closes (it has read the answer) or the time is up.
+        let mut sink = [0u8; 1024];
+        let mut drained = 0;
+        while drained < PLAIN_REQUEST_LIMIT {
+            match tcp.read(&mut sink).await? {
+                0 => break,
+                n => drained += n,
+            }
+        }
+        std::io::Result::Ok(())
+    })
+    .await;
+}
+
 /// Runs the client side of the TLS handshake for `host` (its SNI name, or an IP address).
 pub(crate) async fn connect(
     config: Arc<rustls::ClientConfig>,
@@ -443,6 +505,10 @@ pub(crate) async fn connect(
         .map_err(|_| Error::InvalidUrl(format!("{host:?} is not a valid TLS server name")))?;
     match TlsConnector::from(config).connect(name, tcp).await {
         Ok(stream) => Ok(stream),
+        // A verifier that gives no context (a custom one, through `tls_config`): name the host.
+        Err(e) if matches!(from_io(&e), Some(TlsError::NameMismatch { ref expected, .. }) if expected.is_empty()) => {
+            Err(TlsError::NameMismatch { expected: host.to_owned(), presented: Vec::new() }.into())
+        }
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(TlsError::Handshake(
             "the server closed the connection during the TLS handshake (does it speak TLS?)".into(),
         )
@@ -470,7 +536,7 @@ pub(crate) fn from_rustls(e: &rustls::Error) -> TlsError {
                     ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
                     other => format!("{other:?}"),
                 },
-                presented: presented.clone(),
+                presented: presented.iter().map(|name| plain_name(name)).collect(),
             },
             CertificateError::Expired => TlsError::Expired { detail: None },
             CertificateError::ExpiredContext { time, not_after } => TlsError::Expired {
@@ -489,7 +555,11 @@ pub(crate) fn from_rustls(e: &rustls::Error) -> TlsError {
                 )),
             },
             CertificateError::Revoked => TlsError::Revoked,
-            other => TlsError::BadCertificate(format!("{other:?}")),
+            // webpki's own error, boxed: its Debug name is the only handle on it.
+            CertificateError::Other(other) if format!("{other:?}").contains("CaUsedAsEndEntity") => {
+                TlsError::CaUsedAsEndEntity
+            }
+            other => TlsError::BadCertificate(other.to_string()),
         },
         E::AlertReceived(alert) => TlsError::AlertReceived { alert: format!("{alert:?}") },
         E::NoCertificatesPresented => TlsError::NoClientCertificate,
@@ -497,6 +567,17 @@ pub(crate) fn from_rustls(e: &rustls::Error) -> TlsError {
         | E::InvalidMessage(rustls::InvalidMessage::UnknownProtocolVersion) => TlsError::NotTls,
         other => TlsError::Handshake(other.to_string()),
     }
+}
+
+/// A name as webpki lists it (`DnsName("example.com")`, `IpAddress(127.0.0.1)`), without the
+/// wrapper.
+fn plain_name(name: &str) -> String {
+    for prefix in ["DnsName(", "IpAddress("] {
+        if let Some(inner) = name.strip_prefix(prefix).and_then(|n| n.strip_suffix(')')) {
+            return inner.trim_matches('"').to_owned();
+        }
+    }
+    name.to_owned()
 }
 
 /// `YYYY-MM-DD HH:MM:SS UTC` for a Unix time (civil-from-days, proleptic Gregorian).

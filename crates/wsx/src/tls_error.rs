@@ -9,7 +9,7 @@ pub enum TlsError {
     /// The peer's certificate chain does not lead to a trusted root certificate.
     #[error(
         "the peer's certificate is not signed by a trusted certificate authority (unknown issuer); \
-         trust its CA (ClientTls::add_ca_pem, wsx connect --cacert FILE)"
+         a client trusts a CA with --cacert FILE (ClientTls::add_ca_pem)"
     )]
     UnknownIssuer,
     /// The server's certificate is not valid for the name we connected to.
@@ -32,6 +32,13 @@ pub enum TlsError {
         /// When it becomes valid and what time it is (when known).
         detail: Option<String>,
     },
+    /// The server's certificate is a CA certificate (`CA:TRUE`), which may not identify a server:
+    /// typical of `openssl req -x509` without `-addext basicConstraints=critical,CA:FALSE`.
+    #[error(
+        "the server's certificate is a CA certificate (CA:TRUE) and cannot identify a server; \
+         use a certificate signed by that CA, or a self-signed one made with CA:FALSE"
+    )]
+    CaUsedAsEndEntity,
     /// The peer's certificate was revoked.
     #[error("the peer's certificate was revoked")]
     Revoked,
@@ -44,7 +51,7 @@ pub enum TlsError {
     /// The peer ended the handshake with a TLS alert (for example `CertificateRequired`: the
     /// server wants a client certificate; `UnknownCA` or `BadCertificate`: it did not accept
     /// ours; `HandshakeFailure`: no common parameters).
-    #[error("the peer refused the TLS handshake with the alert {alert}{}", alert_hint(.alert))]
+    #[error("the peer sent the TLS alert {alert}{}", alert_hint(.alert))]
     AlertReceived {
         /// The alert's name, as rustls spells it (`CertificateRequired`, `UnknownCA`, …).
         alert: String,
@@ -54,7 +61,7 @@ pub enum TlsError {
     #[error("the peer does not speak TLS (a plain ws:// or http:// peer on the other side?)")]
     NotTls,
     /// The TLS handshake failed for another reason.
-    #[error("TLS handshake failed: {0}")]
+    #[error("TLS failed: {0}")]
     Handshake(String),
     /// A PEM file or buffer holds no certificate.
     #[error("no certificate found in {source_name}")]

@@ -236,6 +236,21 @@ async fn refusals_match_wsx_accept() {
             ("no key", request.replace(&format!("Sec-WebSocket-Key: {SAMPLE_KEY}\r\n"), ""), 400),
             ("bad key", request.replace(SAMPLE_KEY, "c2hvcnQ="), 400),
             ("no Connection: Upgrade", request.replace("Connection: Upgrade", "Connection: keep-alive"), 400),
+            // Over the handshake limits (64 headers, 16 KiB of head): hyper takes these, wsx's
+            // limits still apply.
+            (
+                "80 headers",
+                request.replace(
+                    "\r\n\r\n",
+                    &format!("\r\n{}\r\n", (0..80).map(|i| format!("X-{i}: v\r\n")).collect::<String>()),
+                ),
+                431,
+            ),
+            (
+                "a 20 KiB header",
+                request.replace("\r\n\r\n", &format!("\r\nX-Big: {}\r\n\r\n", "b".repeat(20 << 10))),
+                431,
+            ),
         ];
         for (what, raw, status) in cases {
             let via_axum = http_exchange(addr, &raw).await;

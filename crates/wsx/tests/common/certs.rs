@@ -43,6 +43,17 @@ impl TestCa {
         self.leaf(names, ExtendedKeyUsagePurpose::ServerAuth, Some((2020, 2021)))
     }
 
+    /// A self-signed server certificate for `names` that is also a CA (`CA:TRUE`), as
+    /// `openssl req -x509` makes by default.
+    pub fn self_signed_ca_server(&self, names: &[&str]) -> Leaf {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params = CertificateParams::new(names).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("cert");
+        Leaf { cert_pem: cert.pem(), key_pem: key.serialize_pem() }
+    }
+
     /// A client certificate.
     pub fn client(&self, name: &str) -> Leaf {
         self.leaf(&[name], ExtendedKeyUsagePurpose::ClientAuth, None)

@@ -14,7 +14,7 @@
 //!
 //! **Checks.** Each message carries its sequence number on the connection (the first 8 bytes of
 //! the payload, big-endian; fewer for smaller messages) and a fixed pattern after it. Every echo
-//! must be one unfragmented-or-fragmented binary message of exactly `--size` bytes with the
+//! must be a binary message (in one frame or several) of exactly `--size` bytes with the
 //! next sequence number (so a lost, duplicated or reordered echo fails the run), and its whole
 //! payload is compared with what was sent in one batch out of `--verify-every` (default 1:
 //! every batch). A close frame, a reset, or a batch that gets no complete echo for `--stall`

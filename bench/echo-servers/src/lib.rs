@@ -7,19 +7,30 @@
 //!   the `ECHO_THREADS` environment variable), I/O and time drivers enabled;
 //! - the same accept loop: `TCP_NODELAY` set on every accepted socket, one task per connection;
 //! - the same reporting: a `listening on ADDR` line on stdout once the socket is bound (scripts
-//!   wait for it), and the first few connection errors on stderr.
+//!   wait for it), and the first few connection errors on stderr;
+//! - the same TLS, for the servers that have a TLS variant (wsx and tokio-tungstenite, started
+//!   through [`serve_tls`]): with `--tls-cert FILE --tls-key FILE` (or `ECHO_TLS_CERT` /
+//!   `ECHO_TLS_KEY`), one `rustls::ServerConfig` is built by [`tls_config`] with
+//!   `wsx::tls::ServerTls` (ring provider, safe protocol versions, ALPN `http/1.1`) and every
+//!   accepted socket is handed to the handler with a tokio-rustls `TlsAcceptor` over that very
+//!   config. The handler runs the TLS handshake itself, so each library is used as its users
+//!   would use it, over the same TLS.
 //!
 //! ```text
 //! echo-NAME [--addr HOST:PORT | --port PORT | PORT | HOST:PORT] [--threads N]
+//!           [--tls-cert FILE --tls-key FILE]
 //! ```
 
 use std::fmt::Display;
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
+pub use wsx::tls::TlsAcceptor;
 
 /// Where to listen when no address is given.
 pub const DEFAULT_ADDR: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 9201);
@@ -36,15 +47,19 @@ pub struct Opts {
     pub addr: SocketAddr,
     /// Worker threads of the multi-thread runtime.
     pub threads: usize,
+    /// Serve TLS with this PEM certificate chain and PEM private key.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Opts {
-    /// Parses `args` (without the program name); `env_threads` is the value of `ECHO_THREADS`.
-    pub fn parse(args: &[String], env_threads: Option<&str>) -> Result<Opts, String> {
-        let mut opts = Opts { addr: DEFAULT_ADDR, threads: 1 };
-        if let Some(t) = env_threads {
-            opts.threads = parse_threads(t)?;
+    /// Parses `args` (without the program name); `env` looks up the environment (`ECHO_THREADS`,
+    /// `ECHO_TLS_CERT`, `ECHO_TLS_KEY`), which the flags override.
+    pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Opts, String> {
+        let mut opts = Opts { addr: DEFAULT_ADDR, threads: 1, tls: None };
+        if let Some(t) = env("ECHO_THREADS") {
+            opts.threads = parse_threads(&t)?;
         }
+        let (mut cert, mut key) = (env("ECHO_TLS_CERT").map(PathBuf::from), env("ECHO_TLS_KEY").map(PathBuf::from));
         let mut it = args.iter();
         while let Some(arg) = it.next() {
             let (flag, inline) = match arg.split_once('=') {
@@ -56,18 +71,27 @@ impl Opts {
                 "--addr" => opts.addr = parse_addr(&value()?)?,
                 "--port" => opts.addr.set_port(parse_port(&value()?)?),
                 "--threads" => opts.threads = parse_threads(&value()?)?,
+                "--tls-cert" => cert = Some(value()?.into()),
+                "--tls-key" => key = Some(value()?.into()),
                 "-h" | "--help" => return Err(usage()),
                 other if !other.starts_with('-') => opts.addr = parse_addr(other)?,
                 other => return Err(format!("unknown flag {other}\n{}", usage())),
             }
         }
+        opts.tls = match (cert, key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => return Err("TLS needs both a certificate and a key (--tls-cert and --tls-key)".into()),
+        };
         Ok(opts)
     }
 }
 
 fn usage() -> String {
     "usage: echo-NAME [--addr HOST:PORT | --port PORT | PORT | HOST:PORT] [--threads N]\n\
-     (--threads defaults to $ECHO_THREADS, else 1)"
+     \x20                [--tls-cert FILE --tls-key FILE]\n\
+     (--threads defaults to $ECHO_THREADS, else 1; --tls-cert and --tls-key to $ECHO_TLS_CERT and\n\
+     $ECHO_TLS_KEY; only echo-wsx and echo-tungstenite serve TLS)"
         .to_string()
 }
 
@@ -99,22 +123,65 @@ pub fn report(server: &str, error: impl Display) {
     }
 }
 
-/// Runs an echo server: parses the command line, builds the runtime, binds, and hands every
-/// accepted socket (with `TCP_NODELAY` on) to `handle` in its own task.
+/// The one TLS configuration of every TLS server: `wsx::tls::ServerTls` over the PEM
+/// certificate chain and key (ring provider, safe protocol versions, ALPN `http/1.1`).
+pub fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<Arc<wsx::tls::rustls::ServerConfig>, String> {
+    wsx::tls::ServerTls::from_pem_files(cert, key).and_then(|tls| tls.build()).map_err(|e| format!("TLS: {e}"))
+}
+
+/// Runs a plain-TCP echo server: parses the command line, builds the runtime, binds, and hands
+/// every accepted socket (with `TCP_NODELAY` on) to `handle` in its own task. TLS flags are
+/// refused: this server has no TLS variant.
 pub fn serve<F, Fut, E>(server: &'static str, handle: F) -> ExitCode
 where
     F: Fn(TcpStream) -> Fut + Send + 'static,
     Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: Display + 'static,
 {
+    run(server, false, move |tcp, _| handle(tcp))
+}
+
+/// As [`serve`], for a server with a TLS variant: `handle` also gets the acceptor when the
+/// server was started with a certificate (`None` for plain TCP), and runs the handshake itself.
+pub fn serve_tls<F, Fut, E>(server: &'static str, handle: F) -> ExitCode
+where
+    F: Fn(TcpStream, Option<TlsAcceptor>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: Display + 'static,
+{
+    run(server, true, handle)
+}
+
+fn run<F, Fut, E>(server: &'static str, tls_ok: bool, handle: F) -> ExitCode
+where
+    F: Fn(TcpStream, Option<TlsAcceptor>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: Display + 'static,
+{
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let env_threads = std::env::var("ECHO_THREADS").ok();
-    let opts = match Opts::parse(&args, env_threads.as_deref()) {
+    let opts = match Opts::parse(&args, |name| std::env::var(name).ok()) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("{server}: {e}");
             return ExitCode::from(2);
         }
+    };
+    let acceptor = match &opts.tls {
+        None => None,
+        Some(_) if !tls_ok => {
+            eprintln!("{server}: this server has no TLS variant (only echo-wsx and echo-tungstenite do)");
+            return ExitCode::from(2);
+        }
+        Some((cert, key)) => match tls_config(cert, key) {
+            Ok(config) => Some(TlsAcceptor::from(config)),
+            Err(e) => {
+                eprintln!("{server}: {e}");
+                return ExitCode::from(2);
+            }
+        },
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(opts.threads).enable_all().build() {
         Ok(rt) => rt,
@@ -124,8 +191,9 @@ where
         }
     };
     // The accept loop runs as a task too, so that all the work happens on the worker threads.
-    let result = runtime
-        .block_on(async move { tokio::spawn(accept_loop(server, opts, handle)).await.map_err(|e| e.to_string())? });
+    let result = runtime.block_on(async move {
+        tokio::spawn(accept_loop(server, opts, acceptor, handle)).await.map_err(|e| e.to_string())?
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -135,15 +203,21 @@ where
     }
 }
 
-async fn accept_loop<F, Fut, E>(server: &'static str, opts: Opts, handle: F) -> Result<(), String>
+async fn accept_loop<F, Fut, E>(
+    server: &'static str,
+    opts: Opts,
+    acceptor: Option<TlsAcceptor>,
+    handle: F,
+) -> Result<(), String>
 where
-    F: Fn(TcpStream) -> Fut + Send + 'static,
+    F: Fn(TcpStream, Option<TlsAcceptor>) -> Fut + Send + 'static,
     Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: Display + 'static,
 {
     let listener = TcpListener::bind(opts.addr).await.map_err(|e| format!("cannot listen on {}: {e}", opts.addr))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
-    println!("{server}: listening on {local} ({} worker thread(s))", opts.threads);
+    let tls = if acceptor.is_some() { ", TLS" } else { "" };
+    println!("{server}: listening on {local} ({} worker thread(s){tls})", opts.threads);
     loop {
         let tcp = match listener.accept().await {
             Ok((tcp, _)) => tcp,
@@ -157,7 +231,7 @@ where
         if let Err(e) = tcp.set_nodelay(true) {
             report(server, format_args!("set_nodelay: {e}"));
         }
-        let conn = handle(tcp);
+        let conn = handle(tcp, acceptor.clone());
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 report(server, e);
@@ -174,21 +248,41 @@ mod tests {
         a.iter().map(|s| s.to_string()).collect()
     }
 
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+    }
+
     #[test]
     fn parses_the_ways_to_name_an_address() {
-        let o = Opts::parse(&args(&[]), None).unwrap();
-        assert_eq!(o, Opts { addr: DEFAULT_ADDR, threads: 1 });
-        assert_eq!(Opts::parse(&args(&["9300"]), None).unwrap().addr, "127.0.0.1:9300".parse().unwrap());
-        assert_eq!(Opts::parse(&args(&["--port", "9301"]), None).unwrap().addr.port(), 9301);
-        assert_eq!(Opts::parse(&args(&["--addr=0.0.0.0:9302"]), None).unwrap().addr, "0.0.0.0:9302".parse().unwrap());
-        assert_eq!(Opts::parse(&args(&["--addr", "9303"]), None).unwrap().addr.port(), 9303);
+        let o = Opts::parse(&args(&[]), no_env).unwrap();
+        assert_eq!(o, Opts { addr: DEFAULT_ADDR, threads: 1, tls: None });
+        assert_eq!(Opts::parse(&args(&["9300"]), no_env).unwrap().addr, "127.0.0.1:9300".parse().unwrap());
+        assert_eq!(Opts::parse(&args(&["--port", "9301"]), no_env).unwrap().addr.port(), 9301);
+        assert_eq!(Opts::parse(&args(&["--addr=0.0.0.0:9302"]), no_env).unwrap().addr, "0.0.0.0:9302".parse().unwrap());
+        assert_eq!(Opts::parse(&args(&["--addr", "9303"]), no_env).unwrap().addr.port(), 9303);
     }
 
     #[test]
     fn threads_from_flag_over_env() {
-        assert_eq!(Opts::parse(&args(&[]), Some("2")).unwrap().threads, 2);
-        assert_eq!(Opts::parse(&args(&["--threads", "3"]), Some("2")).unwrap().threads, 3);
-        assert!(Opts::parse(&args(&["--threads", "0"]), None).is_err());
-        assert!(Opts::parse(&args(&["--bogus"]), None).is_err());
+        assert_eq!(Opts::parse(&args(&[]), env(&[("ECHO_THREADS", "2")])).unwrap().threads, 2);
+        assert_eq!(Opts::parse(&args(&["--threads", "3"]), env(&[("ECHO_THREADS", "2")])).unwrap().threads, 3);
+        assert!(Opts::parse(&args(&["--threads", "0"]), no_env).is_err());
+        assert!(Opts::parse(&args(&["--bogus"]), no_env).is_err());
+    }
+
+    #[test]
+    fn tls_from_flags_or_env_and_needs_both_files() {
+        let both = Some((PathBuf::from("c.pem"), PathBuf::from("k.pem")));
+        assert_eq!(Opts::parse(&args(&["--tls-cert", "c.pem", "--tls-key=k.pem"]), no_env).unwrap().tls, both);
+        let vars = [("ECHO_TLS_CERT", "c.pem"), ("ECHO_TLS_KEY", "k.pem")];
+        assert_eq!(Opts::parse(&args(&[]), env(&vars)).unwrap().tls, both);
+        let flag_wins = Opts::parse(&args(&["--tls-key", "other.pem"]), env(&vars)).unwrap().tls;
+        assert_eq!(flag_wins, Some((PathBuf::from("c.pem"), PathBuf::from("other.pem"))));
+        assert!(Opts::parse(&args(&["--tls-cert", "c.pem"]), no_env).is_err());
+        assert!(Opts::parse(&args(&[]), env(&[("ECHO_TLS_KEY", "k.pem")])).is_err());
     }
 }

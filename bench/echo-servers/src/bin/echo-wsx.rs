@@ -1,11 +1,14 @@
 //! wsx, with the echo loop of the project's README: `wsx::accept` with default settings (no
 //! permessage-deflate, no keepalive), one `recv`/`feed` loop per connection
-//! (the replies to a batch leave in one write).
+//! (the replies to a batch leave in one write). With `--tls-cert`/`--tls-key`, the same loop
+//! over `wsx::tls::accept` (the shared rustls configuration, see the library docs).
 
+use echo_servers::TlsAcceptor;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-async fn echo(tcp: TcpStream) -> Result<(), wsx::Error> {
-    let mut ws = wsx::accept(tcp).await?;
+async fn echo<S: AsyncRead + AsyncWrite + Unpin>(stream: S) -> Result<(), wsx::Error> {
+    let mut ws = wsx::accept(stream).await?;
     while let Some(msg) = ws.recv().await {
         let msg = msg?;
         if msg.is_data() {
@@ -15,6 +18,13 @@ async fn echo(tcp: TcpStream) -> Result<(), wsx::Error> {
     Ok(())
 }
 
+async fn handle(tcp: TcpStream, tls: Option<TlsAcceptor>) -> Result<(), wsx::Error> {
+    match tls {
+        None => echo(tcp).await,
+        Some(acceptor) => echo(wsx::tls::accept(&acceptor, tcp).await?).await,
+    }
+}
+
 fn main() -> std::process::ExitCode {
-    echo_servers::serve("echo-wsx", echo)
+    echo_servers::serve_tls("echo-wsx", handle)
 }

@@ -17,15 +17,13 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use axum::response::Response;
 use axum::serve::{Listener, ListenerExt};
 use axum::Router;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use wsx::axum::WebSocketUpgrade;
 use wsx::proto::deflate::DeflateConfig;
 use wsx::{Accept, ServerConfig, WebSocket};
@@ -112,15 +110,17 @@ async fn main() -> io::Result<()> {
 struct Wrapping(TcpListener);
 
 impl Listener for Wrapping {
-    type Io = Wrapped;
+    /// A `TcpStream` under another type name (wsx's client stream, which forwards everything,
+    /// vectored writes included): hyper cannot downcast it back.
+    type Io = wsx::MaybeTlsStream;
     type Addr = SocketAddr;
 
-    async fn accept(&mut self) -> (Wrapped, SocketAddr) {
+    async fn accept(&mut self) -> (wsx::MaybeTlsStream, SocketAddr) {
         loop {
             match self.0.accept().await {
                 Ok((tcp, peer)) => {
                     let _ = tcp.set_nodelay(true);
-                    return (Wrapped(tcp), peer);
+                    return (wsx::MaybeTlsStream::Plain(tcp), peer);
                 }
                 // Out of file descriptors, typically: let connections end before retrying.
                 Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
@@ -130,40 +130,5 @@ impl Listener for Wrapping {
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         self.0.local_addr()
-    }
-}
-
-/// A `TcpStream` under another type name: everything, vectored writes included, forwarded.
-struct Wrapped(TcpStream);
-
-impl AsyncRead for Wrapped {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Wrapped {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }

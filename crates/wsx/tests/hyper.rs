@@ -6,10 +6,7 @@
 mod common;
 
 use std::convert::Infallible;
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -18,42 +15,15 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use wsx::hyper::{rejection_response, Upgrade, UpgradedStream};
 use wsx::{Accept, Error, Message, WebSocketConfig};
 
-/// A stream type hyper's downcast cannot know: everything forwarded to a `TcpStream`.
-struct Opaque(TcpStream);
-
-impl AsyncRead for Opaque {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Opaque {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
+/// A stream type hyper's downcast cannot know, forwarding everything (vectored writes
+/// included) to a `TcpStream`: wsx's own client stream.
+use wsx::MaybeTlsStream as Opaque;
 
 #[derive(Debug)]
 enum Event {
@@ -118,7 +88,7 @@ async fn start(setup: Setup) -> (SocketAddr, mpsc::UnboundedReceiver<Event>) {
             tokio::spawn(async move {
                 let _ = match setup {
                     Setup::Tcp => http.serve_connection(TokioIo::new(tcp), svc).with_upgrades().await,
-                    Setup::Opaque => http.serve_connection(TokioIo::new(Opaque(tcp)), svc).with_upgrades().await,
+                    Setup::Opaque => http.serve_connection(TokioIo::new(Opaque::Plain(tcp)), svc).with_upgrades().await,
                     Setup::NoUpgrades => http.serve_connection(TokioIo::new(tcp), svc).await,
                 };
             });

@@ -146,8 +146,8 @@ impl fmt::Debug for EnvProxy {
 /// let proxy = proxy_from_env("wss", "example.com", 443, env).unwrap();
 /// assert_eq!((proxy.variable, proxy.url.as_str()), ("https_proxy", "http://proxy.corp:3128"));
 /// assert_eq!(proxy_from_env("wss", "db.internal", 443, env), None);
-/// // `http_proxy` is for ws:// only, and none is set here.
-/// assert_eq!(proxy_from_env("ws", "example.com", 80, env), None);
+/// // `https_proxy` serves ws:// too (`http_proxy` only ws://).
+/// assert_eq!(proxy_from_env("ws", "example.com", 80, env).unwrap().variable, "https_proxy");
 /// ```
 pub fn proxy_from_env(scheme: &str, host: &str, port: u16, env: impl Fn(&str) -> Option<String>) -> Option<EnvProxy> {
     if let Some((_, list)) = first_set(&env, NO_PROXY_VARIABLES) {

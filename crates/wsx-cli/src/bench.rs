@@ -95,8 +95,8 @@ pub struct EchoArgs {
     /// How long to measure (after the warm-up), e.g. 10, 1.5, 500ms.
     #[arg(long, value_parser = parse_secs, default_value = "10")]
     duration: Duration,
-    /// Traffic before the measurement starts, not counted.
-    #[arg(long, value_parser = parse_secs, default_value = "1")]
+    /// Traffic before the measurement starts, not counted (0 for none).
+    #[arg(long, value_parser = parse_secs_or_zero, default_value = "1")]
     warmup: Duration,
     /// Generator threads, each a current-thread runtime with its share of the connections.
     #[arg(short = 't', long, default_value_t = 1)]
@@ -347,6 +347,14 @@ fn run_echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
         eprintln!("wsx: bench failed: {}", failed.join(", "));
         Ok(ExitCode::from(1))
     }
+}
+
+/// As `parse_secs`, and `0` for none.
+fn parse_secs_or_zero(s: &str) -> Result<Duration, String> {
+    if s.trim().parse::<f64>() == Ok(0.0) {
+        return Ok(Duration::ZERO);
+    }
+    parse_secs(s)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

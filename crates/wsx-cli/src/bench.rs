@@ -137,6 +137,11 @@ pub struct EchoArgs {
     /// Print the live status line even when stderr is not a terminal.
     #[arg(long, hide = true)]
     status: bool,
+    /// Testing the generator itself: block each generator thread this long once a second (a
+    /// stand-in for a GC pause or a descheduled thread), to check that open loop charges the
+    /// delay to the messages it held up.
+    #[arg(long, hide = true, value_parser = parse_secs)]
+    test_hiccup: Option<Duration>,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -158,6 +163,7 @@ struct Plan {
     warmup: Duration,
     duration: Duration,
     timeout: Duration,
+    hiccup: Option<Duration>,
 }
 
 /// When each message of an open-loop run is due: message `k` of connection `i` is the
@@ -231,6 +237,7 @@ fn run_echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
         warmup: args.warmup,
         duration: args.duration,
         timeout: args.timeout,
+        hiccup: args.test_hiccup,
     });
 
     // Start the threads; each connects its share, says so, and waits for the common start.
@@ -423,6 +430,18 @@ fn worker(
             }
         };
         let mut running = tokio::task::JoinSet::new();
+        if let Some(hiccup) = plan.hiccup {
+            let end = start + plan.warmup + plan.duration;
+            tokio::spawn(async move {
+                let mut at = start;
+                while at < end {
+                    tokio::time::sleep_until(at.into()).await;
+                    // Blocks the whole thread on purpose.
+                    std::thread::sleep(hiccup);
+                    at += Duration::from_secs(1);
+                }
+            });
+        }
         for (id, ws) in open {
             let (plan, stats) = (plan.clone(), stats.clone());
             // The hard deadline: the run, the wait for the last echoes, the closing handshake.

@@ -164,6 +164,22 @@ fn open_loop_shows_a_stall_that_closed_loop_hides() {
 }
 
 #[test]
+fn open_loop_charges_the_generators_own_hiccups() {
+    // The generator itself blocks 200 ms once a second: messages due meanwhile leave late, and
+    // open loop must time them from when they were due (and report the lag), not from when
+    // they finally left.
+    let server = Server::start(&["--echo"]);
+    let (out, j) = bench(
+        &server.url("/"),
+        &["--rate", "500", "--conns", "4", "--duration", "2", "--warmup", "0", "--test-hiccup", "200ms"],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(j["messages"], 1000, "every scheduled message is sent, late or not: {j}");
+    assert!(ms(&j, "p99_ms") >= 150.0, "p99 {} ms", ms(&j, "p99_ms"));
+    assert!(j["lag"]["max_ms"].as_f64().unwrap() >= 150.0, "lag {}", j["lag"]);
+}
+
+#[test]
 fn corrupted_echoes_are_counted_and_fail_the_run() {
     let addr = test_server(Behaviour::Corrupt);
     let (out, j) =

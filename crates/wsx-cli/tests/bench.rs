@@ -222,6 +222,27 @@ fn connect_errors_are_sorted_by_kind() {
 }
 
 #[test]
+fn wss_headers_and_subprotocols() {
+    let server = Server::start(&["--echo", "--tls-self-signed"]);
+    let url = format!("wss://127.0.0.1:{}/", server.addr.port());
+    let short = ["--conns", "2", "--depth", "2", "--duration", "0.3", "--warmup", "0"];
+    // The self-signed certificate is refused unless --insecure.
+    let (out, j) = bench(&url, &short);
+    assert_eq!(j["errors"]["tls"], 2, "{j}");
+    assert_eq!(out.status.code(), Some(1));
+    let with = [&short[..], &["--insecure", "-H", "X-Bench: 1", "--subprotocol", "echo.v1"]].concat();
+    let (out, j) = bench(&url, &with);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(j["connected"], 2);
+    assert!(j["messages"].as_u64().unwrap() > 0);
+    server.expect_log(&["open", "echo.v1"]);
+    // A malformed header is refused before anything is sent.
+    let bad = Command::new(WSX).args(["bench", "echo", "-H", "no colon", &url]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("Name: value"));
+}
+
+#[test]
 fn fail_if_sets_the_exit_status() {
     let server = Server::start(&["--echo"]);
     let url = server.url("/");

@@ -414,7 +414,11 @@ fn worker(
             let Ok((id, result)) = joined else { continue };
             match result {
                 Ok((ws, _)) => {
-                    lock(&stats).connected += 1;
+                    let deflated = ws.extensions().is_some_and(|x| x.contains("permessage-deflate"));
+                    let mut s = lock(&stats);
+                    s.connected += 1;
+                    s.deflated += u64::from(deflated);
+                    drop(s);
                     open.push((id, ws));
                 }
                 Err(e) => lock(&stats).error(connect_error_kind(&e), 1),

@@ -134,11 +134,15 @@ fn open_loop_keeps_its_schedule_with_text_deflate() {
     let server = Server::start(&["--echo"]);
     let (out, j) = bench(
         &server.url("/"),
-        &["--rate", "400", "--conns", "4", "--duration", "1", "--text", "--deflate", "--size", "100"],
+        &["--rate", "400", "--conns", "4", "--duration", "1", "--text", "--deflate", "--size", "100", "--status"],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
     assert_eq!(j["loop"], "open");
     assert_eq!(j["deflate"], true);
+    assert_eq!(j["deflate_negotiated"], 4, "{j}");
+    // --status forces the once-a-second line (it is otherwise for terminals only).
+    assert!(stderr.contains('\r') && stderr.contains("msgs/s, p99"), "{stderr}");
     assert_eq!(j["payload"], "text");
     assert_eq!(j["error_count"], 0);
     // Exactly the messages scheduled in the window are counted.

@@ -33,11 +33,21 @@ pub struct Stats {
     pub errors: BTreeMap<String, u64>,
     /// Connections that completed the opening handshake.
     pub connected: u64,
+    /// Of those, the ones on which the server accepted permessage-deflate.
+    pub deflated: u64,
 }
 
 impl Default for Stats {
     fn default() -> Self {
-        Self { latency: histogram(), lag: histogram(), msgs: 0, echoes_seen: 0, errors: BTreeMap::new(), connected: 0 }
+        Self {
+            latency: histogram(),
+            lag: histogram(),
+            msgs: 0,
+            echoes_seen: 0,
+            errors: BTreeMap::new(),
+            connected: 0,
+            deflated: 0,
+        }
     }
 }
 
@@ -67,6 +77,7 @@ impl Stats {
         self.msgs += other.msgs;
         self.echoes_seen += other.echoes_seen;
         self.connected += other.connected;
+        self.deflated += other.deflated;
         for (k, v) in &other.errors {
             *self.errors.entry(k.clone()).or_default() += v;
         }
@@ -201,6 +212,14 @@ impl Report {
                 let _ = writeln!(s, "    {kind:<24} {n}");
             }
         }
+        if self.deflate && self.stats.deflated < self.stats.connected {
+            let _ = writeln!(
+                s,
+                "  warning: the server refused permessage-deflate on {} of {} connections",
+                self.stats.connected - self.stats.deflated,
+                self.stats.connected
+            );
+        }
         if let Some(cpu) = self.cpu_share {
             let _ = write!(s, "  generator CPU {:.0}% of {} thread(s)", cpu * 100.0, self.threads);
             if self.generator_bound() {
@@ -239,6 +258,7 @@ impl Report {
             "rate_scheduled": self.rate,
             "payload": if self.text { "text" } else { "binary" },
             "deflate": self.deflate,
+            "deflate_negotiated": self.stats.deflated,
             "warmup_s": self.warmup.as_secs_f64(),
             "duration_s": self.duration.as_secs_f64(),
             "messages": self.stats.msgs,
@@ -483,6 +503,14 @@ mod tests {
         assert!(points.len() >= 4);
         assert_eq!(points.last().unwrap()["count"], 4);
         assert_eq!(j["generator_bound"], false);
+        let mut busy = report(Stats::default());
+        busy.cpu_share = Some(0.9);
+        assert_eq!(busy.json()["generator_bound"], true);
+        assert!(busy.summary().contains("generator-bound"), "{}", busy.summary());
+        busy.deflate = true;
+        busy.stats.connected = 2;
+        busy.stats.deflated = 1;
+        assert!(busy.summary().contains("refused permessage-deflate on 1 of 2"), "{}", busy.summary());
         let summary = report(Stats::default()).summary();
         assert!(summary.contains("p99.9") && summary.contains("errors"), "{summary}");
     }

@@ -483,6 +483,51 @@ fn run_error_kind(e: &wsx::Error) -> String {
     }
 }
 
+/// A connection's samples, handed to its thread's [`Stats`] in batches (a few per second, and
+/// when dropped, also when the connection's future is cancelled) rather than one lock per echo.
+struct Local<'a> {
+    stats: &'a Mutex<Stats>,
+    latency: Vec<u64>,
+    lag: Vec<u64>,
+    echoes: u64,
+    flushed_at: Instant,
+}
+
+impl<'a> Local<'a> {
+    const BATCH: usize = 512;
+    const EVERY: Duration = Duration::from_millis(100);
+
+    fn new(stats: &'a Mutex<Stats>) -> Self {
+        let v = || Vec::with_capacity(Self::BATCH);
+        Self { stats, latency: v(), lag: v(), echoes: 0, flushed_at: Instant::now() }
+    }
+
+    fn maybe_flush(&mut self, now: Instant) {
+        if self.latency.len() >= Self::BATCH || self.lag.len() >= Self::BATCH || now >= self.flushed_at + Self::EVERY {
+            self.flush();
+            self.flushed_at = now;
+        }
+    }
+
+    fn flush(&mut self) {
+        let mut s = lock(self.stats);
+        s.echoes_seen += std::mem::take(&mut self.echoes);
+        s.msgs += self.latency.len() as u64;
+        for ns in self.latency.drain(..) {
+            s.record_latency(ns);
+        }
+        for ns in self.lag.drain(..) {
+            s.record_lag(ns);
+        }
+    }
+}
+
+impl Drop for Local<'_> {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
 /// One connection's run: sends on its schedule (open loop) or as echoes return (closed loop),
 /// checks and times every echo, then waits for the echoes still due and closes.
 async fn drive(
@@ -507,6 +552,7 @@ async fn drive(
         }
     };
 
+    let mut local = Local::new(stats);
     let mut next_seq = 0u64;
     let mut expected = 0u64;
     let mut last_progress = Instant::now();
@@ -574,29 +620,25 @@ async fn drive(
                 };
                 let at = Instant::now();
                 last_progress = at;
-                let checked = payloads.check(text, &data);
-                {
-                    let mut s = lock(stats);
-                    s.echoes_seen += 1;
-                    match checked {
-                        Ok((seq, sched)) if seq == expected => {
-                            expected += 1;
-                            if in_window(sched) {
-                                s.msgs += 1;
-                                s.record_latency(since_start(at).saturating_sub(sched));
-                            }
-                        }
-                        Ok((seq, _)) => {
-                            // Lost, duplicated or reordered.
-                            s.error("echo out of order", 1);
-                            expected = expected.max(seq.saturating_add(1)).min(next_seq);
-                        }
-                        Err(_) => {
-                            s.error("echo mismatch", 1);
-                            expected += 1;
+                local.echoes += 1;
+                match payloads.check(text, &data) {
+                    Ok((seq, sched)) if seq == expected => {
+                        expected += 1;
+                        if in_window(sched) {
+                            local.latency.push(since_start(at).saturating_sub(sched));
                         }
                     }
+                    Ok((seq, _)) => {
+                        // Lost, duplicated or reordered.
+                        lock(stats).error("echo out of order", 1);
+                        expected = expected.max(seq.saturating_add(1)).min(next_seq);
+                    }
+                    Err(_) => {
+                        lock(stats).error("echo mismatch", 1);
+                        expected += 1;
+                    }
                 }
+                local.maybe_flush(at);
                 if sending && plan.schedule.is_none() && next_seq - expected < plan.depth as u64 {
                     // Closed loop: the next message leaves now; `recv` flushes it when it waits.
                     if let Err(e) = ws.feed(message(next_seq, since_start(Instant::now()))).await {
@@ -622,11 +664,12 @@ async fn drive(
                             return;
                         }
                         if in_window(sched) {
-                            lock(stats).record_lag(since_start(Instant::now()).saturating_sub(sched));
+                            local.lag.push(since_start(Instant::now()).saturating_sub(sched));
                         }
                         next_seq += 1;
                         sent += 1;
                     }
+                    local.maybe_flush(now);
                     if was_idle && sent > 0 {
                         last_progress = now;
                     }

@@ -67,7 +67,9 @@ impl Payloads {
         let mut out = BytesMut::with_capacity(self.size);
         let sum = checksum(seq, sched_ns);
         if self.text {
-            out.put_slice(format!("{seq:016x}{sched_ns:016x}{sum:08x}").as_bytes());
+            put_hex(&mut out, seq, 16);
+            put_hex(&mut out, sched_ns, 16);
+            put_hex(&mut out, u64::from(sum), 8);
         } else {
             out.put_u64_le(seq);
             out.put_u64_le(sched_ns);
@@ -107,6 +109,13 @@ impl Payloads {
 
     fn filler(&self, seq: u64) -> &[u8] {
         &self.fillers[(seq % self.fillers.len() as u64) as usize]
+    }
+}
+
+/// `value` as `digits` lower-case hex digits, without allocating.
+fn put_hex(out: &mut BytesMut, value: u64, digits: u32) {
+    for i in (0..digits).rev() {
+        out.put_u8(b"0123456789abcdef"[((value >> (4 * i)) & 0xf) as usize]);
     }
 }
 
@@ -166,6 +175,9 @@ mod tests {
             let p = Payloads::new(300, text).unwrap();
             let m = p.make(42, 1_234_567);
             assert_eq!(m.len(), 300);
+            if text {
+                assert!(m.starts_with(b"000000000000002a000000000012d687"), "{m:?}");
+            }
             assert_eq!(p.check(text, &m), Ok((42, 1_234_567)));
             if text {
                 assert!(std::str::from_utf8(&m).is_ok());

@@ -189,14 +189,16 @@ impl Schedule {
 
 fn builder(args: &EchoArgs) -> anyhow::Result<ClientBuilder> {
     let url = crate::connect::normalize_url(&args.url);
-    let mut b = ClientBuilder::new(url).handshake_timeout(args.timeout);
+    let mut b = ClientBuilder::new(url);
     for (name, value) in crate::connect::parse_headers(&args.headers)? {
         b = b.header(&name, &value);
     }
     for p in &args.subprotocols {
         b = b.protocol(p);
     }
+    // Set here, not with `ClientBuilder::handshake_timeout`: `config()` replaces the whole config.
     let mut config = WebSocketConfig::default();
+    config.proto.handshake_timeout = args.timeout;
     config.proto.close_timeout = Duration::from_secs(2).min(args.timeout);
     config.proto.write_timeout = Some(args.timeout);
     if args.deflate {
@@ -268,7 +270,10 @@ fn run_echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
     let window_start = start + args.warmup;
     let end = window_start + args.duration;
 
-    let live = args.status || std::io::stderr().is_terminal();
+    // Nothing to measure without a connection: report the connect errors at once.
+    let any_open = shared.iter().any(|t| lock(t).connected > 0);
+    let end = if any_open { end } else { start };
+    let live = any_open && (args.status || std::io::stderr().is_terminal());
     let cpu_at = |at: Instant| -> Option<f64> {
         sleep_until(at);
         cpu_seconds()

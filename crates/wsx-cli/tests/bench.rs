@@ -212,6 +212,25 @@ fn a_silent_server_times_out_within_the_deadline() {
 }
 
 #[test]
+fn a_server_that_never_answers_the_handshake_cannot_hang_the_generator() {
+    // Accepts TCP connections and holds them, reading nothing and answering nothing.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for tcp in listener.incoming().flatten() {
+            held.push(tcp);
+        }
+    });
+    let started = Instant::now();
+    let (out, j) = bench(&format!("ws://{addr}/"), &["--conns", "2", "--duration", "0.5", "--timeout", "1"]);
+    // The handshake timeout (--timeout), then the report at once: no connection, nothing to wait for.
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    assert_eq!(j["errors"]["connect timeout"], 2, "{j}");
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
 fn connect_errors_are_sorted_by_kind() {
     let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let (out, j) = bench(&format!("ws://{refused}/"), &["--conns", "3", "--duration", "0.2"]);

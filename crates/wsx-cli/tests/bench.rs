@@ -114,9 +114,10 @@ fn ms(j: &serde_json::Value, key: &str) -> f64 {
 #[test]
 fn closed_loop_against_wsx_serve() {
     let server = Server::start(&["--echo"]);
-    let (out, j) = bench(&server.url("/"), &["--conns", "4", "--depth", "4", "--duration", "1"]);
+    let (out, j) = bench(&server.url("/"), &["--conns", "4", "--depth", "4", "--duration", "1", "--threads", "2"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(j["loop"], "closed");
+    assert_eq!(j["threads"], 2);
     assert_eq!(j["connected"], 4);
     assert_eq!(j["error_count"], 0);
     assert!(j["messages"].as_u64().unwrap() > 500, "{j}");
@@ -263,6 +264,14 @@ fn wss_headers_and_subprotocols() {
     let bad = Command::new(WSX).args(["bench", "echo", "-H", "no colon", &url]).output().unwrap();
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("Name: value"));
+}
+
+#[test]
+fn a_server_close_is_counted_by_its_code() {
+    let server = Server::start(&[]);
+    let (out, j) = bench(&server.url("/close?code=4000&reason=bye&after=300"), &["--conns", "2", "--duration", "1"]);
+    assert_eq!(j["errors"]["close 4000"], 2, "{j}");
+    assert_eq!(out.status.code(), Some(1));
 }
 
 #[test]

@@ -201,6 +201,12 @@ fn builder(args: &EchoArgs) -> anyhow::Result<ClientBuilder> {
     config.proto.handshake_timeout = args.timeout;
     config.proto.close_timeout = Duration::from_secs(2).min(args.timeout);
     config.proto.write_timeout = Some(args.timeout);
+    // The library stops reading while more than the high-water mark waits to be written; with
+    // a server that does the same, both would wait for the write timeout. So the mark is set
+    // above anything the generator queues: closed loop queues at most --depth messages, and
+    // open loop stops queueing at OPEN_LOOP_QUEUE (the late messages' lag is then reported).
+    config.proto.write_buffer_high_water =
+        (args.depth.saturating_mul(args.size).saturating_mul(2)).max(OPEN_LOOP_QUEUE * 4).saturating_add(args.size);
     if args.deflate {
         config.deflate = Some(DeflateConfig::default());
     }
@@ -213,6 +219,11 @@ fn builder(args: &EchoArgs) -> anyhow::Result<ClientBuilder> {
     }
     Ok(b.config(config).tls(tls))
 }
+
+/// Open loop: while this many bytes wait to be written, due messages wait in the generator
+/// (their latency still runs from their scheduled time), and it keeps reading echoes.
+/// Queued messages are written by `recv` as it waits for echoes.
+const OPEN_LOOP_QUEUE: usize = 1 << 20;
 
 fn run_echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
     if args.conns == 0 || args.threads == 0 || args.depth == 0 {
@@ -562,6 +573,8 @@ async fn drive(
     let mut expected = 0u64;
     let mut last_progress = Instant::now();
     let mut sending = true;
+    // Open loop: due messages held back because the output queue is full.
+    let mut held_back = false;
     let mut drain_until: Option<Instant> = None;
 
     tokio::time::sleep_until(start.into()).await;
@@ -592,6 +605,8 @@ async fn drive(
             break;
         }
         let next_send = match (&plan.schedule, sending) {
+            // Held back: look again soon, reading meanwhile.
+            (Some(_), true) if held_back => Some(now + Duration::from_millis(1)),
             (Some(s), true) => Some(start + Duration::from_nanos(s.at(id, next_seq))),
             _ => None,
         };
@@ -659,7 +674,12 @@ async fn drive(
                     // Open loop: everything due leaves now, stamped with its scheduled time.
                     let was_idle = next_seq == expected;
                     let mut sent = 0;
+                    held_back = false;
                     while sent < 1024 {
+                        if ws.buffered_amount() >= OPEN_LOOP_QUEUE {
+                            held_back = true;
+                            break;
+                        }
                         let sched = s.at(id, next_seq);
                         if start + Duration::from_nanos(sched) > now || start + Duration::from_nanos(sched) >= end {
                             break;
@@ -678,10 +698,8 @@ async fn drive(
                     if was_idle && sent > 0 {
                         last_progress = now;
                     }
-                    if let Err(e) = ws.flush().await {
-                        lock(stats).error(run_error_kind(&e), 1);
-                        return;
-                    }
+                    // No flush here: it would stop reading until the server takes every byte.
+                    // `recv`, polled next, writes the queue while it waits for echoes.
                 }
                 let outstanding = next_seq - expected;
                 let stalled = outstanding > 0 && now >= last_progress + plan.timeout;

@@ -83,9 +83,9 @@ pub struct EchoArgs {
     #[arg(short = 'c', long, default_value_t = 64)]
     conns: usize,
     /// Message size in bytes (k, M: powers of 1024); at least 20 (binary) or 40 (text): the
-    /// sequence number, send time and checksum each message carries.
-    #[arg(short = 's', long, value_parser = parse_size, default_value = "20")]
-    size: usize,
+    /// sequence number, send time and checksum each message carries. Default: that minimum.
+    #[arg(short = 's', long, value_parser = parse_size)]
+    size: Option<usize>,
     /// Closed loop: messages in flight per connection.
     #[arg(short = 'd', long, default_value_t = 16, conflicts_with = "rate")]
     depth: usize,
@@ -189,6 +189,7 @@ impl Schedule {
 
 fn builder(args: &EchoArgs) -> anyhow::Result<ClientBuilder> {
     let url = crate::connect::normalize_url(&args.url);
+    let size = args.size.unwrap_or(payload::header_len(args.text));
     let mut b = ClientBuilder::new(url);
     for (name, value) in crate::connect::parse_headers(&args.headers)? {
         b = b.header(&name, &value);
@@ -206,7 +207,7 @@ fn builder(args: &EchoArgs) -> anyhow::Result<ClientBuilder> {
     // above anything the generator queues: closed loop queues at most --depth messages, and
     // open loop stops queueing at OPEN_LOOP_QUEUE (the late messages' lag is then reported).
     config.proto.write_buffer_high_water =
-        (args.depth.saturating_mul(args.size).saturating_mul(2)).max(OPEN_LOOP_QUEUE * 4).saturating_add(args.size);
+        (args.depth.saturating_mul(size).saturating_mul(2)).max(OPEN_LOOP_QUEUE * 4).saturating_add(size);
     if args.deflate {
         config.deflate = Some(DeflateConfig::default());
     }
@@ -225,7 +226,8 @@ fn builder(args: &EchoArgs) -> anyhow::Result<ClientBuilder> {
 /// Queued messages are written by `recv` as it waits for echoes.
 const OPEN_LOOP_QUEUE: usize = 1 << 20;
 
-fn run_echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
+fn run_echo(mut args: EchoArgs) -> anyhow::Result<ExitCode> {
+    let size = *args.size.get_or_insert(payload::header_len(args.text));
     if args.conns == 0 || args.threads == 0 || args.depth == 0 {
         bail!("--conns, --threads and --depth must be at least 1");
     }
@@ -244,7 +246,7 @@ fn run_echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
     let threads = args.threads.min(args.conns);
     let plan = Arc::new(Plan {
         builder: builder(&args)?,
-        payloads: Payloads::new(args.size, args.text).map_err(anyhow::Error::msg)?,
+        payloads: Payloads::new(size, args.text).map_err(anyhow::Error::msg)?,
         depth: args.depth,
         schedule: args.rate.map(|r| Schedule::new(r, args.conns)),
         warmup: args.warmup,
@@ -337,7 +339,7 @@ fn run_echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
         mode: "echo",
         conns: args.conns,
         threads,
-        size: args.size,
+        size,
         depth: args.rate.is_none().then_some(args.depth),
         rate: args.rate,
         text: args.text,

@@ -146,6 +146,7 @@ fn open_loop_keeps_its_schedule_with_text_deflate() {
     assert!(stderr.contains('\r') && stderr.contains("msgs/s, p99"), "{stderr}");
     assert_eq!(j["payload"], "text");
     assert_eq!(j["error_count"], 0);
+    assert_eq!(j["size"], 100);
     // Exactly the messages scheduled in the window are counted.
     assert_eq!(j["messages"], 400, "{j}");
     assert!(j["lag"]["max_ms"].is_number(), "{j}");
@@ -254,11 +255,12 @@ fn wss_headers_and_subprotocols() {
     let (out, j) = bench(&url, &short);
     assert_eq!(j["errors"]["tls"], 2, "{j}");
     assert_eq!(out.status.code(), Some(1));
-    let with = [&short[..], &["--insecure", "-H", "X-Bench: 1", "--subprotocol", "echo.v1"]].concat();
+    let with = [&short[..], &["--text", "--insecure", "-H", "X-Bench: 1", "--subprotocol", "echo.v1"]].concat();
     let (out, j) = bench(&url, &with);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(j["connected"], 2);
     assert!(j["messages"].as_u64().unwrap() > 0);
+    assert_eq!((&j["payload"], &j["size"]), (&"text".into(), &40.into()), "text's default size is its header");
     server.expect_log(&["open", "echo.v1"]);
     // A malformed header is refused before anything is sent.
     let bad = Command::new(WSX).args(["bench", "echo", "-H", "no colon", &url]).output().unwrap();

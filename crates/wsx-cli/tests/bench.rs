@@ -22,6 +22,9 @@ enum Behaviour {
     Corrupt,
     /// Completes the handshake, then never answers.
     Silent,
+    /// Reads nothing for the first second, then echoes, each echo written before the next read
+    /// (so it stops reading while the generator is not reading its echoes).
+    LateReader,
 }
 
 /// Starts a test server on its own thread; returns its address.
@@ -39,6 +42,9 @@ fn test_server(behaviour: Behaviour) -> SocketAddr {
                 let count = count.clone();
                 tokio::spawn(async move {
                     let Ok(mut ws) = wsx::accept(tcp).await else { return };
+                    if let Behaviour::LateReader = behaviour {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
                     while let Some(Ok(msg)) = ws.recv().await {
                         let reply = match (behaviour, msg) {
                             (Behaviour::Silent, _) => continue,
@@ -183,6 +189,21 @@ fn open_loop_charges_the_generators_own_hiccups() {
     assert_eq!(j["messages"], 1000, "every scheduled message is sent, late or not: {j}");
     assert!(ms(&j, "p99_ms") >= 150.0, "p99 {} ms", ms(&j, "p99_ms"));
     assert!(j["lag"]["max_ms"].as_f64().unwrap() >= 150.0, "lag {}", j["lag"]);
+}
+
+#[test]
+fn open_loop_keeps_reading_while_its_output_is_blocked() {
+    // 64 KiB messages pile up while the server reads nothing; when it starts, its echoes must
+    // be read even though the generator still has a lot to write, or both sides wait on each
+    // other until the write timeout.
+    let addr = test_server(Behaviour::LateReader);
+    let (out, j) = bench(
+        &format!("ws://{addr}/"),
+        &["--rate", "600", "--conns", "2", "--size", "64k", "--duration", "1.5", "--warmup", "0", "--timeout", "4"],
+    );
+    assert!(out.status.success(), "{}\n{j}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(j["messages"], 900, "{j}");
+    assert!(ms(&j, "max_ms") >= 800.0, "the first messages waited for the server: {j}");
 }
 
 #[test]

@@ -11,7 +11,7 @@
 //! the closing handshake within its close timeout; the reader reports how it ended. The exit
 //! status tells how the connection ended (see [`AFTER_LONG_HELP`]).
 
-mod format;
+pub(crate) mod format;
 mod input;
 mod ui;
 
@@ -210,7 +210,7 @@ pub struct ConnectArgs {
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Accepts a URL without a scheme, and http(s):// for ws(s)://.
-fn normalize_url(url: &str) -> String {
+pub(crate) fn normalize_url(url: &str) -> String {
     if let Some(rest) = url.strip_prefix("http://") {
         format!("ws://{rest}")
     } else if let Some(rest) = url.strip_prefix("https://") {
@@ -223,7 +223,7 @@ fn normalize_url(url: &str) -> String {
 }
 
 /// Parses and checks the `-H` values.
-fn parse_headers(headers: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+pub(crate) fn parse_headers(headers: &[String]) -> anyhow::Result<Vec<(String, String)>> {
     headers
         .iter()
         .map(|h| {

@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod connect;
 mod serve;
 
@@ -20,6 +21,8 @@ enum Command {
     /// Connect to a WebSocket server: an interactive prompt on a terminal, one message per stdin
     /// line in a pipe; received messages are printed on stdout.
     Connect(connect::ConnectArgs),
+    /// Load-test a WebSocket server: throughput and honest latency (closed or open loop).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -42,6 +45,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Connect(args) => connect::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     match result {

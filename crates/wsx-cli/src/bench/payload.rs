@@ -1,0 +1,219 @@
+//! What `wsx bench echo` sends, and how it checks what comes back.
+//!
+//! Every message starts with a header: its sequence number on the connection, the time it was
+//! scheduled to leave (nanoseconds after the run's start), and a checksum of those two. The rest
+//! is filler: JSON-like text (so that permessage-deflate compresses it as it would real traffic,
+//! not like zeros), one of a few variants chosen by the sequence number. An echo is accepted when
+//! its type and length are right, its checksum matches and its filler is byte for byte the
+//! variant sent; the sequence number then says whether it came back in order, and the timestamp
+//! gives its latency without any per-message state in the generator.
+//!
+//! Binary messages carry the header as 20 raw bytes; text messages as 40 hex digits (valid UTF-8).
+
+use bytes::{BufMut as _, Bytes, BytesMut};
+
+/// Header length of a binary message: sequence (8, little-endian), schedule (8), checksum (4).
+pub const BINARY_HEADER: usize = 20;
+/// Header length of a text message: the same three numbers as 16 + 16 + 8 hex digits.
+pub const TEXT_HEADER: usize = 40;
+
+/// At most this many filler variants, and at most this many bytes of them in all.
+const MAX_VARIANTS: usize = 16;
+const MAX_VARIANT_BYTES: usize = 4 << 20;
+
+/// The messages of a run: their type, size and filler variants.
+#[derive(Debug)]
+pub struct Payloads {
+    text: bool,
+    size: usize,
+    fillers: Vec<Vec<u8>>,
+}
+
+/// Why an echo was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mismatch {
+    /// Text for binary or the other way round.
+    Type,
+    /// Not the size sent.
+    Length,
+    /// The header's checksum does not match its numbers (or is not hex).
+    Header,
+    /// The filler differs from what was sent.
+    Body,
+}
+
+impl Payloads {
+    /// Messages of `size` bytes (at least the header's length), text or binary.
+    pub fn new(size: usize, text: bool) -> Result<Self, String> {
+        let header = header_len(text);
+        if size < header {
+            return Err(format!(
+                "--size {size} is too small: each {} message carries a {header}-byte header (sequence, send time, checksum)",
+                if text { "text" } else { "binary" }
+            ));
+        }
+        let body = size - header;
+        let variants = (MAX_VARIANT_BYTES / body.max(1)).clamp(1, MAX_VARIANTS);
+        let fillers = (0..variants).map(|v| json_filler(body, v as u64)).collect();
+        Ok(Self { text, size, fillers })
+    }
+
+    pub fn text(&self) -> bool {
+        self.text
+    }
+
+    /// The message with this sequence number and scheduled time.
+    pub fn make(&self, seq: u64, sched_ns: u64) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.size);
+        let sum = checksum(seq, sched_ns);
+        if self.text {
+            put_hex(&mut out, seq, 16);
+            put_hex(&mut out, sched_ns, 16);
+            put_hex(&mut out, u64::from(sum), 8);
+        } else {
+            out.put_u64_le(seq);
+            out.put_u64_le(sched_ns);
+            out.put_u32_le(sum);
+        }
+        out.put_slice(self.filler(seq));
+        out.freeze()
+    }
+
+    /// Checks an echo; returns its sequence number and scheduled time.
+    pub fn check(&self, text: bool, data: &[u8]) -> Result<(u64, u64), Mismatch> {
+        if text != self.text {
+            return Err(Mismatch::Type);
+        }
+        if data.len() != self.size {
+            return Err(Mismatch::Length);
+        }
+        let (head, body) = data.split_at(header_len(self.text));
+        let (seq, sched, sum) = if self.text {
+            let hex = |b: &[u8]| std::str::from_utf8(b).ok().and_then(|s| u64::from_str_radix(s, 16).ok());
+            match (hex(&head[..16]), hex(&head[16..32]), hex(&head[32..40])) {
+                (Some(a), Some(b), Some(c)) => (a, b, c as u32),
+                _ => return Err(Mismatch::Header),
+            }
+        } else {
+            let n = |r: std::ops::Range<usize>| head[r].iter().rev().fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
+            (n(0..8), n(8..16), n(16..20) as u32)
+        };
+        if checksum(seq, sched) != sum {
+            return Err(Mismatch::Header);
+        }
+        if body != self.filler(seq) {
+            return Err(Mismatch::Body);
+        }
+        Ok((seq, sched))
+    }
+
+    fn filler(&self, seq: u64) -> &[u8] {
+        &self.fillers[(seq % self.fillers.len() as u64) as usize]
+    }
+}
+
+/// `value` as `digits` lower-case hex digits, without allocating.
+fn put_hex(out: &mut BytesMut, value: u64, digits: u32) {
+    for i in (0..digits).rev() {
+        out.put_u8(b"0123456789abcdef"[((value >> (4 * i)) & 0xf) as usize]);
+    }
+}
+
+pub fn header_len(text: bool) -> usize {
+    if text {
+        TEXT_HEADER
+    } else {
+        BINARY_HEADER
+    }
+}
+
+/// FNV-1a over the two numbers: enough to catch a corrupted header, cheap per message.
+fn checksum(seq: u64, sched_ns: u64) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in seq.to_le_bytes().into_iter().chain(sched_ns.to_le_bytes()) {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+/// `len` bytes of JSON-looking ASCII: records with names, numbers and flags that vary (a small
+/// LCG seeded by `variant`), so that deflate finds the repetition real JSON has, and no more.
+pub fn json_filler(len: usize, variant: u64) -> Vec<u8> {
+    const NAMES: [&str; 8] = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"];
+    const EVENTS: [&str; 4] = ["trade", "quote", "update", "heartbeat"];
+    let mut state = variant.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(1);
+    let mut next = move || {
+        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        state >> 33
+    };
+    let mut out = String::with_capacity(len + 160);
+    while out.len() < len {
+        let r = next();
+        out.push_str(&format!(
+            "{{\"id\":{},\"user\":\"{}\",\"event\":\"{}\",\"price\":{}.{:02},\"qty\":{},\"ok\":{}}},",
+            r % 1_000_000,
+            NAMES[(r % 8) as usize],
+            EVENTS[(r / 8 % 4) as usize],
+            r % 5000,
+            r % 100,
+            r % 97,
+            r % 2 == 0
+        ));
+    }
+    out.truncate(len);
+    out.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_catches_every_corruption() {
+        for text in [false, true] {
+            let p = Payloads::new(300, text).unwrap();
+            let m = p.make(42, 1_234_567);
+            assert_eq!(m.len(), 300);
+            if text {
+                assert!(m.starts_with(b"000000000000002a000000000012d687"), "{m:?}");
+            }
+            assert_eq!(p.check(text, &m), Ok((42, 1_234_567)));
+            if text {
+                assert!(std::str::from_utf8(&m).is_ok());
+            }
+            assert_eq!(p.check(!text, &m), Err(Mismatch::Type));
+            assert_eq!(p.check(text, &m[..299]), Err(Mismatch::Length));
+            // Any single changed byte is caught, in the header or the body.
+            for i in 0..m.len() {
+                let mut bad = m.to_vec();
+                bad[i] ^= 0x01;
+                assert!(p.check(text, &bad).is_err(), "byte {i} (text {text})");
+            }
+            // Another message's filler is refused too.
+            let other = p.make(43, 1_234_567);
+            assert_ne!(other[header_len(text)..], m[header_len(text)..]);
+        }
+    }
+
+    #[test]
+    fn refuses_sizes_below_the_header() {
+        assert!(Payloads::new(19, false).is_err());
+        assert!(Payloads::new(20, false).is_ok());
+        assert!(Payloads::new(39, true).is_err());
+        let p = Payloads::new(20, false).unwrap();
+        assert_eq!(p.check(false, &p.make(7, 9)), Ok((7, 9)));
+    }
+
+    #[test]
+    fn filler_compresses_like_json_not_like_zeros() {
+        use std::io::Write as _;
+        let data = json_filler(64 * 1024, 3);
+        assert!(data.is_ascii() && data.starts_with(b"{\"id\":"));
+        let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(&data).unwrap();
+        let ratio = z.finish().unwrap().len() as f64 / data.len() as f64;
+        // Zeros would compress ~1000:1; this must stay in JSON's range (roughly 3–8:1).
+        assert!((0.08..0.5).contains(&ratio), "compressed to {ratio:.3} of its size");
+    }
+}

@@ -237,7 +237,7 @@ pub(crate) fn parse_headers(headers: &[String]) -> anyhow::Result<Vec<(String, S
 }
 
 fn builder(args: &ConnectArgs, url: &str) -> anyhow::Result<ClientBuilder> {
-    let mut builder = ClientBuilder::new(url).handshake_timeout(args.connect_timeout);
+    let mut builder = ClientBuilder::new(url);
     for (name, value) in parse_headers(&args.headers)? {
         builder = builder.header(&name, &value);
     }
@@ -265,6 +265,7 @@ fn builder(args: &ConnectArgs, url: &str) -> anyhow::Result<ClientBuilder> {
     if !args.no_deflate {
         config.deflate = Some(DeflateConfig::default());
     }
+    config.proto.handshake_timeout = args.connect_timeout;
     Ok(builder.config(config).tls(client_tls(args)?))
 }
 

@@ -791,3 +791,21 @@ fn interactive_session_ends_cleanly_when_the_server_closes_mid_line() {
     let screen = tmux.wait_for("icanon echo");
     assert!(!screen.contains("half typed"), "{screen}");
 }
+
+#[test]
+fn connect_timeout_bounds_a_server_that_never_answers_the_handshake() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Accepts TCP and holds it, never answering the upgrade.
+    let _held = std::thread::spawn(move || {
+        listener.accept().map(|(tcp, _)| {
+            std::thread::sleep(Duration::from_secs(8));
+            drop(tcp);
+        })
+    });
+    let started = Instant::now();
+    let run = wsx(&["--connect-timeout", "1", &url(addr)], Stdin::Bytes(b""), &[]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("timed out after 1s"), "{}", run.stderr);
+    assert!(started.elapsed() < Duration::from_secs(5), "--connect-timeout 1 took {:?}", started.elapsed());
+}

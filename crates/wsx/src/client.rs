@@ -139,7 +139,10 @@ impl ClientBuilder {
         self
     }
 
-    /// Sets the limits and timers of the connection.
+    /// Sets the limits and timers of the connection. It replaces the whole configuration,
+    /// including what [`proto_config`](Self::proto_config),
+    /// [`handshake_limits`](Self::handshake_limits) and
+    /// [`handshake_timeout`](Self::handshake_timeout) set before: call those after this.
     pub fn config(mut self, config: WebSocketConfig) -> Self {
         self.config = config;
         self

@@ -194,9 +194,9 @@ pub struct ConnectArgs {
     insecure: bool,
     /// Connect through this proxy instead of the environment's.
     ///
-    /// http://[user:password@]host:port for an HTTP CONNECT tunnel (the default without a
-    /// scheme), socks5://… for SOCKS5 with the server's name resolved here, socks5h://… for SOCKS5
-    /// with the name resolved by the proxy. The port defaults to 1080; the user name and password
+    /// `http://[user:password@]host:port` for an HTTP CONNECT tunnel (the default without a
+    /// scheme), `socks5://…` for SOCKS5 with the server's name resolved here, `socks5h://…` for
+    /// SOCKS5 with the name resolved by the proxy. The port defaults to 1080; the user name and password
     /// are percent-decoded (%40 for @). wss:// runs TLS end to end inside the tunnel.
     #[arg(short = 'x', long, value_name = "URL", conflicts_with = "no_proxy")]
     proxy: Option<String>,

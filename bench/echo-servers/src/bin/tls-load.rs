@@ -520,6 +520,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 }
 
 impl State {
+    /// A connection's state before its first batch.
+    fn new(batch: Arc<Batch>, out: Vec<u8>, window: Window, verify_every: u64) -> Self {
+        State {
+            batch,
+            out,
+            window,
+            verify_every,
+            written: 0,
+            need_flush: false,
+            control_out: Vec::new(),
+            reader: FrameReader::default(),
+            first_seq: 0,
+            msg_index: 0,
+            msg_offset: 0,
+            verify: true,
+            batch_no: 0,
+            sent_at: Instant::now(),
+            outcome: Outcome::default(),
+        }
+    }
+
     fn on_bytes(&mut self, mut data: &[u8]) -> Result<Flow, String> {
         while let Some(event) = self.reader.next(&mut data)? {
             match event {
@@ -626,27 +647,8 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Outcome {
     let mut out = batch.bytes.clone();
     batch.number(&mut out, 0);
-    let mut conn = Conn {
-        stream,
-        buf: vec![0; READ_BUF].into_boxed_slice(),
-        s: State {
-            batch,
-            out,
-            window,
-            verify_every,
-            written: 0,
-            need_flush: false,
-            control_out: Vec::new(),
-            reader: FrameReader::default(),
-            first_seq: 0,
-            msg_index: 0,
-            msg_offset: 0,
-            verify: true,
-            batch_no: 0,
-            sent_at: Instant::now(),
-            outcome: Outcome::default(),
-        },
-    };
+    let mut conn =
+        Conn { stream, buf: vec![0; READ_BUF].into_boxed_slice(), s: State::new(batch, out, window, verify_every) };
     let mut result = conn.s.on_bytes(&leftover).map(|_| ());
     if result.is_ok() {
         let run = poll_fn(|cx| conn.poll(cx));
@@ -944,23 +946,7 @@ mod tests {
         let mut out = batch.bytes.clone();
         batch.number(&mut out, 0);
         let now = Instant::now();
-        State {
-            batch,
-            out,
-            window: Window { start: now, end: now + Duration::from_secs(60) },
-            verify_every: 1,
-            written: 0,
-            need_flush: false,
-            control_out: Vec::new(),
-            reader: FrameReader::default(),
-            first_seq: 0,
-            msg_index: 0,
-            msg_offset: 0,
-            verify: true,
-            batch_no: 0,
-            sent_at: now,
-            outcome: Outcome::default(),
-        }
+        State::new(batch, out, Window { start: now, end: now + Duration::from_secs(60) }, 1)
     }
 
     #[test]

@@ -1,19 +1,25 @@
 //! `wsx bench`: a WebSocket load generator that measures latency honestly.
 //!
-//! `wsx bench echo URL` drives an echo server in closed loop (`--depth` messages in flight per
-//! connection: the next one leaves when an echo returns) or open loop (`--rate` messages per
-//! second on a fixed schedule, each timed from its *scheduled* send, so a server's stall is
-//! charged to every message it delayed: no coordinated omission). See `docs/bench.md`.
+//! Modes: [`echo`] (closed or open loop against an echo server), [`connect`] (handshakes per
+//! second with TCP, TLS and upgrade times; or a ramp to N idle connections with the server's
+//! memory per connection) and [`pubsub`] (publishers and subscribers on rooms: deliveries per
+//! second, publish-to-receive latency, loss and reordering). See `docs/bench.md`.
 //!
-//! Shape: `--threads` OS threads, each with a current-thread tokio runtime and its share of the
-//! connections (one task each). A task records into its thread's [`Stats`]; the main thread
-//! merges them once a second for the status line and at the end for the report. Every echo is
-//! checked ([`payload`]); the payload carries its sequence number and scheduled time, so the
-//! generator keeps no per-message state and its memory does not grow with the rate.
+//! Shape, shared by every mode ([`run_threads`]): `--threads` OS threads, each with a
+//! current-thread tokio runtime and its share of the connections (one task each). A task
+//! records into its thread's [`Stats`]; the main thread merges them for the live status line
+//! and at the end for the report, and measures the generator's own CPU (and the server's, with
+//! `--server-pid`) over the measurement window. The payload carries its sequence number and
+//! scheduled time ([`payload`]), so the generator keeps no per-message state and its memory
+//! does not grow with the rate.
 
+mod connect;
+mod echo;
 mod payload;
+mod pubsub;
 mod report;
 
+use std::future::Future;
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,28 +29,30 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
 use tokio::sync::watch;
-use wsx::proto::deflate::DeflateConfig;
 use wsx::tls::ClientTls;
-use wsx::{ClientBuilder, CloseCode, Message, WebSocketConfig};
+use wsx::{ClientBuilder, WebSocketConfig};
 
-use self::payload::Payloads;
-use self::report::{fmt_count, fmt_duration, FailIf, Report, Stats};
-use crate::connect::format::{parse_secs, parse_size};
+use self::report::{fmt_count, fmt_duration, FailIf, Report, ServerUsage, Stats};
+use crate::connect::format::parse_secs;
 
 const AFTER_HELP: &str = "\
 Modes:
-  echo   Send messages to an echo server and time each echo (checked byte for byte).
+  echo      Send messages to an echo server and time each echo (checked byte for byte).
+  connect   Handshakes per second (TCP, TLS and upgrade timed apart), or --ramp N connections
+            held idle, with the server's memory per connection (--server-pid).
+  pubsub    Publishers and subscribers on rooms (wsx serve's /room/NAME): deliveries per second,
+            publish-to-receive latency, loss and reordering.
 
-Closed loop (default): each connection keeps --depth messages in flight; the next leaves when an
-echo returns. It measures the most the server can echo, but when the server stalls the
+Closed loop (echo's default): each connection keeps --depth messages in flight; the next leaves
+when an echo returns. It measures the most the server can echo, but when the server stalls the
 generator stalls with it and sends nothing meanwhile, so a stall delays only the few messages
 in flight: it shows in max, hardly in p99 (coordinated omission).
 
-Open loop (--rate N): N messages per second in total leave on a fixed schedule, spread evenly
-over the connections, whatever the server does. Each latency runs from the *scheduled* send time,
-so time the server makes a user wait is counted for every message it delays: a 200 ms stall
-every second shows as a p99 near 200 ms. The generator's own lag (actual − scheduled send) is
-reported; when it is large, the generator, not the server, is behind.
+Open loop (--rate N): N messages (or handshakes) per second in total leave on a fixed schedule,
+whatever the server does. Each latency runs from the *scheduled* send time, so time the server
+makes a user wait is counted for every message it delays: a 200 ms stall every second shows as
+a p99 near 200 ms. The generator's own lag (actual − scheduled send) is reported; when it is
+large, the generator, not the server, is behind.
 
 Examples:
   wsx bench echo ws://127.0.0.1:8080/echo
@@ -55,9 +63,16 @@ Examples:
       Open loop: 50k msgs/s; exit status 1 if p99 is above 20 ms.
   wsx bench echo --text --deflate --size 4k --json out.json wss://host/echo --cacert ca.pem
       JSON-like text compressed with permessage-deflate over TLS; every figure to out.json.
+  wsx bench connect --conns 32 wss://host/echo --cacert ca.pem
+      Handshakes per second, 32 at a time, with TCP connect, TLS and upgrade times.
+  wsx bench connect --ramp 10000 --rate 2000 --server-pid $(pidof wsx) ws://127.0.0.1:8080/echo
+      Open 10,000 connections at 2,000 a second, hold them idle, report server memory per conn.
+  wsx bench pubsub --publishers 2 --subscribers 50 --rate 1000 ws://127.0.0.1:8080/room/bench
+      2 publishers send 1,000 msgs/s in total to a room of 50 subscribers (50k deliveries/s).
 
 Exit status: 0 when the run had no error and met every --fail-if; 1 otherwise (any error,
-including an echo mismatch, fails unless an 'errors' condition of --fail-if sets the threshold).";
+including an echo mismatch or a lost message, fails unless an 'errors' condition of --fail-if
+sets the threshold).";
 
 /// `wsx bench` and its modes.
 #[derive(Args, Debug)]
@@ -71,27 +86,20 @@ pub struct BenchArgs {
 enum Mode {
     /// Echo benchmark: throughput and latency of an echo server, closed or open loop.
     #[command(after_help = AFTER_HELP)]
-    Echo(EchoArgs),
+    Echo(echo::EchoArgs),
+    /// Handshake benchmark: handshakes per second with TCP, TLS and upgrade times; or a ramp to
+    /// N idle connections with the server's memory per connection.
+    #[command(after_help = AFTER_HELP)]
+    Connect(connect::ConnectArgs),
+    /// Room benchmark: publishers and subscribers, deliveries per second, publish-to-receive
+    /// latency, loss and reordering.
+    #[command(after_help = AFTER_HELP)]
+    Pubsub(pubsub::PubsubArgs),
 }
 
-/// Options of `wsx bench echo`.
+/// Options every mode shares.
 #[derive(Args, Debug, Clone)]
-pub struct EchoArgs {
-    /// The echo server's URL, `ws://host:port/path` or `wss://…`.
-    url: String,
-    /// Connections, opened before the clock starts.
-    #[arg(short = 'c', long, default_value_t = 64)]
-    conns: usize,
-    /// Message size in bytes (k, M: powers of 1024); at least 20 (binary) or 40 (text): the
-    /// sequence number, send time and checksum each message carries. Default: that minimum.
-    #[arg(short = 's', long, value_parser = parse_size)]
-    size: Option<usize>,
-    /// Closed loop: messages in flight per connection.
-    #[arg(short = 'd', long, default_value_t = 16, conflicts_with = "rate")]
-    depth: usize,
-    /// Open loop: messages per second in total, on a fixed schedule spread over the connections.
-    #[arg(short = 'r', long)]
-    rate: Option<f64>,
+pub struct Common {
     /// How long to measure (after the warm-up), e.g. 10, 1.5, 500ms.
     #[arg(long, value_parser = parse_secs, default_value = "10")]
     duration: Duration,
@@ -101,18 +109,12 @@ pub struct EchoArgs {
     /// Generator threads, each a current-thread runtime with its share of the connections.
     #[arg(short = 't', long, default_value_t = 1)]
     threads: usize,
-    /// Text messages (JSON-like ASCII) instead of binary ones.
-    #[arg(long, conflicts_with = "binary")]
-    text: bool,
-    /// Binary messages (the default).
-    #[arg(long)]
-    binary: bool,
-    /// Offer permessage-deflate (off by default). The payload is JSON-like text, which compresses
-    /// about as real JSON does.
-    #[arg(long)]
-    deflate: bool,
-    /// An echo outstanding this long is a timeout; it also bounds the wait for the last echoes
-    /// after the run and each connection's opening handshake.
+    /// Open the connections gradually: this many per second (default: all at once). Opening
+    /// is over before the clock starts.
+    #[arg(long, value_name = "N")]
+    connect_rate: Option<f64>,
+    /// A message (or handshake) outstanding this long is a timeout; it also bounds the wait for
+    /// the last ones after the run and each connection's opening handshake.
     #[arg(long, value_parser = parse_secs, default_value = "5")]
     timeout: Duration,
     /// Add a request header, `Name: value` (repeatable).
@@ -127,6 +129,10 @@ pub struct EchoArgs {
     /// wss://: do not verify the server's certificate (development only).
     #[arg(short = 'k', long)]
     insecure: bool,
+    /// The server's process id (same machine): report its CPU time per message (or handshake)
+    /// and its memory (resident set) from /proc.
+    #[arg(long, value_name = "PID")]
+    server_pid: Option<u32>,
     /// Write every figure and the latency histogram to this file as JSON.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -137,189 +143,297 @@ pub struct EchoArgs {
     /// Print the live status line even when stderr is not a terminal.
     #[arg(long, hide = true)]
     status: bool,
-    /// Testing the generator itself: block each generator thread this long once a second (a
-    /// stand-in for a GC pause or a descheduled thread), to check that open loop charges the
-    /// delay to the messages it held up.
-    #[arg(long, hide = true, value_parser = parse_secs)]
-    test_hiccup: Option<Duration>,
 }
 
+impl Common {
+    /// Checks the settings every mode shares.
+    fn check(&self) -> anyhow::Result<()> {
+        if self.threads == 0 {
+            bail!("--threads must be at least 1");
+        }
+        if self.duration.is_zero() {
+            bail!("--duration must be above 0");
+        }
+        if let Some(rate) = self.connect_rate {
+            if !(rate.is_finite() && rate > 0.0) {
+                bail!("--connect-rate must be a positive number of connections per second");
+            }
+        }
+        Ok(())
+    }
+
+    /// The TLS settings of `--cacert` and `--insecure`.
+    fn tls(&self, url: &str) -> anyhow::Result<ClientTls> {
+        let mut tls = ClientTls::new();
+        if let Some(ca) = &self.cacert {
+            tls = tls.add_ca_pem_file(ca).context("--cacert")?;
+        }
+        if self.insecure {
+            if url.starts_with("wss://") {
+                eprintln!("wsx: warning: --insecure: the server's certificate is not verified");
+            }
+            tls = tls.danger_accept_invalid_certs();
+        }
+        Ok(tls)
+    }
+
+    /// A client for `url` with the headers, subprotocols, TLS settings and timeouts given;
+    /// `config` is the mode's connection settings (buffers, permessage-deflate).
+    fn builder(&self, url: &str, mut config: WebSocketConfig) -> anyhow::Result<ClientBuilder> {
+        let mut b = ClientBuilder::new(url);
+        for (name, value) in crate::connect::parse_headers(&self.headers)? {
+            b = b.header(&name, &value);
+        }
+        for p in &self.subprotocols {
+            b = b.protocol(p);
+        }
+        // Set here, not with `ClientBuilder::handshake_timeout`: `config()` replaces the whole config.
+        config.proto.handshake_timeout = self.timeout;
+        config.proto.close_timeout = Duration::from_secs(2).min(self.timeout);
+        config.proto.write_timeout = Some(self.timeout);
+        Ok(b.config(config).tls(self.tls(url)?))
+    }
+
+    /// When connection `id` (of all the run's, counted from 0) should start opening, after the
+    /// threads start.
+    fn connect_delay(&self, id: usize) -> Duration {
+        match self.connect_rate {
+            Some(rate) => Duration::from_secs_f64(id as f64 / rate),
+            None => Duration::ZERO,
+        }
+    }
+}
+
+/// Runs `wsx bench`.
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    match args.mode {
-        Mode::Echo(echo) => {
-            // The generator runs on its own threads; wait for them off the caller's runtime.
-            tokio::task::spawn_blocking(move || run_echo(echo)).await.context("the benchmark thread failed")?
+    // The generator runs on its own threads; wait for them off the caller's runtime.
+    let job = move || match args.mode {
+        Mode::Echo(a) => echo::run(a),
+        Mode::Connect(a) => connect::run(a),
+        Mode::Pubsub(a) => pubsub::run(a),
+    };
+    tokio::task::spawn_blocking(job).await.context("the benchmark thread failed")?
+}
+
+/// What one generator thread gets: its index, its counters, and the run's start.
+pub struct Thread {
+    /// This thread's index, `0..threads`.
+    pub index: usize,
+    /// How many threads the run has.
+    pub threads: usize,
+    /// Where this thread's connections record.
+    pub stats: Arc<Mutex<Stats>>,
+    start_rx: watch::Receiver<Option<Instant>>,
+    ready: Option<mpsc::Sender<()>>,
+    hold_rx: watch::Receiver<Option<Instant>>,
+    timeline: Timeline,
+}
+
+impl Thread {
+    /// Says that this thread has opened its connections (the run starts when every thread has).
+    pub fn ready(&mut self) {
+        if let Some(tx) = self.ready.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Waits for the common start instant (`None` if the run was abandoned).
+    pub async fn start(&mut self) -> Option<Instant> {
+        self.ready();
+        loop {
+            if let Some(at) = *self.start_rx.borrow_and_update() {
+                return Some(at);
+            }
+            self.start_rx.changed().await.ok()?;
+        }
+    }
+
+    /// A receiver of the instant a ramp's hold ends (set by the main thread once every
+    /// connection is open; see [`Timeline::Ramp`]).
+    pub fn hold_end(&self) -> watch::Receiver<Option<Instant>> {
+        self.hold_rx.clone()
+    }
+
+    /// The warm-up and the measurement window (zero for a ramp).
+    pub fn window(&self) -> (Duration, Duration) {
+        match self.timeline {
+            Timeline::Window { warmup, duration, .. } => (warmup, duration),
+            Timeline::Ramp { .. } => (Duration::ZERO, Duration::ZERO),
+        }
+    }
+
+    /// A ramp's hold (zero otherwise).
+    pub fn hold_max(&self) -> Duration {
+        match self.timeline {
+            Timeline::Ramp { hold, .. } => hold,
+            Timeline::Window { .. } => Duration::ZERO,
         }
     }
 }
 
-/// What every connection task needs to know.
-struct Plan {
-    builder: ClientBuilder,
-    payloads: Payloads,
-    depth: usize,
-    /// Open loop: the schedule.
-    schedule: Option<Schedule>,
-    warmup: Duration,
-    duration: Duration,
-    timeout: Duration,
-    hiccup: Option<Duration>,
-}
-
-/// When each message of an open-loop run is due: message `k` of connection `i` is the
-/// `(k × conns + i)`-th of the whole run, and the run sends one every `1 / rate` seconds, so the
-/// connections take turns and the total rate is even (no burst at each connection's tick).
+/// How the main thread times a run.
 #[derive(Debug, Clone, Copy)]
-pub struct Schedule {
-    rate: f64,
-    conns: u64,
+pub enum Timeline {
+    /// Warm-up, then a measurement window of fixed length; the threads end by themselves soon
+    /// after it (each bounded by its own deadline). `preopened`: the threads open their
+    /// connections before they say they are ready (so a run without any is over at once).
+    Window { warmup: Duration, duration: Duration, preopened: bool },
+    /// Connections open until `target` of them have opened or failed (`Stats::connected` plus
+    /// connect errors), then are held for `hold`; the threads end after that. The measurement
+    /// window is the whole run.
+    Ramp { target: u64, hold: Duration, deadline: Duration },
 }
 
-impl Schedule {
-    pub fn new(rate: f64, conns: usize) -> Self {
-        Self { rate, conns: conns as u64 }
-    }
-
-    /// Nanoseconds after the start when message `k` of connection `conn` is due.
-    pub fn at(&self, conn: usize, k: u64) -> u64 {
-        let slot = k as f64 * self.conns as f64 + conn as f64;
-        (slot * 1e9 / self.rate) as u64
-    }
+/// What the main thread measured besides the threads' counters.
+pub struct Finished {
+    /// Every thread's counters, merged.
+    pub stats: Stats,
+    /// The generator's CPU time in the window, as a share of its threads' capacity.
+    pub cpu_share: Option<f64>,
+    /// The server's CPU and memory, with `--server-pid`.
+    pub server: Option<ServerUsage>,
+    /// The measurement window's length (for a ramp: the whole run).
+    pub window: Duration,
+    /// A ramp: seconds from the start until every connection had opened or failed.
+    pub ramp_s: Option<f64>,
 }
 
-fn builder(args: &EchoArgs) -> anyhow::Result<ClientBuilder> {
-    let url = crate::connect::normalize_url(&args.url);
-    let size = args.size.unwrap_or(payload::header_len(args.text));
-    let mut b = ClientBuilder::new(url);
-    for (name, value) in crate::connect::parse_headers(&args.headers)? {
-        b = b.header(&name, &value);
-    }
-    for p in &args.subprotocols {
-        b = b.protocol(p);
-    }
-    // Set here, not with `ClientBuilder::handshake_timeout`: `config()` replaces the whole config.
-    let mut config = WebSocketConfig::default();
-    config.proto.handshake_timeout = args.timeout;
-    config.proto.close_timeout = Duration::from_secs(2).min(args.timeout);
-    config.proto.write_timeout = Some(args.timeout);
-    // The library stops reading while more than the high-water mark waits to be written; with
-    // a server that does the same, both would wait for the write timeout. So the mark is set
-    // above anything the generator queues: closed loop queues at most --depth messages, and
-    // open loop stops queueing at OPEN_LOOP_QUEUE (the late messages' lag is then reported).
-    config.proto.write_buffer_high_water =
-        (args.depth.saturating_mul(size).saturating_mul(2)).max(OPEN_LOOP_QUEUE * 4).saturating_add(size);
-    if args.deflate {
-        config.deflate = Some(DeflateConfig::default());
-    }
-    let mut tls = ClientTls::new();
-    if let Some(ca) = &args.cacert {
-        tls = tls.add_ca_pem_file(ca).context("--cacert")?;
-    }
-    if args.insecure {
-        tls = tls.danger_accept_invalid_certs();
-    }
-    Ok(b.config(config).tls(tls))
-}
-
-/// Open loop: while this many bytes wait to be written, due messages wait in the generator
-/// (their latency still runs from their scheduled time), and it keeps reading echoes.
-/// Queued messages are written by `recv` as it waits for echoes.
-const OPEN_LOOP_QUEUE: usize = 1 << 20;
-
-fn run_echo(mut args: EchoArgs) -> anyhow::Result<ExitCode> {
-    let size = *args.size.get_or_insert(payload::header_len(args.text));
-    if args.conns == 0 || args.threads == 0 || args.depth == 0 {
-        bail!("--conns, --threads and --depth must be at least 1");
-    }
-    if let Some(rate) = args.rate {
-        if !(rate.is_finite() && rate > 0.0) {
-            bail!("--rate must be a positive number of messages per second");
-        }
-    }
-    if args.duration.is_zero() {
-        bail!("--duration must be above 0");
-    }
-    let url = crate::connect::normalize_url(&args.url);
-    if args.insecure && url.starts_with("wss://") {
-        eprintln!("wsx: warning: --insecure: the server's certificate is not verified");
-    }
-    let threads = args.threads.min(args.conns);
-    let plan = Arc::new(Plan {
-        builder: builder(&args)?,
-        payloads: Payloads::new(size, args.text).map_err(anyhow::Error::msg)?,
-        depth: args.depth,
-        schedule: args.rate.map(|r| Schedule::new(r, args.conns)),
-        warmup: args.warmup,
-        duration: args.duration,
-        timeout: args.timeout,
-        hiccup: args.test_hiccup,
-    });
-
-    // Start the threads; each connects its share, says so, and waits for the common start.
+/// Starts `threads` generator threads running `body`, waits until each has said it is ready
+/// (or ended), gives them a common start, shows the live status line, times the window, and
+/// returns the merged counters once every thread has ended.
+pub fn run_threads<F, Fut>(
+    common: &Common,
+    threads: usize,
+    unit: &str,
+    timeline: Timeline,
+    body: F,
+) -> anyhow::Result<Finished>
+where
+    F: Fn(Thread) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()>,
+{
+    let body = Arc::new(body);
     let (start_tx, start_rx) = watch::channel::<Option<Instant>>(None);
+    let (hold_tx, hold_rx) = watch::channel::<Option<Instant>>(None);
     let (ready_tx, ready_rx) = mpsc::channel::<()>();
     let mut shared = Vec::new();
     let mut handles = Vec::new();
-    for t in 0..threads {
-        let ids: Vec<usize> = (t..args.conns).step_by(threads).collect();
+    for index in 0..threads {
         let stats = Arc::new(Mutex::new(Stats::default()));
         shared.push(stats.clone());
-        let (plan, start_rx, ready_tx) = (plan.clone(), start_rx.clone(), ready_tx.clone());
+        let thread = Thread {
+            index,
+            threads,
+            stats: stats.clone(),
+            start_rx: start_rx.clone(),
+            ready: Some(ready_tx.clone()),
+            hold_rx: hold_rx.clone(),
+            timeline,
+        };
+        let body = body.clone();
         let handle = std::thread::Builder::new()
-            .name(format!("wsx-bench-{t}"))
-            .spawn(move || worker(plan, ids, stats, start_rx, ready_tx))
+            .name(format!("wsx-bench-{index}"))
+            .spawn(move || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt.block_on(body(thread)),
+                Err(e) => lock(&stats).error(format!("runtime: {e}"), 1),
+            })
             .context("cannot start a generator thread")?;
         handles.push(handle);
     }
     drop(ready_tx);
-    // Connecting is bounded by the handshake timeout of each connection.
+    // Each thread's connecting is bounded by its handshake timeout (and --connect-rate).
     for _ in 0..threads {
         if ready_rx.recv().is_err() {
             break;
         }
     }
+    let merged = |shared: &[Arc<Mutex<Stats>>]| {
+        let mut s = Stats::default();
+        for t in shared {
+            s.merge(&lock(t));
+        }
+        s
+    };
+    let server_at = |pid: Option<u32>| pid.and_then(ServerUsage::sample);
+    let server_before_start = server_at(common.server_pid);
     let start = Instant::now() + Duration::from_millis(5);
     let _ = start_tx.send(Some(start));
-    let window_start = start + args.warmup;
-    let end = window_start + args.duration;
-
-    // Nothing to measure without a connection: report the connect errors at once.
-    let any_open = shared.iter().any(|t| lock(t).connected > 0);
-    let end = if any_open { end } else { start };
-    let live = any_open && (args.status || std::io::stderr().is_terminal());
-    let cpu_at = |at: Instant| -> Option<f64> {
-        sleep_until(at);
-        cpu_seconds()
+    let (window_start, mut end) = match timeline {
+        Timeline::Window { warmup, duration, .. } => (start + warmup, Some(start + warmup + duration)),
+        Timeline::Ramp { .. } => (start, None),
     };
+    // Nothing to measure without a connection: report the connect errors at once.
+    let ramp = matches!(timeline, Timeline::Ramp { .. });
+    let preopened = matches!(timeline, Timeline::Window { preopened: true, .. });
+    if preopened && !shared.iter().any(|t| lock(t).connected > 0) {
+        end = Some(start);
+    }
+    let live = end != Some(start) && (common.status || std::io::stderr().is_terminal());
+
     let mut cpu_before = None;
+    let mut server_before = None;
+    let mut window_started = false;
     let mut last_seen = 0;
+    let mut next_status = start + Duration::from_secs(1);
+    let mut ramp_done_at: Option<Instant> = None;
+    let mut ramp_usage = None;
+    let poll = Duration::from_millis(if ramp { 100 } else { 1000 });
     let mut tick = start;
-    let mut cpu_window_started = false;
-    while tick < end {
-        tick = (tick + Duration::from_secs(1)).min(end);
-        if !cpu_window_started && window_start <= tick {
-            cpu_before = cpu_at(window_start);
-            cpu_window_started = true;
+    loop {
+        tick = match end {
+            Some(end) => (tick + poll).min(end),
+            None => tick + poll,
+        };
+        if !window_started && window_start <= tick {
+            sleep_until(window_start);
+            cpu_before = cpu_seconds();
+            server_before = server_at(common.server_pid);
+            window_started = true;
         }
         sleep_until(tick);
-        if live {
-            let mut s = Stats::default();
-            for t in &shared {
-                s.merge(&lock(t));
+        let now = Instant::now();
+        if let Timeline::Ramp { target, hold, deadline } = timeline {
+            let s = merged(&shared);
+            let settled = s.connected + s.connect_errors() >= target;
+            if ramp_done_at.is_none() && (settled || now >= start + deadline) {
+                ramp_done_at = Some(now);
+                let _ = hold_tx.send(Some(now + hold));
+                ramp_usage = Some((s.connected, server_at(common.server_pid)));
+                if live {
+                    eprintln!(
+                        "\r\x1b[K{:>5.1} s: {} connections open, holding them {:.1} s",
+                        now.saturating_duration_since(start).as_secs_f64(),
+                        s.connected,
+                        hold.as_secs_f64()
+                    );
+                }
             }
-            let rate = s.echoes_seen - last_seen;
-            last_seen = s.echoes_seen;
+            if handles.iter().all(|h| h.is_finished()) {
+                break;
+            }
+        }
+        if live && now >= next_status {
+            next_status += Duration::from_secs(1);
+            let s = merged(&shared);
+            let rate = s.seen - last_seen;
+            last_seen = s.seen;
             let p99 = s.percentile(99.0).map_or_else(|| "-".into(), fmt_duration);
             let phase = if tick <= window_start { " (warm-up)" } else { "" };
             eprint!(
-                "\r\x1b[K{:>5.1} s{phase}: {} msgs/s, p99 {p99}, errors {}",
+                "\r\x1b[K{:>5.1} s{phase}: {} {unit}/s, p99 {p99}, {} open, errors {}",
                 tick.saturating_duration_since(start).as_secs_f64(),
                 fmt_count(rate as f64),
+                s.connected.saturating_sub(s.closed),
                 s.error_count()
             );
         }
+        if end.is_some_and(|end| tick >= end) {
+            break;
+        }
     }
+    let window_end = Instant::now();
     let cpu_after = cpu_seconds();
+    let server_after = server_at(common.server_pid);
     if live {
         eprintln!();
     }
@@ -328,41 +442,37 @@ fn run_echo(mut args: EchoArgs) -> anyhow::Result<ExitCode> {
             bail!("a generator thread panicked");
         }
     }
-    let mut stats = Stats::default();
-    for t in &shared {
-        stats.merge(&lock(t));
-    }
-    let cpu_share =
-        cpu_before.zip(cpu_after).map(|(b, a)| (a - b) / (args.duration.as_secs_f64() * threads as f64).max(1e-9));
-    let report = Report {
-        url,
-        mode: "echo",
-        conns: args.conns,
-        threads,
-        size,
-        depth: args.rate.is_none().then_some(args.depth),
-        rate: args.rate,
-        text: args.text,
-        deflate: args.deflate,
-        warmup: args.warmup,
-        duration: args.duration,
-        stats,
-        cpu_share,
-    };
+    let stats = merged(&shared);
+    let window = window_end.saturating_duration_since(window_start);
+    let cpu_share = cpu_before.zip(cpu_after).map(|(b, a)| (a - b) / (window.as_secs_f64() * threads as f64).max(1e-9));
+    let server = server_before.zip(server_after).map(|(before, after)| {
+        let mut usage = after.since(&before, window);
+        usage.rss_before_start = server_before_start.map(|s| s.rss_bytes);
+        if let Some((open, Some(at_ramp))) = ramp_usage {
+            usage.ramp = Some((open, at_ramp.rss_bytes));
+        }
+        usage
+    });
+    let ramp_s = ramp_done_at.map(|at| at.saturating_duration_since(start).as_secs_f64());
+    Ok(Finished { stats, cpu_share, server, window, ramp_s })
+}
+
+/// Prints the report, writes `--json`, and decides the exit status.
+pub fn finish(report: &Report, common: &Common) -> anyhow::Result<ExitCode> {
     print!("{}", report.summary());
-    if let Some(path) = &args.json {
+    if let Some(path) = &common.json {
         let text = serde_json::to_string_pretty(&report.json())?;
         std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))?;
     }
     let mut failed = Vec::new();
-    if !args.fail_if.iter().any(FailIf::is_errors) && report.stats.error_count() > 0 {
+    if !common.fail_if.iter().any(FailIf::is_errors) && report.stats.error_count() > 0 {
         failed.push(format!("{} errors", report.stats.error_count()));
     }
     if report.stats.connected == 0 {
         failed.push("no connection could be opened".into());
     }
-    for cond in &args.fail_if {
-        if cond.violated(&report) {
+    for cond in &common.fail_if {
+        if cond.violated(report) {
             failed.push(format!("--fail-if {cond}"));
         }
     }
@@ -382,7 +492,8 @@ fn parse_secs_or_zero(s: &str) -> Result<Duration, String> {
     parse_secs(s)
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Locks a counter; a thread that panicked while holding it left counts that are still usable.
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -395,91 +506,11 @@ fn sleep_until(at: Instant) {
 
 /// CPU seconds (user + system) this process has used, from `/proc/self/stat`.
 fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name (which may hold spaces) in parentheses.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    // USER_HZ is 100 on every Linux configuration that matters.
-    Some((utime + stime) / 100.0)
+    report::proc_cpu_seconds("/proc/self/stat")
 }
 
-/// One generator thread: a current-thread runtime running its connections.
-fn worker(
-    plan: Arc<Plan>,
-    ids: Vec<usize>,
-    stats: Arc<Mutex<Stats>>,
-    mut start_rx: watch::Receiver<Option<Instant>>,
-    ready: mpsc::Sender<()>,
-) {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            lock(&stats).error(format!("runtime: {e}"), 1);
-            let _ = ready.send(());
-            return;
-        }
-    };
-    rt.block_on(async move {
-        let mut connecting = tokio::task::JoinSet::new();
-        for id in ids {
-            let builder = plan.builder.clone();
-            connecting.spawn(async move { (id, builder.connect().await) });
-        }
-        let mut open = Vec::new();
-        while let Some(joined) = connecting.join_next().await {
-            let Ok((id, result)) = joined else { continue };
-            match result {
-                Ok((ws, _)) => {
-                    let deflated = ws.extensions().is_some_and(|x| x.contains("permessage-deflate"));
-                    let mut s = lock(&stats);
-                    s.connected += 1;
-                    s.deflated += u64::from(deflated);
-                    drop(s);
-                    open.push((id, ws));
-                }
-                Err(e) => lock(&stats).error(connect_error_kind(&e), 1),
-            }
-        }
-        let _ = ready.send(());
-        let start = loop {
-            if let Some(at) = *start_rx.borrow_and_update() {
-                break at;
-            }
-            if start_rx.changed().await.is_err() {
-                return;
-            }
-        };
-        let mut running = tokio::task::JoinSet::new();
-        if let Some(hiccup) = plan.hiccup {
-            let end = start + plan.warmup + plan.duration;
-            tokio::spawn(async move {
-                let mut at = start;
-                while at < end {
-                    tokio::time::sleep_until(at.into()).await;
-                    // Blocks the whole thread on purpose.
-                    std::thread::sleep(hiccup);
-                    at += Duration::from_secs(1);
-                }
-            });
-        }
-        for (id, ws) in open {
-            let (plan, stats) = (plan.clone(), stats.clone());
-            // The hard deadline: the run, the wait for the last echoes, the closing handshake.
-            let hard = start + plan.warmup + plan.duration + plan.timeout + Duration::from_secs(3);
-            running.spawn(async move {
-                let conn = drive(ws, id, &plan, start, &stats);
-                if tokio::time::timeout_at(hard.into(), conn).await.is_err() {
-                    lock(&stats).error("timeout", 1);
-                }
-            });
-        }
-        while running.join_next().await.is_some() {}
-    });
-}
-
-fn connect_error_kind(e: &wsx::Error) -> String {
+/// The error kind a failed opening handshake counts as.
+pub fn connect_error_kind(e: &wsx::Error) -> String {
     match e {
         wsx::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => "connect refused".into(),
         wsx::Error::Handshake(wsx::HandshakeError::UnexpectedStatus { status, .. }) => {
@@ -491,7 +522,8 @@ fn connect_error_kind(e: &wsx::Error) -> String {
     }
 }
 
-fn run_error_kind(e: &wsx::Error) -> String {
+/// The error kind a failure on an open connection counts as.
+pub fn run_error_kind(e: &wsx::Error) -> String {
     match e {
         wsx::Error::Proto(wsx::proto::Error::Timeout(_)) => "timeout".into(),
         e => match e.close_code() {
@@ -501,220 +533,26 @@ fn run_error_kind(e: &wsx::Error) -> String {
     }
 }
 
-/// A connection's samples, handed to its thread's [`Stats`] in batches (a few per second, and
-/// when dropped, also when the connection's future is cancelled) rather than one lock per echo.
-struct Local<'a> {
-    stats: &'a Mutex<Stats>,
-    latency: Vec<u64>,
-    lag: Vec<u64>,
-    echoes: u64,
-    flushed_at: Instant,
+/// When each message of an open-loop run is due: message `k` of sender `i` is the
+/// `(k × senders + i)`-th of the whole run, and the run sends one every `1 / rate` seconds, so
+/// the senders take turns and the total rate is even (no burst at each sender's tick).
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    rate: f64,
+    senders: u64,
 }
 
-impl<'a> Local<'a> {
-    const BATCH: usize = 512;
-    const EVERY: Duration = Duration::from_millis(100);
-
-    fn new(stats: &'a Mutex<Stats>) -> Self {
-        let v = || Vec::with_capacity(Self::BATCH);
-        Self { stats, latency: v(), lag: v(), echoes: 0, flushed_at: Instant::now() }
+impl Schedule {
+    /// `rate` in total, spread over `senders`.
+    pub fn new(rate: f64, senders: usize) -> Self {
+        Self { rate, senders: senders as u64 }
     }
 
-    fn maybe_flush(&mut self, now: Instant) {
-        if self.latency.len() >= Self::BATCH || self.lag.len() >= Self::BATCH || now >= self.flushed_at + Self::EVERY {
-            self.flush();
-            self.flushed_at = now;
-        }
+    /// Nanoseconds after the start when message `k` of sender `sender` is due.
+    pub fn at(&self, sender: usize, k: u64) -> u64 {
+        let slot = k as f64 * self.senders as f64 + sender as f64;
+        (slot * 1e9 / self.rate) as u64
     }
-
-    fn flush(&mut self) {
-        let mut s = lock(self.stats);
-        s.echoes_seen += std::mem::take(&mut self.echoes);
-        s.msgs += self.latency.len() as u64;
-        for ns in self.latency.drain(..) {
-            s.record_latency(ns);
-        }
-        for ns in self.lag.drain(..) {
-            s.record_lag(ns);
-        }
-    }
-}
-
-impl Drop for Local<'_> {
-    fn drop(&mut self) {
-        self.flush();
-    }
-}
-
-/// One connection's run: sends on its schedule (open loop) or as echoes return (closed loop),
-/// checks and times every echo, then waits for the echoes still due and closes.
-async fn drive(
-    mut ws: wsx::WebSocket<wsx::MaybeTlsStream>,
-    id: usize,
-    plan: &Plan,
-    start: Instant,
-    stats: &Mutex<Stats>,
-) {
-    let payloads = &plan.payloads;
-    let window = (plan.warmup.as_nanos() as u64, (plan.warmup + plan.duration).as_nanos() as u64);
-    let in_window = |sched: u64| sched >= window.0 && sched < window.1;
-    let end = start + plan.warmup + plan.duration;
-    let since_start = |at: Instant| at.saturating_duration_since(start).as_nanos() as u64;
-    let message = |seq: u64, sched: u64| {
-        let data = payloads.make(seq, sched);
-        if payloads.text() {
-            // The filler and the hex header are ASCII.
-            Message::Text(wsx::Utf8Bytes::try_from(data).unwrap_or_else(|_| wsx::Utf8Bytes::from("")))
-        } else {
-            Message::Binary(data)
-        }
-    };
-
-    let mut local = Local::new(stats);
-    let mut next_seq = 0u64;
-    let mut expected = 0u64;
-    let mut last_progress = Instant::now();
-    let mut sending = true;
-    // Open loop: due messages held back because the output queue is full.
-    let mut held_back = false;
-    let mut drain_until: Option<Instant> = None;
-
-    tokio::time::sleep_until(start.into()).await;
-    if plan.schedule.is_none() {
-        for _ in 0..plan.depth {
-            let now = since_start(Instant::now());
-            if let Err(e) = ws.feed(message(next_seq, now)).await {
-                lock(stats).error(run_error_kind(&e), 1);
-                return;
-            }
-            next_seq += 1;
-        }
-        last_progress = Instant::now();
-    }
-    loop {
-        let now = Instant::now();
-        // Closed loop stops at the end; open loop once every message scheduled before it left.
-        let sent_all = match &plan.schedule {
-            Some(s) => start + Duration::from_nanos(s.at(id, next_seq)) >= end,
-            None => now >= end,
-        };
-        if sending && sent_all {
-            sending = false;
-            drain_until = Some(now + plan.timeout);
-        }
-        let outstanding = next_seq - expected;
-        if !sending && outstanding == 0 {
-            break;
-        }
-        let next_send = match (&plan.schedule, sending) {
-            // Held back: look again soon, reading meanwhile.
-            (Some(_), true) if held_back => Some(now + Duration::from_millis(1)),
-            (Some(s), true) => Some(start + Duration::from_nanos(s.at(id, next_seq))),
-            _ => None,
-        };
-        let stall_at = (outstanding > 0).then(|| last_progress + plan.timeout);
-        let closed_end = (sending && plan.schedule.is_none()).then_some(end);
-        let wake = [next_send, closed_end, stall_at, drain_until].into_iter().flatten().min();
-        let wake = wake.unwrap_or(now + plan.timeout);
-        tokio::select! {
-            biased;
-            event = ws.recv() => {
-                let msg = match event {
-                    None => {
-                        lock(stats).error("close 1006", 1);
-                        return;
-                    }
-                    Some(Err(e)) => {
-                        lock(stats).error(run_error_kind(&e), 1);
-                        return;
-                    }
-                    Some(Ok(msg)) => msg,
-                };
-                let (text, data) = match msg {
-                    Message::Text(t) => (true, t.into_bytes()),
-                    Message::Binary(b) => (false, b),
-                    Message::Close(frame) => {
-                        let code = frame.map_or(1005, |f| f.code.0);
-                        lock(stats).error(format!("close {code}"), 1);
-                        return;
-                    }
-                    _ => continue,
-                };
-                let at = Instant::now();
-                last_progress = at;
-                local.echoes += 1;
-                match payloads.check(text, &data) {
-                    Ok((seq, sched)) if seq == expected => {
-                        expected += 1;
-                        if in_window(sched) {
-                            local.latency.push(since_start(at).saturating_sub(sched));
-                        }
-                    }
-                    Ok((seq, _)) => {
-                        // Lost, duplicated or reordered.
-                        lock(stats).error("echo out of order", 1);
-                        expected = expected.max(seq.saturating_add(1)).min(next_seq);
-                    }
-                    Err(_) => {
-                        lock(stats).error("echo mismatch", 1);
-                        expected += 1;
-                    }
-                }
-                local.maybe_flush(at);
-                if sending && plan.schedule.is_none() && next_seq - expected < plan.depth as u64 {
-                    // Closed loop: the next message leaves now; `recv` flushes it when it waits.
-                    if let Err(e) = ws.feed(message(next_seq, since_start(Instant::now()))).await {
-                        lock(stats).error(run_error_kind(&e), 1);
-                        return;
-                    }
-                    next_seq += 1;
-                }
-            }
-            () = tokio::time::sleep_until(wake.into()) => {
-                let now = Instant::now();
-                if let (Some(s), true) = (&plan.schedule, sending) {
-                    // Open loop: everything due leaves now, stamped with its scheduled time.
-                    let was_idle = next_seq == expected;
-                    let mut sent = 0;
-                    held_back = false;
-                    while sent < 1024 {
-                        if ws.buffered_amount() >= OPEN_LOOP_QUEUE {
-                            held_back = true;
-                            break;
-                        }
-                        let sched = s.at(id, next_seq);
-                        if start + Duration::from_nanos(sched) > now || start + Duration::from_nanos(sched) >= end {
-                            break;
-                        }
-                        if let Err(e) = ws.feed(message(next_seq, sched)).await {
-                            lock(stats).error(run_error_kind(&e), 1);
-                            return;
-                        }
-                        if in_window(sched) {
-                            local.lag.push(since_start(Instant::now()).saturating_sub(sched));
-                        }
-                        next_seq += 1;
-                        sent += 1;
-                    }
-                    local.maybe_flush(now);
-                    if was_idle && sent > 0 {
-                        last_progress = now;
-                    }
-                    // No flush here: it would stop reading until the server takes every byte.
-                    // `recv`, polled next, writes the queue while it waits for echoes.
-                }
-                let outstanding = next_seq - expected;
-                let stalled = outstanding > 0 && now >= last_progress + plan.timeout;
-                let drained = drain_until.is_some_and(|d| now >= d);
-                if stalled || drained {
-                    lock(stats).error("timeout", outstanding);
-                    break;
-                }
-            }
-        }
-    }
-    // Close politely, within the close timeout; the result no longer matters.
-    let _ = tokio::time::timeout(plan.timeout, ws.close(CloseCode::NORMAL, "")).await;
 }
 
 #[cfg(test)]
@@ -741,5 +579,31 @@ mod tests {
         assert_eq!(s.at(0, 3), 6_000_000_000);
         let s = Schedule::new(200_000.0, 64);
         assert_eq!(s.at(0, 31_250), 10_000_000_000);
+    }
+
+    #[test]
+    fn connect_rate_spaces_the_openings() {
+        let mut c = Common {
+            duration: Duration::from_secs(1),
+            warmup: Duration::ZERO,
+            threads: 1,
+            connect_rate: None,
+            timeout: Duration::from_secs(1),
+            headers: Vec::new(),
+            subprotocols: Vec::new(),
+            cacert: None,
+            insecure: false,
+            server_pid: None,
+            json: None,
+            fail_if: Vec::new(),
+            status: false,
+        };
+        assert_eq!(c.connect_delay(500), Duration::ZERO);
+        c.connect_rate = Some(100.0);
+        assert_eq!(c.connect_delay(0), Duration::ZERO);
+        assert_eq!(c.connect_delay(50), Duration::from_millis(500));
+        assert_eq!(c.connect_delay(250), Duration::from_millis(2500));
+        c.connect_rate = Some(0.0);
+        assert!(c.check().is_err());
     }
 }

@@ -495,8 +495,17 @@ async fn refuse_plain_http(tcp: &mut TcpStream) {
     .await;
 }
 
-/// Runs the client side of the TLS handshake for `host` (its SNI name, or an IP address).
-pub(crate) async fn connect(
+/// Runs the client side of the TLS handshake for `host` (its SNI name, or an IP address) over a
+/// connected TCP stream, with `config` (from [`ClientTls::build`], say). [`ClientBuilder::connect`]
+/// does this for `wss://`; call it yourself to time the TLS handshake apart from the TCP connect
+/// and the WebSocket upgrade, then finish with [`ClientBuilder::connect_on`].
+///
+/// Failures are sorted as [`ClientBuilder::connect`] sorts them: [`Error::Tls`] with the
+/// [`TlsError`] a user can act on (unknown issuer, name mismatch, expired certificate, …).
+///
+/// [`ClientBuilder::connect`]: crate::ClientBuilder::connect
+/// [`ClientBuilder::connect_on`]: crate::ClientBuilder::connect_on
+pub async fn connect(
     config: Arc<rustls::ClientConfig>,
     host: &str,
     tcp: TcpStream,

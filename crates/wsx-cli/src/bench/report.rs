@@ -20,19 +20,28 @@ pub const PERCENTILES: [(&str, f64); 5] =
 /// What one thread (or the whole run) counted.
 #[derive(Debug, Clone)]
 pub struct Stats {
-    /// Round trips of the echoes counted (messages scheduled inside the measurement window).
+    /// The mode's latency: echo round trips, handshakes, publish-to-receive times (of what was
+    /// scheduled inside the measurement window).
     pub latency: Histogram<u64>,
     /// Open loop: how late the generator sent each counted message after its scheduled time.
     pub lag: Histogram<u64>,
-    /// Echoes counted (checked and scheduled inside the window).
+    /// Parts of the latency timed apart (`bench connect`: "tcp", "tls", "upgrade").
+    pub phases: BTreeMap<&'static str, Histogram<u64>>,
+    /// What the report counts (echoes, handshakes, deliveries) inside the window.
     pub msgs: u64,
-    /// Every echo received so far, warm-up included (for the status line).
-    pub echoes_seen: u64,
+    /// The same, warm-up included, for the status line.
+    pub seen: u64,
+    /// The mode's own counters ("published", "own deliveries", …).
+    pub counts: BTreeMap<&'static str, u64>,
     /// Errors by kind: "connect refused", "handshake status 403", "close 1011", "timeout",
     /// "echo mismatch", …
     pub errors: BTreeMap<String, u64>,
+    /// Of the errors, the connections that could not be opened.
+    pub connect_failed: u64,
     /// Connections that completed the opening handshake.
     pub connected: u64,
+    /// Of those, the ones that have ended since (for the status line's open count).
+    pub closed: u64,
     /// Of those, the ones on which the server accepted permessage-deflate.
     pub deflated: u64,
 }
@@ -42,41 +51,79 @@ impl Default for Stats {
         Self {
             latency: histogram(),
             lag: histogram(),
+            phases: BTreeMap::new(),
             msgs: 0,
-            echoes_seen: 0,
+            seen: 0,
+            counts: BTreeMap::new(),
             errors: BTreeMap::new(),
+            connect_failed: 0,
             connected: 0,
+            closed: 0,
             deflated: 0,
         }
     }
 }
 
 impl Stats {
+    /// Counts `n` errors of a kind.
     pub fn error(&mut self, kind: impl Into<String>, n: u64) {
         if n > 0 {
             *self.errors.entry(kind.into()).or_default() += n;
         }
     }
 
+    /// Counts a connection that could not be opened.
+    pub fn connect_error(&mut self, kind: impl Into<String>) {
+        self.error(kind, 1);
+        self.connect_failed += 1;
+    }
+
+    /// Connections that could not be opened.
+    pub fn connect_errors(&self) -> u64 {
+        self.connect_failed
+    }
+
+    /// Errors of every kind.
     pub fn error_count(&self) -> u64 {
         self.errors.values().sum()
     }
 
+    /// Adds to one of the mode's counters.
+    pub fn count(&mut self, name: &'static str, n: u64) {
+        *self.counts.entry(name).or_default() += n;
+    }
+
+    /// Records a latency sample.
     pub fn record_latency(&mut self, ns: u64) {
         self.latency.saturating_record(ns.max(1));
     }
 
+    /// Records a generator-lag sample.
     pub fn record_lag(&mut self, ns: u64) {
         self.lag.saturating_record(ns.max(1));
     }
 
+    /// Records a sample of one phase of the latency.
+    pub fn record_phase(&mut self, phase: &'static str, ns: u64) {
+        self.phases.entry(phase).or_insert_with(histogram).saturating_record(ns.max(1));
+    }
+
+    /// Adds another thread's counts to these.
     pub fn merge(&mut self, other: &Stats) {
-        // Both histograms have the same bounds, so adding cannot fail.
+        // Every histogram has the same bounds, so adding cannot fail.
         let _ = self.latency.add(&other.latency);
         let _ = self.lag.add(&other.lag);
+        for (name, h) in &other.phases {
+            let _ = self.phases.entry(name).or_insert_with(histogram).add(h);
+        }
         self.msgs += other.msgs;
-        self.echoes_seen += other.echoes_seen;
+        self.seen += other.seen;
+        for (k, v) in &other.counts {
+            *self.counts.entry(k).or_default() += v;
+        }
+        self.connect_failed += other.connect_failed;
         self.connected += other.connected;
+        self.closed += other.closed;
         self.deflated += other.deflated;
         for (k, v) in &other.errors {
             *self.errors.entry(k.clone()).or_default() += v;
@@ -86,6 +133,54 @@ impl Stats {
     /// The latency at a percentile (100 is the maximum), `None` without samples.
     pub fn percentile(&self, p: f64) -> Option<Duration> {
         pct(&self.latency, p)
+    }
+}
+
+/// CPU seconds (user + system) of the process whose `stat` file this is.
+pub fn proc_cpu_seconds(stat_path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(stat_path).ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // USER_HZ is 100 on every Linux configuration that matters.
+    Some((utime + stime) / 100.0)
+}
+
+/// The server's CPU time and memory (`--server-pid`), read from `/proc`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ServerUsage {
+    /// CPU seconds: since it started (a sample), or over the window (after [`since`](Self::since)).
+    pub cpu_s: f64,
+    /// Resident set size: now (a sample), or at the window's end.
+    pub rss_bytes: u64,
+    /// The measurement window's length (after [`since`](Self::since)).
+    pub window_s: f64,
+    /// Its resident set before the generator's traffic started (connections open).
+    pub rss_before_start: Option<u64>,
+    /// A ramp: connections open when it completed, and the resident set then.
+    pub ramp: Option<(u64, u64)>,
+}
+
+impl ServerUsage {
+    /// The process's CPU time and resident set now; `None` if it is gone.
+    pub fn sample(pid: u32) -> Option<Self> {
+        let cpu_s = proc_cpu_seconds(&format!("/proc/{pid}/stat"))?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kb: u64 =
+            status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some(Self { cpu_s, rss_bytes: kb * 1024, ..Self::default() })
+    }
+
+    /// The usage over a window that began at `before` and lasted `window`.
+    pub fn since(&self, before: &Self, window: Duration) -> Self {
+        Self { cpu_s: (self.cpu_s - before.cpu_s).max(0.0), window_s: window.as_secs_f64(), ..*self }
+    }
+
+    /// The server's CPU time over the window as a share of one core.
+    pub fn cpu_share(&self) -> f64 {
+        self.cpu_s / self.window_s.max(1e-9)
     }
 }
 
@@ -139,70 +234,120 @@ pub fn fmt_count(x: f64) -> String {
 pub struct Report {
     pub url: String,
     pub mode: &'static str,
+    /// What `stats.msgs` counts, plural: "messages", "handshakes", "deliveries".
+    pub unit: &'static str,
+    /// The JSON key of its count per second: "msgs_per_s", "handshakes_per_s", ….
+    pub rate_key: &'static str,
+    /// The run's shape for the summary's first line ("closed loop, depth 16; 64 conns …").
+    pub shape: String,
+    /// What each latency runs from and to, for the summary.
+    pub latency_label: String,
     pub conns: usize,
     pub threads: usize,
+    /// Message size (0 when the mode sends none).
     pub size: usize,
     pub depth: Option<usize>,
     pub rate: Option<f64>,
     pub text: bool,
     pub deflate: bool,
     pub warmup: Duration,
+    /// The measurement window.
     pub duration: Duration,
     pub stats: Stats,
     /// CPU time of the generator during the window, as a share of its threads' capacity.
     pub cpu_share: Option<f64>,
+    /// The server's CPU time and memory (`--server-pid`).
+    pub server: Option<ServerUsage>,
+    /// The mode's own figures: lines for the summary …
+    pub extra_lines: Vec<String>,
+    /// … and entries for the JSON file.
+    pub extra_json: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Above this share of its threads' CPU capacity, the generator may be what limits the result.
 pub const GENERATOR_BOUND: f64 = 0.85;
 
+/// Bytes for people: `812 B`, `4.20 KiB`, `45.1 MiB`.
+pub fn fmt_bytes(b: f64) -> String {
+    if b >= 1024.0 * 1024.0 * 1024.0 {
+        format!("{:.2} GiB", b / (1024.0 * 1024.0 * 1024.0))
+    } else if b >= 1024.0 * 1024.0 {
+        format!("{:.1} MiB", b / (1024.0 * 1024.0))
+    } else if b >= 1024.0 {
+        format!("{:.2} KiB", b / 1024.0)
+    } else {
+        format!("{b:.0} B")
+    }
+}
+
 impl Report {
+    /// The report's count (`msgs`) per second of the window.
     pub fn msgs_per_sec(&self) -> f64 {
         self.stats.msgs as f64 / self.duration.as_secs_f64().max(1e-9)
     }
 
+    /// Payload bytes per second, one direction.
     pub fn bytes_per_sec(&self) -> f64 {
         self.msgs_per_sec() * self.size as f64
     }
 
+    /// Whether the generator used so much CPU that it may be what limited the result.
     pub fn generator_bound(&self) -> bool {
         self.cpu_share.is_some_and(|c| c > GENERATOR_BOUND)
+    }
+
+    /// The server's CPU time per counted unit, in microseconds.
+    pub fn server_cpu_us_per_unit(&self) -> Option<f64> {
+        let server = self.server?;
+        (self.stats.msgs > 0).then(|| server.cpu_s * 1e6 / self.stats.msgs as f64)
+    }
+
+    /// A ramp: the server's memory per connection held (resident set growth over connections).
+    pub fn server_bytes_per_conn(&self) -> Option<f64> {
+        let server = self.server?;
+        let (open, rss) = server.ramp?;
+        let before = server.rss_before_start?;
+        (open > 0).then(|| (rss as f64 - before as f64) / open as f64)
     }
 
     /// The summary table printed at the end.
     pub fn summary(&self) -> String {
         let mut s = String::new();
-        let shape = match (self.rate, self.depth) {
-            (Some(rate), _) => format!("open loop, {} msgs/s scheduled", fmt_count(rate)),
-            (None, Some(depth)) => format!("closed loop, depth {depth}"),
-            (None, None) => "closed loop".into(),
+        let warmup = if self.warmup.is_zero() {
+            String::new()
+        } else {
+            format!(" (+{:.1} s warm-up)", self.warmup.as_secs_f64())
         };
         let _ = writeln!(
             s,
-            "{} {}: {shape}; {} conns ({} connected), {} B {}{}, {} threads, {:.1} s (+{:.1} s warm-up)",
+            "{} {}: {}; {} threads, {:.1} s{warmup}",
             self.mode,
             self.url,
-            self.conns,
-            self.stats.connected,
-            self.size,
-            if self.text { "text" } else { "binary" },
-            if self.deflate { " deflate" } else { "" },
+            self.shape,
             self.threads,
             self.duration.as_secs_f64(),
-            self.warmup.as_secs_f64(),
         );
-        let _ = writeln!(s, "  {:<12} {:>12}", "messages", self.stats.msgs);
-        let _ = writeln!(s, "  {:<12} {:>12}", "msgs/s", fmt_count(self.msgs_per_sec()));
-        let _ = writeln!(s, "  {:<12} {:>12}", "bytes/s", format!("{}B", fmt_count(self.bytes_per_sec())));
-        let from = if self.rate.is_some() { "from scheduled send" } else { "from actual send" };
-        let _ = writeln!(s, "  latency ({from}):");
+        let _ = writeln!(s, "  {:<12} {:>12}", self.unit, self.stats.msgs);
+        let per_sec = if self.unit == "messages" { "msgs/s".into() } else { format!("{}/s", self.unit) };
+        let _ = writeln!(s, "  {per_sec:<12} {:>12}", fmt_count(self.msgs_per_sec()));
+        if self.size > 0 {
+            let _ = writeln!(s, "  {:<12} {:>12}", "bytes/s", format!("{}B", fmt_count(self.bytes_per_sec())));
+        }
+        let _ = writeln!(s, "  latency ({}):", self.latency_label);
         for (name, p) in PERCENTILES {
             let v = self.stats.percentile(p).map_or_else(|| "-".into(), fmt_duration);
             let _ = writeln!(s, "    {name:<10} {v:>12}");
         }
+        for (phase, h) in &self.stats.phases {
+            let p = |q| pct(h, q).map_or_else(|| "-".into(), fmt_duration);
+            let _ = writeln!(s, "  {phase:<12} p50 {}, p99 {}, max {}", p(50.0), p(99.0), p(100.0));
+        }
         if self.rate.is_some() {
             let lag = |p| pct(&self.stats.lag, p).map_or_else(|| "-".into(), fmt_duration);
             let _ = writeln!(s, "  generator lag (actual − scheduled send): p99 {}, max {}", lag(99.0), lag(100.0));
+        }
+        for line in &self.extra_lines {
+            let _ = writeln!(s, "  {line}");
         }
         if self.stats.errors.is_empty() {
             let _ = writeln!(s, "  errors       {:>12}", 0);
@@ -220,6 +365,25 @@ impl Report {
                 self.stats.connected
             );
         }
+        if let Some(server) = &self.server {
+            let per = self.server_cpu_us_per_unit().map_or_else(|| "-".into(), |us| format!("{us:.2} µs"));
+            let unit = self.unit.trim_end_matches('s');
+            let _ = writeln!(
+                s,
+                "  server CPU {per} per {unit} ({:.0}% of a core), RSS {}",
+                server.cpu_share() * 100.0,
+                fmt_bytes(server.rss_bytes as f64)
+            );
+            if let (Some((open, rss)), Some(before)) = (server.ramp, server.rss_before_start) {
+                let per = self.server_bytes_per_conn().map_or_else(|| "-".into(), fmt_bytes);
+                let _ = writeln!(
+                    s,
+                    "  server memory: RSS {} with {open} connections open, {} before: {per} per connection",
+                    fmt_bytes(rss as f64),
+                    fmt_bytes(before as f64)
+                );
+            }
+        }
         if let Some(cpu) = self.cpu_share {
             let _ = write!(s, "  generator CPU {:.0}% of {} thread(s)", cpu * 100.0, self.threads);
             if self.generator_bound() {
@@ -234,18 +398,20 @@ impl Report {
     pub fn json(&self) -> serde_json::Value {
         use serde_json::json;
         let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1e3);
-        let mut latency = serde_json::Map::new();
-        for (name, p) in PERCENTILES {
-            latency.insert(format!("{name}_ms"), json!(ms(self.stats.percentile(p))));
-        }
-        latency.insert(
-            "min_ms".into(),
-            json!(ms((!self.stats.latency.is_empty()).then(|| Duration::from_nanos(self.stats.latency.min())))),
-        );
-        latency.insert("mean_ms".into(), json!(self.stats.latency.mean() / 1e6));
-        latency.insert("count".into(), json!(self.stats.latency.len()));
-        latency.insert("histogram".into(), histogram_points(&self.stats.latency));
-        json!({
+        let summary = |h: &Histogram<u64>, points: bool| {
+            let mut m = serde_json::Map::new();
+            for (name, p) in PERCENTILES {
+                m.insert(format!("{name}_ms"), json!(ms(pct(h, p))));
+            }
+            m.insert("min_ms".into(), json!(ms((!h.is_empty()).then(|| Duration::from_nanos(h.min())))));
+            m.insert("mean_ms".into(), json!(h.mean() / 1e6));
+            m.insert("count".into(), json!(h.len()));
+            if points {
+                m.insert("histogram".into(), histogram_points(h));
+            }
+            serde_json::Value::Object(m)
+        };
+        let mut j = json!({
             "wsx_bench": 1,
             "mode": self.mode,
             "url": self.url,
@@ -261,10 +427,8 @@ impl Report {
             "deflate_negotiated": self.stats.deflated,
             "warmup_s": self.warmup.as_secs_f64(),
             "duration_s": self.duration.as_secs_f64(),
-            "messages": self.stats.msgs,
-            "msgs_per_s": self.msgs_per_sec(),
             "bytes_per_s": self.bytes_per_sec(),
-            "latency": latency,
+            "latency": summary(&self.stats.latency, true),
             "lag": self.rate.map(|_| json!({
                 "p99_ms": ms(pct(&self.stats.lag, 99.0)),
                 "max_ms": ms(pct(&self.stats.lag, 100.0)),
@@ -273,7 +437,36 @@ impl Report {
             "error_count": self.stats.error_count(),
             "generator_cpu_share": self.cpu_share,
             "generator_bound": self.generator_bound(),
-        })
+        });
+        if let Some(obj) = j.as_object_mut() {
+            obj.insert(self.unit.into(), json!(self.stats.msgs));
+            obj.insert(self.rate_key.into(), json!(self.msgs_per_sec()));
+            for (phase, h) in &self.stats.phases {
+                obj.insert((*phase).into(), summary(h, false));
+            }
+            if !self.stats.counts.is_empty() {
+                obj.insert("counts".into(), json!(self.stats.counts));
+            }
+            if let Some(server) = &self.server {
+                obj.insert(
+                    "server".into(),
+                    json!({
+                        "cpu_s": server.cpu_s,
+                        "cpu_share": server.cpu_share(),
+                        "cpu_us_per_unit": self.server_cpu_us_per_unit(),
+                        "rss_bytes": server.rss_bytes,
+                        "rss_before_start_bytes": server.rss_before_start,
+                        "ramp_conns": server.ramp.map(|r| r.0),
+                        "ramp_rss_bytes": server.ramp.map(|r| r.1),
+                        "bytes_per_conn": self.server_bytes_per_conn(),
+                    }),
+                );
+            }
+            for (k, v) in &self.extra_json {
+                obj.insert(k.clone(), v.clone());
+            }
+        }
+        j
     }
 }
 
@@ -398,6 +591,10 @@ mod tests {
         Report {
             url: "ws://h/".into(),
             mode: "echo",
+            unit: "messages",
+            rate_key: "msgs_per_s",
+            shape: "closed loop, depth 1; 2 conns".into(),
+            latency_label: "from actual send".into(),
             conns: 2,
             threads: 1,
             size: 100,
@@ -409,6 +606,9 @@ mod tests {
             duration: Duration::from_secs(2),
             stats,
             cpu_share: Some(0.5),
+            server: None,
+            extra_lines: Vec::new(),
+            extra_json: serde_json::Map::new(),
         }
     }
 

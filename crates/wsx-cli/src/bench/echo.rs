@@ -1,0 +1,425 @@
+//! `wsx bench echo`: closed or open loop against an echo server, every echo checked.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use clap::Args;
+use wsx::proto::deflate::DeflateConfig;
+use wsx::{ClientBuilder, CloseCode, Message, WebSocketConfig};
+
+use super::payload::{self, Payloads};
+use super::report::{Report, Stats};
+use super::{connect_error_kind, lock, run_error_kind, run_threads, Common, Schedule, Thread, Timeline};
+use crate::connect::format::parse_size;
+
+/// Options of `wsx bench echo`.
+#[derive(Args, Debug, Clone)]
+pub struct EchoArgs {
+    /// The echo server's URL, `ws://host:port/path` or `wss://…`.
+    url: String,
+    /// Connections, opened before the clock starts.
+    #[arg(short = 'c', long, default_value_t = 64)]
+    conns: usize,
+    /// Message size in bytes (k, M: powers of 1024); at least 20 (binary) or 40 (text): the
+    /// sequence number, send time and checksum each message carries. Default: that minimum.
+    #[arg(short = 's', long, value_parser = parse_size)]
+    size: Option<usize>,
+    /// Closed loop: messages in flight per connection.
+    #[arg(short = 'd', long, default_value_t = 16, conflicts_with = "rate")]
+    depth: usize,
+    /// Open loop: messages per second in total, on a fixed schedule spread over the connections.
+    #[arg(short = 'r', long)]
+    rate: Option<f64>,
+    /// Text messages (JSON-like ASCII) instead of binary ones.
+    #[arg(long, conflicts_with = "binary")]
+    text: bool,
+    /// Binary messages (the default).
+    #[arg(long)]
+    binary: bool,
+    /// Offer permessage-deflate (off by default). The payload is JSON-like text, which compresses
+    /// about as real JSON does.
+    #[arg(long)]
+    deflate: bool,
+    #[command(flatten)]
+    common: Common,
+    /// Testing the generator itself: block each generator thread this long once a second (a
+    /// stand-in for a GC pause or a descheduled thread), to check that open loop charges the
+    /// delay to the messages it held up.
+    #[arg(long, hide = true, value_parser = super::parse_secs)]
+    test_hiccup: Option<Duration>,
+}
+
+/// Connection settings for echo traffic of `size`-byte messages.
+fn config(args: &EchoArgs, size: usize) -> WebSocketConfig {
+    let mut config = WebSocketConfig::default();
+    // The library stops reading while more than the high-water mark waits to be written; with
+    // a server that does the same, both would wait for the write timeout. So the mark is set
+    // above anything the generator queues: closed loop queues at most --depth messages, and
+    // open loop stops queueing at OPEN_LOOP_QUEUE (the late messages' lag is then reported).
+    config.proto.write_buffer_high_water =
+        (args.depth.saturating_mul(size).saturating_mul(2)).max(OPEN_LOOP_QUEUE * 4).saturating_add(size);
+    if args.deflate {
+        config.deflate = Some(DeflateConfig::default());
+    }
+    config
+}
+
+/// Runs `wsx bench echo`.
+pub fn run(mut args: EchoArgs) -> anyhow::Result<std::process::ExitCode> {
+    let size = *args.size.get_or_insert(payload::header_len(args.text));
+    args.common.check()?;
+    if args.conns == 0 || args.depth == 0 {
+        bail!("--conns and --depth must be at least 1");
+    }
+    if let Some(rate) = args.rate {
+        if !(rate.is_finite() && rate > 0.0) {
+            bail!("--rate must be a positive number of messages per second");
+        }
+    }
+    let url = crate::connect::normalize_url(&args.url);
+    let threads = args.common.threads.min(args.conns);
+    let plan = Arc::new(Plan {
+        builder: args.common.builder(&url, config(&args, size))?,
+        payloads: Payloads::new(size, args.text).map_err(anyhow::Error::msg)?,
+        depth: args.depth,
+        schedule: args.rate.map(|r| Schedule::new(r, args.conns)),
+        warmup: args.common.warmup,
+        duration: args.common.duration,
+        timeout: args.common.timeout,
+        hiccup: args.test_hiccup,
+        conns: args.conns,
+        common: args.common.clone(),
+    });
+    let timeline = Timeline::Window { warmup: args.common.warmup, duration: args.common.duration, preopened: true };
+    let finished = run_threads(&args.common, threads, "msgs", timeline, move |t| worker(plan.clone(), t))?;
+    let loop_shape = match args.rate {
+        Some(rate) => format!("open loop, {} msgs/s scheduled", super::report::fmt_count(rate)),
+        None => format!("closed loop, depth {}", args.depth),
+    };
+    let report = Report {
+        url,
+        mode: "echo",
+        unit: "messages",
+        rate_key: "msgs_per_s",
+        shape: format!(
+            "{loop_shape}; {} conns ({} connected), {size} B {}{}",
+            args.conns,
+            finished.stats.connected,
+            if args.text { "text" } else { "binary" },
+            if args.deflate { " deflate" } else { "" },
+        ),
+        latency_label: if args.rate.is_some() { "from scheduled send" } else { "from actual send" }.into(),
+        conns: args.conns,
+        threads,
+        size,
+        depth: args.rate.is_none().then_some(args.depth),
+        rate: args.rate,
+        text: args.text,
+        deflate: args.deflate,
+        warmup: args.common.warmup,
+        duration: args.common.duration,
+        stats: finished.stats,
+        cpu_share: finished.cpu_share,
+        server: finished.server,
+        extra_lines: Vec::new(),
+        extra_json: serde_json::Map::new(),
+    };
+    super::finish(&report, &args.common)
+}
+
+/// What every connection task needs to know.
+struct Plan {
+    builder: ClientBuilder,
+    payloads: Payloads,
+    depth: usize,
+    /// Open loop: the schedule.
+    schedule: Option<Schedule>,
+    warmup: Duration,
+    duration: Duration,
+    timeout: Duration,
+    hiccup: Option<Duration>,
+    /// Connections in all.
+    conns: usize,
+    /// For `--connect-rate`.
+    common: Common,
+}
+
+/// Open loop: while this many bytes wait to be written, due messages wait in the generator
+/// (their latency still runs from their scheduled time), and it keeps reading echoes.
+/// Queued messages are written by `recv` as it waits for echoes.
+const OPEN_LOOP_QUEUE: usize = 1 << 20;
+
+/// One generator thread: opens its share of the connections (every `threads`-th, from its
+/// index), then runs them.
+async fn worker(plan: Arc<Plan>, mut thread: Thread) {
+    let stats = thread.stats.clone();
+    let opened = Instant::now();
+    let mut connecting = tokio::task::JoinSet::new();
+    for id in (thread.index..plan.conns).step_by(thread.threads) {
+        let builder = plan.builder.clone();
+        let at = opened + plan.common.connect_delay(id);
+        connecting.spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
+            (id, builder.connect().await)
+        });
+    }
+    let mut open = Vec::new();
+    while let Some(joined) = connecting.join_next().await {
+        let Ok((id, result)) = joined else { continue };
+        match result {
+            Ok((ws, _)) => {
+                let deflated = ws.extensions().is_some_and(|x| x.contains("permessage-deflate"));
+                let mut s = lock(&stats);
+                s.connected += 1;
+                s.deflated += u64::from(deflated);
+                drop(s);
+                open.push((id, ws));
+            }
+            Err(e) => lock(&stats).connect_error(connect_error_kind(&e)),
+        }
+    }
+    let Some(start) = thread.start().await else { return };
+    let mut running = tokio::task::JoinSet::new();
+    if let Some(hiccup) = plan.hiccup {
+        let end = start + plan.warmup + plan.duration;
+        tokio::spawn(async move {
+            let mut at = start;
+            while at < end {
+                tokio::time::sleep_until(at.into()).await;
+                // Blocks the whole thread on purpose.
+                std::thread::sleep(hiccup);
+                at += Duration::from_secs(1);
+            }
+        });
+    }
+    for (id, ws) in open {
+        let (plan, stats) = (plan.clone(), stats.clone());
+        // The hard deadline: the run, the wait for the last echoes, the closing handshake.
+        let hard = start + plan.warmup + plan.duration + plan.timeout + Duration::from_secs(3);
+        running.spawn(async move {
+            let conn = drive(ws, id, &plan, start, &stats);
+            if tokio::time::timeout_at(hard.into(), conn).await.is_err() {
+                lock(&stats).error("timeout", 1);
+            }
+            lock(&stats).closed += 1;
+        });
+    }
+    while running.join_next().await.is_some() {}
+}
+
+/// A connection's samples, handed to its thread's [`Stats`] in batches (a few per second, and
+/// when dropped, also when the connection's future is cancelled) rather than one lock per echo.
+struct Local<'a> {
+    stats: &'a Mutex<Stats>,
+    latency: Vec<u64>,
+    lag: Vec<u64>,
+    echoes: u64,
+    flushed_at: Instant,
+}
+
+impl<'a> Local<'a> {
+    const BATCH: usize = 512;
+    const EVERY: Duration = Duration::from_millis(100);
+
+    fn new(stats: &'a Mutex<Stats>) -> Self {
+        let v = || Vec::with_capacity(Self::BATCH);
+        Self { stats, latency: v(), lag: v(), echoes: 0, flushed_at: Instant::now() }
+    }
+
+    fn maybe_flush(&mut self, now: Instant) {
+        if self.latency.len() >= Self::BATCH || self.lag.len() >= Self::BATCH || now >= self.flushed_at + Self::EVERY {
+            self.flush();
+            self.flushed_at = now;
+        }
+    }
+
+    fn flush(&mut self) {
+        let mut s = lock(self.stats);
+        s.seen += std::mem::take(&mut self.echoes);
+        s.msgs += self.latency.len() as u64;
+        for ns in self.latency.drain(..) {
+            s.record_latency(ns);
+        }
+        for ns in self.lag.drain(..) {
+            s.record_lag(ns);
+        }
+    }
+}
+
+impl Drop for Local<'_> {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// One connection's run: sends on its schedule (open loop) or as echoes return (closed loop),
+/// checks and times every echo, then waits for the echoes still due and closes.
+async fn drive(
+    mut ws: wsx::WebSocket<wsx::MaybeTlsStream>,
+    id: usize,
+    plan: &Plan,
+    start: Instant,
+    stats: &Mutex<Stats>,
+) {
+    let payloads = &plan.payloads;
+    let window = (plan.warmup.as_nanos() as u64, (plan.warmup + plan.duration).as_nanos() as u64);
+    let in_window = |sched: u64| sched >= window.0 && sched < window.1;
+    let end = start + plan.warmup + plan.duration;
+    let since_start = |at: Instant| at.saturating_duration_since(start).as_nanos() as u64;
+    let message = |seq: u64, sched: u64| {
+        let data = payloads.make(seq, sched);
+        if payloads.text() {
+            // The filler and the hex header are ASCII.
+            Message::Text(wsx::Utf8Bytes::try_from(data).unwrap_or_else(|_| wsx::Utf8Bytes::from("")))
+        } else {
+            Message::Binary(data)
+        }
+    };
+
+    let mut local = Local::new(stats);
+    let mut next_seq = 0u64;
+    let mut expected = 0u64;
+    let mut last_progress = Instant::now();
+    let mut sending = true;
+    // Open loop: due messages held back because the output queue is full.
+    let mut held_back = false;
+    let mut drain_until: Option<Instant> = None;
+
+    tokio::time::sleep_until(start.into()).await;
+    if plan.schedule.is_none() {
+        for _ in 0..plan.depth {
+            let now = since_start(Instant::now());
+            if let Err(e) = ws.feed(message(next_seq, now)).await {
+                lock(stats).error(run_error_kind(&e), 1);
+                return;
+            }
+            next_seq += 1;
+        }
+        last_progress = Instant::now();
+    }
+    loop {
+        let now = Instant::now();
+        // Closed loop stops at the end; open loop once every message scheduled before it left.
+        let sent_all = match &plan.schedule {
+            Some(s) => start + Duration::from_nanos(s.at(id, next_seq)) >= end,
+            None => now >= end,
+        };
+        if sending && sent_all {
+            sending = false;
+            drain_until = Some(now + plan.timeout);
+        }
+        let outstanding = next_seq - expected;
+        if !sending && outstanding == 0 {
+            break;
+        }
+        let next_send = match (&plan.schedule, sending) {
+            // Held back: look again soon, reading meanwhile.
+            (Some(_), true) if held_back => Some(now + Duration::from_millis(1)),
+            (Some(s), true) => Some(start + Duration::from_nanos(s.at(id, next_seq))),
+            _ => None,
+        };
+        let stall_at = (outstanding > 0).then(|| last_progress + plan.timeout);
+        let closed_end = (sending && plan.schedule.is_none()).then_some(end);
+        let wake = [next_send, closed_end, stall_at, drain_until].into_iter().flatten().min();
+        let wake = wake.unwrap_or(now + plan.timeout);
+        tokio::select! {
+            biased;
+            event = ws.recv() => {
+                let msg = match event {
+                    None => {
+                        lock(stats).error("close 1006", 1);
+                        return;
+                    }
+                    Some(Err(e)) => {
+                        lock(stats).error(run_error_kind(&e), 1);
+                        return;
+                    }
+                    Some(Ok(msg)) => msg,
+                };
+                let (text, data) = match msg {
+                    Message::Text(t) => (true, t.into_bytes()),
+                    Message::Binary(b) => (false, b),
+                    Message::Close(frame) => {
+                        let code = frame.map_or(1005, |f| f.code.0);
+                        lock(stats).error(format!("close {code}"), 1);
+                        return;
+                    }
+                    _ => continue,
+                };
+                let at = Instant::now();
+                last_progress = at;
+                local.echoes += 1;
+                match payloads.check(text, &data) {
+                    Ok((seq, sched)) if seq == expected => {
+                        expected += 1;
+                        if in_window(sched) {
+                            local.latency.push(since_start(at).saturating_sub(sched));
+                        }
+                    }
+                    Ok((seq, _)) => {
+                        // Lost, duplicated or reordered.
+                        lock(stats).error("echo out of order", 1);
+                        expected = expected.max(seq.saturating_add(1)).min(next_seq);
+                    }
+                    Err(_) => {
+                        lock(stats).error("echo mismatch", 1);
+                        expected += 1;
+                    }
+                }
+                local.maybe_flush(at);
+                if sending && plan.schedule.is_none() && next_seq - expected < plan.depth as u64 {
+                    // Closed loop: the next message leaves now; `recv` flushes it when it waits.
+                    if let Err(e) = ws.feed(message(next_seq, since_start(Instant::now()))).await {
+                        lock(stats).error(run_error_kind(&e), 1);
+                        return;
+                    }
+                    next_seq += 1;
+                }
+            }
+            () = tokio::time::sleep_until(wake.into()) => {
+                let now = Instant::now();
+                if let (Some(s), true) = (&plan.schedule, sending) {
+                    // Open loop: everything due leaves now, stamped with its scheduled time.
+                    let was_idle = next_seq == expected;
+                    let mut sent = 0;
+                    held_back = false;
+                    while sent < 1024 {
+                        if ws.buffered_amount() >= OPEN_LOOP_QUEUE {
+                            held_back = true;
+                            break;
+                        }
+                        let sched = s.at(id, next_seq);
+                        if start + Duration::from_nanos(sched) > now || start + Duration::from_nanos(sched) >= end {
+                            break;
+                        }
+                        if let Err(e) = ws.feed(message(next_seq, sched)).await {
+                            lock(stats).error(run_error_kind(&e), 1);
+                            return;
+                        }
+                        if in_window(sched) {
+                            local.lag.push(since_start(Instant::now()).saturating_sub(sched));
+                        }
+                        next_seq += 1;
+                        sent += 1;
+                    }
+                    local.maybe_flush(now);
+                    if was_idle && sent > 0 {
+                        last_progress = now;
+                    }
+                    // No flush here: it would stop reading until the server takes every byte.
+                    // `recv`, polled next, writes the queue while it waits for echoes.
+                }
+                let outstanding = next_seq - expected;
+                let stalled = outstanding > 0 && now >= last_progress + plan.timeout;
+                let drained = drain_until.is_some_and(|d| now >= d);
+                if stalled || drained {
+                    lock(stats).error("timeout", outstanding);
+                    break;
+                }
+            }
+        }
+    }
+    // Close politely, within the close timeout; the result no longer matters.
+    let _ = tokio::time::timeout(plan.timeout, ws.close(CloseCode::NORMAL, "")).await;
+}

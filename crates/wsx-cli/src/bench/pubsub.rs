@@ -1,0 +1,467 @@
+//! `wsx bench pubsub`: publishers and subscribers on rooms where every message goes to every
+//! member (`wsx serve`'s `/room/NAME`): deliveries per second, publish-to-receive latency, and
+//! every delivery checked for loss, duplication and order.
+//!
+//! Publishers send on one open-loop schedule (`--rate` messages per second in total, spread
+//! over every publisher), so a slow room is charged to every message it delays. Each message
+//! carries its publisher's number and sequence in the sequence field of the echo payload
+//! ([`super::payload`]): `publisher << 40 | k`, with its scheduled send time and checksum. A
+//! subscriber expects each publisher's messages in sequence: a jump forward is that many
+//! messages lost, a step back a duplicate or a reordering. At the end subscribers wait (up to
+//! `--timeout`) for everything the publishers sent; what never arrived is lost too.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use clap::Args;
+use wsx::proto::deflate::DeflateConfig;
+use wsx::{ClientBuilder, CloseCode, MaybeTlsStream, Message, WebSocket, WebSocketConfig};
+
+use super::payload::{self, Payloads};
+use super::report::{fmt_count, Report, Stats};
+use super::{connect_error_kind, lock, run_error_kind, run_threads, Common, Schedule, Thread, Timeline};
+use crate::connect::format::parse_size;
+
+/// Bits of the sequence field that number a publisher's messages.
+const SEQ_BITS: u32 = 40;
+const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
+
+/// Options of `wsx bench pubsub`.
+#[derive(Args, Debug, Clone)]
+pub struct PubsubArgs {
+    /// The room's URL (`ws://host:port/room/NAME`); with --rooms N, the rooms are NAME-0 …
+    /// NAME-(N-1).
+    url: String,
+    /// Rooms, each with its own publishers and subscribers.
+    #[arg(long, default_value_t = 1)]
+    rooms: usize,
+    /// Publishers per room.
+    #[arg(short = 'p', long, default_value_t = 1)]
+    publishers: usize,
+    /// Subscribers per room (members that only receive).
+    #[arg(short = 'S', long, default_value_t = 10)]
+    subscribers: usize,
+    /// Messages published per second in total (all rooms), on a fixed schedule.
+    #[arg(short = 'r', long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Message size in bytes (k, M: powers of 1024); at least 20 (binary) or 40 (text).
+    #[arg(short = 's', long, value_parser = parse_size)]
+    size: Option<usize>,
+    /// Text messages (JSON-like ASCII) instead of binary ones.
+    #[arg(long, conflicts_with = "binary")]
+    text: bool,
+    /// Binary messages (the default).
+    #[arg(long)]
+    binary: bool,
+    /// Offer permessage-deflate.
+    #[arg(long)]
+    deflate: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+/// What a connection does in the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Publisher number `id` (of all rooms') in `room`.
+    Publisher { room: usize, id: usize },
+    /// A subscriber of `room`.
+    Subscriber { room: usize },
+}
+
+/// The connections of the run, in order: for each room, its publishers then its subscribers.
+fn roles(rooms: usize, publishers: usize, subscribers: usize) -> Vec<Role> {
+    let mut out = Vec::with_capacity(rooms * (publishers + subscribers));
+    for room in 0..rooms {
+        out.extend((0..publishers).map(|p| Role::Publisher { room, id: room * publishers + p }));
+        out.extend((0..subscribers).map(|_| Role::Subscriber { room }));
+    }
+    out
+}
+
+/// The URL of room `room` of `rooms`.
+fn room_url(url: &str, room: usize, rooms: usize) -> String {
+    if rooms == 1 {
+        return url.to_owned();
+    }
+    match url.find(['?', '#']) {
+        Some(at) => format!("{}-{room}{}", &url[..at], &url[at..]),
+        None => format!("{url}-{room}"),
+    }
+}
+
+/// What every task shares.
+struct Plan {
+    builders: Vec<ClientBuilder>,
+    payloads: Payloads,
+    schedule: Schedule,
+    publishers: usize,
+    warmup: Duration,
+    duration: Duration,
+    timeout: Duration,
+    common: Common,
+    roles: Vec<Role>,
+    /// Messages each publisher has sent so far (its next sequence number).
+    sent: Vec<AtomicU64>,
+    /// Publishers that have stopped sending (done, or failed).
+    done: AtomicUsize,
+}
+
+/// Open loop: while this many bytes wait to be written, due messages wait in the publisher.
+const QUEUE: usize = 1 << 20;
+
+/// Runs `wsx bench pubsub`.
+pub fn run(mut args: PubsubArgs) -> anyhow::Result<std::process::ExitCode> {
+    let size = *args.size.get_or_insert(payload::header_len(args.text));
+    args.common.check()?;
+    if args.rooms == 0 || args.publishers == 0 || args.subscribers == 0 {
+        bail!("--rooms, --publishers and --subscribers must be at least 1");
+    }
+    if !(args.rate.is_finite() && args.rate > 0.0) {
+        bail!("--rate must be a positive number of messages per second");
+    }
+    let url = crate::connect::normalize_url(&args.url);
+    let mut config = WebSocketConfig::default();
+    // Above what a publisher queues, so that it never stops reading the room (see bench echo).
+    config.proto.write_buffer_high_water = QUEUE * 4 + size;
+    if args.deflate {
+        config.deflate = Some(DeflateConfig::default());
+    }
+    let builders = (0..args.rooms)
+        .map(|r| args.common.builder(&room_url(&url, r, args.rooms), config.clone()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let roles = roles(args.rooms, args.publishers, args.subscribers);
+    let total_publishers = args.rooms * args.publishers;
+    let threads = args.common.threads.min(roles.len());
+    let plan = Arc::new(Plan {
+        builders,
+        payloads: Payloads::new(size, args.text).map_err(anyhow::Error::msg)?,
+        schedule: Schedule::new(args.rate, total_publishers),
+        publishers: args.publishers,
+        warmup: args.common.warmup,
+        duration: args.common.duration,
+        timeout: args.common.timeout,
+        common: args.common.clone(),
+        sent: (0..total_publishers).map(|_| AtomicU64::new(0)).collect(),
+        done: AtomicUsize::new(0),
+        roles,
+    });
+    let timeline = Timeline::Window { warmup: args.common.warmup, duration: args.common.duration, preopened: true };
+    let conns = plan.roles.len();
+    let run_plan = plan.clone();
+    let finished = run_threads(&args.common, threads, "deliveries", timeline, move |t| worker(run_plan.clone(), t))?;
+
+    let published = finished.stats.counts.get("published").copied().unwrap_or(0);
+    let expected = published * args.subscribers as u64;
+    let window = args.common.duration.as_secs_f64();
+    let mut extra_json = serde_json::Map::new();
+    extra_json.insert("rooms".into(), serde_json::json!(args.rooms));
+    extra_json.insert("publishers".into(), serde_json::json!(args.publishers));
+    extra_json.insert("subscribers".into(), serde_json::json!(args.subscribers));
+    extra_json.insert("published".into(), serde_json::json!(published));
+    extra_json.insert("published_per_s".into(), serde_json::json!(published as f64 / window));
+    extra_json.insert("deliveries_expected".into(), serde_json::json!(expected));
+    let extra_lines = vec![format!(
+        "published    {published} ({}/s), each to {} subscribers: {expected} deliveries expected, {} made",
+        fmt_count(published as f64 / window),
+        args.subscribers,
+        finished.stats.msgs
+    )];
+    let report = Report {
+        url,
+        mode: "pubsub",
+        unit: "deliveries",
+        rate_key: "deliveries_per_s",
+        shape: format!(
+            "{} room(s) × ({} publishers + {} subscribers) = {conns} conns ({} connected), {} msgs/s published, {size} B {}{}",
+            args.rooms,
+            args.publishers,
+            args.subscribers,
+            finished.stats.connected,
+            fmt_count(args.rate),
+            if args.text { "text" } else { "binary" },
+            if args.deflate { " deflate" } else { "" },
+        ),
+        latency_label: "scheduled publish to receipt by a subscriber".into(),
+        conns,
+        threads,
+        size,
+        depth: None,
+        rate: Some(args.rate),
+        text: args.text,
+        deflate: args.deflate,
+        warmup: args.common.warmup,
+        duration: args.common.duration,
+        stats: finished.stats,
+        cpu_share: finished.cpu_share,
+        server: finished.server,
+        extra_lines,
+        extra_json,
+    };
+    super::finish(&report, &args.common)
+}
+
+/// One generator thread: opens its share of the connections, then runs them.
+async fn worker(plan: Arc<Plan>, mut thread: Thread) {
+    let stats = thread.stats.clone();
+    let opened = Instant::now();
+    let mut connecting = tokio::task::JoinSet::new();
+    for (i, role) in plan.roles.iter().enumerate().skip(thread.index).step_by(thread.threads) {
+        let room = match *role {
+            Role::Publisher { room, .. } | Role::Subscriber { room } => room,
+        };
+        let builder = plan.builders[room].clone();
+        let (role, at) = (*role, opened + plan.common.connect_delay(i));
+        connecting.spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
+            (role, builder.connect().await)
+        });
+    }
+    let mut open = Vec::new();
+    while let Some(joined) = connecting.join_next().await {
+        let Ok((role, result)) = joined else { continue };
+        match result {
+            Ok((ws, _)) => {
+                let mut s = lock(&stats);
+                s.connected += 1;
+                s.deflated += u64::from(ws.extensions().is_some_and(|x| x.contains("permessage-deflate")));
+                drop(s);
+                open.push((role, ws));
+            }
+            Err(e) => {
+                lock(&stats).connect_error(connect_error_kind(&e));
+                if let Role::Publisher { .. } = role {
+                    plan.done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+    let Some(start) = thread.start().await else { return };
+    let mut running = tokio::task::JoinSet::new();
+    for (role, ws) in open {
+        let (plan, stats) = (plan.clone(), stats.clone());
+        // The hard deadline: the run, the wait for the last deliveries, the closing handshake.
+        let hard = start + plan.warmup + plan.duration + plan.timeout * 2 + Duration::from_secs(3);
+        running.spawn(async move {
+            let conn = async {
+                match role {
+                    Role::Publisher { id, .. } => publish(ws, id, &plan, start, &stats).await,
+                    Role::Subscriber { room } => subscribe(ws, room, &plan, start, &stats).await,
+                }
+            };
+            if tokio::time::timeout_at(hard.into(), conn).await.is_err() {
+                lock(&stats).error("timeout", 1);
+            }
+            if let Role::Publisher { .. } = role {
+                // Also when it failed or timed out: subscribers stop waiting for it.
+                plan.done.fetch_add(1, Ordering::Relaxed);
+            }
+            lock(&stats).closed += 1;
+        });
+    }
+    while running.join_next().await.is_some() {}
+}
+
+/// A publisher: sends its share of the schedule (reading, and dropping, what the room sends it
+/// meanwhile), then closes.
+async fn publish(mut ws: WebSocket<MaybeTlsStream>, id: usize, plan: &Plan, start: Instant, stats: &Mutex<Stats>) {
+    let window = (plan.warmup.as_nanos() as u64, (plan.warmup + plan.duration).as_nanos() as u64);
+    let end = start + plan.warmup + plan.duration;
+    let mut k = 0u64;
+    let mut published = 0u64;
+    let mut held_back = false;
+    loop {
+        let sched = plan.schedule.at(id, k);
+        if start + Duration::from_nanos(sched) >= end {
+            break;
+        }
+        let wake =
+            if held_back { Instant::now() + Duration::from_millis(1) } else { start + Duration::from_nanos(sched) };
+        tokio::select! {
+            biased;
+            event = ws.recv() => match event {
+                Some(Ok(Message::Close(frame))) => {
+                    lock(stats).error(format!("close {}", frame.map_or(1005, |f| f.code.0)), 1);
+                    return;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    lock(stats).error(run_error_kind(&e), 1);
+                    return;
+                }
+                None => {
+                    lock(stats).error("close 1006", 1);
+                    return;
+                }
+            },
+            () = tokio::time::sleep_until(wake.into()) => {
+                let now = Instant::now();
+                held_back = false;
+                let mut lags = Vec::new();
+                for _ in 0..1024 {
+                    if ws.buffered_amount() >= QUEUE {
+                        held_back = true;
+                        break;
+                    }
+                    let sched = plan.schedule.at(id, k);
+                    let due = start + Duration::from_nanos(sched);
+                    if due > now || due >= end {
+                        break;
+                    }
+                    let data = plan.payloads.make(((id as u64) << SEQ_BITS) | k, sched);
+                    let msg = if plan.payloads.text() {
+                        Message::Text(wsx::Utf8Bytes::try_from(data).unwrap_or_else(|_| wsx::Utf8Bytes::from("")))
+                    } else {
+                        Message::Binary(data)
+                    };
+                    if let Err(e) = ws.feed(msg).await {
+                        lock(stats).error(run_error_kind(&e), 1);
+                        return;
+                    }
+                    k += 1;
+                    plan.sent[id].store(k, Ordering::Relaxed);
+                    if sched >= window.0 && sched < window.1 {
+                        published += 1;
+                        lags.push(now.saturating_duration_since(due).as_nanos() as u64);
+                    }
+                }
+                if !lags.is_empty() {
+                    let mut s = lock(stats);
+                    s.count("published", std::mem::take(&mut published));
+                    for ns in lags {
+                        s.record_lag(ns);
+                    }
+                }
+            }
+        }
+    }
+    // Closing writes what is queued first; the room's traffic to this member is dropped.
+    let _ = tokio::time::timeout(plan.timeout, ws.close(CloseCode::NORMAL, "")).await;
+}
+
+/// A subscriber: checks and times every delivery until the publishers of its room are done and
+/// everything they sent has arrived (or `--timeout` after the end).
+async fn subscribe(mut ws: WebSocket<MaybeTlsStream>, room: usize, plan: &Plan, start: Instant, stats: &Mutex<Stats>) {
+    let window = (plan.warmup.as_nanos() as u64, (plan.warmup + plan.duration).as_nanos() as u64);
+    let end = start + plan.warmup + plan.duration;
+    let first = room * plan.publishers;
+    let mut expected = vec![0u64; plan.publishers];
+    let mut latencies = Vec::with_capacity(512);
+    let mut flushed_at = Instant::now();
+    let mut seen = 0u64;
+    let flush = |latencies: &mut Vec<u64>, seen: &mut u64| {
+        let mut s = lock(stats);
+        s.seen += std::mem::take(seen);
+        s.msgs += latencies.len() as u64;
+        for ns in latencies.drain(..) {
+            s.record_latency(ns);
+        }
+    };
+    let all_in = |expected: &[u64]| {
+        plan.done.load(Ordering::Relaxed) == plan.sent.len()
+            && expected.iter().enumerate().all(|(j, &e)| e >= plan.sent[first + j].load(Ordering::Relaxed))
+    };
+    loop {
+        let now = Instant::now();
+        if now >= end && all_in(&expected) {
+            break;
+        }
+        if now >= end + plan.timeout {
+            let missing: u64 = expected
+                .iter()
+                .enumerate()
+                .map(|(j, &e)| plan.sent[first + j].load(Ordering::Relaxed).saturating_sub(e))
+                .sum();
+            lock(stats).error("lost", missing);
+            break;
+        }
+        let wake = if now < end { end } else { now + Duration::from_millis(5) };
+        tokio::select! {
+            biased;
+            event = ws.recv() => {
+                let (text, data) = match event {
+                    Some(Ok(Message::Text(t))) => (true, t.into_bytes()),
+                    Some(Ok(Message::Binary(b))) => (false, b),
+                    Some(Ok(Message::Close(frame))) => {
+                        lock(stats).error(format!("close {}", frame.map_or(1005, |f| f.code.0)), 1);
+                        break;
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => {
+                        lock(stats).error(run_error_kind(&e), 1);
+                        break;
+                    }
+                    None => {
+                        lock(stats).error("close 1006", 1);
+                        break;
+                    }
+                };
+                let at = Instant::now();
+                seen += 1;
+                match plan.payloads.check(text, &data) {
+                    Ok((seq, sched)) => {
+                        let (publisher, k) = ((seq >> SEQ_BITS) as usize, seq & SEQ_MASK);
+                        match publisher.checked_sub(first).filter(|&j| j < plan.publishers) {
+                            None => lock(stats).error("message from another room", 1),
+                            Some(j) => {
+                                if k < expected[j] {
+                                    lock(stats).error("duplicate or out of order", 1);
+                                } else {
+                                    if k > expected[j] {
+                                        lock(stats).error("lost", k - expected[j]);
+                                    }
+                                    expected[j] = k + 1;
+                                    if sched >= window.0 && sched < window.1 {
+                                        let since_start = at.saturating_duration_since(start).as_nanos() as u64;
+                                        latencies.push(since_start.saturating_sub(sched));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Err(_) => lock(stats).error("corrupt message", 1),
+                }
+                if latencies.len() >= 512 || at >= flushed_at + Duration::from_millis(100) {
+                    flush(&mut latencies, &mut seen);
+                    flushed_at = at;
+                }
+            }
+            () = tokio::time::sleep_until(wake.into()) => {}
+        }
+    }
+    flush(&mut latencies, &mut seen);
+    let _ = tokio::time::timeout(plan.timeout, ws.close(CloseCode::NORMAL, "")).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rooms_get_their_publishers_then_subscribers() {
+        let r = roles(2, 2, 3);
+        assert_eq!(r.len(), 10);
+        assert_eq!(r[0], Role::Publisher { room: 0, id: 0 });
+        assert_eq!(r[1], Role::Publisher { room: 0, id: 1 });
+        assert_eq!(r[2], Role::Subscriber { room: 0 });
+        assert_eq!(r[5], Role::Publisher { room: 1, id: 2 });
+        assert_eq!(r[9], Role::Subscriber { room: 1 });
+    }
+
+    #[test]
+    fn room_urls_are_numbered_only_when_there_are_several() {
+        assert_eq!(room_url("ws://h/room/a", 0, 1), "ws://h/room/a");
+        assert_eq!(room_url("ws://h/room/a", 3, 4), "ws://h/room/a-3");
+        assert_eq!(room_url("ws://h/room/a?x=1", 1, 2), "ws://h/room/a-1?x=1");
+    }
+
+    #[test]
+    fn the_sequence_field_holds_publisher_and_number() {
+        let p = Payloads::new(64, false).unwrap();
+        let seq = (7u64 << SEQ_BITS) | 123_456;
+        let (got, sched) = p.check(false, &p.make(seq, 99)).unwrap();
+        assert_eq!((got >> SEQ_BITS, got & SEQ_MASK, sched), (7, 123_456, 99));
+    }
+}

@@ -17,6 +17,7 @@ mod connect;
 mod echo;
 mod payload;
 mod pubsub;
+mod raw;
 mod report;
 
 use std::future::Future;

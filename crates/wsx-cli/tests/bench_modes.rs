@@ -296,3 +296,32 @@ fn help_lists_every_mode() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--hold goes with --ramp"));
 }
+
+#[test]
+fn raw_drives_a_plain_byte_echo() {
+    // The ceiling of scripts/bench-servers: a TCP byte echo, no WebSocket code at all.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = tcp.try_clone().unwrap();
+                let mut writer = tcp;
+                let _ = std::io::copy(&mut reader, &mut writer);
+            });
+        }
+    });
+    for size in ["20", "70000"] {
+        let (out, j) = bench(
+            "echo",
+            &format!("ws://{addr}/"),
+            &["--raw", "--conns", "2", "--depth", "4", "--size", size, "--duration", "0.5", "--warmup", "0"],
+        );
+        assert!(out.status.success(), "{}\n{j}", String::from_utf8_lossy(&out.stderr));
+        assert!(num(&j, &["messages"]) > 10.0, "{j}");
+        assert_eq!(j["error_count"], 0, "{j}");
+    }
+    // Without --raw, the byte echo cannot answer the handshake.
+    let (out, _) = bench("echo", &format!("ws://{addr}/"), &["--conns", "1", "--duration", "0.3", "--timeout", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+}

@@ -43,6 +43,10 @@ pub struct EchoArgs {
     deflate: bool,
     #[command(flatten)]
     common: Common,
+    /// The ceiling: drive a plain TCP byte echo (no handshake; our masked frames come back as
+    /// they were sent and are unmasked on the way in). For `scripts/bench-servers`.
+    #[arg(long, hide = true)]
+    raw: bool,
     /// Testing the generator itself: block each generator thread this long once a second (a
     /// stand-in for a GC pause or a descheduled thread), to check that open loop charges the
     /// delay to the messages it held up.
@@ -79,8 +83,18 @@ pub fn run(mut args: EchoArgs) -> anyhow::Result<std::process::ExitCode> {
     }
     let url = crate::connect::normalize_url(&args.url);
     let threads = args.common.threads.min(args.conns);
+    let raw = match args.raw {
+        false => None,
+        true => {
+            let Some(addr) = url.strip_prefix("ws://").map(|rest| rest.trim_end_matches('/')) else {
+                bail!("--raw takes ws://HOST:PORT/");
+            };
+            Some((addr.to_owned(), config(&args, size)))
+        }
+    };
     let plan = Arc::new(Plan {
         builder: args.common.builder(&url, config(&args, size))?,
+        raw,
         payloads: Payloads::new(size, args.text).map_err(anyhow::Error::msg)?,
         depth: args.depth,
         schedule: args.rate.map(|r| Schedule::new(r, args.conns)),
@@ -131,6 +145,8 @@ pub fn run(mut args: EchoArgs) -> anyhow::Result<std::process::ExitCode> {
 /// What every connection task needs to know.
 struct Plan {
     builder: ClientBuilder,
+    /// `--raw`: the byte echo's address, and the connection settings.
+    raw: Option<(String, WebSocketConfig)>,
     payloads: Payloads,
     depth: usize,
     /// Open loop: the schedule.
@@ -150,6 +166,12 @@ struct Plan {
 /// Queued messages are written by `recv` as it waits for echoes.
 const OPEN_LOOP_QUEUE: usize = 1 << 20;
 
+/// An open connection: through the library's client, or `--raw` to a byte echo.
+enum Conn {
+    Ws(wsx::WebSocket<wsx::MaybeTlsStream>),
+    Raw(wsx::WebSocket<super::raw::Unmasked<tokio::net::TcpStream>>),
+}
+
 /// One generator thread: opens its share of the connections (every `threads`-th, from its
 /// index), then runs them.
 async fn worker(plan: Arc<Plan>, mut thread: Thread) {
@@ -157,24 +179,38 @@ async fn worker(plan: Arc<Plan>, mut thread: Thread) {
     let opened = Instant::now();
     let mut connecting = tokio::task::JoinSet::new();
     for id in (thread.index..plan.conns).step_by(thread.threads) {
-        let builder = plan.builder.clone();
+        let plan = plan.clone();
         let at = opened + plan.common.connect_delay(id);
         connecting.spawn(async move {
             tokio::time::sleep_until(at.into()).await;
-            (id, builder.connect().await)
+            let conn = match &plan.raw {
+                None => plan.builder.clone().connect().await.map(|(ws, _)| Conn::Ws(ws)),
+                Some((addr, config)) => {
+                    let connecting = super::raw::connect(addr, config);
+                    match tokio::time::timeout(plan.timeout, connecting).await {
+                        Ok(Ok(ws)) => Ok(Conn::Raw(ws)),
+                        Ok(Err(e)) => Err(wsx::Error::Io(e)),
+                        Err(_) => Err(wsx::Error::HandshakeTimeout(plan.timeout)),
+                    }
+                }
+            };
+            (id, conn)
         });
     }
     let mut open = Vec::new();
     while let Some(joined) = connecting.join_next().await {
         let Ok((id, result)) = joined else { continue };
         match result {
-            Ok((ws, _)) => {
-                let deflated = ws.extensions().is_some_and(|x| x.contains("permessage-deflate"));
+            Ok(conn) => {
+                let deflated = match &conn {
+                    Conn::Ws(ws) => ws.extensions().is_some_and(|x| x.contains("permessage-deflate")),
+                    Conn::Raw(_) => false,
+                };
                 let mut s = lock(&stats);
                 s.connected += 1;
                 s.deflated += u64::from(deflated);
                 drop(s);
-                open.push((id, ws));
+                open.push((id, conn));
             }
             Err(e) => lock(&stats).connect_error(connect_error_kind(&e)),
         }
@@ -193,13 +229,18 @@ async fn worker(plan: Arc<Plan>, mut thread: Thread) {
             }
         });
     }
-    for (id, ws) in open {
+    for (id, conn) in open {
         let (plan, stats) = (plan.clone(), stats.clone());
         // The hard deadline: the run, the wait for the last echoes, the closing handshake.
         let hard = start + plan.warmup + plan.duration + plan.timeout + Duration::from_secs(3);
         running.spawn(async move {
-            let conn = drive(ws, id, &plan, start, &stats);
-            if tokio::time::timeout_at(hard.into(), conn).await.is_err() {
+            let run = async {
+                match conn {
+                    Conn::Ws(ws) => drive(ws, id, &plan, start, &stats).await,
+                    Conn::Raw(ws) => drive(ws, id, &plan, start, &stats).await,
+                }
+            };
+            if tokio::time::timeout_at(hard.into(), run).await.is_err() {
                 lock(&stats).error("timeout", 1);
             }
             lock(&stats).closed += 1;
@@ -255,8 +296,8 @@ impl Drop for Local<'_> {
 
 /// One connection's run: sends on its schedule (open loop) or as echoes return (closed loop),
 /// checks and times every echo, then waits for the echoes still due and closes.
-async fn drive(
-    mut ws: wsx::WebSocket<wsx::MaybeTlsStream>,
+async fn drive<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut ws: wsx::WebSocket<S>,
     id: usize,
     plan: &Plan,
     start: Instant,
@@ -420,6 +461,9 @@ async fn drive(
             }
         }
     }
-    // Close politely, within the close timeout; the result no longer matters.
-    let _ = tokio::time::timeout(plan.timeout, ws.close(CloseCode::NORMAL, "")).await;
+    // Close politely, within the close timeout; the result no longer matters. A byte echo
+    // (`--raw`) would only echo the close frame and wait for us to end the TCP connection.
+    if plan.raw.is_none() {
+        let _ = tokio::time::timeout(plan.timeout, ws.close(CloseCode::NORMAL, "")).await;
+    }
 }

@@ -60,7 +60,7 @@ pub const MAX_REPORT_BYTES: u64 = 64 << 20;
 pub const VERSION: u64 = 1;
 
 /// Top-level keys that describe how a run was made rather than what it measured: shown in the
-/// settings header, not in the table.
+/// settings header, not in the table. Those of one mode are simply absent from the others'.
 pub const SETTINGS: &[&str] = &[
     "mode",
     "url",
@@ -74,6 +74,13 @@ pub const SETTINGS: &[&str] = &[
     "threads",
     "duration_s",
     "warmup_s",
+    // bench connect
+    "ramp",
+    "hold_s",
+    // bench pubsub
+    "rooms",
+    "publishers",
+    "subscribers",
 ];
 
 /// Settings that may differ without a warning.
@@ -246,6 +253,7 @@ pub fn better(key: &str) -> Option<Better> {
     if ["_ms", "_us", "_ns"].iter().any(|unit| leaf.ends_with(unit))
         || leaf.contains("cpu")
         || leaf.ends_with("_bytes")
+        || leaf.starts_with("bytes_per_")
         || leaf.contains("rss")
         || leaf.contains("memory")
     {
@@ -278,7 +286,7 @@ fn unit(key: &str) -> Unit {
     if leaf.contains("share") {
         return Unit::Share;
     }
-    Unit::Count { bytes: leaf == "bytes" || leaf.ends_with("_bytes") }
+    Unit::Count { bytes: leaf == "bytes" || leaf.ends_with("_bytes") || leaf.starts_with("bytes_") }
 }
 
 /// A value for people, as `report.rs` prints them: `12.3 ms`, `45.6k`, `1.23MB`, `45%`.
@@ -627,7 +635,7 @@ mod tests {
 
     #[test]
     fn knows_which_way_is_better() {
-        for key in ["msgs_per_s", "bytes_per_s", "handshakes_per_s", "pubsub.deliveries_per_s"] {
+        for key in ["msgs_per_s", "bytes_per_s", "handshakes_per_s", "deliveries_per_s", "x.published_per_s"] {
             assert_eq!(better(key), Some(Better::Higher), "{key}");
         }
         for key in [
@@ -640,14 +648,23 @@ mod tests {
             "errors.timeout",
             "error_count",
             "generator_cpu_share",
+            "errors.lost",
             "server.rss_bytes",
+            "server.bytes_per_conn",
+            "server.cpu_s",
+            "server.cpu_share",
+            "server.cpu_us_per_unit",
             "memory_per_conn_bytes",
         ] {
             assert_eq!(better(key), Some(Better::Lower), "{key}");
         }
-        for key in ["messages", "latency.count", "connected", "deflate_negotiated", "generator_bound"] {
+        for key in ["messages", "latency.count", "connected", "deflate_negotiated", "generator_bound", "counts.held"] {
             assert_eq!(better(key), None, "{key}");
         }
+        assert_eq!(fmt_value(unit("server.bytes_per_conn"), 20_480.0), "20.5kB");
+        assert_eq!(fmt_value(unit("server.cpu_s"), 1.5), "1.50 s");
+        assert_eq!(fmt_value(unit("server.cpu_share"), 0.25), "25%");
+        assert_eq!(fmt_value(unit("tls.p50_us"), 812.0), "812 µs");
     }
 
     #[test]

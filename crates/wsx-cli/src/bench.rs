@@ -13,6 +13,7 @@
 //! scheduled time ([`payload`]), so the generator keeps no per-message state and its memory
 //! does not grow with the rate.
 
+mod compare;
 mod connect;
 mod echo;
 mod payload;
@@ -43,6 +44,7 @@ Modes:
             held idle, with the server's memory per connection (--server-pid).
   pubsub    Publishers and subscribers on rooms (wsx serve's /room/NAME): deliveries per second,
             publish-to-receive latency, loss and reordering.
+  compare   Two --json reports side by side: each figure, its change, better or worse.
 
 Closed loop (echo's default): each connection keeps --depth messages in flight; the next leaves
 when an echo returns. It measures the most the server can echo, but when the server stalls the
@@ -70,6 +72,8 @@ Examples:
       Open 10,000 connections at 2,000 a second, hold them idle, report server memory per conn.
   wsx bench pubsub --publishers 2 --subscribers 50 --rate 1000 ws://127.0.0.1:8080/room/bench
       2 publishers send 1,000 msgs/s in total to a room of 50 subscribers (50k deliveries/s).
+  wsx bench compare --fail-if-worse 10 before.json after.json
+      Each figure of two --json reports side by side; exit status 1 if one got 10% worse.
 
 Exit status: 0 when the run had no error and met every --fail-if; 1 otherwise (any error,
 including an echo mismatch or a lost message, fails unless an 'errors' condition of --fail-if
@@ -96,6 +100,9 @@ enum Mode {
     /// latency, loss and reordering.
     #[command(after_help = AFTER_HELP)]
     Pubsub(pubsub::PubsubArgs),
+    /// Compare two reports written with --json: each figure, its change, better or worse.
+    #[command(after_help = compare::AFTER_HELP)]
+    Compare(compare::CompareArgs),
 }
 
 /// Options every mode shares.
@@ -212,6 +219,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         Mode::Echo(a) => echo::run(a),
         Mode::Connect(a) => connect::run(a),
         Mode::Pubsub(a) => pubsub::run(a),
+        Mode::Compare(a) => compare::run(a),
     };
     tokio::task::spawn_blocking(job).await.context("the benchmark thread failed")?
 }

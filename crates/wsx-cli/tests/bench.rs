@@ -319,3 +319,73 @@ fn help_explains_both_loops() {
         assert!(help.contains(word), "{word} missing:\n{help}");
     }
 }
+
+#[test]
+fn compare_two_runs_and_fail_if_worse() {
+    let server = Server::start(&["--echo"]);
+    let short = ["--conns", "2", "--depth", "2", "--duration", "0.5"];
+    let (out_a, a) = bench(&server.url("/"), &short);
+    let (out_b, b) = bench(&server.url("/"), &short);
+    assert!(out_a.status.success() && out_b.status.success(), "{}", String::from_utf8_lossy(&out_b.stderr));
+    let dir = std::env::temp_dir();
+    let write = |name: &str, contents: String| {
+        let path = dir.join(format!("wsx-compare-test-{}-{name}.json", std::process::id()));
+        std::fs::write(&path, contents).unwrap();
+        path
+    };
+    let pretty = |j: &serde_json::Value| serde_json::to_string_pretty(j).unwrap();
+    let compare = |args: &[&std::path::Path], extra: &[&str]| {
+        let out = Command::new(WSX).args(["bench", "compare"]).args(extra).args(args).output().unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        eprintln!("wsx bench compare {extra:?} {args:?}: {:?}\n{stdout}{stderr}", out.status);
+        (out.status.code(), stdout.into_owned(), stderr.into_owned())
+    };
+    let (pa, pb) = (write("a", pretty(&a)), write("b", pretty(&b)));
+
+    let (code, stdout, _) = compare(&[&pa, &pb], &[]);
+    assert_eq!(code, Some(0));
+    let line = |key: &str| stdout.lines().find(|l| l.starts_with(&format!("{key} "))).map(str::to_string);
+    for key in ["msgs_per_s", "bytes_per_s", "latency.p99_ms", "error_count"] {
+        assert!(line(key).is_some(), "no {key} row:\n{stdout}");
+    }
+    assert!(line("msgs_per_s").is_some_and(|l| l.contains('%')), "{stdout}");
+    assert!(!stdout.contains("warning"), "same settings:\n{stdout}");
+
+    // A copy of A with half the throughput: worse by 50%, named on stderr, exit status 1.
+    let mut slow = a.clone();
+    slow["msgs_per_s"] = (a["msgs_per_s"].as_f64().unwrap() / 2.0).into();
+    let ps = write("slow", pretty(&slow));
+    let (code, stdout, stderr) = compare(&[&pa, &ps], &["--fail-if-worse", "10"]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("msgs_per_s -50.0%") && !stderr.contains("latency"), "{stderr}");
+    let msgs = stdout.lines().find(|l| l.starts_with("msgs_per_s ")).unwrap_or_default();
+    assert!(msgs.contains("-50.0%") && msgs.ends_with("worse"), "{stdout}");
+    // Within the threshold, and nothing changed: status 0.
+    assert_eq!(compare(&[&pa, &ps], &["--fail-if-worse", "60"]).0, Some(0));
+    assert_eq!(compare(&[&pa, &pa], &["--fail-if-worse", "0"]).0, Some(0));
+
+    // Different settings are warned about.
+    let mut big = a.clone();
+    big["size"] = 1024.into();
+    let pbig = write("big", pretty(&big));
+    let (code, stdout, _) = compare(&[&pa, &pbig], &[]);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("warning: the runs' settings differ (size)"), "{stdout}");
+
+    // What is not a report: a clear error naming the file, status 2.
+    let junk = write("junk", "not json at all".into());
+    let (code, _, stderr) = compare(&[&pa, &junk], &[]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains(&format!("{}: not JSON", junk.display())), "{stderr}");
+    let other = write("other", "{\"mode\": \"echo\"}".into());
+    let (code, _, stderr) = compare(&[&other, &pb], &[]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("not a wsx bench report"), "{stderr}");
+    let missing = dir.join("wsx-compare-test-no-such-file.json");
+    let (code, _, stderr) = compare(&[&pa, &missing], &[]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("cannot open") && stderr.contains("no-such-file"), "{stderr}");
+    for path in [pa, pb, ps, pbig, junk, other] {
+        let _ = std::fs::remove_file(path);
+    }
+}

@@ -20,6 +20,7 @@ mod payload;
 mod pubsub;
 mod raw;
 mod report;
+mod wire;
 
 use std::future::Future;
 use std::io::IsTerminal as _;

@@ -244,6 +244,11 @@ impl<S> Core<S> {
         }
     }
 
+    /// The stream, the connection and the bytes read but not parsed (see `WebSocket::into_parts`).
+    pub(crate) fn into_parts(self) -> (S, Connection, BytesMut) {
+        (self.stream, self.conn, self.read.buf)
+    }
+
     /// Whether a task is waiting on the stream's write side (see `WriteState::blocked`).
     pub(crate) fn is_write_blocked(&self) -> bool {
         self.write.blocked

@@ -90,6 +90,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         Self { core: Core::new(stream, conn, leftover), protocol, extensions, request: None }
     }
 
+    /// Takes the connection apart, the inverse of [`from_parts`](Self::from_parts): the stream,
+    /// the protocol state machine, and the bytes read from the stream but not parsed yet.
+    ///
+    /// Output the connection has produced and not written yet stays in
+    /// [`Connection::output`](wsx_proto::Connection::output); a peer's close that was read but
+    /// not yet returned by [`recv`](Self::recv) shows in
+    /// [`Connection::close_received`](wsx_proto::Connection::close_received). Timers become
+    /// the caller's: poll [`Connection::poll_timeout`](wsx_proto::Connection::poll_timeout).
+    /// For drivers that run the sans-I/O core themselves after the handshake (the `wsx bench`
+    /// generator does, to answer a read's worth of echoes with one write and no future per
+    /// message).
+    pub fn into_parts(self) -> (S, Connection, BytesMut) {
+        self.core.into_parts()
+    }
+
     /// Receives the next message: text, binary, ping, pong, or the peer's close. After the close
     /// (or an error) the transport is closed properly and `None` follows.
     ///

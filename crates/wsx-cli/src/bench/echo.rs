@@ -4,12 +4,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
+use bytes::BytesMut;
 use clap::Args;
 use wsx::proto::deflate::DeflateConfig;
-use wsx::{ClientBuilder, CloseCode, Message, WebSocketConfig};
+use wsx::{ClientBuilder, MaybeTlsStream, Message, WebSocketConfig};
 
 use super::payload::{self, Payloads};
 use super::report::{Report, Stats};
+use super::wire::{Io, Wire};
 use super::{connect_error_kind, lock, run_error_kind, run_threads, Common, Schedule, Thread, Timeline};
 use crate::connect::format::parse_size;
 
@@ -166,12 +168,6 @@ struct Plan {
 /// Queued messages are written by `recv` as it waits for echoes.
 const OPEN_LOOP_QUEUE: usize = 1 << 20;
 
-/// An open connection: through the library's client, or `--raw` to a byte echo.
-enum Conn {
-    Ws(wsx::WebSocket<wsx::MaybeTlsStream>),
-    Raw(wsx::WebSocket<super::raw::Unmasked<tokio::net::TcpStream>>),
-}
-
 /// One generator thread: opens its share of the connections (every `threads`-th, from its
 /// index), then runs them.
 async fn worker(plan: Arc<Plan>, mut thread: Thread) {
@@ -184,11 +180,11 @@ async fn worker(plan: Arc<Plan>, mut thread: Thread) {
         connecting.spawn(async move {
             tokio::time::sleep_until(at.into()).await;
             let conn = match &plan.raw {
-                None => plan.builder.clone().connect().await.map(|(ws, _)| Conn::Ws(ws)),
+                None => plan.builder.clone().connect().await.map(|(ws, _)| Wire::new(ws)),
                 Some((addr, config)) => {
                     let connecting = super::raw::connect(addr, config);
                     match tokio::time::timeout(plan.timeout, connecting).await {
-                        Ok(Ok(ws)) => Ok(Conn::Raw(ws)),
+                        Ok(Ok(wire)) => Ok(wire),
                         Ok(Err(e)) => Err(wsx::Error::Io(e)),
                         Err(_) => Err(wsx::Error::HandshakeTimeout(plan.timeout)),
                     }
@@ -202,10 +198,7 @@ async fn worker(plan: Arc<Plan>, mut thread: Thread) {
         let Ok((id, result)) = joined else { continue };
         match result {
             Ok(conn) => {
-                let deflated = match &conn {
-                    Conn::Ws(ws) => ws.extensions().is_some_and(|x| x.contains("permessage-deflate")),
-                    Conn::Raw(_) => false,
-                };
+                let deflated = conn.is_deflate();
                 let mut s = lock(&stats);
                 s.connected += 1;
                 s.deflated += u64::from(deflated);
@@ -234,15 +227,8 @@ async fn worker(plan: Arc<Plan>, mut thread: Thread) {
         // The hard deadline: the run, the wait for the last echoes, the closing handshake.
         let hard = start + plan.warmup + plan.duration + plan.timeout + Duration::from_secs(3);
         running.spawn(async move {
-            let run = async {
-                match conn {
-                    Conn::Ws(ws) => drive(ws, id, &plan, start, &stats).await,
-                    Conn::Raw(ws) => drive(ws, id, &plan, start, &stats).await,
-                }
-            };
-            if tokio::time::timeout_at(hard.into(), run).await.is_err() {
-                lock(&stats).error("timeout", 1);
-            }
+            // Bounded by `hard` (checked by its own timer, not a wrapper polled per read).
+            drive(conn, id, &plan, start, hard, &stats).await;
             lock(&stats).closed += 1;
         });
     }
@@ -296,11 +282,17 @@ impl Drop for Local<'_> {
 
 /// One connection's run: sends on its schedule (open loop) or as echoes return (closed loop),
 /// checks and times every echo, then waits for the echoes still due and closes.
-async fn drive<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
-    mut ws: wsx::WebSocket<S>,
+///
+/// One timer serves the connection: it is set to the next moment something is due (an
+/// open-loop send, the end of the run, a stall check) and re-armed only when it fires, never
+/// per message. Every echo of a read is timed with that read's clock reading, and the
+/// closed-loop messages it releases leave together in the next write.
+async fn drive(
+    mut wire: Wire<MaybeTlsStream>,
     id: usize,
     plan: &Plan,
     start: Instant,
+    hard: Instant,
     stats: &Mutex<Stats>,
 ) {
     let payloads = &plan.payloads;
@@ -308,8 +300,9 @@ async fn drive<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     let in_window = |sched: u64| sched >= window.0 && sched < window.1;
     let end = start + plan.warmup + plan.duration;
     let since_start = |at: Instant| at.saturating_duration_since(start).as_nanos() as u64;
-    let message = |seq: u64, sched: u64| {
-        let data = payloads.make(seq, sched);
+    let mut scratch = BytesMut::new();
+    let mut message = |seq: u64, sched: u64| {
+        let data = payloads.make_in(&mut scratch, seq, sched);
         if payloads.text() {
             // The filler and the hex header are ASCII.
             Message::Text(wsx::Utf8Bytes::try_from(data).unwrap_or_else(|_| wsx::Utf8Bytes::from("")))
@@ -317,153 +310,177 @@ async fn drive<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             Message::Binary(data)
         }
     };
+    let fail = |kind: String| lock(stats).error(kind, 1);
+    let proto_kind = |e: wsx::proto::Error| run_error_kind(&wsx::Error::from(e));
 
     let mut local = Local::new(stats);
     let mut next_seq = 0u64;
     let mut expected = 0u64;
-    let mut last_progress = Instant::now();
     let mut sending = true;
     // Open loop: due messages held back because the output queue is full.
     let mut held_back = false;
     let mut drain_until: Option<Instant> = None;
 
     tokio::time::sleep_until(start.into()).await;
+    let mut last_progress = Instant::now();
     if plan.schedule.is_none() {
+        let now = since_start(last_progress);
         for _ in 0..plan.depth {
-            let now = since_start(Instant::now());
-            if let Err(e) = ws.feed(message(next_seq, now)).await {
-                lock(stats).error(run_error_kind(&e), 1);
+            if let Err(e) = wire.send(message(next_seq, now)) {
+                fail(proto_kind(e));
                 return;
             }
             next_seq += 1;
         }
-        last_progress = Instant::now();
     }
+    let first_wake = match &plan.schedule {
+        Some(s) => start + Duration::from_nanos(s.at(id, 0)),
+        None => end.min(last_progress + plan.timeout),
+    };
+    let timer = tokio::time::sleep_until(first_wake.into());
+    tokio::pin!(timer);
+    let mut clean_end = true;
     loop {
-        let now = Instant::now();
-        // Closed loop stops at the end; open loop once every message scheduled before it left.
-        let sent_all = match &plan.schedule {
-            Some(s) => start + Duration::from_nanos(s.at(id, next_seq)) >= end,
-            None => now >= end,
-        };
-        if sending && sent_all {
-            sending = false;
-            drain_until = Some(now + plan.timeout);
-        }
-        let outstanding = next_seq - expected;
-        if !sending && outstanding == 0 {
-            break;
-        }
-        let next_send = match (&plan.schedule, sending) {
-            // Held back: look again soon, reading meanwhile.
-            (Some(_), true) if held_back => Some(now + Duration::from_millis(1)),
-            (Some(s), true) => Some(start + Duration::from_nanos(s.at(id, next_seq))),
-            _ => None,
-        };
-        let stall_at = (outstanding > 0).then(|| last_progress + plan.timeout);
-        let closed_end = (sending && plan.schedule.is_none()).then_some(end);
-        let wake = [next_send, closed_end, stall_at, drain_until].into_iter().flatten().min();
-        let wake = wake.unwrap_or(now + plan.timeout);
         tokio::select! {
             biased;
-            event = ws.recv() => {
-                let msg = match event {
-                    None => {
-                        lock(stats).error("close 1006", 1);
+            io = wire.io() => {
+                match io {
+                    Ok(Io::Read) => {}
+                    Ok(Io::Eof) => {
+                        fail("close 1006".into());
                         return;
                     }
-                    Some(Err(e)) => {
-                        lock(stats).error(run_error_kind(&e), 1);
+                    Err(e) => {
+                        fail(format!("{:?}", e.kind()).to_lowercase());
                         return;
                     }
-                    Some(Ok(msg)) => msg,
-                };
-                let (text, data) = match msg {
-                    Message::Text(t) => (true, t.into_bytes()),
-                    Message::Binary(b) => (false, b),
-                    Message::Close(frame) => {
-                        let code = frame.map_or(1005, |f| f.code.0);
-                        lock(stats).error(format!("close {code}"), 1);
-                        return;
-                    }
-                    _ => continue,
-                };
+                }
                 let at = Instant::now();
-                last_progress = at;
-                local.echoes += 1;
-                match payloads.check(text, &data) {
-                    Ok((seq, sched)) if seq == expected => {
-                        expected += 1;
-                        if in_window(sched) {
-                            local.latency.push(since_start(at).saturating_sub(sched));
-                        }
-                    }
-                    Ok((seq, _)) => {
-                        // Lost, duplicated or reordered.
-                        lock(stats).error("echo out of order", 1);
-                        expected = expected.max(seq.saturating_add(1)).min(next_seq);
-                    }
-                    Err(_) => {
-                        lock(stats).error("echo mismatch", 1);
-                        expected += 1;
-                    }
-                }
-                local.maybe_flush(at);
-                if sending && plan.schedule.is_none() && next_seq - expected < plan.depth as u64 {
-                    // Closed loop: the next message leaves now; `recv` flushes it when it waits.
-                    if let Err(e) = ws.feed(message(next_seq, since_start(Instant::now()))).await {
-                        lock(stats).error(run_error_kind(&e), 1);
-                        return;
-                    }
-                    next_seq += 1;
-                }
-            }
-            () = tokio::time::sleep_until(wake.into()) => {
-                let now = Instant::now();
-                if let (Some(s), true) = (&plan.schedule, sending) {
-                    // Open loop: everything due leaves now, stamped with its scheduled time.
-                    let was_idle = next_seq == expected;
-                    let mut sent = 0;
-                    held_back = false;
-                    while sent < 1024 {
-                        if ws.buffered_amount() >= OPEN_LOOP_QUEUE {
-                            held_back = true;
+                let at_ns = since_start(at);
+                let mut got = 0;
+                loop {
+                    let msg = match wire.next(at) {
+                        Ok(Some(msg)) => msg,
+                        Ok(None) => break,
+                        Err(e) => {
+                            fail(proto_kind(e));
+                            clean_end = false;
                             break;
                         }
-                        let sched = s.at(id, next_seq);
-                        if start + Duration::from_nanos(sched) > now || start + Duration::from_nanos(sched) >= end {
+                    };
+                    let (text, data) = match msg {
+                        Message::Text(t) => (true, t.into_bytes()),
+                        Message::Binary(b) => (false, b),
+                        Message::Close(frame) => {
+                            fail(format!("close {}", frame.map_or(1005, |f| f.code.0)));
+                            clean_end = false;
                             break;
                         }
-                        if let Err(e) = ws.feed(message(next_seq, sched)).await {
-                            lock(stats).error(run_error_kind(&e), 1);
+                        _ => continue,
+                    };
+                    got += 1;
+                    match payloads.check(text, &data) {
+                        Ok((seq, sched)) if seq == expected => {
+                            expected += 1;
+                            if in_window(sched) {
+                                local.latency.push(at_ns.saturating_sub(sched));
+                            }
+                        }
+                        Ok((seq, _)) => {
+                            // Lost, duplicated or reordered.
+                            fail("echo out of order".into());
+                            expected = expected.max(seq.saturating_add(1)).min(next_seq);
+                        }
+                        Err(_) => {
+                            fail("echo mismatch".into());
+                            expected += 1;
+                        }
+                    }
+                    if sending && plan.schedule.is_none() && next_seq - expected < plan.depth as u64 {
+                        // Closed loop: the next message leaves with this read's replies.
+                        if let Err(e) = wire.send(message(next_seq, at_ns)) {
+                            fail(proto_kind(e));
                             return;
                         }
-                        if in_window(sched) {
-                            local.lag.push(since_start(Instant::now()).saturating_sub(sched));
-                        }
                         next_seq += 1;
-                        sent += 1;
                     }
-                    local.maybe_flush(now);
-                    if was_idle && sent > 0 {
-                        last_progress = now;
+                }
+                if !clean_end {
+                    break;
+                }
+                if got > 0 {
+                    last_progress = at;
+                    local.echoes += got;
+                    local.maybe_flush(at);
+                }
+            }
+            () = &mut timer => {
+                let now = Instant::now();
+                match (&plan.schedule, sending) {
+                    (Some(s), true) => {
+                        // Open loop: everything due leaves now, stamped with its scheduled time.
+                        let was_idle = next_seq == expected;
+                        let mut sent = 0;
+                        held_back = false;
+                        let now_ns = since_start(now);
+                        while sent < 1024 {
+                            if wire.pending() >= OPEN_LOOP_QUEUE {
+                                held_back = true;
+                                break;
+                            }
+                            let sched = s.at(id, next_seq);
+                            if start + Duration::from_nanos(sched) > now || start + Duration::from_nanos(sched) >= end {
+                                break;
+                            }
+                            if let Err(e) = wire.send(message(next_seq, sched)) {
+                                fail(proto_kind(e));
+                                return;
+                            }
+                            if in_window(sched) {
+                                local.lag.push(now_ns.saturating_sub(sched));
+                            }
+                            next_seq += 1;
+                            sent += 1;
+                        }
+                        if was_idle && sent > 0 {
+                            last_progress = now;
+                        }
+                        if start + Duration::from_nanos(s.at(id, next_seq)) >= end {
+                            sending = false;
+                            drain_until = Some(now + plan.timeout);
+                        }
+                        local.maybe_flush(now);
                     }
-                    // No flush here: it would stop reading until the server takes every byte.
-                    // `recv`, polled next, writes the queue while it waits for echoes.
+                    (None, true) if now >= end => {
+                        sending = false;
+                        drain_until = Some(now + plan.timeout);
+                    }
+                    _ => {}
                 }
                 let outstanding = next_seq - expected;
                 let stalled = outstanding > 0 && now >= last_progress + plan.timeout;
                 let drained = drain_until.is_some_and(|d| now >= d);
-                if stalled || drained {
-                    lock(stats).error("timeout", outstanding);
+                if stalled || drained || now >= hard {
+                    lock(stats).error("timeout", outstanding.max(1));
                     break;
                 }
+                // The next moment something is due.
+                let next_send = match (&plan.schedule, sending) {
+                    (Some(_), true) if held_back => Some(now + Duration::from_millis(1)),
+                    (Some(s), true) => Some(start + Duration::from_nanos(s.at(id, next_seq))),
+                    _ => None,
+                };
+                let closed_end = (sending && plan.schedule.is_none()).then_some(end);
+                let stall_at = (outstanding > 0).then(|| last_progress + plan.timeout);
+                let wake = [next_send, closed_end, stall_at, drain_until, Some(hard)].into_iter().flatten().min();
+                timer.as_mut().reset(wake.unwrap_or(now + plan.timeout).into());
             }
         }
+        if !sending && next_seq == expected {
+            break;
+        }
     }
-    // Close politely, within the close timeout; the result no longer matters. A byte echo
-    // (`--raw`) would only echo the close frame and wait for us to end the TCP connection.
-    if plan.raw.is_none() {
-        let _ = tokio::time::timeout(plan.timeout, ws.close(CloseCode::NORMAL, "")).await;
-    }
+    drop(local);
+    // Close politely, within the close timeout; the result no longer matters.
+    wire.close((Instant::now() + plan.timeout).min(hard + plan.timeout)).await;
 }

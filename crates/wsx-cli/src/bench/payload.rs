@@ -17,6 +17,9 @@ pub const BINARY_HEADER: usize = 20;
 /// Header length of a text message: the same three numbers as 16 + 16 + 8 hex digits.
 pub const TEXT_HEADER: usize = 40;
 
+/// Bytes [`Payloads::make_in`] reserves at a time for small messages.
+const SCRATCH: usize = 64 * 1024;
+
 /// At most this many filler variants, and at most this many bytes of them in all.
 const MAX_VARIANTS: usize = 16;
 const MAX_VARIANT_BYTES: usize = 4 << 20;
@@ -64,19 +67,28 @@ impl Payloads {
 
     /// The message with this sequence number and scheduled time.
     pub fn make(&self, seq: u64, sched_ns: u64) -> Bytes {
-        let mut out = BytesMut::with_capacity(self.size);
+        self.make_in(&mut BytesMut::new(), seq, sched_ns)
+    }
+
+    /// [`make`](Self::make), carved out of `scratch`: one allocation serves many small messages
+    /// (and is reused once the frames they were copied into have been written).
+    pub fn make_in(&self, scratch: &mut BytesMut, seq: u64, sched_ns: u64) -> Bytes {
+        if scratch.capacity() < self.size {
+            scratch.reserve(self.size.max(SCRATCH));
+        }
+        let out = scratch;
         let sum = checksum(seq, sched_ns);
         if self.text {
-            put_hex(&mut out, seq, 16);
-            put_hex(&mut out, sched_ns, 16);
-            put_hex(&mut out, u64::from(sum), 8);
+            put_hex(out, seq, 16);
+            put_hex(out, sched_ns, 16);
+            put_hex(out, u64::from(sum), 8);
         } else {
             out.put_u64_le(seq);
             out.put_u64_le(sched_ns);
             out.put_u32_le(sum);
         }
         out.put_slice(self.filler(seq));
-        out.freeze()
+        out.split().freeze()
     }
 
     /// Checks an echo; returns its sequence number and scheduled time.

@@ -1,0 +1,153 @@
+//! The generator's connection driver: the protocol core ([`wsx::proto::Connection`]) run over
+//! the stream directly, after the library's client has done the handshake.
+//!
+//! A generator does the same thing for every read: take a read's worth of frames, check each,
+//! queue the next messages, write them in one go. The library's `WebSocket` serves an
+//! application one message per `recv` future, with its timers re-armed on each; here one clock
+//! reading and one pass over the buffer serve the whole read, and writing never waits for
+//! reading or the other way round (a generator must keep reading echoes while its own output
+//! is blocked, or it and a server that does the same would wait on each other). Framing,
+//! masking, UTF-8 checks, permessage-deflate, pings and the close handshake stay the core's.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Instant;
+
+use bytes::{Buf as _, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite};
+use wsx::proto::{CloseCode, CloseFrame, Connection, Message, State};
+use wsx::WebSocket;
+
+/// Bytes asked of the stream per read, at least.
+const READ_SIZE: usize = 64 * 1024;
+
+/// One connection, driven by the generator.
+pub struct Wire<S> {
+    stream: S,
+    conn: Connection,
+    /// `--raw`: a byte echo returns our frames masked, as a client sends them; a server-role
+    /// core reads them (it requires the mask a client-role core would refuse). Replies the
+    /// decoder queues (pongs, close echoes) are never sent: a byte echo would echo them.
+    decoder: Option<Connection>,
+    buf: BytesMut,
+    eof: bool,
+}
+
+/// What [`Wire::io`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Io {
+    /// New bytes were read.
+    Read,
+    /// The peer ended the stream.
+    Eof,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
+    /// Takes over a connection the library's client has opened.
+    pub fn new(ws: WebSocket<S>) -> Self {
+        let (stream, conn, buf) = ws.into_parts();
+        Self { stream, conn, decoder: None, buf, eof: false }
+    }
+
+    /// A client over a byte echo (`--raw`): no handshake; `conn` masks what it sends, and a
+    /// server-role core with the same settings reads it back.
+    pub fn raw(stream: S, conn: Connection) -> Self {
+        let decoder = Connection::server(conn.config().clone(), Instant::now());
+        Self { stream, conn, decoder: Some(decoder), buf: BytesMut::new(), eof: false }
+    }
+
+    /// Queues a message (framed, masked, compressed when negotiated) for the next write.
+    pub fn send(&mut self, message: Message) -> Result<(), wsx::proto::Error> {
+        self.conn.send(message)
+    }
+
+    /// Whether permessage-deflate was negotiated.
+    pub fn is_deflate(&self) -> bool {
+        self.conn.is_deflate()
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn pending(&self) -> usize {
+        self.conn.pending_output()
+    }
+
+    /// The next complete message in what has been read (pings are answered by the core),
+    /// `None` when more bytes are needed.
+    pub fn next(&mut self, now: Instant) -> Result<Option<Message>, wsx::proto::Error> {
+        match &mut self.decoder {
+            Some(decoder) => decoder.read_event(&mut self.buf, now),
+            None => self.conn.read_event(&mut self.buf, now),
+        }
+    }
+
+    /// Writes what it can of the queued output, and waits until a read brings new bytes or the
+    /// stream ends. Cancel-safe: all progress lives in `self`.
+    pub async fn io(&mut self) -> io::Result<Io> {
+        poll_fn(|cx| {
+            let Self { stream, conn, buf, eof, .. } = self;
+            let out = conn.output();
+            while out.has_remaining() {
+                match tokio_util::io::poll_write_buf(Pin::new(&mut *stream), cx, out) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(_)) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => break,
+                }
+            }
+            if *eof {
+                return Poll::Ready(Ok(Io::Eof));
+            }
+            if buf.capacity() - buf.len() < READ_SIZE / 4 {
+                buf.reserve(READ_SIZE);
+            }
+            match tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, buf) {
+                Poll::Ready(Ok(0)) => {
+                    *eof = true;
+                    Poll::Ready(Ok(Io::Eof))
+                }
+                Poll::Ready(Ok(_)) => Poll::Ready(Ok(Io::Read)),
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    *eof = true;
+                    Poll::Ready(Ok(Io::Eof))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// Ends the connection: the closing handshake (send 1000, read until the peer's close and
+    /// the end of the stream), each wait bounded by `deadline`. A byte echo (`--raw`) just has
+    /// the stream shut down.
+    pub async fn close(&mut self, deadline: Instant) {
+        let work = async {
+            if self.decoder.is_none() && self.conn.state() == State::Open {
+                let _ = self.conn.close(Some(CloseFrame::new(CloseCode::NORMAL, "")), Instant::now());
+            }
+            if self.decoder.is_none() {
+                // Read (and drop) what is still in flight until the peer's close or the end.
+                loop {
+                    loop {
+                        match self.next(Instant::now()) {
+                            Ok(Some(_)) => {}
+                            Ok(None) => break,
+                            Err(_) => return,
+                        }
+                    }
+                    if self.conn.state() == State::Closed && self.pending() == 0 {
+                        break;
+                    }
+                    match self.io().await {
+                        Ok(Io::Read) => {}
+                        Ok(Io::Eof) | Err(_) => return,
+                    }
+                }
+            }
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut self.stream).await;
+        };
+        let _ = tokio::time::timeout_at(deadline.into(), work).await;
+    }
+}

@@ -155,8 +155,12 @@ pub struct Common {
 }
 
 impl Common {
-    /// Checks the settings every mode shares.
-    fn check(&self) -> anyhow::Result<()> {
+    /// Checks the settings every mode shares (and warns, once, that `--insecure` verifies
+    /// nothing on a `wss://` URL).
+    fn check(&self, url: &str) -> anyhow::Result<()> {
+        if self.insecure && url.starts_with("wss://") {
+            eprintln!("wsx: warning: --insecure: the server's certificate is not verified");
+        }
         if self.threads == 0 {
             bail!("--threads must be at least 1");
         }
@@ -172,15 +176,12 @@ impl Common {
     }
 
     /// The TLS settings of `--cacert` and `--insecure`.
-    fn tls(&self, url: &str) -> anyhow::Result<ClientTls> {
+    fn tls(&self) -> anyhow::Result<ClientTls> {
         let mut tls = ClientTls::new();
         if let Some(ca) = &self.cacert {
             tls = tls.add_ca_pem_file(ca).context("--cacert")?;
         }
         if self.insecure {
-            if url.starts_with("wss://") {
-                eprintln!("wsx: warning: --insecure: the server's certificate is not verified");
-            }
             tls = tls.danger_accept_invalid_certs();
         }
         Ok(tls)
@@ -200,7 +201,7 @@ impl Common {
         config.proto.handshake_timeout = self.timeout;
         config.proto.close_timeout = Duration::from_secs(2).min(self.timeout);
         config.proto.write_timeout = Some(self.timeout);
-        Ok(b.config(config).tls(self.tls(url)?))
+        Ok(b.config(config).tls(self.tls()?))
     }
 
     /// When connection `id` (of all the run's, counted from 0) should start opening, after the
@@ -614,6 +615,6 @@ mod tests {
         assert_eq!(c.connect_delay(50), Duration::from_millis(500));
         assert_eq!(c.connect_delay(250), Duration::from_millis(2500));
         c.connect_rate = Some(0.0);
-        assert!(c.check().is_err());
+        assert!(c.check("ws://h/").is_err());
     }
 }

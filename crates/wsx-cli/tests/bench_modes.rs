@@ -325,3 +325,44 @@ fn raw_drives_a_plain_byte_echo() {
     let (out, _) = bench("echo", &format!("ws://{addr}/"), &["--conns", "1", "--duration", "0.3", "--timeout", "1"]);
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn connect_against_a_server_that_never_answers_is_bounded_by_the_timeout() {
+    // Accepts TCP connections and holds them, reading nothing and answering nothing.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for tcp in listener.incoming().flatten() {
+            held.push(tcp);
+        }
+    });
+    let started = Instant::now();
+    let (out, j) = bench(
+        "connect",
+        &format!("ws://{addr}/"),
+        &["--conns", "2", "--duration", "0.5", "--warmup", "0", "--timeout", "1"],
+    );
+    // Each in-flight handshake gives up at --timeout; the run ends soon after its window.
+    assert!(started.elapsed() < Duration::from_secs(4), "took {:?}", started.elapsed());
+    assert_eq!(num(&j, &["errors", "connect timeout"]), 2.0, "{j}");
+    assert_eq!(j["handshakes"], 0);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn pubsub_counts_members_the_room_drops() {
+    let addr = test_room(Room::Kicking);
+    let started = Instant::now();
+    let (out, j) = bench(
+        "pubsub",
+        &format!("ws://{addr}/room"),
+        &["--subscribers", "3", "--rate", "100", "--duration", "1", "--warmup", "0", "--timeout", "1"],
+    );
+    assert!(started.elapsed() < Duration::from_secs(6), "took {:?}", started.elapsed());
+    // All four members were closed with 1001 after 300 ms; what was published after that
+    // never reached the subscribers.
+    assert_eq!(num(&j, &["errors", "close 1001"]), 4.0, "{j}");
+    assert!(num(&j, &["deliveries"]) < num(&j, &["deliveries_expected"]), "{j}");
+    assert_eq!(out.status.code(), Some(1));
+}

@@ -86,7 +86,7 @@ impl Target {
             .next()
             .with_context(|| format!("{host} has no address"))?;
         let tls = if secure {
-            let config = args.common.tls(url)?.build().context("TLS settings")?;
+            let config = args.common.tls()?.build().context("TLS settings")?;
             let mut config = (*config).clone();
             if !args.tls_resume {
                 config.resumption = rustls::client::Resumption::disabled();
@@ -164,7 +164,8 @@ fn deflated(ws: &WebSocket<MaybeTlsStream>) -> bool {
 
 /// Runs `wsx bench connect`.
 pub fn run(args: ConnectArgs) -> anyhow::Result<std::process::ExitCode> {
-    args.common.check()?;
+    let url = crate::connect::normalize_url(&args.url);
+    args.common.check(&url)?;
     if args.conns == 0 {
         bail!("--conns must be at least 1");
     }
@@ -182,7 +183,6 @@ pub fn run(args: ConnectArgs) -> anyhow::Result<std::process::ExitCode> {
     if args.hold.is_some() && args.ramp.is_none() {
         bail!("--hold goes with --ramp");
     }
-    let url = crate::connect::normalize_url(&args.url);
     let target = Arc::new(Target::new(&args, &url)?);
     let common = args.common.clone();
     let threads = common.threads.min(args.conns);

@@ -74,7 +74,8 @@ fn config(args: &EchoArgs, size: usize) -> WebSocketConfig {
 /// Runs `wsx bench echo`.
 pub fn run(mut args: EchoArgs) -> anyhow::Result<std::process::ExitCode> {
     let size = *args.size.get_or_insert(payload::header_len(args.text));
-    args.common.check()?;
+    let url = crate::connect::normalize_url(&args.url);
+    args.common.check(&url)?;
     if args.conns == 0 || args.depth == 0 {
         bail!("--conns and --depth must be at least 1");
     }
@@ -83,7 +84,6 @@ pub fn run(mut args: EchoArgs) -> anyhow::Result<std::process::ExitCode> {
             bail!("--rate must be a positive number of messages per second");
         }
     }
-    let url = crate::connect::normalize_url(&args.url);
     let threads = args.common.threads.min(args.conns);
     let raw = match args.raw {
         false => None,

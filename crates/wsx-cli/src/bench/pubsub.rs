@@ -115,14 +115,14 @@ const QUEUE: usize = 1 << 20;
 /// Runs `wsx bench pubsub`.
 pub fn run(mut args: PubsubArgs) -> anyhow::Result<std::process::ExitCode> {
     let size = *args.size.get_or_insert(payload::header_len(args.text));
-    args.common.check()?;
+    let url = crate::connect::normalize_url(&args.url);
+    args.common.check(&url)?;
     if args.rooms == 0 || args.publishers == 0 || args.subscribers == 0 {
         bail!("--rooms, --publishers and --subscribers must be at least 1");
     }
     if !(args.rate.is_finite() && args.rate > 0.0) {
         bail!("--rate must be a positive number of messages per second");
     }
-    let url = crate::connect::normalize_url(&args.url);
     let mut config = WebSocketConfig::default();
     // Above what a publisher queues, so that it never stops reading the room (see bench echo).
     config.proto.write_buffer_high_water = QUEUE * 4 + size;

@@ -367,7 +367,10 @@ impl Report {
         }
         if let Some(server) = &self.server {
             let per = self.server_cpu_us_per_unit().map_or_else(|| "-".into(), |us| format!("{us:.2} µs"));
-            let unit = self.unit.trim_end_matches('s');
+            let unit = match self.unit {
+                "deliveries" => "delivery",
+                unit => unit.trim_end_matches('s'),
+            };
             let _ = writeln!(
                 s,
                 "  server CPU {per} per {unit} ({:.0}% of a core), RSS {}",

@@ -56,7 +56,9 @@ impl Payloads {
             ));
         }
         let body = size - header;
-        let variants = (MAX_VARIANT_BYTES / body.max(1)).clamp(1, MAX_VARIANTS);
+        let fit = (MAX_VARIANT_BYTES / body.max(1)).clamp(1, MAX_VARIANTS);
+        // The largest power of two that fits (see `filler`).
+        let variants = 1 << fit.ilog2();
         let fillers = (0..variants).map(|v| json_filler(body, v as u64)).collect();
         Ok(Self { text, size, fillers })
     }
@@ -83,9 +85,11 @@ impl Payloads {
             put_hex(out, sched_ns, 16);
             put_hex(out, u64::from(sum), 8);
         } else {
-            out.put_u64_le(seq);
-            out.put_u64_le(sched_ns);
-            out.put_u32_le(sum);
+            let mut head = [0u8; BINARY_HEADER];
+            head[..8].copy_from_slice(&seq.to_le_bytes());
+            head[8..16].copy_from_slice(&sched_ns.to_le_bytes());
+            head[16..].copy_from_slice(&sum.to_le_bytes());
+            out.put_slice(&head);
         }
         out.put_slice(self.filler(seq));
         out.split().freeze()
@@ -107,7 +111,12 @@ impl Payloads {
                 _ => return Err(Mismatch::Header),
             }
         } else {
-            let n = |r: std::ops::Range<usize>| head[r].iter().rev().fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
+            let mut word = [0u8; 8];
+            let mut n = |r: std::ops::Range<usize>| {
+                word = [0; 8];
+                word[..r.len()].copy_from_slice(&head[r]);
+                u64::from_le_bytes(word)
+            };
             (n(0..8), n(8..16), n(16..20) as u32)
         };
         if checksum(seq, sched) != sum {
@@ -120,7 +129,8 @@ impl Payloads {
     }
 
     fn filler(&self, seq: u64) -> &[u8] {
-        &self.fillers[(seq % self.fillers.len() as u64) as usize]
+        // A power of two: a mask, not a division, per message.
+        &self.fillers[(seq & (self.fillers.len() as u64 - 1)) as usize]
     }
 }
 
@@ -139,14 +149,12 @@ pub fn header_len(text: bool) -> usize {
     }
 }
 
-/// FNV-1a over the two numbers: enough to catch a corrupted header, cheap per message.
+/// A 32-bit mix of the two numbers (multiplications by odd constants, then the high half):
+/// any change to either shows, and it costs a few cycles per message rather than a loop.
 fn checksum(seq: u64, sched_ns: u64) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in seq.to_le_bytes().into_iter().chain(sched_ns.to_le_bytes()) {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    h
+    let x = seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ sched_ns.wrapping_mul(0xc2b2_ae3d_27d4_eb4f).rotate_left(31);
+    let x = (x ^ (x >> 29)).wrapping_mul(0x1656_67b1_9e37_79f9);
+    (x >> 32) as u32
 }
 
 /// `len` bytes of JSON-looking ASCII: records with names, numbers and flags that vary (a small
@@ -205,6 +213,18 @@ mod tests {
             // Another message's filler is refused too.
             let other = p.make(43, 1_234_567);
             assert_ne!(other[header_len(text)..], m[header_len(text)..]);
+        }
+    }
+
+    #[test]
+    fn the_checksum_changes_with_any_bit_of_either_number() {
+        for i in 0..2000u64 {
+            let (seq, sched) = (i * 7919, i.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 3);
+            let sum = checksum(seq, sched);
+            for bit in 0..64 {
+                assert_ne!(checksum(seq ^ (1 << bit), sched), sum, "seq {seq} bit {bit}");
+                assert_ne!(checksum(seq, sched ^ (1 << bit)), sum, "sched {sched} bit {bit}");
+            }
         }
     }
 

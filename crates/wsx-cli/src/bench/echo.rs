@@ -4,12 +4,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use bytes::BytesMut;
 use clap::Args;
 use wsx::proto::deflate::DeflateConfig;
 use wsx::{ClientBuilder, MaybeTlsStream, Message, WebSocketConfig};
 
-use super::payload::{self, Payloads};
+use super::payload::{self, Payloads, Reuse};
 use super::report::{Report, Stats};
 use super::wire::{Io, Wire};
 use super::{connect_error_kind, lock, run_error_kind, run_threads, Common, Schedule, Thread, Timeline};
@@ -222,13 +221,15 @@ async fn worker(plan: Arc<Plan>, mut thread: Thread) {
             }
         });
     }
+    // The messages of this thread's connections are built in each other's released buffers.
+    let reuse = Arc::new(plan.payloads.reuse());
     for (id, conn) in open {
-        let (plan, stats) = (plan.clone(), stats.clone());
+        let (plan, stats, reuse) = (plan.clone(), stats.clone(), reuse.clone());
         // The hard deadline: the run, the wait for the last echoes, the closing handshake.
         let hard = start + plan.warmup + plan.duration + plan.timeout + Duration::from_secs(3);
         running.spawn(async move {
             // Bounded by `hard` (checked by its own timer, not a wrapper polled per read).
-            drive(conn, id, &plan, start, hard, &stats).await;
+            drive(conn, id, &plan, start, hard, &stats, &reuse).await;
             lock(&stats).closed += 1;
         });
     }
@@ -294,15 +295,15 @@ async fn drive(
     start: Instant,
     hard: Instant,
     stats: &Mutex<Stats>,
+    reuse: &Reuse,
 ) {
     let payloads = &plan.payloads;
     let window = (plan.warmup.as_nanos() as u64, (plan.warmup + plan.duration).as_nanos() as u64);
     let in_window = |sched: u64| sched >= window.0 && sched < window.1;
     let end = start + plan.warmup + plan.duration;
     let since_start = |at: Instant| at.saturating_duration_since(start).as_nanos() as u64;
-    let mut scratch = BytesMut::new();
-    let mut message = |seq: u64, sched: u64| {
-        let data = payloads.make_in(&mut scratch, seq, sched);
+    let message = |seq: u64, sched: u64| {
+        let data = payloads.make_reusing(reuse, seq, sched);
         if payloads.text() {
             // The filler and the hex header are ASCII.
             Message::Text(wsx::Utf8Bytes::try_from(data).unwrap_or_else(|_| wsx::Utf8Bytes::from("")))

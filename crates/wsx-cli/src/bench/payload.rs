@@ -17,12 +17,15 @@ pub const BINARY_HEADER: usize = 20;
 /// Header length of a text message: the same three numbers as 16 + 16 + 8 hex digits.
 pub const TEXT_HEADER: usize = 40;
 
-/// Bytes [`Payloads::make_in`] reserves at a time for small messages.
-const SCRATCH: usize = 64 * 1024;
-
 /// At most this many filler variants, and at most this many bytes of them in all.
 const MAX_VARIANTS: usize = 16;
 const MAX_VARIANT_BYTES: usize = 4 << 20;
+
+/// Per-thread buffers for [`Payloads::make_reusing`].
+#[derive(Debug)]
+pub struct Reuse {
+    slots: std::sync::Mutex<Vec<Option<Bytes>>>,
+}
 
 /// The messages of a run: their type, size and filler variants.
 #[derive(Debug)]
@@ -69,30 +72,53 @@ impl Payloads {
 
     /// The message with this sequence number and scheduled time.
     pub fn make(&self, seq: u64, sched_ns: u64) -> Bytes {
-        self.make_in(&mut BytesMut::new(), seq, sched_ns)
+        let (head, len) = self.header(seq, sched_ns);
+        let mut out = BytesMut::with_capacity(self.size);
+        out.put_slice(&head[..len]);
+        out.put_slice(self.filler(seq));
+        out.freeze()
     }
 
-    /// [`make`](Self::make), carved out of `scratch`: one allocation serves many small messages
-    /// (and is reused once the frames they were copied into have been written).
-    pub fn make_in(&self, scratch: &mut BytesMut, seq: u64, sched_ns: u64) -> Bytes {
-        if scratch.capacity() < self.size {
-            scratch.reserve(self.size.max(SCRATCH));
+    /// [`make`](Self::make), reusing the buffer of the last message with the same filler when
+    /// nothing holds it any more (the connection copied it into its output when it framed and
+    /// masked it): only the header is written, not the filler, and nothing is allocated. A
+    /// message still held elsewhere is left alone and a new one is made.
+    pub fn make_reusing(&self, reuse: &Reuse, seq: u64, sched_ns: u64) -> Bytes {
+        let variant = self.variant(seq);
+        let mut slots = reuse.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(Ok(mut buf)) = slots[variant].take().map(Bytes::try_into_mut) {
+            let (head, len) = self.header(seq, sched_ns);
+            buf[..len].copy_from_slice(&head[..len]);
+            let message = buf.freeze();
+            slots[variant] = Some(message.clone());
+            return message;
         }
-        let out = scratch;
+        let message = self.make(seq, sched_ns);
+        slots[variant] = Some(message.clone());
+        message
+    }
+
+    /// Buffers for [`make_reusing`](Self::make_reusing): at most one message per filler variant
+    /// (4 MiB in all at most), for the connections of one thread.
+    pub fn reuse(&self) -> Reuse {
+        Reuse { slots: std::sync::Mutex::new(vec![None; self.fillers.len()]) }
+    }
+
+    /// The header: sequence, schedule and checksum, as 20 raw bytes or 40 hex digits.
+    fn header(&self, seq: u64, sched_ns: u64) -> ([u8; TEXT_HEADER], usize) {
+        let mut head = [0u8; TEXT_HEADER];
         let sum = checksum(seq, sched_ns);
         if self.text {
-            put_hex(out, seq, 16);
-            put_hex(out, sched_ns, 16);
-            put_hex(out, u64::from(sum), 8);
+            put_hex(&mut head[..16], seq);
+            put_hex(&mut head[16..32], sched_ns);
+            put_hex(&mut head[32..40], u64::from(sum));
+            (head, TEXT_HEADER)
         } else {
-            let mut head = [0u8; BINARY_HEADER];
             head[..8].copy_from_slice(&seq.to_le_bytes());
             head[8..16].copy_from_slice(&sched_ns.to_le_bytes());
-            head[16..].copy_from_slice(&sum.to_le_bytes());
-            out.put_slice(&head);
+            head[16..20].copy_from_slice(&sum.to_le_bytes());
+            (head, BINARY_HEADER)
         }
-        out.put_slice(self.filler(seq));
-        out.split().freeze()
     }
 
     /// Checks an echo; returns its sequence number and scheduled time.
@@ -129,15 +155,21 @@ impl Payloads {
     }
 
     fn filler(&self, seq: u64) -> &[u8] {
+        &self.fillers[self.variant(seq)]
+    }
+
+    fn variant(&self, seq: u64) -> usize {
         // A power of two: a mask, not a division, per message.
-        &self.fillers[(seq & (self.fillers.len() as u64 - 1)) as usize]
+        (seq & (self.fillers.len() as u64 - 1)) as usize
     }
 }
 
-/// `value` as `digits` lower-case hex digits, without allocating.
-fn put_hex(out: &mut BytesMut, value: u64, digits: u32) {
-    for i in (0..digits).rev() {
-        out.put_u8(b"0123456789abcdef"[((value >> (4 * i)) & 0xf) as usize]);
+/// `value` as lower-case hex digits filling `out` (16 digits for a whole u64).
+fn put_hex(out: &mut [u8], value: u64) {
+    let digits = out.len();
+    for (i, byte) in out.iter_mut().enumerate() {
+        let shift = 4 * (digits - 1 - i);
+        *byte = b"0123456789abcdef"[((value >> shift) & 0xf) as usize];
     }
 }
 
@@ -225,6 +257,28 @@ mod tests {
                 assert_ne!(checksum(seq ^ (1 << bit), sched), sum, "seq {seq} bit {bit}");
                 assert_ne!(checksum(seq, sched ^ (1 << bit)), sum, "sched {sched} bit {bit}");
             }
+        }
+    }
+
+    #[test]
+    fn reused_buffers_carry_the_new_header_and_never_change_a_held_message() {
+        for text in [false, true] {
+            let p = Payloads::new(300, text).unwrap();
+            let reuse = p.reuse();
+            let variants = p.fillers.len() as u64;
+            let first = p.make_reusing(&reuse, 5, 50);
+            assert_eq!(p.check(text, &first), Ok((5, 50)));
+            // Still held: the next message of the same variant must not overwrite it.
+            let second = p.make_reusing(&reuse, 5 + variants, 60);
+            assert_eq!(p.check(text, &first), Ok((5, 50)), "a held message was changed");
+            assert_eq!(p.check(text, &second), Ok((5 + variants, 60)));
+            let at = second.as_ptr();
+            drop((first, second));
+            // Released: the buffer is reused in place, with the new header.
+            let third = p.make_reusing(&reuse, 5 + 2 * variants, 70);
+            assert_eq!(third.as_ptr(), at, "the released buffer was not reused");
+            assert_eq!(p.check(text, &third), Ok((5 + 2 * variants, 70)));
+            assert_eq!(third, p.make(5 + 2 * variants, 70));
         }
     }
 

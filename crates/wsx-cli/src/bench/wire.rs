@@ -20,8 +20,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use wsx::proto::{CloseCode, CloseFrame, Connection, Message, State};
 use wsx::WebSocket;
 
-/// Bytes asked of the stream per read, at least.
-const READ_SIZE: usize = 64 * 1024;
+/// Bytes asked of the stream per read: the size starts at the least, doubles (up to the most)
+/// while reads fill the room they are given, and halves while they bring much less, so that a
+/// large frame arrives in few reads into a buffer that grows by doubling, not 64 KiB at a time
+/// (each growth copies what has arrived).
+const MIN_READ: usize = 64 * 1024;
+const MAX_READ: usize = 4 << 20;
 
 /// One connection, driven by the generator.
 pub struct Wire<S> {
@@ -32,6 +36,8 @@ pub struct Wire<S> {
     /// decoder queues (pongs, close echoes) are never sent: a byte echo would echo them.
     decoder: Option<Connection>,
     buf: BytesMut,
+    /// Bytes to ask of the next read (see [`MIN_READ`]).
+    read_size: usize,
     eof: bool,
 }
 
@@ -48,14 +54,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     /// Takes over a connection the library's client has opened.
     pub fn new(ws: WebSocket<S>) -> Self {
         let (stream, conn, buf) = ws.into_parts();
-        Self { stream, conn, decoder: None, buf, eof: false }
+        Self { stream, conn, decoder: None, buf, read_size: MIN_READ, eof: false }
     }
 
     /// A client over a byte echo (`--raw`): no handshake; `conn` masks what it sends, and a
     /// server-role core with the same settings reads it back.
     pub fn raw(stream: S, conn: Connection) -> Self {
         let decoder = Connection::server(conn.config().clone(), Instant::now());
-        Self { stream, conn, decoder: Some(decoder), buf: BytesMut::new(), eof: false }
+        Self { stream, conn, decoder: Some(decoder), buf: BytesMut::new(), read_size: MIN_READ, eof: false }
     }
 
     /// Queues a message (framed, masked, compressed when negotiated) for the next write.
@@ -86,7 +92,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     /// stream ends. Cancel-safe: all progress lives in `self`.
     pub async fn io(&mut self) -> io::Result<Io> {
         poll_fn(|cx| {
-            let Self { stream, conn, buf, eof, .. } = self;
+            let Self { stream, conn, buf, eof, read_size, .. } = self;
             let out = conn.output();
             while out.has_remaining() {
                 match tokio_util::io::poll_write_buf(Pin::new(&mut *stream), cx, out) {
@@ -99,15 +105,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             if *eof {
                 return Poll::Ready(Ok(Io::Eof));
             }
-            if buf.capacity() - buf.len() < READ_SIZE / 4 {
-                buf.reserve(READ_SIZE);
+            if buf.is_empty() && buf.capacity() > 2 * MAX_READ {
+                // A large message has gone through: do not keep its buffer.
+                *buf = BytesMut::new();
             }
+            if buf.capacity() - buf.len() < *read_size / 2 {
+                buf.reserve(*read_size);
+            }
+            let room = buf.capacity() - buf.len();
             match tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, buf) {
                 Poll::Ready(Ok(0)) => {
                     *eof = true;
                     Poll::Ready(Ok(Io::Eof))
                 }
-                Poll::Ready(Ok(_)) => Poll::Ready(Ok(Io::Read)),
+                Poll::Ready(Ok(n)) => {
+                    if n >= room {
+                        *read_size = (*read_size * 2).min(MAX_READ);
+                    } else if n < *read_size / 4 {
+                        *read_size = (*read_size / 2).max(MIN_READ);
+                    }
+                    Poll::Ready(Ok(Io::Read))
+                }
                 Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
                     *eof = true;
                     Poll::Ready(Ok(Io::Eof))

@@ -409,7 +409,8 @@ where
             if ramp_done_at.is_none() && (settled || now >= start + deadline) {
                 ramp_done_at = Some(now);
                 let _ = hold_tx.send(Some(now + hold));
-                ramp_usage = Some((s.connected, server_at(common.server_pid)));
+                // Connections open now: those that ended while the ramp went on do not count.
+                ramp_usage = Some((s.connected.saturating_sub(s.closed), server_at(common.server_pid)));
                 if live {
                     eprintln!(
                         "\r\x1b[K{:>5.1} s: {} connections open, holding them {:.1} s",
@@ -464,7 +465,9 @@ where
         }
         usage
     });
-    let ramp_s = ramp_done_at.map(|at| at.saturating_duration_since(start).as_secs_f64());
+    // The ramp's length: to the last handshake's end (the main loop only looks every 100 ms).
+    let ramp_s =
+        ramp_done_at.map(|at| stats.last_open.unwrap_or(at).min(at).saturating_duration_since(start).as_secs_f64());
     Ok(Finished { stats, cpu_share, server, window, ramp_s })
 }
 

@@ -90,17 +90,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         Self { core: Core::new(stream, conn, leftover), protocol, extensions, request: None }
     }
 
-    /// Takes the connection apart, the inverse of [`from_parts`](Self::from_parts): the stream,
-    /// the protocol state machine, and the bytes read from the stream but not parsed yet.
-    ///
-    /// Output the connection has produced and not written yet stays in
-    /// [`Connection::output`](wsx_proto::Connection::output); a peer's close that was read but
-    /// not yet returned by [`recv`](Self::recv) shows in
-    /// [`Connection::close_received`](wsx_proto::Connection::close_received). Timers become
-    /// the caller's: poll [`Connection::poll_timeout`](wsx_proto::Connection::poll_timeout).
-    /// For drivers that run the sans-I/O core themselves after the handshake (the `wsx bench`
+    /// Takes the connection apart: the stream, the protocol state machine, and the bytes read
+    /// from the stream but not parsed yet ([`from_parts`](Self::from_parts) puts such parts
+    /// together; the subprotocol and extensions are not returned: read them first). For
+    /// drivers that run the sans-I/O core themselves after the handshake (the `wsx bench`
     /// generator does, to answer a read's worth of echoes with one write and no future per
     /// message).
+    ///
+    /// The caller takes over what this driver did:
+    /// - output the connection has produced and not written yet stays in
+    ///   [`Connection::output`](wsx_proto::Connection::output), and a stream that buffers
+    ///   (TLS) may hold written bytes until it is flushed;
+    /// - timers: poll [`Connection::poll_timeout`](wsx_proto::Connection::poll_timeout);
+    /// - a peer's close that was read but not yet returned by [`recv`](Self::recv) shows in
+    ///   [`Connection::close_received`](wsx_proto::Connection::close_received).
+    ///
+    /// Take apart a healthy connection: a write error (the stream's write side is broken,
+    /// reading goes on) and a write-stall deadline in progress are this driver's records and
+    /// are not in the parts; a connection given up for a write timeout comes back `Closed`.
     pub fn into_parts(self) -> (S, Connection, BytesMut) {
         self.core.into_parts()
     }

@@ -400,6 +400,8 @@ struct Comparison {
     /// Each setting in either report: its name and its values in A and B (`null` when absent).
     settings: Vec<(&'static str, Value, Value)>,
     rows: Vec<Row>,
+    /// Both are `bench connect --ramp` runs.
+    ramp: bool,
 }
 
 impl Comparison {
@@ -429,13 +431,16 @@ impl Comparison {
                 rows.push(row);
             }
         }
-        Self { settings, rows }
+        let ramp = a.contains_key("ramp") && b.contains_key("ramp");
+        Self { settings, rows, ramp }
     }
 
     /// The settings that differ between the runs (the URL may).
     fn differing_settings(&self) -> Vec<&'static str> {
         self.settings
             .iter()
+            // A ramp's duration is how long it took to open its connections: a result.
+            .filter(|(name, _, _)| !(*name == "duration_s" && self.ramp))
             .filter(|(name, a, b)| !FREE_SETTINGS.contains(name) && !same_value(a, b))
             .map(|(name, _, _)| *name)
             .collect()

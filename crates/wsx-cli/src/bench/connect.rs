@@ -136,6 +136,7 @@ fn record(stats: &Mutex<Stats>, from: Instant, times: &Times, counted: bool, def
     let mut s = lock(stats);
     s.seen += 1;
     s.connected += 1;
+    s.last_open = Some(Instant::now());
     s.deflated += u64::from(deflated);
     if counted {
         s.msgs += 1;
@@ -186,8 +187,9 @@ pub fn run(args: ConnectArgs) -> anyhow::Result<std::process::ExitCode> {
     let target = Arc::new(Target::new(&args, &url)?);
     let common = args.common.clone();
     let threads = common.threads.min(args.conns);
-    // Each thread gets its share of the handshakes in flight.
-    let per_thread = args.conns.div_ceil(threads);
+    // Each thread gets its share of the handshakes in flight: together exactly --conns.
+    let conns = args.conns;
+    let share = move |t: usize| conns / threads + usize::from(t < conns % threads);
     let (timeline, hold) = match args.ramp {
         Some(n) => {
             let hold = args.hold.unwrap_or(common.duration);
@@ -205,8 +207,14 @@ pub fn run(args: ConnectArgs) -> anyhow::Result<std::process::ExitCode> {
         let target = target.clone();
         async move {
             match hold {
-                Some((n, _, deadline)) => ramp_worker(target, t, n, rate, per_thread, deadline).await,
-                None => window_worker(target, t, rate, per_thread).await,
+                Some((n, _, deadline)) => {
+                    let per_thread = share(t.index);
+                    ramp_worker(target, t, n, rate, per_thread, deadline).await
+                }
+                None => {
+                    let per_thread = share(t.index);
+                    window_worker(target, t, rate, per_thread).await
+                }
             }
         }
     })?;

@@ -8,7 +8,7 @@ use clap::Args;
 use wsx::proto::deflate::DeflateConfig;
 use wsx::{ClientBuilder, MaybeTlsStream, Message, WebSocketConfig};
 
-use super::payload::{self, Payloads, Reuse};
+use super::payload::{self, Mismatch, Payloads, Reuse};
 use super::report::{Report, Stats};
 use super::wire::{Io, Wire};
 use super::{connect_error_kind, lock, run_error_kind, run_threads, Common, Schedule, Thread, Timeline};
@@ -343,78 +343,10 @@ async fn drive(
     let mut clean_end = true;
     loop {
         tokio::select! {
+            // The timer first: a server that keeps the socket readable (a flood) must not keep
+            // the end, the stall check and the hard deadline from being looked at. Polling it
+            // costs a comparison per read, not per message.
             biased;
-            io = wire.io() => {
-                match io {
-                    Ok(Io::Read) => {}
-                    Ok(Io::Eof) => {
-                        fail("close 1006".into());
-                        return;
-                    }
-                    Err(e) => {
-                        fail(format!("{:?}", e.kind()).to_lowercase());
-                        return;
-                    }
-                }
-                let at = Instant::now();
-                let at_ns = since_start(at);
-                let mut got = 0;
-                loop {
-                    let msg = match wire.next(at) {
-                        Ok(Some(msg)) => msg,
-                        Ok(None) => break,
-                        Err(e) => {
-                            fail(proto_kind(e));
-                            clean_end = false;
-                            break;
-                        }
-                    };
-                    let (text, data) = match msg {
-                        Message::Text(t) => (true, t.into_bytes()),
-                        Message::Binary(b) => (false, b),
-                        Message::Close(frame) => {
-                            fail(format!("close {}", frame.map_or(1005, |f| f.code.0)));
-                            clean_end = false;
-                            break;
-                        }
-                        _ => continue,
-                    };
-                    got += 1;
-                    match payloads.check(text, &data) {
-                        Ok((seq, sched)) if seq == expected => {
-                            expected += 1;
-                            if in_window(sched) {
-                                local.latency.push(at_ns.saturating_sub(sched));
-                            }
-                        }
-                        Ok((seq, _)) => {
-                            // Lost, duplicated or reordered.
-                            fail("echo out of order".into());
-                            expected = expected.max(seq.saturating_add(1)).min(next_seq);
-                        }
-                        Err(_) => {
-                            fail("echo mismatch".into());
-                            expected += 1;
-                        }
-                    }
-                    if sending && plan.schedule.is_none() && next_seq - expected < plan.depth as u64 {
-                        // Closed loop: the next message leaves with this read's replies.
-                        if let Err(e) = wire.send(message(next_seq, at_ns)) {
-                            fail(proto_kind(e));
-                            return;
-                        }
-                        next_seq += 1;
-                    }
-                }
-                if !clean_end {
-                    break;
-                }
-                if got > 0 {
-                    last_progress = at;
-                    local.echoes += got;
-                    local.maybe_flush(at);
-                }
-            }
             () = &mut timer => {
                 let now = Instant::now();
                 match (&plan.schedule, sending) {
@@ -458,7 +390,7 @@ async fn drive(
                     }
                     _ => {}
                 }
-                let outstanding = next_seq - expected;
+                let outstanding = next_seq.saturating_sub(expected);
                 let stalled = outstanding > 0 && now >= last_progress + plan.timeout;
                 let drained = drain_until.is_some_and(|d| now >= d);
                 if stalled || drained || now >= hard {
@@ -475,6 +407,89 @@ async fn drive(
                 let stall_at = (outstanding > 0).then(|| last_progress + plan.timeout);
                 let wake = [next_send, closed_end, stall_at, drain_until, Some(hard)].into_iter().flatten().min();
                 timer.as_mut().reset(wake.unwrap_or(now + plan.timeout).into());
+            }
+            io = wire.io() => {
+                match io {
+                    Ok(Io::Read) => {}
+                    Ok(Io::Eof) => {
+                        fail("close 1006".into());
+                        return;
+                    }
+                    Err(e) => {
+                        fail(format!("{:?}", e.kind()).to_lowercase());
+                        return;
+                    }
+                }
+                let at = Instant::now();
+                let at_ns = since_start(at);
+                let mut got = 0;
+                loop {
+                    let msg = match wire.next(at) {
+                        Ok(Some(msg)) => msg,
+                        Ok(None) => break,
+                        Err(e) => {
+                            fail(proto_kind(e));
+                            clean_end = false;
+                            break;
+                        }
+                    };
+                    let (text, data) = match msg {
+                        Message::Text(t) => (true, t.into_bytes()),
+                        Message::Binary(b) => (false, b),
+                        Message::Close(frame) => {
+                            fail(format!("close {}", frame.map_or(1005, |f| f.code.0)));
+                            clean_end = false;
+                            break;
+                        }
+                        _ => continue,
+                    };
+                    got += 1;
+                    if next_seq == expected {
+                        // Nothing is in flight: the server sent something we did not (a
+                        // greeting, another client's traffic).
+                        fail("unexpected message".into());
+                        continue;
+                    }
+                    match payloads.check(text, &data) {
+                        Ok((seq, sched)) if seq == expected => {
+                            expected += 1;
+                            if in_window(sched) {
+                                local.latency.push(at_ns.saturating_sub(sched));
+                            }
+                        }
+                        Ok((seq, _)) => {
+                            // Lost, duplicated or reordered.
+                            fail("echo out of order".into());
+                            expected = expected.max(seq.saturating_add(1)).min(next_seq);
+                        }
+                        Err(Mismatch::Body { seq }) => {
+                            // Our message (its header is intact), its body changed.
+                            fail("echo mismatch".into());
+                            expected = expected.max(seq.saturating_add(1)).min(next_seq);
+                        }
+                        Err(_) => {
+                            // Not one of ours (another type, size or header): what we sent is
+                            // still awaited (and timed out if it never comes).
+                            fail("unexpected message".into());
+                        }
+                    }
+                    if sending && plan.schedule.is_none() && next_seq.saturating_sub(expected) < plan.depth as u64 {
+                        // Closed loop: the next message leaves with this read's replies.
+                        if let Err(e) = wire.send(message(next_seq, at_ns)) {
+                            fail(proto_kind(e));
+                            return;
+                        }
+                        next_seq += 1;
+                    }
+                }
+                if !clean_end {
+                    break;
+                }
+                if got > 0 {
+                    last_progress = at;
+                    local.echoes += got;
+                    local.maybe_flush(at);
+                }
             }
         }
         if !sending && next_seq == expected {

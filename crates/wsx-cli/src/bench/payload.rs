@@ -44,8 +44,8 @@ pub enum Mismatch {
     Length,
     /// The header's checksum does not match its numbers (or is not hex).
     Header,
-    /// The filler differs from what was sent.
-    Body,
+    /// The filler differs from what was sent; the header (valid) says which message it was.
+    Body { seq: u64 },
 }
 
 impl Payloads {
@@ -149,7 +149,7 @@ impl Payloads {
             return Err(Mismatch::Header);
         }
         if body != self.filler(seq) {
-            return Err(Mismatch::Body);
+            return Err(Mismatch::Body { seq });
         }
         Ok((seq, sched))
     }

@@ -233,7 +233,8 @@ async fn worker(plan: Arc<Plan>, mut thread: Thread) {
             Err(e) => {
                 lock(&stats).connect_error(connect_error_kind(&e));
                 if let Role::Publisher { .. } = role {
-                    plan.done.fetch_add(1, Ordering::Relaxed);
+                    // Never connected: subscribers do not wait for it.
+                    plan.done.fetch_add(1, Ordering::Release);
                 }
             }
         }
@@ -254,10 +255,6 @@ async fn worker(plan: Arc<Plan>, mut thread: Thread) {
             if tokio::time::timeout_at(hard.into(), conn).await.is_err() {
                 lock(&stats).error("timeout", 1);
             }
-            if let Role::Publisher { .. } = role {
-                // Also when it failed or timed out: subscribers stop waiting for it.
-                plan.done.fetch_add(1, Ordering::Relaxed);
-            }
             lock(&stats).closed += 1;
         });
     }
@@ -267,6 +264,9 @@ async fn worker(plan: Arc<Plan>, mut thread: Thread) {
 /// A publisher: sends its share of the schedule (reading, and dropping, what the room sends it
 /// meanwhile), then closes.
 async fn publish(mut ws: WebSocket<MaybeTlsStream>, id: usize, plan: &Plan, start: Instant, stats: &Mutex<Stats>) {
+    // Once this publisher stops sending (done, failed, or its task cancelled at the hard
+    // deadline), subscribers stop waiting for more of its messages than it sent.
+    let done = Done(&plan.done);
     let window = (plan.warmup.as_nanos() as u64, (plan.warmup + plan.duration).as_nanos() as u64);
     let end = start + plan.warmup + plan.duration;
     let mut k = 0u64;
@@ -317,11 +317,14 @@ async fn publish(mut ws: WebSocket<MaybeTlsStream>, id: usize, plan: &Plan, star
                         Message::Binary(data)
                     };
                     if let Err(e) = ws.feed(msg).await {
-                        lock(stats).error(run_error_kind(&e), 1);
+                        let mut s = lock(stats);
+                        s.error(run_error_kind(&e), 1);
+                        // What this batch already sent was published.
+                        s.count("published", published);
                         return;
                     }
                     k += 1;
-                    plan.sent[id].store(k, Ordering::Relaxed);
+                    plan.sent[id].store(k, Ordering::Release);
                     if sched >= window.0 && sched < window.1 {
                         published += 1;
                         lags.push(now.saturating_duration_since(due).as_nanos() as u64);
@@ -337,8 +340,19 @@ async fn publish(mut ws: WebSocket<MaybeTlsStream>, id: usize, plan: &Plan, star
             }
         }
     }
+    drop(done);
     // Closing writes what is queued first; the room's traffic to this member is dropped.
     let _ = tokio::time::timeout(plan.timeout, ws.close(CloseCode::NORMAL, "")).await;
+}
+
+/// Counts a publisher as done when dropped (also on an early return or a cancellation).
+struct Done<'a>(&'a AtomicUsize);
+
+impl Drop for Done<'_> {
+    fn drop(&mut self) {
+        // Release: a subscriber that sees the count also sees the publisher's final `sent`.
+        self.0.fetch_add(1, Ordering::Release);
+    }
 }
 
 /// A subscriber: checks and times every delivery until the publishers of its room are done and
@@ -360,8 +374,8 @@ async fn subscribe(mut ws: WebSocket<MaybeTlsStream>, room: usize, plan: &Plan, 
         }
     };
     let all_in = |expected: &[u64]| {
-        plan.done.load(Ordering::Relaxed) == plan.sent.len()
-            && expected.iter().enumerate().all(|(j, &e)| e >= plan.sent[first + j].load(Ordering::Relaxed))
+        plan.done.load(Ordering::Acquire) == plan.sent.len()
+            && expected.iter().enumerate().all(|(j, &e)| e >= plan.sent[first + j].load(Ordering::Acquire))
     };
     loop {
         let now = Instant::now();
@@ -372,7 +386,7 @@ async fn subscribe(mut ws: WebSocket<MaybeTlsStream>, room: usize, plan: &Plan, 
             let missing: u64 = expected
                 .iter()
                 .enumerate()
-                .map(|(j, &e)| plan.sent[first + j].load(Ordering::Relaxed).saturating_sub(e))
+                .map(|(j, &e)| plan.sent[first + j].load(Ordering::Acquire).saturating_sub(e))
                 .sum();
             lock(stats).error("lost", missing);
             break;

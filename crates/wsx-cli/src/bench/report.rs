@@ -44,6 +44,8 @@ pub struct Stats {
     pub closed: u64,
     /// Of those, the ones on which the server accepted permessage-deflate.
     pub deflated: u64,
+    /// When the last of them finished its handshake (a ramp's end).
+    pub last_open: Option<std::time::Instant>,
 }
 
 impl Default for Stats {
@@ -60,6 +62,7 @@ impl Default for Stats {
             connected: 0,
             closed: 0,
             deflated: 0,
+            last_open: None,
         }
     }
 }
@@ -125,6 +128,7 @@ impl Stats {
         self.connected += other.connected;
         self.closed += other.closed;
         self.deflated += other.deflated;
+        self.last_open = self.last_open.max(other.last_open);
         for (k, v) in &other.errors {
             *self.errors.entry(k.clone()).or_default() += v;
         }

@@ -38,6 +38,9 @@ pub struct Wire<S> {
     buf: BytesMut,
     /// Bytes to ask of the next read (see [`MIN_READ`]).
     read_size: usize,
+    /// Bytes were written since the stream was last flushed: a TLS stream may hold the last
+    /// records until it is (plain TCP holds nothing, and its flush costs nothing).
+    unflushed: bool,
     eof: bool,
 }
 
@@ -54,14 +57,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     /// Takes over a connection the library's client has opened.
     pub fn new(ws: WebSocket<S>) -> Self {
         let (stream, conn, buf) = ws.into_parts();
-        Self { stream, conn, decoder: None, buf, read_size: MIN_READ, eof: false }
+        Self { stream, conn, decoder: None, buf, read_size: MIN_READ, unflushed: false, eof: false }
     }
 
     /// A client over a byte echo (`--raw`): no handshake; `conn` masks what it sends, and a
     /// server-role core with the same settings reads it back.
     pub fn raw(stream: S, conn: Connection) -> Self {
         let decoder = Connection::server(conn.config().clone(), Instant::now());
-        Self { stream, conn, decoder: Some(decoder), buf: BytesMut::new(), read_size: MIN_READ, eof: false }
+        Self {
+            stream,
+            conn,
+            decoder: Some(decoder),
+            buf: BytesMut::new(),
+            read_size: MIN_READ,
+            unflushed: false,
+            eof: false,
+        }
     }
 
     /// Queues a message (framed, masked, compressed when negotiated) for the next write.
@@ -92,14 +103,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     /// stream ends. Cancel-safe: all progress lives in `self`.
     pub async fn io(&mut self) -> io::Result<Io> {
         poll_fn(|cx| {
-            let Self { stream, conn, buf, eof, read_size, .. } = self;
+            let Self { stream, conn, buf, eof, read_size, unflushed, .. } = self;
             let out = conn.output();
             while out.has_remaining() {
                 match tokio_util::io::poll_write_buf(Pin::new(&mut *stream), cx, out) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                    Poll::Ready(Ok(_)) => {}
+                    Poll::Ready(Ok(_)) => *unflushed = true,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => break,
+                }
+            }
+            if !out.has_remaining() && *unflushed {
+                match Pin::new(&mut *stream).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => *unflushed = false,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    // Registered: the stream wakes us when it can take more.
+                    Poll::Pending => {}
                 }
             }
             if *eof {

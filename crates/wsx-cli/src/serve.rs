@@ -298,13 +298,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for S {}
 /// timeout), then [`connection`].
 async fn tcp_connection(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, shutdown: watch::Receiver<bool>) {
     let _ = tcp.set_nodelay(true);
-    let Some(acceptor) = &server.tls else { return connection(server, tcp, peer, shutdown).await };
-    let timeout = server.config.websocket.proto.handshake_timeout;
-    match tokio::time::timeout(timeout, wsx::tls::accept(acceptor, tcp)).await {
-        Ok(Ok(stream)) => connection(server, stream, peer, shutdown).await,
-        Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
-        Err(_) => tracing::info!(%peer, "TLS handshake not done within {timeout:?}"),
-    }
+    let Some(acceptor) = server.tls.clone() else { return connection(server, tcp, peer, shutdown).await };
+    // Boxed: a TLS connection's state (its stream is larger than a TCP socket) must not make
+    // every plain connection's task as large; idle connections are counted in bytes.
+    Box::pin(async move {
+        let timeout = server.config.websocket.proto.handshake_timeout;
+        match tokio::time::timeout(timeout, wsx::tls::accept(&acceptor, tcp)).await {
+            Ok(Ok(stream)) => connection(server, stream, peer, shutdown).await,
+            Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
+            Err(_) => tracing::info!(%peer, "TLS handshake not done within {timeout:?}"),
+        }
+    })
+    .await
 }
 
 /// Serves one connection: a plain HTTP answer, a refused handshake, or a WebSocket.

@@ -426,6 +426,17 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 /// **Cancel safety**: cancelling drops the half-open connection.
 pub async fn accept(
     acceptor: &TlsAcceptor,
+    tcp: TcpStream,
+) -> Result<tokio_rustls::server::TlsStream<TcpStream>, Error> {
+    // The handshake's state (a rustls connection mid-handshake, the plain-HTTP answer's
+    // buffers: several KB) lives in its own allocation, freed once the stream is open: a task
+    // that awaits `accept` and then serves the connection keeps a pointer's worth of it for
+    // its whole life, not the largest state it ever had.
+    Box::pin(accept_inner(acceptor, tcp)).await
+}
+
+async fn accept_inner(
+    acceptor: &TlsAcceptor,
     mut tcp: TcpStream,
 ) -> Result<tokio_rustls::server::TlsStream<TcpStream>, Error> {
     let mut first = [0u8; 1];

@@ -354,3 +354,19 @@ async fn browser_interface_over_wss() {
         other => panic!("expected the echo, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn accepting_tls_leaves_no_large_state_in_the_callers_future() {
+    // A server task that awaits `tls::accept` and then serves the connection keeps the
+    // future's largest state for the connection's whole life: the handshake's state (a rustls
+    // connection mid-handshake, the plain-HTTP answer's buffers) must live in its own
+    // allocation, or every idle connection pays for it.
+    let ca = TestCa::new("wsx test CA");
+    let leaf = ca.server(&["localhost"]);
+    let acceptor = ServerTls::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes()).unwrap().acceptor().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+    let accepting = wsx::tls::accept(&acceptor, tcp);
+    let size = std::mem::size_of_val(&accepting);
+    assert!(size <= 128, "tls::accept's future is {size} bytes");
+}

@@ -24,7 +24,8 @@ async fn echo<S: AsyncRead + AsyncWrite + Unpin>(stream: S) -> Result<(), tungst
 async fn handle(tcp: TcpStream, tls: Option<TlsAcceptor>) -> Result<(), tungstenite::Error> {
     match tls {
         None => echo(tcp).await,
-        Some(acceptor) => echo(acceptor.accept(tcp).await?).await,
+        // Boxed: the TLS connection's state must not make every plain connection's task as large.
+        Some(acceptor) => Box::pin(async move { echo(acceptor.accept(tcp).await?).await }).await,
     }
 }
 

@@ -21,7 +21,8 @@ async fn echo<S: AsyncRead + AsyncWrite + Unpin>(stream: S) -> Result<(), wsx::E
 async fn handle(tcp: TcpStream, tls: Option<TlsAcceptor>) -> Result<(), wsx::Error> {
     match tls {
         None => echo(tcp).await,
-        Some(acceptor) => echo(wsx::tls::accept(&acceptor, tcp).await?).await,
+        // Boxed: the TLS connection's state must not make every plain connection's task as large.
+        Some(acceptor) => Box::pin(async move { echo(wsx::tls::accept(&acceptor, tcp).await?).await }).await,
     }
 }
 

@@ -106,6 +106,47 @@ enum Mode {
     Compare(compare::CompareArgs),
 }
 
+/// What the echo and pubsub modes send.
+#[derive(Args, Debug, Clone)]
+pub struct PayloadArgs {
+    /// Message size in bytes (k, M: powers of 1024); at least 20 (binary) or 40 (text): the
+    /// sequence number, send time and checksum each message carries. Default: that minimum.
+    #[arg(short = 's', long, value_parser = crate::connect::format::parse_size)]
+    size: Option<usize>,
+    /// Text messages (JSON-like ASCII) instead of binary ones.
+    #[arg(long, conflicts_with = "binary")]
+    text: bool,
+    /// Binary messages (the default).
+    #[arg(long)]
+    binary: bool,
+    /// Offer permessage-deflate (off by default). The payload is JSON-like text, which compresses
+    /// about as real JSON does.
+    #[arg(long)]
+    deflate: bool,
+}
+
+impl PayloadArgs {
+    /// The message size: as given, or the header's length.
+    fn size(&self) -> usize {
+        self.size.unwrap_or(payload::header_len(self.text))
+    }
+
+    /// The messages of the run.
+    fn payloads(&self) -> anyhow::Result<payload::Payloads> {
+        payload::Payloads::new(self.size(), self.text).map_err(anyhow::Error::msg)
+    }
+
+    /// How the summary names the messages: `20 B binary`, `1024 B text deflate`.
+    fn describe(&self) -> String {
+        format!(
+            "{} B {}{}",
+            self.size(),
+            if self.text { "text" } else { "binary" },
+            if self.deflate { " deflate" } else { "" }
+        )
+    }
+}
+
 /// Options every mode shares.
 #[derive(Args, Debug, Clone)]
 pub struct Common {
@@ -533,6 +574,22 @@ pub fn connect_error_kind(e: &wsx::Error) -> String {
         wsx::Error::HandshakeTimeout(_) => "connect timeout".into(),
         wsx::Error::Tls(_) => "tls".into(),
         e => format!("connect: {:?}", e.kind()).to_lowercase(),
+    }
+}
+
+/// The error kind of a close frame from the server: `close 1000`, `close 1005` without a code.
+pub fn close_kind(frame: Option<wsx::CloseFrame>) -> String {
+    format!("close {}", frame.map_or(1005, |f| f.code.0))
+}
+
+/// What `recv` returned: a message to handle, or the error kind of the connection's end (the
+/// server's close by its code, an error, or the stream's end without a close: 1006).
+pub fn end_kind(event: Option<Result<wsx::Message, wsx::Error>>) -> Result<wsx::Message, String> {
+    match event {
+        Some(Ok(wsx::Message::Close(frame))) => Err(close_kind(frame)),
+        Some(Ok(msg)) => Ok(msg),
+        Some(Err(e)) => Err(run_error_kind(&e)),
+        None => Err("close 1006".into()),
     }
 }
 

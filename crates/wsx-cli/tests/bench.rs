@@ -80,37 +80,10 @@ fn test_server(behaviour: Behaviour) -> SocketAddr {
     rx.recv_timeout(Duration::from_secs(5)).expect("test server started")
 }
 
-/// Runs `wsx bench echo ARGS… URL --json FILE`; returns the output and the parsed JSON.
+/// Runs `wsx bench echo ARGS… URL --json FILE` (with a 0.2 s warm-up unless ARGS set one).
 fn bench(url: &str, args: &[&str]) -> (Output, serde_json::Value) {
-    let dir = std::env::temp_dir().join(format!("wsx-bench-test-{}-{}", std::process::id(), rand_suffix()));
-    let json = dir.with_extension("json");
-    let started = Instant::now();
     let warmup: &[&str] = if args.contains(&"--warmup") { &[] } else { &["--warmup", "0.2"] };
-    let out = Command::new(WSX)
-        .args(["bench", "echo"])
-        .args(warmup)
-        .args(args)
-        .arg("--json")
-        .arg(&json)
-        .arg(url)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run wsx bench");
-    let text = std::fs::read_to_string(&json).unwrap_or_else(|_| {
-        panic!(
-            "no JSON written; stdout:\n{}\nstderr:\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    let _ = std::fs::remove_file(&json);
-    eprintln!("wsx bench {args:?} took {:?}:\n{}", started.elapsed(), String::from_utf8_lossy(&out.stdout));
-    (out, serde_json::from_str(&text).expect("valid JSON"))
-}
-
-fn rand_suffix() -> u64 {
-    static N: AtomicU64 = AtomicU64::new(0);
-    N.fetch_add(1, Ordering::Relaxed)
+    common::bench_json("echo", url, &[warmup, args].concat())
 }
 
 fn ms(j: &serde_json::Value, key: &str) -> f64 {

@@ -5,43 +5,13 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Server, WSX};
+use common::{bench_json as bench, Server, WSX};
 use wsx::{CloseCode, Message};
-
-/// Runs `wsx bench MODE ARGS… URL --json FILE`; returns the output and the parsed JSON.
-fn bench(mode: &str, url: &str, args: &[&str]) -> (Output, serde_json::Value) {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let json = std::env::temp_dir().join(format!(
-        "wsx-bench-modes-{}-{}.json",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let started = Instant::now();
-    let out = Command::new(WSX)
-        .args(["bench", mode])
-        .args(args)
-        .arg("--json")
-        .arg(&json)
-        .arg(url)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run wsx bench");
-    let text = std::fs::read_to_string(&json).unwrap_or_else(|_| {
-        panic!(
-            "no JSON written; stdout:\n{}\nstderr:\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    let _ = std::fs::remove_file(&json);
-    eprintln!("wsx bench {mode} {args:?} took {:?}:\n{}", started.elapsed(), String::from_utf8_lossy(&out.stdout));
-    (out, serde_json::from_str(&text).expect("valid JSON"))
-}
 
 fn num(j: &serde_json::Value, path: &[&str]) -> f64 {
     let mut v = j;

@@ -19,7 +19,7 @@ use wsx::proto::deflate::DeflateConfig;
 use wsx::{ClientBuilder, CloseCode, MaybeTlsStream, WebSocket, WebSocketConfig};
 
 use super::report::{fmt_count, Report, Stats};
-use super::{connect_error_kind, lock, run_error_kind, run_threads, Common, Schedule, Thread, Timeline};
+use super::{connect_error_kind, end_kind, lock, run_error_kind, run_threads, Common, Schedule, Thread, Timeline};
 use crate::connect::format::parse_secs;
 
 /// Options of `wsx bench connect`.
@@ -422,12 +422,7 @@ async fn ramp_worker(
 /// Whether a held connection's event ends it (counted as an error: an idle connection should
 /// not end while held).
 fn ended(event: Option<Result<wsx::Message, wsx::Error>>, stats: &Mutex<Stats>) -> bool {
-    let kind = match event {
-        Some(Ok(wsx::Message::Close(frame))) => format!("close {}", frame.map_or(1005, |f| f.code.0)),
-        Some(Ok(_)) => return false,
-        Some(Err(e)) => run_error_kind(&e),
-        None => "close 1006".into(),
-    };
+    let Err(kind) = end_kind(event) else { return false };
     let mut s = lock(stats);
     s.error(format!("{kind} while held"), 1);
     s.closed += 1;

@@ -8,11 +8,12 @@ use clap::Args;
 use wsx::proto::deflate::DeflateConfig;
 use wsx::{ClientBuilder, MaybeTlsStream, Message, WebSocketConfig};
 
-use super::payload::{self, Mismatch, Payloads, Reuse};
+use super::payload::{Mismatch, Payloads, Reuse};
 use super::report::{Report, Stats};
 use super::wire::{Io, Wire};
-use super::{connect_error_kind, lock, run_error_kind, run_threads, Common, Schedule, Thread, Timeline};
-use crate::connect::format::parse_size;
+use super::{
+    close_kind, connect_error_kind, lock, run_error_kind, run_threads, Common, PayloadArgs, Schedule, Thread, Timeline,
+};
 
 /// Options of `wsx bench echo`.
 #[derive(Args, Debug, Clone)]
@@ -22,26 +23,14 @@ pub struct EchoArgs {
     /// Connections, opened before the clock starts.
     #[arg(short = 'c', long, default_value_t = 64)]
     conns: usize,
-    /// Message size in bytes (k, M: powers of 1024); at least 20 (binary) or 40 (text): the
-    /// sequence number, send time and checksum each message carries. Default: that minimum.
-    #[arg(short = 's', long, value_parser = parse_size)]
-    size: Option<usize>,
     /// Closed loop: messages in flight per connection.
     #[arg(short = 'd', long, default_value_t = 16, conflicts_with = "rate")]
     depth: usize,
     /// Open loop: messages per second in total, on a fixed schedule spread over the connections.
     #[arg(short = 'r', long)]
     rate: Option<f64>,
-    /// Text messages (JSON-like ASCII) instead of binary ones.
-    #[arg(long, conflicts_with = "binary")]
-    text: bool,
-    /// Binary messages (the default).
-    #[arg(long)]
-    binary: bool,
-    /// Offer permessage-deflate (off by default). The payload is JSON-like text, which compresses
-    /// about as real JSON does.
-    #[arg(long)]
-    deflate: bool,
+    #[command(flatten)]
+    payload: PayloadArgs,
     #[command(flatten)]
     common: Common,
     /// The ceiling: drive a plain TCP byte echo (no handshake; our masked frames come back as
@@ -64,15 +53,15 @@ fn config(args: &EchoArgs, size: usize) -> WebSocketConfig {
     // open loop stops queueing at OPEN_LOOP_QUEUE (the late messages' lag is then reported).
     config.proto.write_buffer_high_water =
         (args.depth.saturating_mul(size).saturating_mul(2)).max(OPEN_LOOP_QUEUE * 4).saturating_add(size);
-    if args.deflate {
+    if args.payload.deflate {
         config.deflate = Some(DeflateConfig::default());
     }
     config
 }
 
 /// Runs `wsx bench echo`.
-pub fn run(mut args: EchoArgs) -> anyhow::Result<std::process::ExitCode> {
-    let size = *args.size.get_or_insert(payload::header_len(args.text));
+pub fn run(args: EchoArgs) -> anyhow::Result<std::process::ExitCode> {
+    let size = args.payload.size();
     let url = crate::connect::normalize_url(&args.url);
     args.common.check(&url)?;
     if args.conns == 0 || args.depth == 0 {
@@ -96,7 +85,7 @@ pub fn run(mut args: EchoArgs) -> anyhow::Result<std::process::ExitCode> {
     let plan = Arc::new(Plan {
         builder: args.common.builder(&url, config(&args, size))?,
         raw,
-        payloads: Payloads::new(size, args.text).map_err(anyhow::Error::msg)?,
+        payloads: args.payload.payloads()?,
         depth: args.depth,
         schedule: args.rate.map(|r| Schedule::new(r, args.conns)),
         warmup: args.common.warmup,
@@ -118,11 +107,10 @@ pub fn run(mut args: EchoArgs) -> anyhow::Result<std::process::ExitCode> {
         unit: "messages",
         rate_key: "msgs_per_s",
         shape: format!(
-            "{loop_shape}; {} conns ({} connected), {size} B {}{}",
+            "{loop_shape}; {} conns ({} connected), {}",
             args.conns,
             finished.stats.connected,
-            if args.text { "text" } else { "binary" },
-            if args.deflate { " deflate" } else { "" },
+            args.payload.describe(),
         ),
         latency_label: if args.rate.is_some() { "from scheduled send" } else { "from actual send" }.into(),
         conns: args.conns,
@@ -130,8 +118,8 @@ pub fn run(mut args: EchoArgs) -> anyhow::Result<std::process::ExitCode> {
         size,
         depth: args.rate.is_none().then_some(args.depth),
         rate: args.rate,
-        text: args.text,
-        deflate: args.deflate,
+        text: args.payload.text,
+        deflate: args.payload.deflate,
         warmup: args.common.warmup,
         duration: args.common.duration,
         stats: finished.stats,
@@ -302,15 +290,7 @@ async fn drive(
     let in_window = |sched: u64| sched >= window.0 && sched < window.1;
     let end = start + plan.warmup + plan.duration;
     let since_start = |at: Instant| at.saturating_duration_since(start).as_nanos() as u64;
-    let message = |seq: u64, sched: u64| {
-        let data = payloads.make_reusing(reuse, seq, sched);
-        if payloads.text() {
-            // The filler and the hex header are ASCII.
-            Message::Text(wsx::Utf8Bytes::try_from(data).unwrap_or_else(|_| wsx::Utf8Bytes::from("")))
-        } else {
-            Message::Binary(data)
-        }
-    };
+    let message = |seq: u64, sched: u64| payloads.message(payloads.make_reusing(reuse, seq, sched));
     let fail = |kind: String| lock(stats).error(kind, 1);
     let proto_kind = |e: wsx::proto::Error| run_error_kind(&wsx::Error::from(e));
 
@@ -437,7 +417,7 @@ async fn drive(
                         Message::Text(t) => (true, t.into_bytes()),
                         Message::Binary(b) => (false, b),
                         Message::Close(frame) => {
-                            fail(format!("close {}", frame.map_or(1005, |f| f.code.0)));
+                            fail(close_kind(frame));
                             clean_end = false;
                             break;
                         }

@@ -66,10 +66,6 @@ impl Payloads {
         Ok(Self { text, size, fillers })
     }
 
-    pub fn text(&self) -> bool {
-        self.text
-    }
-
     /// The message with this sequence number and scheduled time.
     pub fn make(&self, seq: u64, sched_ns: u64) -> Bytes {
         let (head, len) = self.header(seq, sched_ns);
@@ -118,6 +114,16 @@ impl Payloads {
             head[8..16].copy_from_slice(&sched_ns.to_le_bytes());
             head[16..20].copy_from_slice(&sum.to_le_bytes());
             (head, BINARY_HEADER)
+        }
+    }
+
+    /// A message of the run's type carrying `data` (from [`make`](Self::make) or
+    /// [`make_reusing`](Self::make_reusing): text data is ASCII).
+    pub fn message(&self, data: Bytes) -> wsx::Message {
+        if self.text {
+            wsx::Message::Text(wsx::Utf8Bytes::try_from(data).unwrap_or_else(|_| wsx::Utf8Bytes::from("")))
+        } else {
+            wsx::Message::Binary(data)
         }
     }
 

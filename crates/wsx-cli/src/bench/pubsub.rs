@@ -19,10 +19,11 @@ use clap::Args;
 use wsx::proto::deflate::DeflateConfig;
 use wsx::{ClientBuilder, CloseCode, MaybeTlsStream, Message, WebSocket, WebSocketConfig};
 
-use super::payload::{self, Payloads};
+use super::payload::Payloads;
 use super::report::{fmt_count, Report, Stats};
-use super::{connect_error_kind, lock, run_error_kind, run_threads, Common, Schedule, Thread, Timeline};
-use crate::connect::format::parse_size;
+use super::{
+    connect_error_kind, end_kind, lock, run_error_kind, run_threads, Common, PayloadArgs, Schedule, Thread, Timeline,
+};
 
 /// Bits of the sequence field that number a publisher's messages.
 const SEQ_BITS: u32 = 40;
@@ -46,18 +47,8 @@ pub struct PubsubArgs {
     /// Messages published per second in total (all rooms), on a fixed schedule.
     #[arg(short = 'r', long, default_value_t = 1000.0)]
     rate: f64,
-    /// Message size in bytes (k, M: powers of 1024); at least 20 (binary) or 40 (text).
-    #[arg(short = 's', long, value_parser = parse_size)]
-    size: Option<usize>,
-    /// Text messages (JSON-like ASCII) instead of binary ones.
-    #[arg(long, conflicts_with = "binary")]
-    text: bool,
-    /// Binary messages (the default).
-    #[arg(long)]
-    binary: bool,
-    /// Offer permessage-deflate.
-    #[arg(long)]
-    deflate: bool,
+    #[command(flatten)]
+    payload: PayloadArgs,
     #[command(flatten)]
     common: Common,
 }
@@ -113,8 +104,8 @@ struct Plan {
 const QUEUE: usize = 1 << 20;
 
 /// Runs `wsx bench pubsub`.
-pub fn run(mut args: PubsubArgs) -> anyhow::Result<std::process::ExitCode> {
-    let size = *args.size.get_or_insert(payload::header_len(args.text));
+pub fn run(args: PubsubArgs) -> anyhow::Result<std::process::ExitCode> {
+    let size = args.payload.size();
     let url = crate::connect::normalize_url(&args.url);
     args.common.check(&url)?;
     if args.rooms == 0 || args.publishers == 0 || args.subscribers == 0 {
@@ -126,7 +117,7 @@ pub fn run(mut args: PubsubArgs) -> anyhow::Result<std::process::ExitCode> {
     let mut config = WebSocketConfig::default();
     // Above what a publisher queues, so that it never stops reading the room (see bench echo).
     config.proto.write_buffer_high_water = QUEUE * 4 + size;
-    if args.deflate {
+    if args.payload.deflate {
         config.deflate = Some(DeflateConfig::default());
     }
     let builders = (0..args.rooms)
@@ -137,7 +128,7 @@ pub fn run(mut args: PubsubArgs) -> anyhow::Result<std::process::ExitCode> {
     let threads = args.common.threads.min(roles.len());
     let plan = Arc::new(Plan {
         builders,
-        payloads: Payloads::new(size, args.text).map_err(anyhow::Error::msg)?,
+        payloads: args.payload.payloads()?,
         schedule: Schedule::new(args.rate, total_publishers),
         publishers: args.publishers,
         warmup: args.common.warmup,
@@ -175,14 +166,13 @@ pub fn run(mut args: PubsubArgs) -> anyhow::Result<std::process::ExitCode> {
         unit: "deliveries",
         rate_key: "deliveries_per_s",
         shape: format!(
-            "{} room(s) × ({} publishers + {} subscribers) = {conns} conns ({} connected), {} msgs/s published, {size} B {}{}",
+            "{} room(s) × ({} publishers + {} subscribers) = {conns} conns ({} connected), {} msgs/s published, {}",
             args.rooms,
             args.publishers,
             args.subscribers,
             finished.stats.connected,
             fmt_count(args.rate),
-            if args.text { "text" } else { "binary" },
-            if args.deflate { " deflate" } else { "" },
+            args.payload.describe(),
         ),
         latency_label: "scheduled publish to receipt by a subscriber".into(),
         conns,
@@ -190,8 +180,8 @@ pub fn run(mut args: PubsubArgs) -> anyhow::Result<std::process::ExitCode> {
         size,
         depth: None,
         rate: Some(args.rate),
-        text: args.text,
-        deflate: args.deflate,
+        text: args.payload.text,
+        deflate: args.payload.deflate,
         warmup: args.common.warmup,
         duration: args.common.duration,
         stats: finished.stats,
@@ -281,20 +271,9 @@ async fn publish(mut ws: WebSocket<MaybeTlsStream>, id: usize, plan: &Plan, star
             if held_back { Instant::now() + Duration::from_millis(1) } else { start + Duration::from_nanos(sched) };
         tokio::select! {
             biased;
-            event = ws.recv() => match event {
-                Some(Ok(Message::Close(frame))) => {
-                    lock(stats).error(format!("close {}", frame.map_or(1005, |f| f.code.0)), 1);
-                    return;
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    lock(stats).error(run_error_kind(&e), 1);
-                    return;
-                }
-                None => {
-                    lock(stats).error("close 1006", 1);
-                    return;
-                }
+            event = ws.recv() => if let Err(kind) = end_kind(event) {
+                lock(stats).error(kind, 1);
+                return;
             },
             () = tokio::time::sleep_until(wake.into()) => {
                 let now = Instant::now();
@@ -310,12 +289,7 @@ async fn publish(mut ws: WebSocket<MaybeTlsStream>, id: usize, plan: &Plan, star
                     if due > now || due >= end {
                         break;
                     }
-                    let data = plan.payloads.make(((id as u64) << SEQ_BITS) | k, sched);
-                    let msg = if plan.payloads.text() {
-                        Message::Text(wsx::Utf8Bytes::try_from(data).unwrap_or_else(|_| wsx::Utf8Bytes::from("")))
-                    } else {
-                        Message::Binary(data)
-                    };
+                    let msg = plan.payloads.message(plan.payloads.make(((id as u64) << SEQ_BITS) | k, sched));
                     if let Err(e) = ws.feed(msg).await {
                         let mut s = lock(stats);
                         s.error(run_error_kind(&e), 1);
@@ -395,20 +369,12 @@ async fn subscribe(mut ws: WebSocket<MaybeTlsStream>, room: usize, plan: &Plan, 
         tokio::select! {
             biased;
             event = ws.recv() => {
-                let (text, data) = match event {
-                    Some(Ok(Message::Text(t))) => (true, t.into_bytes()),
-                    Some(Ok(Message::Binary(b))) => (false, b),
-                    Some(Ok(Message::Close(frame))) => {
-                        lock(stats).error(format!("close {}", frame.map_or(1005, |f| f.code.0)), 1);
-                        break;
-                    }
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => {
-                        lock(stats).error(run_error_kind(&e), 1);
-                        break;
-                    }
-                    None => {
-                        lock(stats).error("close 1006", 1);
+                let (text, data) = match end_kind(event) {
+                    Ok(Message::Text(t)) => (true, t.into_bytes()),
+                    Ok(Message::Binary(b)) => (false, b),
+                    Ok(_) => continue,
+                    Err(kind) => {
+                        lock(stats).error(kind, 1);
                         break;
                     }
                 };

@@ -88,3 +88,34 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// Runs `wsx bench MODE ARGS… URL --json FILE`; returns the output and the parsed report.
+pub fn bench_json(mode: &str, url: &str, args: &[&str]) -> (std::process::Output, serde_json::Value) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let json = std::env::temp_dir().join(format!(
+        "wsx-bench-test-{}-{}.json",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let started = Instant::now();
+    let out = Command::new(WSX)
+        .args(["bench", mode])
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .arg(url)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run wsx bench");
+    let text = std::fs::read_to_string(&json).unwrap_or_else(|_| {
+        panic!(
+            "no JSON written; stdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let _ = std::fs::remove_file(&json);
+    eprintln!("wsx bench {mode} {args:?} took {:?}:\n{}", started.elapsed(), String::from_utf8_lossy(&out.stdout));
+    (out, serde_json::from_str(&text).expect("valid JSON"))
+}

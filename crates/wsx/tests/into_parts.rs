@@ -1,7 +1,7 @@
 //! `WebSocket::into_parts`: the parts of an open connection keep working when a caller drives
 //! the protocol core itself.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt as _;
@@ -28,7 +28,9 @@ async fn the_parts_carry_on_where_the_websocket_stopped() {
         match conn.read_event(&mut buf, Instant::now()).unwrap() {
             Some(msg) => got.push(msg),
             None => {
-                let n = stream.read_buf(&mut buf).await.unwrap();
+                // Bounded: bytes lost in the hand-over would otherwise leave this waiting.
+                let read = tokio::time::timeout(Duration::from_secs(5), stream.read_buf(&mut buf));
+                let n = read.await.expect("both messages within 5 s").unwrap();
                 assert!(n > 0, "the stream ended before both messages arrived");
             }
         }

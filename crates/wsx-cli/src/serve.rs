@@ -49,17 +49,15 @@ use wsx::origin::{OriginPolicy, Scheme};
 use wsx::proto::deflate::DeflateConfig;
 use wsx::proto::handshake::check_request;
 use wsx::{
-    Accept, CloseCode, CloseFrame, Incoming, Message, PreparedMessage, Rejection, ServerConfig, State, WebSocket,
-    WebSocketConfig,
+    Accept, CloseCode, CloseFrame, Incoming, Message, Rejection, ServerConfig, State, WebSocket, WebSocketConfig,
 };
 
 mod host;
 mod http;
-mod rooms;
 mod tls;
 
 use host::HostPolicy;
-use rooms::{Bus, LocalBus, QueueLimits, Received};
+use wsx_hub::{Hub, HubConfig, QueueLimits};
 
 /// The subprotocols the server knows. It selects the first one of the client's offer that is
 /// in this list.
@@ -79,9 +77,13 @@ Endpoints (all on one port):
   /                                  the demo page (plain HTTP)
   /echo                              WebSocket: echoes every message
   /room/NAME                         WebSocket: every message goes to every member of the room
+  /hub                               WebSocket: the hub subprotocol wsx.hub.v1 (docs/hub.md)
   /close?code=N&reason=R&after=MS    WebSocket: echoes, then the server closes with N and R
   anything else                      a --static file, or 404
-Subprotocols: the server selects the first of the client's offer among chat.v1, echo.v1.
+Subprotocols: the server selects the first of the client's offer among chat.v1, echo.v1
+(wsx.hub.v1 on /hub).
+Rooms live in this process, or, with --bus redis://HOST:PORT[/DB] (or WSX_BUS), are shared by
+every wsx serve connected to that Redis server (docs/hub.md).
 SIGINT/SIGTERM close every connection with 1001 and exit 0 (after at most 2 s).")]
 pub struct ServeArgs {
     /// Address to listen on.
@@ -132,6 +134,19 @@ pub struct ServeArgs {
     /// closes its connection with 1009. /echo keeps the 64 MiB limit.
     #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
     room_max_message: usize,
+    /// Share rooms with every wsx serve connected to this Redis server
+    /// (redis://HOST:PORT[/DB]). By default rooms live in this process.
+    #[arg(long, env = "WSX_BUS", value_name = "URL")]
+    bus: Option<String>,
+    /// Messages each room's history keeps, for members that reconnect (hub protocol).
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    room_history: usize,
+    /// Seconds a message stays in a room's history.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    room_history_ttl: u64,
+    /// Seconds a member of a dead node stays in presence (with --bus).
+    #[arg(long, default_value_t = 15, value_name = "SECONDS")]
+    presence_ttl: u64,
     #[command(flatten)]
     tls: tls::TlsArgs,
 }
@@ -146,7 +161,7 @@ struct Server {
     hosts: HostPolicy,
     origins: OriginPolicy,
     site: http::Site,
-    bus: Arc<dyn Bus>,
+    hub: Hub,
     /// With `--tls-cert`/`--tls-key` or `--tls-self-signed`: every connection speaks TLS.
     tls: Option<wsx::tls::TlsAcceptor>,
 }
@@ -167,6 +182,8 @@ impl Server {
 enum Route {
     Echo,
     Room(String),
+    /// A client of the hub subprotocol.
+    Hub,
     /// Echo, and close with this frame after this long.
     Close(CloseFrame, Duration),
 }
@@ -205,7 +222,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut room_websocket = config.websocket.clone();
     room_websocket.proto.max_message_size = args.room_max_message;
     room_websocket.proto.max_frame_size = room_websocket.proto.max_frame_size.min(args.room_max_message);
-    let queue_limits = QueueLimits { messages: args.room_queue, bytes: args.room_queue_bytes };
+    let hub_config = HubConfig {
+        queue: QueueLimits { messages: args.room_queue, bytes: args.room_queue_bytes },
+        history_size: args.room_history,
+        history_ttl: Duration::from_secs(args.room_history_ttl),
+        presence_ttl: Duration::from_secs(args.presence_ttl.max(1)),
+        ..HubConfig::default()
+    };
+    let hub = match &args.bus {
+        None => Hub::local(hub_config),
+        Some(url) => Hub::redis(url, hub_config).await.with_context(|| format!("--bus {url}"))?,
+    };
     let server = Arc::new(Server {
         config,
         room_websocket,
@@ -213,13 +240,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         hosts,
         origins,
         site: http::Site { static_root },
-        bus: Arc::new(LocalBus::new(queue_limits)),
+        hub,
         tls,
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let addr = listener.local_addr()?;
-    let mode = if args.echo { "echo on every path" } else { "demo, /echo, /room/{name}, /close" };
+    let mode = if args.echo { "echo on every path" } else { "demo, /echo, /room/{name}, /hub, /close" };
     let scheme = if server.tls.is_some() { "https" } else { "http" };
     tracing::info!(%addr, mode, "wsx serve listening on {scheme}://{addr}/");
 
@@ -321,7 +348,18 @@ async fn connection<S: Io>(server: Arc<Server>, stream: S, peer: SocketAddr, mut
     let outcome = match route {
         Route::Echo => echo(&mut ws, &mut shutdown, None).await,
         Route::Close(frame, after) => echo(&mut ws, &mut shutdown, Some((frame, after))).await,
-        Route::Room(name) => room(&mut ws, &name, &*server.bus, &mut shutdown).await,
+        Route::Room(name) => {
+            let shutdown = async move {
+                let _ = shutdown.wait_for(|&down| down).await;
+            };
+            wsx_hub::session::raw_member(&mut ws, &server.hub, &name, shutdown).await.into()
+        }
+        Route::Hub => {
+            let shutdown = async move {
+                let _ = shutdown.wait_for(|&down| down).await;
+            };
+            wsx_hub::session::hub_member(&mut ws, &server.hub, shutdown).await.into()
+        }
     };
     let ms = started.elapsed().as_millis() as u64;
     tracing::info!(%peer, path, code = outcome.code, by = outcome.by, ms, error = outcome.error.as_deref(), "closed");
@@ -389,7 +427,7 @@ async fn handshake<S: Io>(server: &Server, stream: S, peer: SocketAddr) -> Optio
     let route = match route {
         Ok(Some(route)) => route,
         Ok(None) => {
-            let body = "no WebSocket endpoint here: try /echo, /room/NAME or /close?code=4000&reason=bye\n";
+            let body = "no WebSocket endpoint here: try /echo, /room/NAME, /hub or /close?code=4000&reason=bye\n";
             refuse(incoming, Rejection::new(StatusCode::NOT_FOUND, body), peer, &path).await;
             return None;
         }
@@ -399,10 +437,14 @@ async fn handshake<S: Io>(server: &Server, stream: S, peer: SocketAddr) -> Optio
             return None;
         }
     };
-    let protocol = upgrade.protocols.iter().find(|p| PROTOCOLS.contains(&p.as_str())).cloned();
+    let known = |p: &str| match route {
+        Route::Hub => p == wsx_hub::protocol::PROTOCOL,
+        _ => PROTOCOLS.contains(&p),
+    };
+    let protocol = upgrade.protocols.iter().find(|p| known(p)).cloned();
     let accept = Accept { protocol, headers: HeaderMap::new() };
     let config = match route {
-        Route::Room(_) => &server.room_websocket,
+        Route::Room(_) | Route::Hub => &server.room_websocket,
         _ => &server.config.websocket,
     };
     match incoming.accept(&upgrade, accept, config).await {
@@ -428,10 +470,13 @@ fn route(uri: &Uri) -> Result<Option<Route>, String> {
     if path == "/echo" {
         return Ok(Some(Route::Echo));
     }
+    if path == "/hub" {
+        return Ok(Some(Route::Hub));
+    }
     if let Some(name) = path.strip_prefix("/room/") {
         let name = http::percent_decode(name)
             .and_then(|b| String::from_utf8(b).ok())
-            .filter(|n| !n.is_empty() && n.len() <= 128 && !n.contains('/') && !n.chars().any(char::is_control));
+            .filter(|n| wsx_hub::check_room(n).is_ok());
         return Ok(name.map(Route::Room));
     }
     if path == "/close" {
@@ -553,45 +598,10 @@ async fn echo<S: Io>(
     out
 }
 
-/// A room member: what it sends goes to the room, what the room carries goes to it.
-async fn room<S: Io>(
-    ws: &mut WebSocket<S>,
-    name: &str,
-    bus: &dyn Bus,
-    shutdown: &mut watch::Receiver<bool>,
-) -> Outcome {
-    let mut out = Outcome::default();
-    let mut subscription = bus.join(name);
-    loop {
-        tokio::select! {
-            msg = ws.recv() => match msg {
-                None => break,
-                // Framed (and compressed) once here for every member, by `send_prepared`.
-                Some(Ok(msg)) if msg.is_data() => {
-                    if let Ok(prepared) = PreparedMessage::try_from(msg) {
-                        bus.publish(name, prepared);
-                    }
-                }
-                Some(Ok(Message::Close(frame))) => out.peer_closed(frame),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => out.failed(e),
-            },
-            event = subscription.recv(), if !out.closing => match event {
-                // The connection's write timeout bounds this send when the member stops reading.
-                Received::Message(msg) => {
-                    if let Err(e) = ws.send_prepared(&msg).await {
-                        out.failed(e);
-                        break;
-                    }
-                }
-                Received::Lagged(lag) => {
-                    out.close(ws, CloseFrame::new(CloseCode::POLICY_VIOLATION, format!("too slow: {lag}"))).await;
-                }
-            },
-            _ = shutdown.changed(), if !out.closing => out.close(ws, going_away()).await,
-        }
+impl From<wsx_hub::session::Outcome> for Outcome {
+    fn from(o: wsx_hub::session::Outcome) -> Self {
+        Self { code: o.code, by: o.by, error: o.error, closing: true }
     }
-    out
 }
 
 #[cfg(test)]

@@ -119,3 +119,77 @@ pub fn bench_json(mode: &str, url: &str, args: &[&str]) -> (std::process::Output
     eprintln!("wsx bench {mode} {args:?} took {:?}:\n{}", started.elapsed(), String::from_utf8_lossy(&out.stdout));
     (out, serde_json::from_str(&text).expect("valid JSON"))
 }
+
+/// A `redis-server` of its own on a loopback port, killed when dropped. Fails the test with a
+/// clear message when `redis-server` is not installed (`scripts/test` installs it).
+pub struct Redis {
+    pub child: Option<Child>,
+    pub port: u16,
+    /// Where it keeps its append-only file, with persistence on.
+    pub dir: std::path::PathBuf,
+    pub persistent: bool,
+}
+
+impl Redis {
+    /// Starts one; with `persistent`, every write is in the append-only file before Redis
+    /// answers (`appendfsync always`), so a restart keeps whatever was acknowledged.
+    pub fn start(persistent: bool) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = std::env::temp_dir().join(format!("wsx-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut redis = Self { child: None, port, dir, persistent };
+        redis.restart();
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Starts it (again) on the same port and directory.
+    pub fn restart(&mut self) {
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if self.persistent {
+            cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            cmd.args(["--appendonly", "no"]);
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| {
+            panic!("cannot run redis-server ({e}): the hub tests need it (scripts/test installs it: apt-get install redis-server)")
+        });
+        self.child = Some(child);
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                use std::io::{Read as _, Write as _};
+                let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+                let mut buf = [0u8; 64];
+                if s.write_all(b"PING\r\n").is_ok() && s.read(&mut buf).is_ok_and(|n| buf[..n].starts_with(b"+PONG")) {
+                    return;
+                }
+            }
+            assert!(Instant::now() < end, "redis-server did not answer on port {} within 10 s", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills it with SIGKILL (no chance to save anything).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

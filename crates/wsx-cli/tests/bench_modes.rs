@@ -212,6 +212,43 @@ fn pubsub_delivers_every_message_to_every_subscriber() {
     server.expect_log(&["/room/bench-1"]);
 }
 
+/// The same over the hub subprotocol: subscribers are in the room before the run starts, and
+/// every `message` event's payload is checked (text payloads, so they travel as JSON strings).
+#[test]
+fn pubsub_over_the_hub_subprotocol() {
+    let server = Server::start(&[]);
+    let args = [
+        "--hub",
+        "--room",
+        "bench",
+        "--rooms",
+        "2",
+        "--publishers",
+        "2",
+        "--subscribers",
+        "5",
+        "--rate",
+        "200",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.2",
+        "--text",
+    ];
+    let (out, j) = bench("pubsub", &server.url("/hub"), &args);
+    assert!(out.status.success(), "{}\n{j}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!((j["connected"].clone(), j["published"].clone()), (14.into(), 200.into()), "{j}");
+    assert_eq!((j["deliveries"].clone(), j["error_count"].clone()), (1000.into(), 0.into()), "{j}");
+    // Binary payloads travel in base64.
+    let (out, j) = bench("pubsub", &server.url("/hub"), &args[..args.len() - 1]);
+    assert!(out.status.success(), "{}\n{j}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!((j["deliveries"].clone(), j["error_count"].clone()), (1000.into(), 0.into()), "{j}");
+    // A URL that is not a hub endpoint is a connect error of its own kind.
+    let (_, j) = bench("pubsub", &server.url("/echo"), &args);
+    assert_eq!(j["connected"], 0, "{j}");
+    assert!(j["errors"].as_object().unwrap().keys().any(|k| k.contains("subprotocol not selected")), "{j}");
+}
+
 #[test]
 fn pubsub_counts_lost_messages() {
     let addr = test_room(Room::Lossy);

@@ -127,6 +127,11 @@ impl Payloads {
         }
     }
 
+    /// Whether the payloads are text.
+    pub fn text(&self) -> bool {
+        self.text
+    }
+
     /// Checks an echo; returns its sequence number and scheduled time.
     pub fn check(&self, text: bool, data: &[u8]) -> Result<(u64, u64), Mismatch> {
         if text != self.text {

@@ -9,12 +9,20 @@
 //! subscriber expects each publisher's messages in sequence: a jump forward is that many
 //! messages lost, a step back a duplicate or a reordering. At the end subscribers wait (up to
 //! `--timeout`) for everything the publishers sent; what never arrived is lost too.
+//!
+//! With `--hub` the URL is a hub endpoint (`wsx serve`'s `/hub`) and every connection speaks
+//! the hub subprotocol `wsx.hub.v1`: subscribers `subscribe` to the room (`--room`, numbered
+//! with `--rooms`) and count as connected once `subscribed`; publishers send `publish` requests
+//! (the payload as `text`, or base64 in `binary`) and drop the `published` answers;
+//! subscribers check the payload of each `message` event. A hub `error` or `interrupted` is
+//! counted as an error of that name.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
+use base64::Engine as _;
 use clap::Args;
 use wsx::proto::deflate::DeflateConfig;
 use wsx::{ClientBuilder, CloseCode, MaybeTlsStream, Message, WebSocket, WebSocketConfig};
@@ -47,6 +55,13 @@ pub struct PubsubArgs {
     /// Messages published per second in total (all rooms), on a fixed schedule.
     #[arg(short = 'r', long, default_value_t = 1000.0)]
     rate: f64,
+    /// Speak the hub subprotocol (wsx.hub.v1) to URL (e.g. ws://host:port/hub) instead of
+    /// joining a raw room by URL.
+    #[arg(long)]
+    hub: bool,
+    /// With --hub: the room's name (NAME-0 … NAME-(N-1) with --rooms N).
+    #[arg(long, default_value = "bench", value_name = "NAME")]
+    room: String,
     #[command(flatten)]
     payload: PayloadArgs,
     #[command(flatten)]
@@ -86,6 +101,8 @@ fn room_url(url: &str, room: usize, rooms: usize) -> String {
 /// What every task shares.
 struct Plan {
     builders: Vec<ClientBuilder>,
+    /// With `--hub`: each room's name.
+    hub_rooms: Option<Vec<String>>,
     payloads: Payloads,
     schedule: Schedule,
     publishers: usize,
@@ -121,13 +138,18 @@ pub fn run(args: PubsubArgs) -> anyhow::Result<std::process::ExitCode> {
         config.deflate = Some(DeflateConfig::default());
     }
     let builders = (0..args.rooms)
-        .map(|r| args.common.builder(&room_url(&url, r, args.rooms), config.clone()))
+        .map(|r| match args.hub {
+            true => Ok(args.common.builder(&url, config.clone())?.protocol(wsx_hub::protocol::PROTOCOL)),
+            false => args.common.builder(&room_url(&url, r, args.rooms), config.clone()),
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let hub_rooms = args.hub.then(|| (0..args.rooms).map(|r| room_name(&args.room, r, args.rooms)).collect());
     let roles = roles(args.rooms, args.publishers, args.subscribers);
     let total_publishers = args.rooms * args.publishers;
     let threads = args.common.threads.min(roles.len());
     let plan = Arc::new(Plan {
         builders,
+        hub_rooms,
         payloads: args.payload.payloads()?,
         schedule: Schedule::new(args.rate, total_publishers),
         publishers: args.publishers,
@@ -204,24 +226,32 @@ async fn worker(plan: Arc<Plan>, mut thread: Thread) {
         };
         let builder = plan.builders[room].clone();
         let (role, at) = (*role, opened + plan.common.connect_delay(i));
+        let (hub_room, timeout) = (plan.hub_rooms.as_ref().map(|r| r[room].clone()), plan.timeout);
         connecting.spawn(async move {
             tokio::time::sleep_until(at.into()).await;
-            (role, builder.connect().await)
+            let connected = match builder.connect().await {
+                Ok((ws, _)) => match hub_room {
+                    Some(name) => hub_hello(ws, &name, matches!(role, Role::Subscriber { .. }), timeout).await,
+                    None => Ok(ws),
+                },
+                Err(e) => Err(connect_error_kind(&e)),
+            };
+            (role, connected)
         });
     }
     let mut open = Vec::new();
     while let Some(joined) = connecting.join_next().await {
         let Ok((role, result)) = joined else { continue };
         match result {
-            Ok((ws, _)) => {
+            Ok(ws) => {
                 let mut s = lock(&stats);
                 s.connected += 1;
                 s.deflated += u64::from(ws.extensions().is_some_and(|x| x.contains("permessage-deflate")));
                 drop(s);
                 open.push((role, ws));
             }
-            Err(e) => {
-                lock(&stats).connect_error(connect_error_kind(&e));
+            Err(kind) => {
+                lock(&stats).connect_error(kind);
                 if let Role::Publisher { .. } = role {
                     // Never connected: subscribers do not wait for it.
                     plan.done.fetch_add(1, Ordering::Release);
@@ -289,7 +319,11 @@ async fn publish(mut ws: WebSocket<MaybeTlsStream>, id: usize, plan: &Plan, star
                     if due > now || due >= end {
                         break;
                     }
-                    let msg = plan.payloads.message(plan.payloads.make(((id as u64) << SEQ_BITS) | k, sched));
+                    let data = plan.payloads.make(((id as u64) << SEQ_BITS) | k, sched);
+                    let msg = match &plan.hub_rooms {
+                        Some(rooms) => hub_publish(&rooms[id / plan.publishers], plan.payloads.text(), &data),
+                        None => plan.payloads.message(data),
+                    };
                     if let Err(e) = ws.feed(msg).await {
                         let mut s = lock(stats);
                         s.error(run_error_kind(&e), 1);
@@ -370,6 +404,14 @@ async fn subscribe(mut ws: WebSocket<MaybeTlsStream>, room: usize, plan: &Plan, 
             biased;
             event = ws.recv() => {
                 let (text, data) = match end_kind(event) {
+                    Ok(Message::Text(t)) if plan.hub_rooms.is_some() => match hub_event(t.as_str()) {
+                        HubEvent::Payload(text, data) => (text, data),
+                        HubEvent::Other => continue,
+                        HubEvent::Error(kind) => {
+                            lock(stats).error(kind, 1);
+                            continue;
+                        }
+                    },
                     Ok(Message::Text(t)) => (true, t.into_bytes()),
                     Ok(Message::Binary(b)) => (false, b),
                     Ok(_) => continue,
@@ -415,9 +457,117 @@ async fn subscribe(mut ws: WebSocket<MaybeTlsStream>, room: usize, plan: &Plan, 
     let _ = tokio::time::timeout(plan.timeout, ws.close(CloseCode::NORMAL, "")).await;
 }
 
+/// The name of room `room` of `rooms` in hub mode.
+fn room_name(name: &str, room: usize, rooms: usize) -> String {
+    if rooms == 1 {
+        name.to_owned()
+    } else {
+        format!("{name}-{room}")
+    }
+}
+
+/// Opens a hub session: reads `welcome`; a subscriber subscribes and waits for `subscribed`.
+async fn hub_hello(
+    mut ws: WebSocket<MaybeTlsStream>,
+    room: &str,
+    subscriber: bool,
+    timeout: Duration,
+) -> Result<WebSocket<MaybeTlsStream>, String> {
+    let next = async |ws: &mut WebSocket<MaybeTlsStream>| -> Result<serde_json::Value, String> {
+        match tokio::time::timeout(timeout, ws.recv()).await {
+            Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str(t.as_str()).map_err(|_| "hub: not JSON".to_owned()),
+            Ok(Some(Ok(other))) => {
+                Err(format!("hub: unexpected {}", if other.is_data() { "binary" } else { "control" }))
+            }
+            Ok(Some(Err(e))) => Err(run_error_kind(&e).to_owned()),
+            Ok(None) => Err("hub: closed".to_owned()),
+            Err(_) => Err("hub: no answer".to_owned()),
+        }
+    };
+    if ws.protocol() != Some(wsx_hub::protocol::PROTOCOL) {
+        return Err("hub: subprotocol not selected".to_owned());
+    }
+    let welcome = next(&mut ws).await?;
+    if welcome["type"] != "welcome" {
+        return Err("hub: no welcome".to_owned());
+    }
+    if subscriber {
+        let request = serde_json::json!({"type": "subscribe", "room": room});
+        ws.send_text(request.to_string()).await.map_err(|e| run_error_kind(&e).to_owned())?;
+        let answer = next(&mut ws).await?;
+        if answer["type"] != "subscribed" {
+            return Err(format!("hub: subscribe answered {}", answer["code"].as_str().unwrap_or("?")));
+        }
+    }
+    Ok(ws)
+}
+
+/// A `publish` request carrying `data`: as `text`, or in base64 as `binary`.
+fn hub_publish(room: &str, text: bool, data: &[u8]) -> Message {
+    let body = if text {
+        let t = std::str::from_utf8(data).unwrap_or_default();
+        serde_json::json!({"type": "publish", "room": room, "text": t})
+    } else {
+        let b = base64::engine::general_purpose::STANDARD.encode(data);
+        serde_json::json!({"type": "publish", "room": room, "binary": b})
+    };
+    Message::text(body.to_string())
+}
+
+/// What a subscriber makes of a hub message.
+#[derive(Debug, PartialEq)]
+enum HubEvent {
+    /// A room message's payload (text or not, its bytes).
+    Payload(bool, bytes::Bytes),
+    /// An answer or event to skip.
+    Other,
+    /// An error to count, by kind.
+    Error(&'static str),
+}
+
+fn hub_event(text: &str) -> HubEvent {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(text) else { return HubEvent::Error("hub: not JSON") };
+    match v["type"].as_str() {
+        Some("message") => {
+            if let Some(t) = v["text"].as_str() {
+                HubEvent::Payload(true, bytes::Bytes::copy_from_slice(t.as_bytes()))
+            } else if let Some(b) = v["binary"].as_str() {
+                match base64::engine::general_purpose::STANDARD.decode(b) {
+                    Ok(b) => HubEvent::Payload(false, b.into()),
+                    Err(_) => HubEvent::Error("corrupt message"),
+                }
+            } else {
+                HubEvent::Error("corrupt message")
+            }
+        }
+        Some("error") => HubEvent::Error("hub error"),
+        Some("interrupted") => HubEvent::Error("hub interrupted"),
+        Some("resumed") if v["recovered"] == false => HubEvent::Error("hub resumed, not recovered"),
+        _ => HubEvent::Other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hub_messages_carry_the_payload_both_ways() {
+        let p = Payloads::new(64, true).unwrap();
+        let data = p.make(5, 7);
+        let Message::Text(req) = hub_publish("r", true, &data) else { panic!() };
+        let req: serde_json::Value = serde_json::from_str(req.as_str()).unwrap();
+        let event = serde_json::json!({"type": "message", "room": "r", "offset": 1, "epoch": "e", "text": req["text"]});
+        assert_eq!(hub_event(&event.to_string()), HubEvent::Payload(true, data.clone()));
+        let Message::Text(req) = hub_publish("r", false, &[0, 255]) else { panic!() };
+        let req: serde_json::Value = serde_json::from_str(req.as_str()).unwrap();
+        let event = serde_json::json!({"type": "message", "binary": req["binary"]});
+        assert_eq!(hub_event(&event.to_string()), HubEvent::Payload(false, bytes::Bytes::from_static(&[0, 255])));
+        assert_eq!(hub_event(r#"{"type":"published","offset":3}"#), HubEvent::Other);
+        assert_eq!(hub_event(r#"{"type":"error","code":"x"}"#), HubEvent::Error("hub error"));
+        assert_eq!(hub_event(r#"{"type":"message","binary":"**"}"#), HubEvent::Error("corrupt message"));
+        assert_eq!(hub_event("nope"), HubEvent::Error("hub: not JSON"));
+    }
 
     #[test]
     fn rooms_get_their_publishers_then_subscribers() {

@@ -22,9 +22,10 @@ process.on('exit', () => {
   for (const proc of running) proc.kill('SIGKILL');
 });
 
-/** A running `wsx serve --addr 127.0.0.1:0 ...args`; resolves once it listens. */
+/** A running `wsx serve --addr 127.0.0.1:0 ...args` (or on the `--addr` in `args`); resolves once it listens. */
 export async function startServer(args = []) {
-  const proc = spawn(WSX_BIN, ['serve', '--addr', '127.0.0.1:0', ...args], {
+  const addr = args.includes('--addr') ? [] : ['--addr', '127.0.0.1:0'];
+  const proc = spawn(WSX_BIN, ['serve', ...addr, ...args], {
     env: { ...process.env, NO_COLOR: '1', RUST_LOG: 'info' },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
@@ -72,6 +73,51 @@ export async function startServer(args = []) {
     async stop(signal = 'SIGTERM') {
       if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
       return exited;
+    },
+  };
+}
+
+/** A free loopback TCP port (free when this resolves; taken soon after by whoever asked). */
+export async function freePort() {
+  const net = await import('node:net');
+  const srv = net.createServer();
+  await new Promise((resolve) => srv.listen(0, '127.0.0.1', resolve));
+  const { port } = srv.address();
+  await new Promise((resolve) => srv.close(resolve));
+  return port;
+}
+
+/**
+ * A `redis-server` of its own on a loopback port (no persistence), for the hub tests;
+ * resolves once it answers. `stop()` kills it.
+ */
+export async function startRedis() {
+  const net = await import('node:net');
+  const port = await freePort();
+  const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
+    stdio: ['ignore', 'ignore', 'ignore'],
+  });
+  running.add(proc);
+  const failed = new Promise((_, reject) => proc.on('error', (e) => reject(new Error(`cannot run redis-server: ${e.message}`))));
+  const ready = (async () => {
+    const end = Date.now() + 10_000;
+    for (;;) {
+      const pong = await new Promise((resolve) => {
+        const s = net.connect(port, '127.0.0.1', () => s.write('PING\r\n'));
+        s.on('data', (d) => { s.destroy(); resolve(d.toString().startsWith('+PONG')); });
+        s.on('error', () => resolve(false));
+      });
+      if (pong) return;
+      if (Date.now() > end) throw new Error(`redis-server did not answer on port ${port} within 10 s`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  })();
+  await Promise.race([ready, failed]);
+  return {
+    url: `redis://127.0.0.1:${port}/`,
+    stop() {
+      running.delete(proc);
+      proc.kill('SIGKILL');
     },
   };
 }

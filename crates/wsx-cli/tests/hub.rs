@@ -423,6 +423,16 @@ async fn hub_protocol_recovers_and_reports() {
     let sub = other.subscribe(json!({"type": "subscribe", "room": "r", "since": {"offset": 5, "epoch": "nope"}})).await;
     assert_eq!(sub["recovered"], false);
 
+    // A newcomer may ask for the latest messages instead: at most what the history holds.
+    let mut newcomer = HubClient::connect(&server).await;
+    let sub = newcomer.subscribe(json!({"type": "subscribe", "room": "r", "history": 2})).await;
+    assert_eq!((sub["history"].clone(), sub["offset"].clone()), (json!(2), json!(6)));
+    assert_eq!(newcomer.next_of("message").await["offset"], 5);
+    assert_eq!(newcomer.next_of("message").await["offset"], 6);
+    let mut greedy = HubClient::connect(&server).await;
+    let sub = greedy.subscribe(json!({"type": "subscribe", "room": "r", "history": 50})).await;
+    assert_eq!(sub["history"], 5, "the history keeps 5");
+
     // Presence with names and events.
     let mut p = HubClient::connect(&server).await;
     p.subscribe(json!({"type": "subscribe", "room": "q", "name": "pat", "presence": true})).await;

@@ -326,6 +326,9 @@ pub struct JoinOptions {
     pub presence_events: bool,
     /// Recover what was published after this position (the last message the client saw).
     pub since: Option<Position>,
+    /// Without `since`: also return up to this many of the latest messages the history holds
+    /// (a newcomer's view of the conversation so far).
+    pub history: usize,
 }
 
 /// What [`Member::join`] found.
@@ -336,7 +339,8 @@ pub struct Joined {
     pub position: Position,
     /// With [`JoinOptions::since`]: whether every message after it was recovered.
     pub recovered: Option<bool>,
-    /// The messages recovered, oldest first (to send before anything [`Member::recv`] yields).
+    /// The messages recovered (or, with [`JoinOptions::history`], the latest ones), oldest
+    /// first, to send before anything [`Member::recv`] yields.
     pub messages: Vec<RoomMessage>,
 }
 
@@ -426,14 +430,22 @@ impl Member {
         hub.deadline(async { ready.get_or_try_init(|| inner.engine.subscribe(room)).await.map(|_| ()) }).await?;
         hub.deadline(inner.engine.join_presence(room, &info)).await?;
         seat.in_presence = true;
-        let since = options.since.as_ref().map_or(u64::MAX, |p| p.offset);
+        let since = match (&options.since, options.history) {
+            (Some(p), _) => p.offset,
+            (None, 0) => u64::MAX,
+            (None, _) => 0,
+        };
         let history = hub.deadline(inner.engine.history(room, since)).await?;
         let joined = match &options.since {
             Some(since) => {
                 let recovery = Recovery::judge(since, history);
                 Joined { position: recovery.position, recovered: Some(recovery.recovered), messages: recovery.messages }
             }
-            None => Joined { position: history.position, recovered: None, messages: Vec::new() },
+            None => {
+                let mut messages = history.messages;
+                messages.drain(..messages.len().saturating_sub(options.history));
+                Joined { position: history.position, recovered: None, messages }
+            }
         };
         inner.engine.joined(room, &joined.position);
         seat.epoch = joined.position.epoch.clone();

@@ -6,7 +6,7 @@
 //!
 //! | type          | fields                                                    | answer |
 //! |---------------|-----------------------------------------------------------|--------|
-//! | `subscribe`   | `room`, optional `since: {offset, epoch}`, `name`, `presence: bool` | `subscribed` (then the recovered messages) |
+//! | `subscribe`   | `room`, optional `since: {offset, epoch}` or `history: N`, `name`, `presence: bool` | `subscribed` (then the recovered, or latest N, messages) |
 //! | `unsubscribe` | `room`                                                    | `unsubscribed` |
 //! | `publish`     | `room`, and one of `text` (string), `data` (any JSON), `binary` (base64) | `published` with the offset |
 //! | `presence`    | `room`                                                    | `presence` with `members` |
@@ -41,6 +41,9 @@ pub enum Request {
         /// Recover the messages published after this position.
         #[serde(default)]
         since: Option<Since>,
+        /// Without `since`: also send up to this many of the latest messages of the history.
+        #[serde(default)]
+        history: usize,
         /// The name presence shows.
         #[serde(default)]
         name: Option<String>,
@@ -153,7 +156,8 @@ pub fn welcome(member: &str, node: &str) -> String {
     json!({"type": "welcome", "id": member, "node": node, "protocol": PROTOCOL}).to_string()
 }
 
-/// `subscribed`: the answer to `subscribe`.
+/// `subscribed`: the answer to `subscribe`; `missed` messages follow it (recovered ones, or
+/// the latest ones asked for with `history`).
 pub fn subscribed(
     id: Option<&Value>,
     room: &str,
@@ -162,9 +166,14 @@ pub fn subscribed(
     missed: usize,
 ) -> String {
     let mut v = json!({"type": "subscribed", "room": room, "offset": position.offset, "epoch": &*position.epoch});
-    if let Some(recovered) = recovered {
-        v["recovered"] = json!(recovered);
-        v["missed"] = json!(missed);
+    match recovered {
+        Some(recovered) => {
+            v["recovered"] = json!(recovered);
+            v["missed"] = json!(missed);
+        }
+        // The latest messages asked for with `history`.
+        None if missed > 0 => v["history"] = json!(missed),
+        None => {}
     }
     with_id(v, id)
 }
@@ -232,6 +241,7 @@ mod tests {
                 id: Some(json!(7)),
                 room: "a".into(),
                 since: Some(Since { offset: 3, epoch: "e".into() }),
+                history: 0,
                 name: None,
                 presence: false
             }

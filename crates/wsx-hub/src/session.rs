@@ -244,8 +244,8 @@ async fn request(hub: &Hub, member: &mut Member, text: &str) -> Vec<PreparedMess
     let id = id.as_ref();
     let fail = |e: &HubError| vec![PreparedMessage::text(protocol::hub_error(id, e))];
     match request {
-        Request::Subscribe { room, since, name, presence, .. } => {
-            let options = JoinOptions { name, presence_events: presence, since: since.map(Into::into) };
+        Request::Subscribe { room, since, history, name, presence, .. } => {
+            let options = JoinOptions { name, presence_events: presence, since: since.map(Into::into), history };
             match member.join(&room, options).await {
                 Ok(joined) => {
                     let n = joined.messages.len();

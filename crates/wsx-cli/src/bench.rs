@@ -180,9 +180,10 @@ pub struct Common {
     #[arg(short = 'k', long)]
     insecure: bool,
     /// The server's process id (same machine): report its CPU time per message (or handshake)
-    /// and its memory (resident set) from /proc.
-    #[arg(long, value_name = "PID")]
-    server_pid: Option<u32>,
+    /// and its memory (resident set) from /proc. Several, comma separated (the nodes of a
+    /// cluster, their broker): their sums.
+    #[arg(long, value_name = "PID", value_delimiter = ',')]
+    server_pid: Vec<u32>,
     /// Write every figure and the latency histogram to this file as JSON.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -406,8 +407,8 @@ where
         }
         s
     };
-    let server_at = |pid: Option<u32>| pid.and_then(ServerUsage::sample);
-    let server_before_start = server_at(common.server_pid);
+    let server_at = |pids: &[u32]| ServerUsage::sample_all(pids);
+    let server_before_start = server_at(&common.server_pid);
     let start = Instant::now() + Duration::from_millis(5);
     let _ = start_tx.send(Some(start));
     let (window_start, mut end) = match timeline {
@@ -439,7 +440,7 @@ where
         if !window_started && window_start <= tick {
             sleep_until(window_start);
             cpu_before = cpu_seconds();
-            server_before = server_at(common.server_pid);
+            server_before = server_at(&common.server_pid);
             window_started = true;
         }
         sleep_until(tick);
@@ -451,7 +452,7 @@ where
                 ramp_done_at = Some(now);
                 let _ = hold_tx.send(Some(now + hold));
                 // Connections open now: those that ended while the ramp went on do not count.
-                ramp_usage = Some((s.connected.saturating_sub(s.closed), server_at(common.server_pid)));
+                ramp_usage = Some((s.connected.saturating_sub(s.closed), server_at(&common.server_pid)));
                 if live {
                     eprintln!(
                         "\r\x1b[K{:>5.1} s: {} connections open, holding them {:.1} s",
@@ -486,7 +487,7 @@ where
     }
     let window_end = Instant::now();
     let cpu_after = cpu_seconds();
-    let server_after = server_at(common.server_pid);
+    let server_after = server_at(&common.server_pid);
     if live {
         eprintln!();
     }
@@ -664,7 +665,7 @@ mod tests {
             subprotocols: Vec::new(),
             cacert: None,
             insecure: false,
-            server_pid: None,
+            server_pid: Vec::new(),
             json: None,
             fail_if: Vec::new(),
             status: false,

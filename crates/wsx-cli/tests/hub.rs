@@ -478,3 +478,38 @@ async fn hub_protocol_recovers_and_reports() {
     a.send(json!({"type": "publish", "room": "r", "text": "still open"})).await;
     assert_eq!(a.next_of("published").await["offset"], 7);
 }
+
+/// `wsx bench pubsub --node` spreads the subscribers over two nodes sharing the room through
+/// Redis: every delivery arrives, and `--server-pid` takes both nodes' process ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_pubsub_across_two_nodes() {
+    let redis = Redis::start(false);
+    let (a, b) = (node(&redis, &[]), node(&redis, &[]));
+    let pids = format!("{},{}", a.child.id(), b.child.id());
+    let node_b = b.url("/room/spread");
+    let args = [
+        "--node",
+        &node_b,
+        "--subscribers",
+        "6",
+        "--rate",
+        "200",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.3",
+        "--server-pid",
+        &pids,
+    ];
+    let (out, j) = tokio::task::block_in_place(|| common::bench_json("pubsub", &a.url("/room/spread"), &args));
+    assert!(out.status.success(), "{}\n{j}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!((j["nodes"].clone(), j["connected"].clone()), (json!(2), json!(7)), "{j}");
+    assert_eq!((j["deliveries"].clone(), j["error_count"].clone()), (json!(1200), json!(0)), "{j}");
+    assert!(j["server"]["cpu_s"].as_f64().unwrap() > 0.0, "{j}");
+    // Both nodes had subscribers.
+    for n in [&a, &b] {
+        n.expect_log(&["open", "/room/spread"]);
+    }
+    let on_b = b.log.lock().unwrap().iter().filter(|l| l.contains("open") && l.contains("/room/spread")).count();
+    assert_eq!(on_b, 3, "the 6 subscribers are spread evenly");
+}

@@ -62,6 +62,10 @@ pub struct PubsubArgs {
     /// With --hub: the room's name (NAME-0 … NAME-(N-1) with --rooms N).
     #[arg(long, default_value = "bench", value_name = "NAME")]
     room: String,
+    /// Another node of the same cluster (repeatable), its URL written like URL's: subscribers
+    /// are spread over URL and these in turn; publishers use URL.
+    #[arg(long = "node", value_name = "URL")]
+    nodes: Vec<String>,
     #[command(flatten)]
     payload: PayloadArgs,
     #[command(flatten)]
@@ -100,7 +104,8 @@ fn room_url(url: &str, room: usize, rooms: usize) -> String {
 
 /// What every task shares.
 struct Plan {
-    builders: Vec<ClientBuilder>,
+    /// For each room, a builder per node (URL first, then every --node).
+    builders: Vec<Vec<ClientBuilder>>,
     /// With `--hub`: each room's name.
     hub_rooms: Option<Vec<String>>,
     payloads: Payloads,
@@ -137,11 +142,17 @@ pub fn run(args: PubsubArgs) -> anyhow::Result<std::process::ExitCode> {
     if args.payload.deflate {
         config.deflate = Some(DeflateConfig::default());
     }
+    let urls: Vec<String> =
+        std::iter::once(url.clone()).chain(args.nodes.iter().map(|n| crate::connect::normalize_url(n))).collect();
+    for node in &urls[1..] {
+        args.common.check(node)?;
+    }
+    let builder = |url: &str, r: usize| match args.hub {
+        true => Ok(args.common.builder(url, config.clone())?.protocol(wsx_hub::protocol::PROTOCOL)),
+        false => args.common.builder(&room_url(url, r, args.rooms), config.clone()),
+    };
     let builders = (0..args.rooms)
-        .map(|r| match args.hub {
-            true => Ok(args.common.builder(&url, config.clone())?.protocol(wsx_hub::protocol::PROTOCOL)),
-            false => args.common.builder(&room_url(&url, r, args.rooms), config.clone()),
-        })
+        .map(|r| urls.iter().map(|u| builder(u, r)).collect::<anyhow::Result<Vec<_>>>())
         .collect::<anyhow::Result<Vec<_>>>()?;
     let hub_rooms = args.hub.then(|| (0..args.rooms).map(|r| room_name(&args.room, r, args.rooms)).collect());
     let roles = roles(args.rooms, args.publishers, args.subscribers);
@@ -171,6 +182,7 @@ pub fn run(args: PubsubArgs) -> anyhow::Result<std::process::ExitCode> {
     let window = args.common.duration.as_secs_f64();
     let mut extra_json = serde_json::Map::new();
     extra_json.insert("rooms".into(), serde_json::json!(args.rooms));
+    extra_json.insert("nodes".into(), serde_json::json!(args.nodes.len() + 1));
     extra_json.insert("publishers".into(), serde_json::json!(args.publishers));
     extra_json.insert("subscribers".into(), serde_json::json!(args.subscribers));
     extra_json.insert("published".into(), serde_json::json!(published));
@@ -188,11 +200,12 @@ pub fn run(args: PubsubArgs) -> anyhow::Result<std::process::ExitCode> {
         unit: "deliveries",
         rate_key: "deliveries_per_s",
         shape: format!(
-            "{} room(s) × ({} publishers + {} subscribers) = {conns} conns ({} connected), {} msgs/s published, {}",
+            "{} room(s) × ({} publishers + {} subscribers) = {conns} conns ({} connected){}, {} msgs/s published, {}",
             args.rooms,
             args.publishers,
             args.subscribers,
             finished.stats.connected,
+            if args.nodes.is_empty() { String::new() } else { format!(" on {} nodes", args.nodes.len() + 1) },
             fmt_count(args.rate),
             args.payload.describe(),
         ),
@@ -221,10 +234,11 @@ async fn worker(plan: Arc<Plan>, mut thread: Thread) {
     let opened = Instant::now();
     let mut connecting = tokio::task::JoinSet::new();
     for (i, role) in plan.roles.iter().enumerate().skip(thread.index).step_by(thread.threads) {
-        let room = match *role {
-            Role::Publisher { room, .. } | Role::Subscriber { room } => room,
+        let (room, node) = match *role {
+            Role::Publisher { room, .. } => (room, 0),
+            Role::Subscriber { room } => (room, i % plan.builders[room].len()),
         };
-        let builder = plan.builders[room].clone();
+        let builder = plan.builders[room][node].clone();
         let (role, at) = (*role, opened + plan.common.connect_delay(i));
         let (hub_room, timeout) = (plan.hub_rooms.as_ref().map(|r| r[room].clone()), plan.timeout);
         connecting.spawn(async move {

@@ -177,6 +177,18 @@ impl ServerUsage {
         Some(Self { cpu_s, rss_bytes: kb * 1024, ..Self::default() })
     }
 
+    /// The sum over several processes; `None` without any, or if one is gone.
+    pub fn sample_all(pids: &[u32]) -> Option<Self> {
+        let mut sum: Option<Self> = None;
+        for &pid in pids {
+            let one = Self::sample(pid)?;
+            let total = sum.get_or_insert_with(Self::default);
+            total.cpu_s += one.cpu_s;
+            total.rss_bytes += one.rss_bytes;
+        }
+        sum
+    }
+
     /// The usage over a window that began at `before` and lasted `window`.
     pub fn since(&self, before: &Self, window: Duration) -> Self {
         Self { cpu_s: (self.cpu_s - before.cpu_s).max(0.0), window_s: window.as_secs_f64(), ..*self }

@@ -513,3 +513,104 @@ async fn bench_pubsub_across_two_nodes() {
     let on_b = b.log.lock().unwrap().iter().filter(|l| l.contains("open") && l.contains("/room/spread")).count();
     assert_eq!(on_b, 3, "the 6 subscribers are spread evenly");
 }
+
+/// A TCP relay to Redis whose answers on chosen connections can be silently dropped: a
+/// connection that looks alive but delivers nothing.
+struct Blackhole {
+    port: u16,
+    /// Connections accepted so far.
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Numbers (from 0) of the connections whose Redis-to-client bytes are dropped.
+    silenced: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<usize>>>,
+}
+
+impl Blackhole {
+    async fn start(redis_port: u16) -> Self {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let silenced = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+        let (acc, sil) = (accepted.clone(), silenced.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let n = acc.fetch_add(1, Ordering::SeqCst);
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", redis_port)).await else { continue };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                });
+                let sil = sil.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16384];
+                    while let Ok(k) = sr.read(&mut buf).await {
+                        if k == 0 {
+                            break;
+                        }
+                        if !sil.lock().unwrap().contains(&n) && cw.write_all(&buf[..k]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Self { port, accepted, silenced }
+    }
+}
+
+/// A node's subscription that stays connected but stops delivering (its Redis connection goes
+/// silent) is caught by the probe within a few seconds: the node opens a new one, and the
+/// member gets the messages published meanwhile from the history, then live ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_subscription_is_replaced_and_nothing_is_lost() {
+    use std::sync::atomic::Ordering;
+    let redis = Redis::start(false);
+    let relay = Blackhole::start(redis.port).await;
+    let via_relay = format!("redis://127.0.0.1:{}/", relay.port);
+    let a = Server::start(&["--bus", &via_relay, "--no-deflate"]);
+    // The node's command connection first, then its subscription.
+    assert_eq!(relay.accepted.load(Ordering::SeqCst), 2, "expected two connections from the node");
+    let b = node(&redis, &[]);
+    let mut member = HubClient::connect(&a).await;
+    member.subscribe(json!({"type": "subscribe", "room": "r"})).await;
+    let mut publisher = HubClient::connect(&b).await;
+    let mut publish = async |text: &str| {
+        publisher.send(json!({"type": "publish", "room": "r", "text": text})).await;
+        let answer = publisher.next_of("published").await;
+        answer["offset"].as_u64().unwrap()
+    };
+    publish("before").await;
+    assert_eq!(member.next_of("message").await["text"], "before");
+
+    relay.silenced.lock().unwrap().insert(1);
+    let silenced_at = Instant::now();
+    for i in 0..10 {
+        publish(&format!("during {i}")).await;
+    }
+    let mut texts = Vec::new();
+    let mut events = Vec::new();
+    while texts.len() < 10 {
+        let v = member.next().await;
+        match v["type"].as_str() {
+            Some("message") => texts.push(v["text"].as_str().unwrap().to_owned()),
+            Some(other) => events.push((other.to_owned(), v["recovered"].clone())),
+            None => panic!("{v}"),
+        }
+    }
+    let took = silenced_at.elapsed();
+    assert_eq!(texts, (0..10).map(|i| format!("during {i}")).collect::<Vec<_>>());
+    assert!(took < Duration::from_secs(8), "the silent subscription was replaced after {took:?}");
+    assert!(relay.accepted.load(Ordering::SeqCst) >= 3, "no new subscription connection");
+    assert_eq!(events.first().map(|e| e.0.as_str()), Some("interrupted"), "{events:?}");
+    let resumed = loop {
+        let v = member.next().await;
+        if v["type"] == "resumed" {
+            break v;
+        }
+    };
+    assert_eq!(resumed["recovered"], true, "{resumed}");
+    publish("after").await;
+    assert_eq!(member.next_of("message").await["text"], "after");
+}

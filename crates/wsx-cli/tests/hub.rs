@@ -614,3 +614,23 @@ async fn a_silent_subscription_is_replaced_and_nothing_is_lost() {
     publish("after").await;
     assert_eq!(member.next_of("message").await["text"], "after");
 }
+
+/// `--bus` that cannot work stops the server at once with a message naming the problem.
+#[test]
+fn a_bus_that_cannot_be_reached_is_a_clear_startup_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    for (url, says) in
+        [(format!("redis://127.0.0.1:{port}/"), "cannot connect"), ("http://example.com/".to_owned(), "bad Redis URL")]
+    {
+        let started = Instant::now();
+        let out = std::process::Command::new(common::WSX)
+            .args(["serve", "--addr", "127.0.0.1:0", "--bus", &url])
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains("--bus") && stderr.contains(says), "{stderr}");
+        assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    }
+}

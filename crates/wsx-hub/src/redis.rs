@@ -203,6 +203,12 @@ impl RedisEngine {
         let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
         let client = Client::open(info.set_redis_settings(settings)).map_err(broker)?;
         let timeout = config.broker_timeout;
+        // One plain attempt first, so that a refused or failed connection is reported as such
+        // (the managers below retry, and would only time out).
+        tokio::time::timeout(timeout, client.get_multiplexed_async_connection())
+            .await
+            .map_err(|_| HubError::Broker(format!("no connection to {url} within {timeout:?}")))?
+            .map_err(|e| HubError::Broker(format!("cannot connect to {url}: {e}")))?;
         let cmd =
             tokio::time::timeout(timeout, ConnectionManager::new_with_config(client.clone(), manager_config(timeout)))
                 .await

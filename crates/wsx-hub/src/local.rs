@@ -149,3 +149,138 @@ impl Engine for LocalEngine {
         Box::pin(async move { Ok(members) })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Inbox, QueueLimits, Received};
+
+    fn engine(history_size: usize, history_ttl: Duration) -> (Arc<Registry>, LocalEngine) {
+        let registry = Arc::new(Registry::default());
+        let config = HubConfig { history_size, history_ttl, ..HubConfig::default() };
+        (registry.clone(), LocalEngine::new(registry, &config))
+    }
+
+    fn text(s: &str) -> Payload {
+        Payload::Text(s.to_owned().into())
+    }
+
+    fn offsets(messages: &[RoomMessage]) -> Vec<u64> {
+        messages.iter().map(RoomMessage::offset).collect()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn each_room_counts_its_own_offsets_in_its_own_epoch() {
+        let (_, e) = engine(100, Duration::from_secs(60));
+        let a1 = e.publish("a", text("1")).await.unwrap();
+        let a2 = e.publish("a", text("2")).await.unwrap();
+        let b1 = e.publish("b", text("1")).await.unwrap();
+        assert_eq!((a1.offset, a2.offset, b1.offset), (1, 2, 1));
+        assert_eq!(a1.epoch, a2.epoch);
+        assert_ne!(a1.epoch, b1.epoch, "two rooms share an epoch");
+        // A room never published to stands at 0, in an epoch of its own.
+        let c = e.history("c", 0).await.unwrap();
+        assert_eq!(c.position.offset, 0);
+        assert!(c.messages.is_empty());
+        assert_eq!(e.history("c", 0).await.unwrap().position, c.position, "reading changed the epoch");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn history_gives_what_follows_an_offset_and_keeps_the_last_n() {
+        let (_, e) = engine(3, Duration::from_secs(60));
+        for i in 1..=5 {
+            e.publish("r", text(&i.to_string())).await.unwrap();
+        }
+        let h = e.history("r", 0).await.unwrap();
+        assert_eq!(h.position.offset, 5);
+        assert_eq!(offsets(&h.messages), [3, 4, 5], "not the last 3");
+        assert!(matches!(h.messages[0].payload(), Payload::Text(t) if t.as_str() == "3"));
+        assert_eq!(offsets(&e.history("r", 3).await.unwrap().messages), [4, 5]);
+        assert!(e.history("r", 5).await.unwrap().messages.is_empty());
+        assert!(e.history("r", u64::MAX).await.unwrap().messages.is_empty());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn without_history_the_offsets_still_advance() {
+        let (_, e) = engine(0, Duration::from_secs(60));
+        e.publish("r", text("x")).await.unwrap();
+        e.publish("r", text("y")).await.unwrap();
+        let h = e.history("r", 0).await.unwrap();
+        assert_eq!(h.position.offset, 2);
+        assert!(h.messages.is_empty());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn messages_older_than_the_ttl_leave_the_history() {
+        let (_, e) = engine(100, Duration::from_millis(150));
+        let first = e.publish("r", text("old")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        e.publish("r", text("new")).await.unwrap();
+        let h = e.history("r", 0).await.unwrap();
+        assert_eq!(offsets(&h.messages), [2], "an expired message is still in the history");
+        // The room goes on in the same epoch: only the messages expired.
+        assert_eq!(h.position, Position { offset: 2, epoch: first.epoch });
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(e.history("r", 0).await.unwrap().messages.is_empty());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_idle_room_without_members_is_forgotten_by_a_sweep_and_starts_a_new_epoch() {
+        let (registry, e) = engine(100, Duration::from_millis(20));
+        let idle = e.publish("idle", text("x")).await.unwrap();
+        let kept = e.publish("kept", text("x")).await.unwrap();
+        let inbox = Arc::new(Inbox::new(QueueLimits::default()));
+        registry.add("kept", &inbox, false);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for _ in 0..SWEEP_EVERY {
+            e.history("busy", 0).await.unwrap();
+        }
+        let again = e.publish("idle", text("y")).await.unwrap();
+        assert_eq!(again.offset, 1, "the idle room was not forgotten");
+        assert_ne!(again.epoch, idle.epoch, "a forgotten room came back in its old epoch");
+        let next = e.publish("kept", text("y")).await.unwrap();
+        assert_eq!(next, Position { offset: 2, epoch: kept.epoch }, "a room with a member was forgotten");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn presence_lists_members_and_tells_the_room() {
+        let (registry, e) = engine(100, Duration::from_secs(60));
+        let inbox = Arc::new(Inbox::new(QueueLimits::default()));
+        registry.add("r", &inbox, true);
+        let ann = MemberInfo { id: "n.1".into(), name: Some("ann".into()) };
+        let bob = MemberInfo { id: "n.2".into(), name: None };
+        e.join_presence("r", &ann).await.unwrap();
+        e.join_presence("r", &bob).await.unwrap();
+        assert_eq!(e.presence("r").await.unwrap(), [ann.clone(), bob.clone()]);
+        e.leave_presence("r", ann.clone());
+        assert_eq!(e.presence("r").await.unwrap(), std::slice::from_ref(&bob));
+        assert!(e.presence("nowhere").await.unwrap().is_empty());
+        e.leave_presence("nowhere", bob.clone());
+        let events: Vec<String> = std::iter::from_fn(|| inbox.try_recv())
+            .map(|r| match r {
+                Received::Event(_, Event::Join(m)) => format!("+{}", m.id),
+                Received::Event(_, Event::Leave(m)) => format!("-{}", m.id),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(events, ["+n.1", "+n.2", "-n.1"]);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn publishing_delivers_to_the_rooms_members_on_this_node() {
+        let (registry, e) = engine(100, Duration::from_secs(60));
+        let (a, b) = (Arc::new(Inbox::new(QueueLimits::default())), Arc::new(Inbox::new(QueueLimits::default())));
+        registry.add("a", &a, false);
+        registry.add("b", &b, false);
+        e.publish("a", text("for a")).await.unwrap();
+        e.publish("nobody", text("lost")).await.unwrap();
+        match a.try_recv() {
+            Some(Received::Event(room, Event::Message(m))) => {
+                assert_eq!((&*room, &**m.room(), m.offset()), ("a", "a", 1));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(a.try_recv().is_none());
+        assert!(b.try_recv().is_none(), "another room's message leaked");
+    }
+}

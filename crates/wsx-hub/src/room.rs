@@ -427,3 +427,232 @@ impl Registry {
         self.lagged.load(Ordering::Relaxed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(room: &str, offset: u64, body: &str) -> RoomMessage {
+        RoomMessage::new(room.into(), offset, "e".into(), Payload::Text(body.to_owned().into()))
+    }
+
+    fn sized(offset: u64, n: usize) -> Event {
+        Event::Message(RoomMessage::new("r".into(), offset, "e".into(), Payload::Binary(Bytes::from(vec![0u8; n]))))
+    }
+
+    /// The offset of a received message (panics on anything else).
+    fn offset_of(received: Option<Received>) -> u64 {
+        match received {
+            Some(Received::Event(_, Event::Message(m))) => m.offset(),
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_inbox_past_its_message_count_lags_and_stays_lagged() {
+        let inbox = Inbox::new(QueueLimits { messages: 3, bytes: usize::MAX });
+        for offset in 1..=3 {
+            assert!(!inbox.push("r".into(), sized(offset, 10)), "push {offset} made it lag");
+        }
+        assert!(inbox.push("r".into(), sized(4, 10)), "the 4th queued event did not make it lag");
+        // Its queue was emptied: nothing of what was queued comes out, only the lag, for good.
+        assert_eq!(inbox.queued_bytes(), 0);
+        for _ in 0..3 {
+            assert!(matches!(inbox.try_recv(), Some(Received::Lagged(Lag::Messages(3)))));
+        }
+        // Later pushes are dropped and do not count as a new lag.
+        assert!(!inbox.push("r".into(), sized(5, 10)));
+        assert!(matches!(inbox.try_recv(), Some(Received::Lagged(Lag::Messages(3)))));
+        assert_eq!(inbox.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn an_inbox_past_its_byte_limit_lags() {
+        let inbox = Inbox::new(QueueLimits { messages: 1000, bytes: 1000 });
+        // 400 bytes of payload weigh 464: two fit (928), a third does not.
+        assert!(!inbox.push("r".into(), sized(1, 400)));
+        assert!(!inbox.push("r".into(), sized(2, 400)));
+        assert_eq!(inbox.queued_bytes(), 2 * (400 + 64));
+        assert!(inbox.push("r".into(), sized(3, 400)));
+        assert_eq!(inbox.queued_bytes(), 0);
+        assert!(matches!(inbox.try_recv(), Some(Received::Lagged(Lag::Bytes(1000)))));
+        assert!(matches!(inbox.try_recv(), Some(Received::Lagged(Lag::Bytes(1000)))));
+    }
+
+    #[test]
+    fn a_message_bigger_than_the_byte_limit_fits_an_empty_inbox_only() {
+        let inbox = Inbox::new(QueueLimits { messages: 1000, bytes: 100 });
+        assert!(!inbox.push("r".into(), sized(1, 10_000)), "a big message in an empty inbox lagged");
+        assert_eq!(inbox.queued_bytes(), 10_000 + 64);
+        assert_eq!(offset_of(inbox.try_recv()), 1);
+        assert_eq!(inbox.queued_bytes(), 0);
+        assert!(inbox.try_recv().is_none());
+        // Empty again: the next big one fits too; anything behind it does not.
+        assert!(!inbox.push("r".into(), sized(2, 10_000)));
+        assert!(inbox.push("r".into(), sized(3, 1)));
+        assert!(matches!(inbox.try_recv(), Some(Received::Lagged(Lag::Bytes(100)))));
+    }
+
+    #[test]
+    fn taking_events_frees_their_room_in_the_inbox() {
+        // A reader that keeps up never lags, however much passes through.
+        let inbox = Inbox::new(QueueLimits { messages: 2, bytes: 1000 });
+        for offset in 1..=1000 {
+            assert!(!inbox.push("r".into(), sized(offset, 400)));
+            assert!(!inbox.push("r".into(), Event::Join(MemberInfo { id: "m".into(), name: None })));
+            assert_eq!(offset_of(inbox.try_recv()), offset);
+            assert!(matches!(inbox.try_recv(), Some(Received::Event(_, Event::Join(_)))));
+            assert_eq!(inbox.queued_bytes(), 0);
+        }
+        assert!(inbox.try_recv().is_none());
+    }
+
+    #[test]
+    fn try_recv_yields_events_in_push_order_with_their_room() {
+        let inbox = Inbox::new(QueueLimits::default());
+        assert!(inbox.try_recv().is_none());
+        inbox.push("a".into(), Event::Message(text("a", 1, "x")));
+        inbox.push("b".into(), Event::Interrupted);
+        inbox.push("a".into(), Event::Message(text("a", 2, "y")));
+        match inbox.try_recv() {
+            Some(Received::Event(room, Event::Message(m))) => assert_eq!((&*room, m.offset()), ("a", 1)),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(inbox.try_recv(), Some(Received::Event(room, Event::Interrupted)) if &*room == "b"));
+        assert_eq!(offset_of(inbox.try_recv()), 2);
+        assert!(inbox.try_recv().is_none());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn recv_waits_for_a_push() {
+        let inbox = Arc::new(Inbox::new(QueueLimits::default()));
+        let waiting = tokio::spawn({
+            let inbox = inbox.clone();
+            async move { inbox.recv().await }
+        });
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!waiting.is_finished(), "recv returned from an empty inbox");
+        inbox.push("r".into(), Event::Message(text("r", 7, "late")));
+        let received = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("recv was not woken by the push")
+            .unwrap();
+        assert_eq!(offset_of(Some(received)), 7);
+        // A lag wakes a waiting receiver too.
+        let small = Arc::new(Inbox::new(QueueLimits { messages: 1, bytes: usize::MAX }));
+        small.push("r".into(), sized(1, 1));
+        assert_eq!(offset_of(small.try_recv()), 1);
+        let waiting = tokio::spawn({
+            let small = small.clone();
+            async move { small.recv().await }
+        });
+        tokio::task::yield_now().await;
+        small.push("r".into(), sized(2, 1));
+        small.push("r".into(), sized(3, 1));
+        // Both pushes ran before the woken receiver did (one thread): it finds the lag.
+        let received = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await.unwrap().unwrap();
+        assert!(matches!(received, Received::Lagged(Lag::Messages(1))), "{received:?}");
+    }
+
+    #[test]
+    fn frames_are_encoded_once_and_shared_by_clones() {
+        let m = text("r", 3, "hi");
+        let copy = m.clone();
+        assert!(m.raw_frame().ptr_eq(copy.raw_frame()), "the raw frame was encoded twice");
+        assert!(m.hub_frame().ptr_eq(copy.hub_frame()), "the hub frame was encoded twice");
+        assert!(m.raw_frame().ptr_eq(m.raw_frame()));
+        assert!(!m.raw_frame().ptr_eq(m.hub_frame()));
+        assert!(m.raw_frame().is_text());
+        assert_eq!(&m.raw_frame().payload()[..], b"hi");
+        let event: serde_json::Value = serde_json::from_slice(m.hub_frame().payload()).unwrap();
+        assert_eq!(event, serde_json::json!({"type": "message", "room": "r", "offset": 3, "epoch": "e", "text": "hi"}));
+    }
+
+    #[test]
+    fn raw_frames_carry_the_payload_as_published() {
+        let json = RoomMessage::new("r".into(), 1, "e".into(), Payload::Json(r#"{"a":1}"#.into()));
+        assert!(json.raw_frame().is_text());
+        assert_eq!(&json.raw_frame().payload()[..], br#"{"a":1}"#);
+        let binary = RoomMessage::new("r".into(), 2, "e".into(), Payload::Binary(Bytes::from_static(&[0, 255])));
+        assert!(!binary.raw_frame().is_text());
+        assert_eq!(&binary.raw_frame().payload()[..], &[0, 255]);
+        assert!(binary.hub_frame().is_text());
+    }
+
+    #[test]
+    fn payload_kinds_round_trip_and_bad_ones_are_refused() {
+        for p in
+            [Payload::Text("t".into()), Payload::Json("[1]".into()), Payload::Binary(Bytes::from_static(&[0xff, 0]))]
+        {
+            assert_eq!(Payload::from_kind(p.kind(), p.bytes().clone()), Some(p));
+        }
+        assert_eq!(Payload::from_kind(b't', Bytes::from_static(&[0xff])), None, "invalid UTF-8 as text");
+        assert_eq!(Payload::from_kind(b'j', Bytes::from_static(&[0xc0])), None, "invalid UTF-8 as JSON");
+        assert_eq!(Payload::from_kind(b'x', Bytes::from_static(b"a")), None, "unknown kind");
+    }
+
+    #[test]
+    fn the_registry_delivers_presence_events_only_to_members_that_asked() {
+        let registry = Registry::default();
+        let watcher = Arc::new(Inbox::new(QueueLimits::default()));
+        let quiet = Arc::new(Inbox::new(QueueLimits::default()));
+        registry.add("r", &watcher, true);
+        registry.add("r", &quiet, false);
+        let who = MemberInfo { id: "n.1".into(), name: Some("ann".into()) };
+        registry.deliver("r", Event::Join(who.clone()));
+        registry.deliver("r", Event::Leave(who.clone()));
+        registry.deliver("r", Event::Message(text("r", 1, "m")));
+        assert!(matches!(watcher.try_recv(), Some(Received::Event(_, Event::Join(m))) if m == who));
+        assert!(matches!(watcher.try_recv(), Some(Received::Event(_, Event::Leave(m))) if m == who));
+        assert_eq!(offset_of(watcher.try_recv()), 1);
+        assert_eq!(offset_of(quiet.try_recv()), 1, "the quiet member got a presence event or no message");
+        assert!(quiet.try_recv().is_none());
+    }
+
+    #[test]
+    fn the_registry_forgets_a_room_with_its_last_member() {
+        let registry = Registry::default();
+        let (a, b) = (Arc::new(Inbox::new(QueueLimits::default())), Arc::new(Inbox::new(QueueLimits::default())));
+        let (name_a, ready_a) = registry.add("r", &a, false);
+        let (name_b, ready_b) = registry.add("r", &b, false);
+        // One stored name and one readiness cell per room.
+        assert!(Arc::ptr_eq(&name_a, &name_b));
+        assert!(Arc::ptr_eq(&ready_a, &ready_b));
+        assert_eq!(registry.members("r"), 2);
+        assert!(!registry.remove("r", &a), "removing one of two members removed the room");
+        assert!(registry.has_room("r"));
+        assert_eq!(registry.members("r"), 1);
+        // The right seat went: b still receives, a does not.
+        registry.deliver("r", Event::Message(text("r", 1, "m")));
+        assert!(a.try_recv().is_none());
+        assert_eq!(offset_of(b.try_recv()), 1);
+        assert!(registry.remove("r", &b));
+        assert!(!registry.has_room("r"));
+        assert!(registry.rooms().is_empty());
+        assert!(!registry.remove("r", &b), "removing from a room that is gone");
+        // Back again: a new room, not ready until its engine says so.
+        let (_, ready) = registry.add("r", &a, false);
+        assert!(!Arc::ptr_eq(&ready, &ready_a));
+        assert!(ready.get().is_none());
+    }
+
+    #[test]
+    fn the_registry_counts_each_lagging_member_once() {
+        let registry = Registry::default();
+        let slow = Arc::new(Inbox::new(QueueLimits { messages: 2, bytes: usize::MAX }));
+        let fast = Arc::new(Inbox::new(QueueLimits { messages: 2, bytes: usize::MAX }));
+        registry.add("r", &slow, false);
+        registry.add("r", &fast, false);
+        for offset in 1..=10 {
+            registry.deliver("r", Event::Message(text("r", offset, "m")));
+            assert_eq!(offset_of(fast.try_recv()), offset);
+        }
+        assert_eq!(registry.lagged(), 1);
+        assert!(matches!(slow.try_recv(), Some(Received::Lagged(Lag::Messages(2)))));
+        // Other rooms' traffic does not reach it.
+        registry.deliver("other", Event::Message(text("other", 1, "m")));
+        assert!(fast.try_recv().is_none());
+    }
+}

@@ -138,6 +138,11 @@ pub struct ServeArgs {
     /// (redis://HOST:PORT[/DB]). By default rooms live in this process.
     #[arg(long, env = "WSX_BUS", value_name = "URL")]
     bus: Option<String>,
+    /// Declare that the --bus Redis keeps every write it acknowledged across a restart
+    /// (appendonly yes, appendfsync always): rooms' histories then survive its restarts.
+    /// Without it, a Redis restart starts every room afresh (clients are told recovered: false).
+    #[arg(long, requires = "bus")]
+    bus_durable: bool,
     /// Messages each room's history keeps, for members that reconnect (hub protocol).
     #[arg(long, default_value_t = 100, value_name = "N")]
     room_history: usize,
@@ -227,6 +232,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         history_size: args.room_history,
         history_ttl: Duration::from_secs(args.room_history_ttl),
         presence_ttl: Duration::from_secs(args.presence_ttl.max(1)),
+        broker_durable: args.bus_durable,
         ..HubConfig::default()
     };
     let hub = match &args.bus {

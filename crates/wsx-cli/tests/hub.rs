@@ -240,7 +240,7 @@ async fn collect_until(c: &mut HubClient, last: &(u64, String, String)) -> Seen 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_with_persistence_loses_nothing() {
     let mut redis = Redis::start(true);
-    let (a, b) = (node(&redis, &[]), node(&redis, &[]));
+    let (a, b) = (node(&redis, &["--bus-durable"]), node(&redis, &["--bus-durable"]));
     let mut member = HubClient::connect(&b).await;
     member.subscribe(json!({"type": "subscribe", "room": "r"})).await;
     let mut raw_member = raw(&b, "r").await;

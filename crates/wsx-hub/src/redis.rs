@@ -7,13 +7,20 @@
 //! | `wsx:{ROOM}:meta` (hash)    | `epoch` (random, made when missing) and `offset` (the last one assigned) |
 //! | `wsx:{ROOM}:log` (stream)   | the history: entry id `0-OFFSET`, fields `e` (the envelope) and `t` (Redis time, ms); trimmed to the history size |
 //! | `wsx:{ROOM}:presence` (zset)| members (their JSON), scored by when they expire unless refreshed |
-//! | `wsx:room:ROOM` (channel)   | every envelope of the room                                   |
-//! | `wsx:probe:NODE` (channel)  | the node's probe, published to itself                        |
+//! | `wsx:instance` (hash)       | `run_id` of the Redis that last wrote, and `gen`, the generation every epoch ends with |
+//! | `wsx:DB:room:ROOM` (channel)| every envelope of the room (pub/sub channels are shared by all databases: DB keeps hubs on different databases apart) |
+//! | `wsx:DB:probe:NODE` (channel)| the node's probe, published to itself                       |
 //!
 //! An envelope is `KIND OFFSET EPOCH NODE\nPAYLOAD`: kind `t` (text), `j` (JSON), `b` (binary),
 //! `+` or `-` (a member joined or left: offset 0, epoch `-`, the member's JSON as payload).
 //! Publishing is one Lua call that assigns the offset, appends to the stream with `MAXLEN` and
 //! publishes, so the order of offsets is the order every subscriber receives.
+//!
+//! A room's epoch is its `epoch` field, a dash, and the generation. Every publish and history
+//! read compares the Redis `run_id` with the one recorded: a restart since the last write bumps
+//! the generation (unless [`HubConfig::broker_durable`]), because a Redis back from a snapshot
+//! or an `everysec` append-only file may hold less than it acknowledged, and offsets it hands
+//! out again would otherwise look like messages clients already have.
 //!
 //! # On this node
 //!
@@ -54,12 +61,35 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// Probes lost in a row before the pub/sub connection is replaced.
 const PROBES_LOST: u64 = 3;
 
-const PUBLISH: &str = r"
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = ARGV[7]
-  redis.call('HSET', KEYS[1], 'epoch', epoch)
+/// Which generation of the data this Redis holds (prepended to PUBLISH and HISTORY): when the
+/// Redis instance (its `run_id`) differs from the one recorded in `KEYS[3]`, Redis restarted
+/// since the last write; unless its persistence is declared durable (`ARGV[DURABLE]` = 1) what it
+/// came back with may be older than what was acknowledged, so the generation, part of every
+/// room's epoch, changes: clients then get `recovered: false` rather than a silent gap.
+const GENERATION: &str = r"
+local function generation(durable)
+  local rid = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+  local stored = redis.call('HGET', KEYS[3], 'run_id')
+  if stored ~= rid then
+    if stored and durable ~= '1' then
+      redis.call('HINCRBY', KEYS[3], 'gen', 1)
+    end
+    redis.call('HSET', KEYS[3], 'run_id', rid)
+  end
+  return redis.call('HGET', KEYS[3], 'gen') or '0'
 end
+";
+
+/// KEYS: meta, log, instance. ARGV: channel, kind, node, payload, history size, history TTL
+/// (ms), a new epoch, meta TTL (ms), durable.
+const PUBLISH: &str = r"
+local gen = generation(ARGV[9])
+local base = redis.call('HGET', KEYS[1], 'epoch')
+if not base then
+  base = ARGV[7]
+  redis.call('HSET', KEYS[1], 'epoch', base)
+end
+local epoch = base .. '-' .. gen
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
 local env = ARGV[2] .. ' ' .. offset .. ' ' .. epoch .. ' ' .. ARGV[3] .. '\n' .. ARGV[4]
 local t = redis.call('TIME')
@@ -73,11 +103,14 @@ redis.call('PUBLISH', ARGV[1], env)
 return {offset, epoch}
 ";
 
+/// KEYS: meta, log, instance. ARGV: since (or `none`), a new epoch, meta TTL (ms), most
+/// entries, durable.
 const HISTORY: &str = r"
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = ARGV[2]
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+local gen = generation(ARGV[5])
+local base = redis.call('HGET', KEYS[1], 'epoch')
+if not base then
+  base = ARGV[2]
+  redis.call('HSET', KEYS[1], 'epoch', base, 'offset', 0)
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 local offset = tonumber(redis.call('HGET', KEYS[1], 'offset') or '0')
@@ -87,7 +120,7 @@ local entries = {}
 if ARGV[1] ~= 'none' then
   entries = redis.call('XRANGE', KEYS[2], '(0-' .. ARGV[1], '+', 'COUNT', ARGV[4])
 end
-return {epoch, offset, now, entries}
+return {base .. '-' .. gen, offset, now, entries}
 ";
 
 const JOIN: &str = r"
@@ -135,10 +168,9 @@ fn log_key(room: &str) -> String {
 fn presence_key(room: &str) -> String {
     format!("wsx:{{{room}}}:presence")
 }
-fn channel(room: &str) -> String {
-    format!("wsx:room:{room}")
-}
-const CHANNEL_PREFIX: &str = "wsx:room:";
+/// The key that records which Redis instance (its `run_id`) last wrote, and the generation that
+/// every epoch carries (bumped when Redis restarted without declared durable persistence).
+const INSTANCE_KEY: &str = "wsx:instance";
 
 fn broker(e: impl std::fmt::Display) -> HubError {
     HubError::Broker(e.to_string())
@@ -152,6 +184,13 @@ pub(crate) struct RedisEngine {
 
 struct Shared {
     node: String,
+    /// `wsx:DB:room:` — Redis pub/sub channels are shared by every database of a server, so
+    /// the database is part of every channel name: hubs on different databases stay apart.
+    channel_prefix: String,
+    /// This node's probe channel.
+    probe_channel: String,
+    /// Redis keeps every acknowledged write across a restart (`HubConfig::broker_durable`).
+    durable: bool,
     registry: Arc<Registry>,
     cmd: ConnectionManager,
     control: mpsc::Sender<Control>,
@@ -201,6 +240,7 @@ impl RedisEngine {
     ) -> Result<Self, HubError> {
         let info = url.into_connection_info().map_err(|e| HubError::Broker(format!("bad Redis URL {url:?}: {e}")))?;
         let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+        let db = settings.db();
         let client = Client::open(info.set_redis_settings(settings)).map_err(broker)?;
         let timeout = config.broker_timeout;
         // One plain attempt first, so that a refused or failed connection is reported as such
@@ -220,12 +260,15 @@ impl RedisEngine {
         let ms = |d: Duration| d.as_millis().max(1) as u64;
         let shared = Arc::new(Shared {
             node: node.clone(),
+            channel_prefix: format!("wsx:{db}:room:"),
+            probe_channel: format!("wsx:{db}:probe:{node}"),
+            durable: config.broker_durable,
             registry,
             cmd,
             control: control_tx,
             scripts: Scripts {
-                publish: Script::new(PUBLISH),
-                history: Script::new(HISTORY),
+                publish: Script::new(&format!("{GENERATION}{PUBLISH}")),
+                history: Script::new(&format!("{GENERATION}{HISTORY}")),
                 join: Script::new(JOIN),
                 leave: Script::new(LEAVE),
                 refresh: Script::new(REFRESH),
@@ -239,7 +282,8 @@ impl RedisEngine {
             probe_sent: AtomicU64::new(0),
             probe_seen: AtomicU64::new(0),
         });
-        let sub = Subscriber::connect(&client, &node, push_tx.clone(), overflow.clone(), timeout).await?;
+        let sub =
+            Subscriber::connect(&client, &shared.probe_channel, push_tx.clone(), overflow.clone(), timeout).await?;
         tokio::spawn(subscriber(Arc::downgrade(&shared), client, sub, control_rx, push_tx.clone(), overflow.clone()));
         tokio::spawn(dispatcher(Arc::downgrade(&shared), push_rx, overflow));
         tokio::spawn(probe(Arc::downgrade(&shared)));
@@ -266,7 +310,7 @@ struct Subscriber {
 impl Subscriber {
     async fn connect(
         client: &Client,
-        node: &str,
+        probe_channel: &str,
         push: mpsc::Sender<Input>,
         overflow: Arc<AtomicBool>,
         timeout: Duration,
@@ -283,7 +327,7 @@ impl Subscriber {
             .await
             .map_err(|_| HubError::Broker(format!("no pub/sub connection within {timeout:?}")))?
             .map_err(broker)?;
-        tokio::time::timeout(timeout, manager.subscribe(format!("wsx:probe:{node}")))
+        tokio::time::timeout(timeout, manager.subscribe(probe_channel))
             .await
             .map_err(|_| HubError::Broker("no answer to SUBSCRIBE".into()))?
             .map_err(broker)?;
@@ -304,7 +348,7 @@ async fn subscriber(
         let Some(s) = shared.upgrade() else { return };
         match request {
             Control::Subscribe(room, reply) => {
-                let result = tokio::time::timeout(s.timeout, sub.manager.subscribe(channel(&room))).await;
+                let result = tokio::time::timeout(s.timeout, sub.manager.subscribe(s.channel(&room))).await;
                 let result = match result {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(e)) => Err(broker(e)),
@@ -315,16 +359,16 @@ async fn subscriber(
             Control::Unsubscribe(room) => {
                 // A member may have come back meanwhile (its subscribe is queued after this).
                 if !s.registry.has_room(&room) {
-                    let _ = tokio::time::timeout(s.timeout, sub.manager.unsubscribe(channel(&room))).await;
+                    let _ = tokio::time::timeout(s.timeout, sub.manager.unsubscribe(s.channel(&room))).await;
                 }
             }
             Control::Reconnect => {
                 tracing::warn!("room broker: the subscription stopped delivering; reconnecting it");
                 let _ = push.send(Input::Reset).await;
-                match Subscriber::connect(&client, &s.node, push.clone(), overflow.clone(), s.timeout).await {
+                match Subscriber::connect(&client, &s.probe_channel, push.clone(), overflow.clone(), s.timeout).await {
                     Ok(mut fresh) => {
                         for room in s.registry.rooms() {
-                            let _ = tokio::time::timeout(s.timeout, fresh.manager.subscribe(channel(&room))).await;
+                            let _ = tokio::time::timeout(s.timeout, fresh.manager.subscribe(s.channel(&room))).await;
                         }
                         sub = fresh;
                     }
@@ -387,7 +431,7 @@ async fn dispatcher(shared: Weak<Shared>, mut input: mpsc::Receiver<Input>, over
             Input::Push(push) => match push.kind {
                 PushKind::Disconnection => interrupt(&s, &mut tracks),
                 PushKind::Subscribe => {
-                    let Some(room) = push.data.first().and_then(bytes_of).and_then(|c| room_of(&c)) else { continue };
+                    let Some(room) = push.data.first().and_then(bytes_of).and_then(|c| s.room_of(&c)) else { continue };
                     if let Some(track) = tracks.get_mut(&*room).filter(|t| t.interrupted) {
                         repair(&s, &room, track, None).await;
                     }
@@ -398,13 +442,13 @@ async fn dispatcher(shared: Weak<Shared>, mut input: mpsc::Receiver<Input>, over
                     else {
                         continue;
                     };
-                    if chan.starts_with(b"wsx:probe:") {
+                    if chan == s.probe_channel.as_bytes() {
                         if let Some(n) = std::str::from_utf8(&payload).ok().and_then(|p| p.parse().ok()) {
                             s.probe_seen.fetch_max(n, Ordering::AcqRel);
                         }
                         continue;
                     }
-                    let Some(room) = room_of(&chan) else { continue };
+                    let Some(room) = s.room_of(&chan) else { continue };
                     if !s.registry.has_room(&room) {
                         continue;
                     }
@@ -483,7 +527,11 @@ async fn repair(s: &Shared, room: &Arc<str>, track: &mut Track, until: Option<u6
         }
     };
     let target = until.unwrap_or(history.position.offset).min(history.position.offset);
-    let same_epoch = track.epoch.as_ref().is_none_or(|e| *e == history.position.epoch);
+    // Behind what was delivered in the same epoch: the broker came back with older data than
+    // it had acknowledged (persistence declared durable when it was not). What was delivered
+    // past its offset is not in its history: count it as another epoch.
+    let went_back = history.position.offset < track.last;
+    let same_epoch = !went_back && track.epoch.as_ref().is_none_or(|e| *e == history.position.epoch);
     let mut missed = 0;
     let mut recovered = same_epoch;
     if same_epoch && track.epoch.is_some() {
@@ -516,10 +564,6 @@ fn bytes_of(v: &Value) -> Option<Vec<u8>> {
         Value::SimpleString(s) => Some(s.clone().into_bytes()),
         _ => None,
     }
-}
-
-fn room_of(chan: &[u8]) -> Option<Arc<str>> {
-    std::str::from_utf8(chan).ok()?.strip_prefix(CHANNEL_PREFIX).map(Arc::from)
 }
 
 enum Envelope {
@@ -557,6 +601,16 @@ fn int_of(v: &Value) -> Option<u64> {
 }
 
 impl Shared {
+    /// The pub/sub channel of a room.
+    fn channel(&self, room: &str) -> String {
+        format!("{}{room}", self.channel_prefix)
+    }
+
+    /// The room of a channel name.
+    fn room_of(&self, chan: &[u8]) -> Option<Arc<str>> {
+        std::str::from_utf8(chan).ok()?.strip_prefix(self.channel_prefix.as_str()).map(Arc::from)
+    }
+
     /// The history after `since` (`None`: only the position).
     async fn history(&self, room: &Arc<str>, since: Option<u64>) -> Result<History, HubError> {
         let mut conn = self.cmd.clone();
@@ -566,10 +620,12 @@ impl Shared {
             .history
             .key(meta_key(room))
             .key(log_key(room))
+            .key(INSTANCE_KEY)
             .arg(since_arg)
             .arg(random_hex(8))
             .arg(self.meta_ttl_ms)
             .arg(self.history_size.max(1))
+            .arg(if self.durable { "1" } else { "0" })
             .invoke_async(&mut conn)
             .await
             .map_err(broker)?;
@@ -636,7 +692,8 @@ impl Engine for RedisEngine {
                 .publish
                 .key(meta_key(room))
                 .key(log_key(room))
-                .arg(channel(room))
+                .key(INSTANCE_KEY)
+                .arg(s.channel(room))
                 .arg(&kind[..])
                 .arg(&s.node)
                 .arg(payload.bytes().as_ref())
@@ -644,6 +701,7 @@ impl Engine for RedisEngine {
                 .arg(s.history_ttl_ms)
                 .arg(random_hex(8))
                 .arg(s.meta_ttl_ms)
+                .arg(if s.durable { "1" } else { "0" })
                 .invoke_async(&mut conn)
                 .await
                 .map_err(broker)?;
@@ -674,7 +732,7 @@ impl Engine for RedisEngine {
                 .key(presence_key(room))
                 .arg(&json)
                 .arg(s.presence_ttl_ms)
-                .arg(channel(room))
+                .arg(s.channel(room))
                 .arg(env)
                 .invoke_async(&mut conn)
                 .await
@@ -703,7 +761,7 @@ impl Engine for RedisEngine {
             let env = format!("- 0 - {}\n{json}", s.node);
             let mut conn = s.cmd.clone();
             let mut call = s.scripts.leave.key(presence_key(&room));
-            call.arg(&json).arg(channel(&room)).arg(env);
+            call.arg(&json).arg(s.channel(&room)).arg(env);
             let _ = tokio::time::timeout(s.timeout, call.invoke_async::<Value>(&mut conn)).await;
         });
     }
@@ -722,7 +780,7 @@ impl Engine for RedisEngine {
                 .refresh
                 .key(presence_key(room))
                 .arg(s.presence_ttl_ms)
-                .arg(channel(room))
+                .arg(s.channel(room))
                 .invoke_async(&mut conn)
                 .await
                 .map_err(broker)?;
@@ -753,7 +811,7 @@ async fn probe(shared: Weak<Shared>) {
         let mut conn = s.cmd.clone();
         let published = tokio::time::timeout(
             s.timeout,
-            redis::cmd("PUBLISH").arg(format!("wsx:probe:{}", s.node)).arg(n).query_async::<i64>(&mut conn),
+            redis::cmd("PUBLISH").arg(&s.probe_channel).arg(n).query_async::<i64>(&mut conn),
         )
         .await;
         match published {
@@ -783,7 +841,7 @@ async fn presence_refresh(shared: Weak<Shared>, every: Duration) {
         for (room, members) in rooms {
             let mut conn = s.cmd.clone();
             let mut call = s.scripts.refresh.key(presence_key(&room));
-            call.arg(s.presence_ttl_ms).arg(channel(&room));
+            call.arg(s.presence_ttl_ms).arg(s.channel(&room));
             for m in &members {
                 call.arg(m);
             }

@@ -58,8 +58,10 @@ impl Payload {
 pub struct Position {
     /// The offset of the room's latest message (1 for the first; 0 when it has had none).
     pub offset: u64,
-    /// Changes when the room's history is lost (a broker restart without persistence, or the
-    /// history expiring): offsets from another epoch mean nothing.
+    /// Changes when the room's history may have been lost: a Redis restart (unless declared
+    /// durable, [`HubConfig::broker_durable`](crate::HubConfig::broker_durable)), or the room
+    /// forgotten (in-process: idle, its history expired; in Redis: its keys expired). Offsets
+    /// from another epoch mean nothing.
     pub epoch: Arc<str>,
 }
 
@@ -251,7 +253,8 @@ pub struct Inbox {
 
 #[derive(Debug, Default)]
 struct InboxState {
-    queue: VecDeque<(Arc<str>, Event)>,
+    /// Room, stay (which join of the room the event was queued for), event.
+    queue: VecDeque<(Arc<str>, u64, Event)>,
     bytes: usize,
     lagged: Option<Lag>,
 }
@@ -266,6 +269,11 @@ impl Inbox {
     /// Queues an event, or marks the inbox as lagging when that would pass a limit. Returns
     /// `true` when this push made it lag.
     pub fn push(&self, room: Arc<str>, event: Event) -> bool {
+        self.push_for(room, 0, event)
+    }
+
+    /// [`push`](Self::push) for one stay of the member in the room.
+    pub(crate) fn push_for(&self, room: Arc<str>, stay: u64, event: Event) -> bool {
         let mut state = lock(&self.state);
         if state.lagged.is_some() {
             return false;
@@ -288,7 +296,7 @@ impl Inbox {
                 state.bytes = 0;
             }
             None => {
-                state.queue.push_back((room, event));
+                state.queue.push_back((room, stay, event));
                 state.bytes += len;
             }
         }
@@ -314,12 +322,27 @@ impl Inbox {
 
     /// The next event, if one is queued.
     pub fn try_recv(&self) -> Option<Received> {
+        self.try_recv_entry().map(|e| e.map_or_else(Received::Lagged, |(room, _, event)| Received::Event(room, event)))
+    }
+
+    /// The next event with the stay it was queued for, or the lag.
+    pub(crate) fn try_recv_entry(&self) -> Option<Result<(Arc<str>, u64, Event), Lag>> {
         let mut state = lock(&self.state);
-        if let Some((room, event)) = state.queue.pop_front() {
+        if let Some((room, stay, event)) = state.queue.pop_front() {
             state.bytes -= event.weight();
-            return Some(Received::Event(room, event));
+            return Some(Ok((room, stay, event)));
         }
-        state.lagged.map(Received::Lagged)
+        state.lagged.map(Err)
+    }
+
+    /// The next event with its stay, waiting for one. Cancel-safe.
+    pub(crate) async fn recv_entry(&self) -> Result<(Arc<str>, u64, Event), Lag> {
+        loop {
+            if let Some(entry) = self.try_recv_entry() {
+                return entry;
+            }
+            self.ready.notified().await;
+        }
     }
 }
 
@@ -332,6 +355,8 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Debug, Clone)]
 struct Seat {
     inbox: Arc<Inbox>,
+    /// Which of the member's stays in the room this is (its events are tagged with it).
+    stay: u64,
     /// Wants join and leave events.
     presence_events: bool,
 }
@@ -356,10 +381,22 @@ pub struct Registry {
 impl Registry {
     /// Adds a member; returns the room's name as stored and the cell that is set once the
     /// room is ready (the first joiner's engine subscription sets it; the others wait on it).
+    #[cfg(test)]
     pub(crate) fn add(
         &self,
         room: &str,
         inbox: &Arc<Inbox>,
+        presence_events: bool,
+    ) -> (Arc<str>, Arc<tokio::sync::OnceCell<()>>) {
+        self.add_stay(room, inbox, 0, presence_events)
+    }
+
+    /// [`add`](Self::add) for one stay of the member (the events queued for it carry it).
+    pub(crate) fn add_stay(
+        &self,
+        room: &str,
+        inbox: &Arc<Inbox>,
+        stay: u64,
         presence_events: bool,
     ) -> (Arc<str>, Arc<tokio::sync::OnceCell<()>>) {
         let mut rooms = lock(&self.rooms);
@@ -371,7 +408,7 @@ impl Registry {
             tracing::debug!(room, "room created on this node");
             LocalRoom { seats: Vec::new(), ready: Arc::default() }
         });
-        entry.seats.push(Seat { inbox: inbox.clone(), presence_events });
+        entry.seats.push(Seat { inbox: inbox.clone(), stay, presence_events });
         (name, entry.ready.clone())
     }
 
@@ -401,7 +438,7 @@ impl Registry {
             if presence && !seat.presence_events {
                 continue;
             }
-            if seat.inbox.push(name.clone(), event.clone()) {
+            if seat.inbox.push_for(name.clone(), seat.stay, event.clone()) {
                 self.lagged.fetch_add(1, Ordering::Relaxed);
             }
         }

@@ -6,6 +6,7 @@
 //! | `/`                                | (404)                                              | the demo page |
 //! | `/echo`                            | echoes every text and binary message               | 426 |
 //! | `/room/{name}`                     | every message goes to every member (sender too)    | 426 |
+//! | `/hub`                             | the hub subprotocol `wsx.hub.v1` (`docs/hub.md`)   | 426 |
 //! | `/close?code=N&reason=R&after=MS`  | echoes, then the server closes with N and R after MS ms (default 1000, "", 0) | 426 |
 //! | anything else                      | 404                                                | `--static` file or 404 |
 //!
@@ -22,7 +23,7 @@
 //!   server or its origin was given with `--origin`; requests without `Origin` are allowed.
 //! - **Closing**: the peer's close frame is answered with the same code and an empty reason (the
 //!   protocol core's echo), so a page that closes with 4000 "bye" sees code 4000, reason "".
-//! - **Rooms**: see [`rooms`]: a member that falls more than `--room-queue` messages or
+//! - **Rooms**: see [`wsx_hub`] (in this process, or shared over Redis with `--bus`): a member that falls more than `--room-queue` messages or
 //!   `--room-queue-bytes` bytes behind is closed with 1008; one whose socket takes no data for
 //!   30 s is dropped. A message to a room may have at most `--room-max-message` bytes (else
 //!   1009), so that what the room holds for a slow member stays small.

@@ -65,6 +65,7 @@ mod redis;
 mod room;
 pub mod session;
 
+use room::Entry;
 pub use room::{Event, Inbox, Lag, MemberInfo, Payload, Position, QueueLimits, Received, Registry, RoomMessage};
 
 /// A boxed, sendable future: what [`Engine`] methods return.
@@ -79,6 +80,13 @@ pub struct HubConfig {
     pub history_size: usize,
     /// How long a message stays in the history (and an idle room's history is kept).
     pub history_ttl: Duration,
+    /// The most payload bytes one room's history keeps (in-process engine; the oldest messages
+    /// go first, the newest always stays). Redis bounds its histories by `history_size` only:
+    /// give it a `maxmemory`.
+    pub history_bytes: usize,
+    /// The most payload bytes all histories keep together (in-process engine): past it, the
+    /// histories of rooms without members go first (least recently used first).
+    pub history_total_bytes: usize,
     /// How long a member stays in presence after its node stops refreshing it (a dead node's
     /// members disappear within this, plus one refresh period).
     pub presence_ttl: Duration,
@@ -103,6 +111,8 @@ impl Default for HubConfig {
             queue: QueueLimits::default(),
             history_size: 100,
             history_ttl: Duration::from_secs(300),
+            history_bytes: 1 << 20,
+            history_total_bytes: 256 << 20,
             presence_ttl: Duration::from_secs(15),
             broker_timeout: Duration::from_secs(2),
             broker_durable: false,
@@ -114,6 +124,7 @@ impl Default for HubConfig {
 
 /// Why a hub operation failed. [`code`](Self::code) is the error code of the hub protocol.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum HubError {
     /// The room name is empty, longer than 128 bytes, or has a control character or a `/`.
     #[error("bad room name: {0:?} (1 to 128 bytes, no control characters, no '/')")]
@@ -130,7 +141,13 @@ pub enum HubError {
     /// The broker did not answer, or answered with an error.
     #[error("room broker unavailable: {0}")]
     Broker(String),
+    /// A presence name longer than [`MAX_NAME`] bytes.
+    #[error("name longer than {MAX_NAME} bytes")]
+    NameTooLong,
 }
+
+/// The longest presence name, in bytes.
+pub const MAX_NAME: usize = 64;
 
 impl HubError {
     /// The error's code in the hub protocol (`bad_room`, `already_subscribed`,
@@ -142,6 +159,7 @@ impl HubError {
             Self::NotJoined(_) => "not_subscribed",
             Self::TooManyRooms(_) => "too_many_rooms",
             Self::Broker(_) => "broker_unavailable",
+            Self::NameTooLong => "bad_request",
         }
     }
 }
@@ -178,6 +196,14 @@ pub trait Engine: Send + Sync + 'static {
     /// A member joined `room` at `position` (it receives the messages after it): an engine
     /// that has not delivered anything of the room yet counts gaps from there.
     fn joined(&self, _room: &str, _position: &Position) {}
+    /// The latest `n` messages the history holds (at most), and the room's position.
+    fn latest<'a>(&'a self, room: &'a str, n: usize) -> BoxFuture<'a, Result<History, HubError>> {
+        Box::pin(async move {
+            let mut history = self.history(room, 0).await?;
+            history.messages.drain(..history.messages.len().saturating_sub(n));
+            Ok(history)
+        })
+    }
 }
 
 /// Rooms, their members on this node, and the engine that connects them to the other nodes.
@@ -417,8 +443,14 @@ impl Member {
     /// Joins `room`: from now on [`recv`](Self::recv) yields its messages after the returned
     /// position. With [`JoinOptions::since`], the messages published after that position are
     /// returned too, if the room's history still holds all of them.
+    ///
+    /// Bounded by the broker timeout as a whole. Dropping the future (or a failure) undoes
+    /// whatever part of the join was done.
     pub async fn join(&mut self, room: &str, options: JoinOptions) -> Result<Joined, HubError> {
         check_room(room)?;
+        if options.name.as_ref().is_some_and(|n| n.len() > MAX_NAME) {
+            return Err(HubError::NameTooLong);
+        }
         if self.rooms.contains_key(room) {
             return Err(HubError::AlreadyJoined(room.to_owned()));
         }
@@ -443,15 +475,19 @@ impl Member {
             epoch: Arc::from(""),
             through: 0,
         };
-        hub.deadline(async { ready.get_or_try_init(|| inner.engine.subscribe(room)).await.map(|_| ()) }).await?;
-        hub.deadline(inner.engine.join_presence(room, &info)).await?;
-        seat.in_presence = true;
-        let since = match (&options.since, options.history) {
-            (Some(p), _) => p.offset,
-            (None, 0) => u64::MAX,
-            (None, _) => 0,
+        // One deadline for the whole join (subscription, presence, history).
+        let steps = async {
+            ready.get_or_try_init(|| inner.engine.subscribe(room)).await?;
+            // Set first: a join cut short by the deadline still removes what it may have made.
+            seat.in_presence = true;
+            inner.engine.join_presence(room, &info).await?;
+            match (&options.since, options.history) {
+                (Some(p), _) => inner.engine.history(room, p.offset).await,
+                (None, 0) => inner.engine.history(room, u64::MAX).await,
+                (None, n) => inner.engine.latest(room, n).await,
+            }
         };
-        let history = hub.deadline(inner.engine.history(room, since)).await?;
+        let history = hub.deadline(steps).await?;
         let joined = match &options.since {
             Some(since) => {
                 let recovery = Recovery::judge(since, history);
@@ -498,7 +534,7 @@ impl Member {
 
     /// `None` for an event this member must not see: of a room it left (or of an earlier stay
     /// in it), or a message it has.
-    fn admit(&mut self, entry: Result<(Arc<str>, u64, Event), Lag>) -> Option<Received> {
+    fn admit(&mut self, entry: Entry) -> Option<Received> {
         let (room, stay, event) = match entry {
             Ok(entry) => entry,
             Err(lag) => return Some(Received::Lagged(lag)),
@@ -1121,7 +1157,10 @@ mod tests {
             // Only a failure after the presence entry was made announces a join (and its leave).
             let announced = if step == "history" { vec!["+", "-"] } else { vec![] };
             assert_eq!(texts[..texts.len() - 1], announced[..], "{step}");
-            assert_eq!(rig.leaves.load(Ordering::Relaxed) - leaves, announced.len() / 2, "{step}");
+            // A presence entry that may have been made (the call failed or ran out of time after
+            // the broker applied it) is removed: a leave for every step from presence on.
+            let removed = usize::from(step != "subscribe");
+            assert_eq!(rig.leaves.load(Ordering::Relaxed) - leaves, removed, "{step}");
             // Not the room's last member: the engine keeps delivering it.
             assert_eq!(rig.unsubscribes.load(Ordering::Relaxed), unsubscribes, "{step}");
             // The same member can join afterwards.

@@ -2,6 +2,7 @@
 //! straight into the registry.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,10 @@ pub(crate) struct LocalEngine {
     state: Mutex<State>,
     history_size: usize,
     history_ttl: Duration,
+    history_bytes: usize,
+    history_total_bytes: usize,
+    /// Payload bytes in every room's history (changed under the state lock).
+    total: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -33,6 +38,8 @@ struct RoomState {
     epoch: Arc<str>,
     offset: u64,
     history: VecDeque<(Instant, RoomMessage)>,
+    /// Payload bytes in `history`.
+    bytes: usize,
     presence: Vec<MemberInfo>,
     /// Last publish or read.
     touched: Instant,
@@ -40,7 +47,59 @@ struct RoomState {
 
 impl LocalEngine {
     pub(crate) fn new(registry: Arc<Registry>, config: &HubConfig) -> Self {
-        Self { registry, state: Mutex::default(), history_size: config.history_size, history_ttl: config.history_ttl }
+        Self {
+            registry,
+            state: Mutex::default(),
+            history_size: config.history_size,
+            history_ttl: config.history_ttl,
+            history_bytes: config.history_bytes,
+            history_total_bytes: config.history_total_bytes,
+            total: AtomicUsize::new(0),
+        }
+    }
+
+    /// Drops a room's oldest history entry.
+    fn pop_oldest(&self, r: &mut RoomState) {
+        if let Some((_, m)) = r.history.pop_front() {
+            let len = m.payload().bytes().len();
+            r.bytes -= len;
+            self.total.fetch_sub(len, Ordering::Relaxed);
+        }
+    }
+
+    /// Drops a room's whole history.
+    fn clear(&self, r: &mut RoomState) {
+        self.total.fetch_sub(r.bytes, Ordering::Relaxed);
+        r.history.clear();
+        r.bytes = 0;
+    }
+
+    /// Keeps the histories within the total budget: the histories of rooms without members go
+    /// first (least recently used first), then the oldest messages of `room`.
+    fn keep_total(&self, state: &mut State, room: &str) {
+        if self.total.load(Ordering::Relaxed) <= self.history_total_bytes {
+            return;
+        }
+        let mut idle: Vec<(Instant, Arc<str>)> = state
+            .rooms
+            .iter()
+            .filter(|(name, r)| r.bytes > 0 && &***name != room && self.registry.members(name) == 0)
+            .map(|(name, r)| (r.touched, name.clone()))
+            .collect();
+        idle.sort();
+        for (_, name) in idle {
+            if self.total.load(Ordering::Relaxed) <= self.history_total_bytes {
+                return;
+            }
+            if let Some(r) = state.rooms.get_mut(&name) {
+                self.clear(r);
+            }
+        }
+        if let Some(r) = state.rooms.get_mut(room) {
+            while r.history.len() > 1 && self.total.load(Ordering::Relaxed) > self.history_total_bytes {
+                self.pop_oldest(r);
+            }
+        }
     }
 
     /// The room's state, created (with a new epoch) when it has none; sweeps now and then.
@@ -57,13 +116,14 @@ impl LocalEngine {
             epoch: random_hex(8).into(),
             offset: 0,
             history: VecDeque::new(),
+            bytes: 0,
             presence: Vec::new(),
             touched: now,
         });
         entry.touched = now;
         let ttl = self.history_ttl;
         while entry.history.front().is_some_and(|(at, _)| now.duration_since(*at) > ttl) {
-            entry.history.pop_front();
+            self.pop_oldest(entry);
         }
         (name, entry)
     }
@@ -73,7 +133,12 @@ impl LocalEngine {
     fn sweep(&self, state: &mut State, now: Instant) {
         let ttl = self.history_ttl;
         state.rooms.retain(|name, r| {
-            !(r.presence.is_empty() && self.registry.members(name) == 0 && now.duration_since(r.touched) > ttl)
+            let forget =
+                r.presence.is_empty() && self.registry.members(name) == 0 && now.duration_since(r.touched) > ttl;
+            if forget {
+                self.total.fetch_sub(r.bytes, Ordering::Relaxed);
+            }
+            !forget
         });
         let idle: Vec<(Instant, Arc<str>)> = state
             .rooms
@@ -85,7 +150,9 @@ impl LocalEngine {
             let mut idle = idle;
             idle.sort();
             for (_, name) in &idle[..idle.len() - MAX_IDLE_ROOMS] {
-                state.rooms.remove(name);
+                if let Some(r) = state.rooms.remove(name) {
+                    self.total.fetch_sub(r.bytes, Ordering::Relaxed);
+                }
             }
         }
     }
@@ -105,12 +172,16 @@ impl Engine for LocalEngine {
         r.offset += 1;
         let message = RoomMessage::new(name, r.offset, r.epoch.clone(), payload);
         if self.history_size > 0 {
-            if r.history.len() >= self.history_size {
-                r.history.pop_front();
-            }
+            let len = message.payload().bytes().len();
             r.history.push_back((now, message.clone()));
+            r.bytes += len;
+            self.total.fetch_add(len, Ordering::Relaxed);
+            while r.history.len() > self.history_size || (r.bytes > self.history_bytes && r.history.len() > 1) {
+                self.pop_oldest(r);
+            }
         }
         let position = Position { offset: r.offset, epoch: r.epoch.clone() };
+        self.keep_total(&mut state, room);
         // Delivered under the lock, so concurrent publishers' messages reach every member in
         // offset order.
         self.registry.deliver(room, Event::Message(message));
@@ -139,8 +210,11 @@ impl Engine for LocalEngine {
     fn leave_presence(&self, room: &str, member: MemberInfo) {
         let mut state = lock(&self.state);
         if let Some(r) = state.rooms.get_mut(room) {
+            let before = r.presence.len();
             r.presence.retain(|m| m.id != member.id);
-            self.registry.deliver(room, Event::Leave(member));
+            if r.presence.len() < before {
+                self.registry.deliver(room, Event::Leave(member));
+            }
         }
     }
 

@@ -39,7 +39,7 @@
 //!   their `leave`) every third of the presence TTL.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -54,8 +54,9 @@ use crate::{
     RoomMessage,
 };
 
-/// Pushes waiting for the dispatcher, at most; more mark every room for repair.
+/// Pushes waiting for the dispatcher, at most, and their bytes; more mark every room for repair.
 const PUSH_QUEUE: usize = 65_536;
+const PUSH_BYTES: usize = 64 << 20;
 /// How often the probe goes out.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// Probes lost in a row before the pub/sub connection is replaced.
@@ -86,8 +87,10 @@ const PUBLISH: &str = r"
 local gen = generation(ARGV[9])
 local base = redis.call('HGET', KEYS[1], 'epoch')
 if not base then
+  -- A new epoch: a log left from a lost meta (evicted, say) belongs to no epoch.
   base = ARGV[7]
   redis.call('HSET', KEYS[1], 'epoch', base)
+  redis.call('DEL', KEYS[2])
 end
 local epoch = base .. '-' .. gen
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
@@ -103,21 +106,24 @@ redis.call('PUBLISH', ARGV[1], env)
 return {offset, epoch}
 ";
 
-/// KEYS: meta, log, instance. ARGV: since (or `none`), a new epoch, meta TTL (ms), most
-/// entries, durable.
+/// KEYS: meta, log, instance. ARGV: since (or `none`, or `latest`: the newest entries, newest
+/// first), a new epoch, meta TTL (ms), most entries, durable.
 const HISTORY: &str = r"
 local gen = generation(ARGV[5])
 local base = redis.call('HGET', KEYS[1], 'epoch')
 if not base then
   base = ARGV[2]
   redis.call('HSET', KEYS[1], 'epoch', base, 'offset', 0)
+  redis.call('DEL', KEYS[2])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 local offset = tonumber(redis.call('HGET', KEYS[1], 'offset') or '0')
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local entries = {}
-if ARGV[1] ~= 'none' then
+if ARGV[1] == 'latest' then
+  entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[4])
+elseif ARGV[1] ~= 'none' then
   entries = redis.call('XRANGE', KEYS[2], '(0-' .. ARGV[1], '+', 'COUNT', ARGV[4])
 end
 return {base .. '-' .. gen, offset, now, entries}
@@ -139,22 +145,27 @@ end
 return 1
 ";
 
-/// Refreshes this node's members (ARGV[3..]) and removes the expired ones, publishing a leave
-/// for each; returns the members left.
+/// Refreshes this node's members (ARGV[4..], re-adding any the broker lost) and the room's
+/// meta (so that a quiet room with members keeps its epoch), then removes the expired members,
+/// publishing a leave for each; returns the members left. KEYS: presence, meta. ARGV: presence
+/// TTL (ms), channel, meta TTL (ms, 0: leave it), members.
 const REFRESH: &str = r"
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local ttl = tonumber(ARGV[1])
-for i = 3, #ARGV do
-  redis.call('ZADD', KEYS[1], 'XX', now + ttl, ARGV[i])
+for i = 4, #ARGV do
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[i])
 end
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)
 for _, m in ipairs(dead) do
   redis.call('ZREM', KEYS[1], m)
   redis.call('PUBLISH', ARGV[2], '- 0 - sweep\n' .. m)
 end
-if #ARGV > 2 then
+if #ARGV > 3 then
   redis.call('PEXPIRE', KEYS[1], ttl * 2)
+end
+if tonumber(ARGV[3]) > 0 then
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
 end
 return redis.call('ZRANGE', KEYS[1], 0, -1)
 ";
@@ -204,7 +215,8 @@ struct Shared {
     present: Mutex<HashMap<Arc<str>, HashSet<String>>>,
     /// The last probe sent, and the last one that came back.
     probe_sent: AtomicU64,
-    probe_seen: AtomicU64,
+    /// What the pushes use (the queue to the dispatcher, its byte count, the probe).
+    side: PushSide,
 }
 
 struct Scripts {
@@ -229,6 +241,8 @@ enum Input {
     Reset,
     /// A member joined a room at this position.
     Joined(Arc<str>, Position),
+    /// The last member of a room on this node left.
+    Left(Arc<str>),
 }
 
 impl RedisEngine {
@@ -255,13 +269,19 @@ impl RedisEngine {
                 .map_err(|_| HubError::Broker(format!("no connection to {url} within {timeout:?}")))?
                 .map_err(|e| HubError::Broker(format!("cannot connect to {url}: {e}")))?;
         let (push_tx, push_rx) = mpsc::channel(PUSH_QUEUE);
-        let overflow = Arc::new(AtomicBool::new(false));
+        let side = PushSide {
+            queue: push_tx.clone(),
+            queued: Arc::default(),
+            overflow: Arc::default(),
+            probe_channel: format!("wsx:{db}:probe:{node}"),
+            probe_seen: Arc::default(),
+        };
         let (control_tx, control_rx) = mpsc::channel(1024);
         let ms = |d: Duration| d.as_millis().max(1) as u64;
         let shared = Arc::new(Shared {
             node: node.clone(),
             channel_prefix: format!("wsx:{db}:room:"),
-            probe_channel: format!("wsx:{db}:probe:{node}"),
+            probe_channel: side.probe_channel.clone(),
             durable: config.broker_durable,
             registry,
             cmd,
@@ -280,12 +300,11 @@ impl RedisEngine {
             timeout,
             present: Mutex::default(),
             probe_sent: AtomicU64::new(0),
-            probe_seen: AtomicU64::new(0),
+            side: side.clone(),
         });
-        let sub =
-            Subscriber::connect(&client, &shared.probe_channel, push_tx.clone(), overflow.clone(), timeout).await?;
-        tokio::spawn(subscriber(Arc::downgrade(&shared), client, sub, control_rx, push_tx.clone(), overflow.clone()));
-        tokio::spawn(dispatcher(Arc::downgrade(&shared), push_rx, overflow));
+        let sub = Subscriber::connect(&client, side.clone(), timeout).await?;
+        tokio::spawn(subscriber(Arc::downgrade(&shared), client, sub, control_rx));
+        tokio::spawn(dispatcher(Arc::downgrade(&shared), push_rx, side.overflow.clone()));
         tokio::spawn(probe(Arc::downgrade(&shared)));
         tokio::spawn(presence_refresh(Arc::downgrade(&shared), config.presence_ttl / 3));
         tracing::info!(node, url, "room broker: Redis");
@@ -299,7 +318,53 @@ fn manager_config(timeout: Duration) -> ConnectionManagerConfig {
         .set_response_timeout(Some(timeout))
         .set_min_delay(Duration::from_millis(50))
         .set_max_delay(Duration::from_secs(1))
-        .set_number_of_retries(5)
+        // While Redis is away, keep trying (once a second at most): the pub/sub connection has
+        // no other way back than its own reconnection, and every call has its own deadline.
+        .set_number_of_retries(1_000_000)
+}
+
+/// Where the pub/sub connection's pushes go: called on the connection's task, so it never waits.
+#[derive(Clone)]
+struct PushSide {
+    queue: mpsc::Sender<Input>,
+    /// Bytes of the messages in `queue`.
+    queued: Arc<AtomicUsize>,
+    /// Pushes were dropped (the queue was full): every room needs a repair.
+    overflow: Arc<AtomicBool>,
+    probe_channel: String,
+    /// The last probe that came back (recorded here, so that a dispatcher busy delivering does
+    /// not look like a dead subscription).
+    probe_seen: Arc<AtomicU64>,
+}
+
+impl PushSide {
+    fn push(&self, info: PushInfo) {
+        let mut size = 0;
+        if info.kind == PushKind::Message {
+            if let (Some(chan), Some(payload)) =
+                (info.data.first().and_then(bytes_of), info.data.get(1).and_then(bytes_of))
+            {
+                if chan == self.probe_channel.as_bytes() {
+                    if let Some(n) = std::str::from_utf8(&payload).ok().and_then(|p| p.parse().ok()) {
+                        self.probe_seen.fetch_max(n, Ordering::AcqRel);
+                    }
+                    return;
+                }
+                size = payload.len();
+            }
+        }
+        // Bounded in pushes and bytes: past either, the push is dropped and every room is
+        // repaired from the history instead.
+        if self.queued.load(Ordering::Acquire) + size > PUSH_BYTES {
+            self.overflow.store(true, Ordering::Release);
+            return;
+        }
+        self.queued.fetch_add(size, Ordering::AcqRel);
+        if self.queue.try_send(Input::Push(info)).is_err() {
+            self.queued.fetch_sub(size, Ordering::AcqRel);
+            self.overflow.store(true, Ordering::Release);
+        }
+    }
 }
 
 /// The pub/sub connection.
@@ -308,18 +373,10 @@ struct Subscriber {
 }
 
 impl Subscriber {
-    async fn connect(
-        client: &Client,
-        probe_channel: &str,
-        push: mpsc::Sender<Input>,
-        overflow: Arc<AtomicBool>,
-        timeout: Duration,
-    ) -> Result<Self, HubError> {
+    async fn connect(client: &Client, side: PushSide, timeout: Duration) -> Result<Self, HubError> {
+        let probe_channel = side.probe_channel.clone();
         let sender = move |info: PushInfo| -> Result<(), ()> {
-            // Never blocks the connection: a full queue marks every room for repair instead.
-            if push.try_send(Input::Push(info)).is_err() {
-                overflow.store(true, Ordering::Release);
-            }
+            side.push(info);
             Ok(())
         };
         let config = manager_config(timeout).set_push_sender(sender).set_automatic_resubscription();
@@ -327,7 +384,7 @@ impl Subscriber {
             .await
             .map_err(|_| HubError::Broker(format!("no pub/sub connection within {timeout:?}")))?
             .map_err(broker)?;
-        tokio::time::timeout(timeout, manager.subscribe(probe_channel))
+        tokio::time::timeout(timeout, manager.subscribe(&probe_channel))
             .await
             .map_err(|_| HubError::Broker("no answer to SUBSCRIBE".into()))?
             .map_err(broker)?;
@@ -336,14 +393,7 @@ impl Subscriber {
 }
 
 /// Applies subscription changes in order; replaces the pub/sub connection when asked.
-async fn subscriber(
-    shared: Weak<Shared>,
-    client: Client,
-    mut sub: Subscriber,
-    mut control: mpsc::Receiver<Control>,
-    push: mpsc::Sender<Input>,
-    overflow: Arc<AtomicBool>,
-) {
+async fn subscriber(shared: Weak<Shared>, client: Client, mut sub: Subscriber, mut control: mpsc::Receiver<Control>) {
     while let Some(request) = control.recv().await {
         let Some(s) = shared.upgrade() else { return };
         match request {
@@ -364,8 +414,8 @@ async fn subscriber(
             }
             Control::Reconnect => {
                 tracing::warn!("room broker: the subscription stopped delivering; reconnecting it");
-                let _ = push.send(Input::Reset).await;
-                match Subscriber::connect(&client, &s.probe_channel, push.clone(), overflow.clone(), s.timeout).await {
+                let _ = s.side.queue.send(Input::Reset).await;
+                match Subscriber::connect(&client, s.side.clone(), s.timeout).await {
                     Ok(mut fresh) => {
                         for room in s.registry.rooms() {
                             let _ = tokio::time::timeout(s.timeout, fresh.manager.subscribe(s.channel(&room))).await;
@@ -385,8 +435,10 @@ struct Track {
     /// The epoch and offset of the last message delivered on this node.
     epoch: Option<Arc<str>>,
     last: u64,
-    /// The broker connection was lost since; a repair is due.
+    /// The broker connection was lost since; a repair is due once `resubscribed`.
     interrupted: bool,
+    /// The room's subscription was confirmed again since the connection was lost.
+    resubscribed: bool,
     /// A message was delivered (until then, `epoch` and `last` come from members' joins).
     delivered: bool,
 }
@@ -401,7 +453,9 @@ async fn dispatcher(shared: Weak<Shared>, mut input: mpsc::Receiver<Input>, over
             _ = tick.tick() => {
                 let Some(s) = shared.upgrade() else { return };
                 tracks.retain(|room, _| s.registry.has_room(room));
-                let due: Vec<Arc<str>> = tracks.iter().filter(|(_, t)| t.interrupted).map(|(r, _)| r.clone()).collect();
+                // Repairs that failed (the command connection was not back yet) are retried.
+                let due: Vec<Arc<str>> =
+                    tracks.iter().filter(|(_, t)| t.interrupted && t.resubscribed).map(|(r, _)| r.clone()).collect();
                 for room in due {
                     repair(&s, &room, tracks.entry(room.clone()).or_default(), None).await;
                 }
@@ -418,6 +472,12 @@ async fn dispatcher(shared: Weak<Shared>, mut input: mpsc::Receiver<Input>, over
         }
         match next {
             Input::Reset => interrupt(&s, &mut tracks),
+            Input::Left(room) => {
+                // A member that joins later starts a new track (from its own position).
+                if !s.registry.has_room(&room) {
+                    tracks.remove(&room);
+                }
+            }
             Input::Joined(room, position) => {
                 let track = tracks.entry(room).or_default();
                 match &track.epoch {
@@ -433,6 +493,7 @@ async fn dispatcher(shared: Weak<Shared>, mut input: mpsc::Receiver<Input>, over
                 PushKind::Subscribe => {
                     let Some(room) = push.data.first().and_then(bytes_of).and_then(|c| s.room_of(&c)) else { continue };
                     if let Some(track) = tracks.get_mut(&*room).filter(|t| t.interrupted) {
+                        track.resubscribed = true;
                         repair(&s, &room, track, None).await;
                     }
                 }
@@ -442,13 +503,8 @@ async fn dispatcher(shared: Weak<Shared>, mut input: mpsc::Receiver<Input>, over
                     else {
                         continue;
                     };
-                    if chan == s.probe_channel.as_bytes() {
-                        if let Some(n) = std::str::from_utf8(&payload).ok().and_then(|p| p.parse().ok()) {
-                            s.probe_seen.fetch_max(n, Ordering::AcqRel);
-                        }
-                        continue;
-                    }
                     let Some(room) = s.room_of(&chan) else { continue };
+                    s.side.queued.fetch_sub(payload.len(), Ordering::AcqRel);
                     if !s.registry.has_room(&room) {
                         continue;
                     }
@@ -469,9 +525,12 @@ async fn dispatcher(shared: Weak<Shared>, mut input: mpsc::Receiver<Input>, over
     }
 }
 
+/// The connection to the broker was lost: every room may miss messages until it is
+/// resubscribed and repaired.
 fn interrupt(s: &Shared, tracks: &mut HashMap<Arc<str>, Track>) {
     for room in s.registry.rooms() {
         let track = tracks.entry(room.clone()).or_default();
+        track.resubscribed = false;
         if !track.interrupted {
             track.interrupted = true;
             s.registry.deliver(&room, Event::Interrupted);
@@ -479,31 +538,28 @@ fn interrupt(s: &Shared, tracks: &mut HashMap<Arc<str>, Track>) {
     }
 }
 
-/// Delivers a live message in order: a duplicate is dropped, a gap is filled first.
+/// Delivers a live message in order: a duplicate is dropped, a gap (or another epoch) is dealt
+/// with by [`repair`] first.
 async fn deliver(s: &Shared, room: &Arc<str>, track: &mut Track, m: RoomMessage) {
-    match &track.epoch {
+    let in_order = match &track.epoch {
         Some(epoch) if *epoch == *m.epoch() => {
             if m.offset() <= track.last {
                 return;
             }
-            if m.offset() > track.last + 1 {
-                repair(s, room, track, Some(m.offset() - 1)).await;
-                if track.epoch.as_ref() == Some(m.epoch()) && m.offset() <= track.last {
-                    return;
-                }
-            }
+            m.offset() == track.last + 1
         }
-        Some(_) => {
-            // The room's history was lost (its epoch changed): what came between is gone.
-            let position = Position { offset: m.offset() - 1, epoch: m.epoch().clone() };
-            s.registry.deliver(room, Event::Resumed { recovered: false, missed: 0, position });
-            track.interrupted = false;
+        Some(_) => false,
+        None => true,
+    };
+    if !in_order || track.interrupted {
+        // A gap, another epoch, or live traffic before the repair after an outage ran: repair
+        // up to just before this message, so nothing is skipped.
+        repair(s, room, track, Some(m.offset().saturating_sub(1))).await;
+        if track.interrupted {
+            // The history could not be read: deliver nothing out of order meanwhile. The next
+            // repair (on the tick) delivers this message from the history.
+            return;
         }
-        None => {}
-    }
-    if track.interrupted {
-        // Live traffic again before the repair ran: repair now, so nothing is skipped.
-        repair(s, room, track, Some(m.offset() - 1)).await;
         if track.epoch.as_ref() == Some(m.epoch()) && m.offset() <= track.last {
             return;
         }
@@ -515,46 +571,69 @@ async fn deliver(s: &Shared, room: &Arc<str>, track: &mut Track, m: RoomMessage)
 }
 
 /// Delivers, from the history, what this node missed of `room` (up to offset `until`, or all);
-/// reports `resumed` when the room was interrupted or the gap could not be filled.
+/// reports `resumed` when the room was interrupted or the gap could not be filled. In another
+/// epoch (the broker lost the room, or came back older than it was), what this node delivered
+/// cannot be continued: members are told `recovered: false` and get the new epoch's messages
+/// that its history holds.
 async fn repair(s: &Shared, room: &Arc<str>, track: &mut Track, until: Option<u64>) {
-    let since = track.last;
-    let history = match s.history(room, Some(since)).await {
-        Ok(h) => h,
-        Err(e) => {
-            tracing::debug!(room = %room, error = %e, "room broker: repair failed; will retry");
-            track.interrupted = true;
-            return;
-        }
+    let read = |since| tokio::time::timeout(s.timeout, s.history(room, Some(since)));
+    let failed = |track: &mut Track, e: String| {
+        tracing::debug!(room = %room, error = %e, "room broker: repair failed; will retry");
+        track.interrupted = true;
+        track.resubscribed = true;
     };
-    let target = until.unwrap_or(history.position.offset).min(history.position.offset);
-    // Behind what was delivered in the same epoch: the broker came back with older data than
-    // it had acknowledged (persistence declared durable when it was not). What was delivered
-    // past its offset is not in its history: count it as another epoch.
+    let mut history = match read(track.last).await {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => return failed(track, e.to_string()),
+        Err(_) => return failed(track, "no answer".into()),
+    };
+    // Behind what was delivered in the same epoch: the broker came back with less than it had
+    // acknowledged. What was delivered past its offset is not in its history: another epoch.
     let went_back = history.position.offset < track.last;
-    let same_epoch = !went_back && track.epoch.as_ref().is_none_or(|e| *e == history.position.epoch);
-    let mut missed = 0;
-    let mut recovered = same_epoch;
-    if same_epoch && track.epoch.is_some() {
-        for m in history.messages.into_iter().filter(|m| m.offset() <= target) {
-            if m.offset() != track.last + 1 {
-                recovered = false;
-                break;
-            }
-            track.last = m.offset();
-            track.delivered = true;
-            missed += 1;
-            s.registry.deliver(room, Event::Message(m));
-        }
-        recovered &= track.last >= target;
+    let new_epoch = track.epoch.as_ref().is_some_and(|e| went_back || *e != history.position.epoch);
+    if new_epoch {
+        history = match read(0).await {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => return failed(track, e.to_string()),
+            Err(_) => return failed(track, "no answer".into()),
+        };
     }
-    // In another epoch the old offsets mean nothing: the room goes on from where it is now.
-    let last = if same_epoch { track.last.max(target) } else { target };
-    if track.interrupted || !recovered {
-        let position = Position { offset: last, epoch: history.position.epoch.clone() };
+    let target = until.unwrap_or(history.position.offset).min(history.position.offset);
+    let messages: Vec<RoomMessage> = history.messages.into_iter().filter(|m| m.offset() <= target).collect();
+    let epoch = history.position.epoch.clone();
+    if new_epoch {
+        // The new epoch from the first message its history still holds.
+        let start = messages.first().map_or(target, |m| m.offset().saturating_sub(1));
+        let position = Position { offset: start, epoch: epoch.clone() };
+        s.registry.deliver(room, Event::Resumed { recovered: false, missed: 0, position });
+        track.epoch = Some(epoch.clone());
+        track.last = start;
+    } else if track.epoch.is_none() {
+        // Nothing delivered or joined from yet: the room goes on from here.
+        track.epoch = Some(epoch.clone());
+        track.last = target;
+    }
+    let mut missed = 0;
+    let mut recovered = !new_epoch;
+    let from = track.last;
+    for m in messages.into_iter().filter(|m| m.offset() > from) {
+        if m.offset() != track.last + 1 {
+            break;
+        }
+        track.last = m.offset();
+        track.delivered = true;
+        missed += 1;
+        s.registry.deliver(room, Event::Message(m));
+    }
+    if track.last < target {
+        // The history no longer reaches back far enough: what is missing is lost.
+        recovered = false;
+        track.last = target;
+    }
+    if !new_epoch && (track.interrupted || !recovered) {
+        let position = Position { offset: track.last, epoch };
         s.registry.deliver(room, Event::Resumed { recovered, missed, position });
     }
-    track.epoch = Some(history.position.epoch);
-    track.last = last;
     track.interrupted = false;
 }
 
@@ -586,6 +665,10 @@ fn parse_envelope(room: &Arc<str>, env: Bytes) -> Option<Envelope> {
             Some(Envelope::Presence(kind == "+", member))
         }
         _ => {
+            // Offsets start at 1: an offset 0 is not one of ours.
+            if offset == 0 {
+                return None;
+            }
             let kind = *kind.as_bytes().first()?;
             let payload = Payload::from_kind(kind, payload)?;
             Some(Envelope::Message(RoomMessage::new(room.clone(), offset, epoch.into(), payload)))
@@ -613,8 +696,13 @@ impl Shared {
 
     /// The history after `since` (`None`: only the position).
     async fn history(&self, room: &Arc<str>, since: Option<u64>) -> Result<History, HubError> {
+        self.read_history(room, since.map_or_else(|| "none".to_owned(), |n| n.to_string()), self.history_size).await
+    }
+
+    /// The history script: `since` is an offset, `none` or `latest` (the newest `count`).
+    async fn read_history(&self, room: &Arc<str>, since_arg: String, count: usize) -> Result<History, HubError> {
+        let latest = since_arg == "latest";
         let mut conn = self.cmd.clone();
-        let since_arg = since.map_or_else(|| "none".to_owned(), |n| n.to_string());
         let value: Value = self
             .scripts
             .history
@@ -624,7 +712,7 @@ impl Shared {
             .arg(since_arg)
             .arg(random_hex(8))
             .arg(self.meta_ttl_ms)
-            .arg(self.history_size.max(1))
+            .arg(count.max(1))
             .arg(if self.durable { "1" } else { "0" })
             .invoke_async(&mut conn)
             .await
@@ -659,6 +747,9 @@ impl Shared {
                 }
             }
         }
+        if latest {
+            messages.reverse();
+        }
         Ok(History { position: Position { offset, epoch }, messages })
     }
 }
@@ -680,6 +771,9 @@ impl Engine for RedisEngine {
         // A full queue only leaves the node subscribed to a room without members here: its
         // messages are then dropped on arrival, and the next subscribe is harmless.
         let _ = self.shared.control.try_send(Control::Unsubscribe(room.to_owned()));
+        // Its track goes: a member joining later starts from its own position. When the queue
+        // is full the track stays until the next tick prunes it.
+        let _ = self.push.try_send(Input::Left(room.into()));
     }
 
     fn publish<'a>(&'a self, room: &'a str, payload: Payload) -> BoxFuture<'a, Result<Position, HubError>> {
@@ -766,6 +860,16 @@ impl Engine for RedisEngine {
         });
     }
 
+    fn latest<'a>(&'a self, room: &'a str, n: usize) -> BoxFuture<'a, Result<History, HubError>> {
+        Box::pin(async move {
+            let n = n.min(self.shared.history_size);
+            if n == 0 {
+                return self.shared.history(&Arc::from(room), None).await;
+            }
+            self.shared.read_history(&Arc::from(room), "latest".to_owned(), n).await
+        })
+    }
+
     fn joined(&self, room: &str, position: &Position) {
         // A full queue means the dispatcher repairs every room anyway.
         let _ = self.push.try_send(Input::Joined(room.into(), position.clone()));
@@ -779,8 +883,10 @@ impl Engine for RedisEngine {
                 .scripts
                 .refresh
                 .key(presence_key(room))
+                .key(meta_key(room))
                 .arg(s.presence_ttl_ms)
                 .arg(s.channel(room))
+                .arg(0)
                 .invoke_async(&mut conn)
                 .await
                 .map_err(broker)?;
@@ -801,7 +907,7 @@ async fn probe(shared: Weak<Shared>) {
         tick.tick().await;
         let Some(s) = shared.upgrade() else { return };
         let sent = s.probe_sent.load(Ordering::Acquire);
-        let seen = s.probe_seen.load(Ordering::Acquire);
+        let seen = s.side.probe_seen.load(Ordering::Acquire);
         if sent > 0 && seen < sent {
             lost += 1;
         } else {
@@ -821,13 +927,15 @@ async fn probe(shared: Weak<Shared>) {
         }
         if lost >= PROBES_LOST {
             lost = 0;
-            s.probe_seen.store(s.probe_sent.load(Ordering::Acquire), Ordering::Release);
+            s.side.probe_seen.store(s.probe_sent.load(Ordering::Acquire), Ordering::Release);
             let _ = s.control.try_send(Control::Reconnect);
         }
     }
 }
 
-/// Keeps this node's members in presence, and sweeps the expired members of its rooms.
+/// Keeps this node's members in presence (and its rooms' meta alive), and sweeps the expired
+/// members of its rooms. Every room's refresh goes out at once (pipelined on the one
+/// connection), within one deadline.
 async fn presence_refresh(shared: Weak<Shared>, every: Duration) {
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
     loop {
@@ -838,19 +946,31 @@ async fn presence_refresh(shared: Weak<Shared>, every: Duration) {
         for room in s.registry.rooms() {
             rooms.entry(room).or_default();
         }
+        let mut calls = tokio::task::JoinSet::new();
         for (room, members) in rooms {
-            let mut conn = s.cmd.clone();
-            let mut call = s.scripts.refresh.key(presence_key(&room));
-            call.arg(s.presence_ttl_ms).arg(s.channel(&room));
-            for m in &members {
-                call.arg(m);
+            let s = s.clone();
+            calls.spawn(async move {
+                let mut conn = s.cmd.clone();
+                let mut call = s.scripts.refresh.key(presence_key(&room));
+                call.key(meta_key(&room)).arg(s.presence_ttl_ms).arg(s.channel(&room)).arg(s.meta_ttl_ms);
+                for m in &members {
+                    call.arg(m);
+                }
+                let result = call.invoke_async::<Value>(&mut conn).await;
+                (room, result)
+            });
+        }
+        drop(s);
+        let all = async {
+            while let Some(done) = calls.join_next().await {
+                if let Ok((room, Err(e))) = done {
+                    tracing::debug!(room = %room, error = %e, "presence refresh failed");
+                }
             }
-            if let Ok(Err(e)) | Err(e) = tokio::time::timeout(s.timeout, call.invoke_async::<Value>(&mut conn))
-                .await
-                .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "timed out")))
-            {
-                tracing::debug!(room = %room, error = %e, "presence refresh failed");
-            }
+        };
+        if tokio::time::timeout(every.max(Duration::from_millis(100)), all).await.is_err() {
+            tracing::debug!("presence refresh not done within its period");
+            calls.abort_all();
         }
     }
 }

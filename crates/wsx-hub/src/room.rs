@@ -25,6 +25,7 @@ pub enum Payload {
 
 impl Payload {
     /// The one-letter kind used on the wire between nodes (`t`, `j`, `b`).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn kind(&self) -> u8 {
         match self {
             Self::Text(_) => b't',
@@ -42,6 +43,7 @@ impl Payload {
     }
 
     /// Rebuilds a payload from its kind letter and bytes; `None` when they do not fit.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn from_kind(kind: u8, bytes: Bytes) -> Option<Self> {
         match kind {
             b't' => Utf8Bytes::try_from_bytes(bytes).ok().map(Self::Text),
@@ -192,6 +194,7 @@ impl Event {
     fn weight(&self) -> usize {
         match self {
             Self::Message(m) => m.weight(),
+            Self::Join(who) | Self::Leave(who) => 128 + who.id.len() + who.name.as_ref().map_or(0, String::len),
             _ => 128,
         }
     }
@@ -241,6 +244,10 @@ pub enum Received {
     /// nothing more. Close it (`wsx serve` closes with 1008).
     Lagged(Lag),
 }
+
+/// What an inbox hands its member: an event with its room and the stay it was queued for, or
+/// the lag that cut the member off.
+pub(crate) type Entry = Result<(Arc<str>, u64, Event), Lag>;
 
 /// One connection's queue of room events not yet taken, bounded by [`QueueLimits`]. Pushing
 /// never waits: a connection that falls behind is marked as lagging and its queue emptied.
@@ -326,7 +333,7 @@ impl Inbox {
     }
 
     /// The next event with the stay it was queued for, or the lag.
-    pub(crate) fn try_recv_entry(&self) -> Option<Result<(Arc<str>, u64, Event), Lag>> {
+    pub(crate) fn try_recv_entry(&self) -> Option<Entry> {
         let mut state = lock(&self.state);
         if let Some((room, stay, event)) = state.queue.pop_front() {
             state.bytes -= event.weight();
@@ -336,7 +343,7 @@ impl Inbox {
     }
 
     /// The next event with its stay, waiting for one. Cancel-safe.
-    pub(crate) async fn recv_entry(&self) -> Result<(Arc<str>, u64, Event), Lag> {
+    pub(crate) async fn recv_entry(&self) -> Entry {
         loop {
             if let Some(entry) = self.try_recv_entry() {
                 return entry;

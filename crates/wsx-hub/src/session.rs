@@ -66,8 +66,15 @@ impl Outcome {
             self.code = Some(code.0);
             self.by = Some("server");
         }
+        // A close reason has at most 123 bytes (RFC 6455 §5.5): a longer one (a broker's error
+        // message, say) is cut at a character boundary, or the close would be refused.
+        let mut end = reason.len().min(123);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        let frame = CloseFrame::new(code, &reason[..end]);
         // The connection's write timeout bounds this when the peer stopped reading.
-        if let Err(e) = ws.send(Message::Close(Some(CloseFrame::new(code, reason)))).await {
+        if let Err(e) = ws.send(Message::Close(Some(frame))).await {
             self.failed(e);
         }
     }
@@ -83,7 +90,7 @@ where
     let mut out = Outcome::default();
     let mut member = hub.member();
     if let Err(e) = member.join(room, JoinOptions::default()).await {
-        out.close(ws, CloseCode::TRY_AGAIN_LATER, &format!("room broker unavailable: {e}")).await;
+        out.close(ws, CloseCode::TRY_AGAIN_LATER, &e.to_string()).await;
     }
     tokio::pin!(shutdown);
     let mut shut = false;
@@ -93,12 +100,12 @@ where
                 None => break,
                 Some(Ok(Message::Text(t))) if !out.closing => {
                     if let Err(e) = hub.publish(room, Payload::Text(t)).await {
-                        out.close(ws, CloseCode::TRY_AGAIN_LATER, &format!("room broker unavailable: {e}")).await;
+                        out.close(ws, CloseCode::TRY_AGAIN_LATER, &e.to_string()).await;
                     }
                 }
                 Some(Ok(Message::Binary(b))) if !out.closing => {
                     if let Err(e) = hub.publish(room, Payload::Binary(b)).await {
-                        out.close(ws, CloseCode::TRY_AGAIN_LATER, &format!("room broker unavailable: {e}")).await;
+                        out.close(ws, CloseCode::TRY_AGAIN_LATER, &e.to_string()).await;
                     }
                 }
                 Some(Ok(Message::Close(frame))) => out.peer_closed(frame),

@@ -30,6 +30,8 @@ enum Room {
     Duplicating,
     /// Closes every connection with 1001 after 300 ms.
     Kicking,
+    /// Each member gets nothing of the first 5 messages sent to it (it joined late).
+    LateJoin,
 }
 
 /// A one-room server on its own thread: what a member sends goes to every member (sender
@@ -49,6 +51,7 @@ fn test_room(room: Room) -> SocketAddr {
                 tokio::spawn(async move {
                     let Ok(mut ws) = wsx::accept(tcp).await else { return };
                     let mut inbox = bus.subscribe();
+                    let mut late = if matches!(room, Room::LateJoin) { 5 } else { 0 };
                     let kick = tokio::time::sleep(Duration::from_millis(300));
                     tokio::pin!(kick);
                     loop {
@@ -71,6 +74,10 @@ fn test_room(room: Room) -> SocketAddr {
                                 _ => return,
                             },
                             Ok(msg) = inbox.recv() => {
+                                if late > 0 {
+                                    late -= 1;
+                                    continue;
+                                }
                                 if ws.send(msg).await.is_err() {
                                     return;
                                 }
@@ -261,6 +268,19 @@ fn pubsub_counts_lost_messages() {
     assert_eq!(num(&j, &["errors", "lost"]), 12.0, "{j}");
     assert_eq!(num(&j, &["deliveries"]), 3.0 * 396.0, "{j}");
     assert_eq!(out.status.code(), Some(1));
+}
+
+/// A raw room does not say when a member joined: the messages it missed before its first
+/// one, during the warm-up, are not losses; with no warm-up they are.
+#[test]
+fn pubsub_starts_a_late_subscriber_from_its_first_message_in_the_warmup() {
+    let addr = test_room(Room::LateJoin);
+    let args = ["--subscribers", "3", "--rate", "400", "--duration", "1", "--timeout", "1"];
+    let (out, j) = bench("pubsub", &format!("ws://{addr}/room"), &[&args[..], &["--warmup", "0.3"]].concat());
+    assert!(out.status.success(), "{j}");
+    assert_eq!(j["error_count"], 0, "{j}");
+    let (_, j) = bench("pubsub", &format!("ws://{addr}/room"), &[&args[..], &["--warmup", "0"]].concat());
+    assert_eq!(num(&j, &["errors", "lost"]), 15.0, "5 for each of the 3 subscribers: {j}");
 }
 
 #[test]

@@ -8,7 +8,10 @@
 //! ([`super::payload`]): `publisher << 40 | k`, with its scheduled send time and checksum. A
 //! subscriber expects each publisher's messages in sequence: a jump forward is that many
 //! messages lost, a step back a duplicate or a reordering. At the end subscribers wait (up to
-//! `--timeout`) for everything the publishers sent; what never arrived is lost too.
+//! `--timeout`) for everything the publishers sent; what never arrived is lost too. A raw room
+//! does not say when a member has joined: a subscriber whose first message from a publisher was
+//! published during the warm-up starts from it (it joined then); in the window, every jump
+//! counts.
 //!
 //! With `--hub` the URL is a hub endpoint (`wsx serve`'s `/hub`) and every connection speaks
 //! the hub subprotocol `wsx.hub.v1`: subscribers `subscribe` to the room (`--room`, numbered
@@ -384,6 +387,10 @@ async fn subscribe(mut ws: WebSocket<MaybeTlsStream>, room: usize, plan: &Plan, 
     let end = start + plan.warmup + plan.duration;
     let first = room * plan.publishers;
     let mut expected = vec![0u64; plan.publishers];
+    // Whether anything of each publisher arrived yet: a raw room has no join acknowledgement,
+    // so a subscriber whose first message was published during the warm-up joined then; it
+    // starts from that message rather than counting the earlier ones as lost.
+    let mut started = vec![plan.hub_rooms.is_some(); plan.publishers];
     let mut latencies = Vec::with_capacity(512);
     let mut flushed_at = Instant::now();
     let mut seen = 0u64;
@@ -442,6 +449,10 @@ async fn subscribe(mut ws: WebSocket<MaybeTlsStream>, room: usize, plan: &Plan, 
                         match publisher.checked_sub(first).filter(|&j| j < plan.publishers) {
                             None => lock(stats).error("message from another room", 1),
                             Some(j) => {
+                                if !started[j] && sched < window.0 {
+                                    expected[j] = k;
+                                }
+                                started[j] = true;
                                 if k < expected[j] {
                                     lock(stats).error("duplicate or out of order", 1);
                                 } else {

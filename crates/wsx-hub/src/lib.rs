@@ -6,7 +6,7 @@
 //! ([`Engine`]):
 //!
 //! - **in-process** ([`Hub::local`]): rooms live in this process;
-//! - **Redis** ([`Hub::redis`], feature `redis`): several nodes (`wsx serve` processes, or your
+//! - **Redis** (`Hub::redis`, feature `redis`): several nodes (`wsx serve` processes, or your
 //!   own servers) share rooms through one Redis server. Every message goes through Redis, also
 //!   for members on the publisher's node, so every member of a room sees one order.
 //!

@@ -278,7 +278,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
     };
     drop(listener);
-    tracing::info!(signal, connections = tasks.len(), "shutting down: closing every connection with 1001");
+    tracing::info!(
+        signal,
+        connections = tasks.len(),
+        too_slow = server.hub.registry().lagged(),
+        "shutting down: closing every connection with 1001"
+    );
     let _ = shutdown_tx.send(true);
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {

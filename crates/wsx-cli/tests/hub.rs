@@ -37,11 +37,15 @@ impl HubClient {
         self.ws.send_text(v.to_string()).await.expect("send a request");
     }
 
-    /// The next message, as JSON.
+    /// The next message, as JSON (the server's keepalive pings, after 30 s of silence from a
+    /// client that only listens, are answered by the library and skipped).
     async fn next(&mut self) -> Value {
-        match tokio::time::timeout(WAIT, self.ws.recv()).await {
-            Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str(t.as_str()).expect("JSON"),
-            other => panic!("expected a hub message, got {other:?}"),
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.recv()).await {
+                Ok(Some(Ok(Message::Text(t)))) => return serde_json::from_str(t.as_str()).expect("JSON"),
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+                other => panic!("expected a hub message, got {other:?}"),
+            }
         }
     }
 
@@ -143,6 +147,7 @@ async fn three_nodes_deliver_one_order_to_every_member() {
         while seq.len() < 1000 {
             match tokio::time::timeout(WAIT, ws.recv()).await {
                 Ok(Some(Ok(Message::Text(t)))) => seq.push(t.as_str().to_owned()),
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
                 other => panic!("raw member: {other:?}"),
             }
         }
@@ -259,6 +264,8 @@ async fn a_broker_restart_with_persistence_loses_nothing() {
     while raw_seen.len() < want.len() {
         match tokio::time::timeout(WAIT, raw_member.recv()).await {
             Ok(Some(Ok(Message::Text(t)))) => raw_seen.push(t.as_str().to_owned()),
+            // The server's keepalive, when the run took longer than its 30 s ping interval.
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
             other => panic!("raw member after {} messages: {other:?}", raw_seen.len()),
         }
     }
@@ -375,6 +382,9 @@ async fn a_slow_member_is_closed_and_memory_stays_bounded() {
     assert_eq!(frame.code, CloseCode::POLICY_VIOLATION);
     assert!(frame.reason.as_str().starts_with("too slow"), "{frame:?}");
     b.expect_log(&["closed", "path=\"/room/busy\"", "code=1008"]);
+    // The node counts the members it cut off.
+    b.signal("TERM");
+    b.expect_log(&["shutting down", "too_slow=1"]);
 }
 
 /// The subprotocol on one node (in-process engine): recovery after a reconnect, a gap the

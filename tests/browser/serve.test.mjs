@@ -173,7 +173,7 @@ test('1000 messages arrive in order', T, () =>
     r.forEach((m, i) => assert.equal(m, i % 2 ? `message ${i}` : `binary ${i}`));
   }));
 
-test('the server selects the first subprotocol it supports', T, () =>
+test('the server selects, in its own order of preference, a subprotocol the page offered', T, () =>
   withPage(async (page) => {
     const r = await page.evaluate(async () => {
       const out = [];
@@ -185,10 +185,31 @@ test('the server selects the first subprotocol it supports', T, () =>
       const refused = await t.open('/echo', ['x.unknown']).then(() => 'opened', (e) => e.code);
       return { out, refused };
     });
-    assert.deepEqual(r.out, ['echo.v1', 'chat.v1', 'echo.v1', '']);
+    // chat.v1 before echo.v1, whatever the page's order.
+    assert.deepEqual(r.out, ['chat.v1', 'chat.v1', 'echo.v1', '']);
     // The server selects none of an offer it does not know, and the browser then fails the connection.
     assert.equal(r.refused, 1006);
   }));
+
+test('--subprotocol sets what the server selects: a page asking for chat or superchat gets chat', T, async () => {
+  const srv = await startServer(['--subprotocol', 'chat', '--subprotocol', 'superchat']);
+  try {
+    await withPage(async (page) => {
+      const r = await page.evaluate(async () => {
+        const out = [];
+        for (const offer of [['chat', 'superchat'], ['superchat', 'chat'], ['superchat']]) {
+          const ws = await t.open('/echo', offer);
+          out.push(ws.protocol);
+          ws.close();
+        }
+        return out;
+      });
+      assert.deepEqual(r, ['chat', 'chat', 'superchat']);
+    }, srv);
+  } finally {
+    await srv.stop();
+  }
+});
 
 test('ws.extensions shows permessage-deflate', T, async () => {
   const ext = await withPage((page) => page.evaluate(async () => {

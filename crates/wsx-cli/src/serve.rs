@@ -12,8 +12,9 @@
 //!
 //! With `--echo` every path echoes (the Autobahn conformance setup).
 //!
-//! - **Subprotocols**: the server selects the first protocol of the client's offer that it
-//!   knows ([`PROTOCOLS`]: `chat.v1`, `echo.v1`); with none known it selects none. They do not
+//! - **Subprotocols**: the server selects, in its own order of preference, the first of its
+//!   subprotocols (`--subprotocol`, repeatable; by default [`PROTOCOLS`]: `chat.v1`, `echo.v1`)
+//!   that the client offered; with none in common it selects none. They do not
 //!   change what an endpoint does: `chat.v1` names the convention of the demo page (room
 //!   messages are JSON `{"id","from","text"}` or a file announcement followed by the file as a
 //!   binary message), which the server relays unchanged.
@@ -60,8 +61,7 @@ mod tls;
 use host::HostPolicy;
 use wsx_hub::{Hub, HubConfig, QueueLimits};
 
-/// The subprotocols the server knows. It selects the first one of the client's offer that is
-/// in this list.
+/// The subprotocols the server selects from without `--subprotocol`, in its order of preference.
 pub const PROTOCOLS: [&str; 2] = ["chat.v1", "echo.v1"];
 
 /// How long shutdown waits for the closing handshakes.
@@ -81,8 +81,8 @@ Endpoints (all on one port):
   /hub                               WebSocket: the hub subprotocol wsx.hub.v1 (docs/hub.md)
   /close?code=N&reason=R&after=MS    WebSocket: echoes, then the server closes with N and R
   anything else                      a --static file, or 404
-Subprotocols: the server selects the first of the client's offer among chat.v1, echo.v1
-(wsx.hub.v1 on /hub).
+Subprotocols: the server selects the first of its --subprotocol list (default chat.v1, echo.v1)
+that the client offered (wsx.hub.v1 on /hub).
 Rooms live in this process, or, with --bus redis://HOST:PORT[/DB] (or WSX_BUS), are shared by
 every wsx serve connected to that Redis server (docs/hub.md).
 SIGINT/SIGTERM close every connection with 1001 and exit 0 (after at most 2 s).")]
@@ -144,6 +144,14 @@ pub struct ServeArgs {
     /// Without it, a Redis restart starts every room afresh (clients are told recovered: false).
     #[arg(long, requires = "bus")]
     bus_durable: bool,
+    /// A subprotocol the server may select (repeatable), in its order of preference; replaces
+    /// the default list (chat.v1, echo.v1). /hub selects wsx.hub.v1.
+    #[arg(long = "subprotocol", value_name = "NAME")]
+    subprotocols: Vec<String>,
+    /// The most WebSocket connections open at once (0: no limit): over it, handshakes are
+    /// refused with 503 and Retry-After; open connections are untouched.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    max_connections: usize,
     /// Messages each room's history keeps, for members that reconnect (hub protocol).
     #[arg(long, default_value_t = 100, value_name = "N")]
     room_history: usize,
@@ -168,6 +176,10 @@ struct Server {
     origins: OriginPolicy,
     site: http::Site,
     hub: Hub,
+    /// The subprotocols to select from, in order of preference.
+    protocols: Vec<String>,
+    /// `--max-connections`.
+    limit: Option<wsx::limit::ConnectionLimit>,
     /// With `--tls-cert`/`--tls-key` or `--tls-self-signed`: every connection speaks TLS.
     tls: Option<wsx::tls::TlsAcceptor>,
 }
@@ -248,6 +260,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         origins,
         site: http::Site { static_root },
         hub,
+        protocols: if args.subprotocols.is_empty() {
+            PROTOCOLS.iter().map(|p| (*p).to_owned()).collect()
+        } else {
+            args.subprotocols.clone()
+        },
+        limit: (args.max_connections > 0).then(|| wsx::limit::ConnectionLimit::new(args.max_connections)),
         tls,
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -257,15 +275,28 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let scheme = if server.tls.is_some() { "https" } else { "http" };
     tracing::info!(%addr, mode, "wsx serve listening on {scheme}://{addr}/");
 
+    // Accept failures in a row (out of file descriptors, typically): logged once per episode.
+    let mut failing: u64 = 0;
     let signal = loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
+                    if failing > 0 {
+                        tracing::info!(failures = failing, "accepting connections again");
+                        failing = 0;
+                    }
                     tasks.spawn(tcp_connection(server.clone(), tcp, peer, shutdown_rx.clone()));
                 }
                 Err(e) => {
-                    // Out of file descriptors, typically: let connections end before retrying.
-                    tracing::warn!(error = %e, "accept failed");
+                    if failing == 0 {
+                        tracing::warn!(
+                            error = %e,
+                            connections = tasks.len(),
+                            "accept failed; retrying every 50 ms until connections end"
+                        );
+                    }
+                    failing += 1;
+                    // The pending connection stays in the backlog: wait instead of spinning.
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
@@ -355,7 +386,7 @@ async fn tcp_connection(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, s
 async fn connection<S: Io>(server: Arc<Server>, stream: S, peer: SocketAddr, mut shutdown: watch::Receiver<bool>) {
     let started = Instant::now();
     // The handshake's state lives in its own allocation, freed before the connection's life.
-    let Some((mut ws, route, path)) = Box::pin(handshake(&server, stream, peer)).await else { return };
+    let Some((mut ws, route, path, _permit)) = Box::pin(handshake(&server, stream, peer)).await else { return };
     tracing::info!(%peer, path, protocol = ws.protocol(), "open");
     let outcome = match route {
         Route::Echo => echo(&mut ws, &mut shutdown, None).await,
@@ -377,8 +408,11 @@ async fn connection<S: Io>(server: Arc<Server>, stream: S, peer: SocketAddr, mut
     tracing::info!(%peer, path, code = outcome.code, by = outcome.by, ms, error = outcome.error.as_deref(), "closed");
 }
 
+/// An accepted WebSocket: its route, its path, and its place under `--max-connections`.
+type Upgraded<S> = (WebSocket<S>, Route, String, Option<wsx::limit::ConnectionPermit>);
+
 /// Reads the request and answers it: plain HTTP, a refusal, or the upgrade.
-async fn handshake<S: Io>(server: &Server, stream: S, peer: SocketAddr) -> Option<(WebSocket<S>, Route, String)> {
+async fn handshake<S: Io>(server: &Server, stream: S, peer: SocketAddr) -> Option<Upgraded<S>> {
     let timeout = server.config.websocket.proto.handshake_timeout;
     let incoming =
         match tokio::time::timeout(timeout, Incoming::read(stream, &server.config.websocket.proto.handshake)).await {
@@ -449,18 +483,30 @@ async fn handshake<S: Io>(server: &Server, stream: S, peer: SocketAddr) -> Optio
             return None;
         }
     };
-    let known = |p: &str| match route {
-        Route::Hub => p == wsx_hub::protocol::PROTOCOL,
-        _ => PROTOCOLS.contains(&p),
+    let offered = |p: &&str| upgrade.protocols.iter().any(|o| o == p);
+    let protocol = match route {
+        Route::Hub => [wsx_hub::protocol::PROTOCOL].into_iter().find(offered).map(str::to_owned),
+        _ => server.protocols.iter().map(String::as_str).find(offered).map(str::to_owned),
     };
-    let protocol = upgrade.protocols.iter().find(|p| known(p)).cloned();
+    // Over --max-connections: 503, come back in a second. The permit lives as long as the
+    // connection.
+    let permit = match &server.limit {
+        None => None,
+        Some(limit) => match limit.try_acquire() {
+            Some(permit) => Some(permit),
+            None => {
+                refuse(incoming, limit.rejection(Duration::from_secs(1)), peer, &path).await;
+                return None;
+            }
+        },
+    };
     let accept = Accept { protocol, headers: HeaderMap::new() };
     let config = match route {
         Route::Room(_) | Route::Hub => &server.room_websocket,
         _ => &server.config.websocket,
     };
     match incoming.accept(&upgrade, accept, config).await {
-        Ok(ws) => Some((ws, route, path)),
+        Ok(ws) => Some((ws, route, path, permit)),
         Err(e) => {
             tracing::info!(%peer, path, error = %e, "handshake failed");
             None

@@ -354,13 +354,8 @@ async fn close_frame(ws: &mut wsx::WebSocket<wsx::MaybeTlsStream>) -> Option<wsx
 #[tokio::test]
 async fn echo_subprotocols_and_closes() {
     let server = Server::start(&[]);
-    let (mut ws, _) = ClientBuilder::new(server.url("/echo"))
-        .protocol("x.unknown")
-        .protocol("echo.v1")
-        .protocol("chat.v1")
-        .connect()
-        .await
-        .unwrap();
+    let (mut ws, _) =
+        ClientBuilder::new(server.url("/echo")).protocol("x.unknown").protocol("echo.v1").connect().await.unwrap();
     assert_eq!(ws.protocol(), Some("echo.v1"));
     ws.send_text("héllo 🦀").await.unwrap();
     assert_eq!(next_data(&mut ws).await, Message::text("héllo 🦀"));
@@ -655,4 +650,92 @@ fn a_ping_flood_from_a_client_that_never_reads_keeps_the_server_small() {
     let grown = rss_bytes(server.child.id()).saturating_sub(before);
     assert!(stalled, "the server kept reading pings for 8 s: {written} bytes taken, grew by {grown} bytes");
     assert!(grown < 16 << 20, "wsx serve grew by {grown} bytes while {written} bytes of pings were sent");
+}
+
+/// `--subprotocol` sets what the server may select, in its own order of preference: a page that
+/// offers `['superchat', 'chat']` gets `chat` when the server prefers it, and one that offers
+/// nothing the server knows gets no subprotocol (not a failed connection).
+#[tokio::test]
+async fn the_server_selects_subprotocols_in_its_own_order() {
+    let server = Server::start(&["--subprotocol", "chat", "--subprotocol", "superchat"]);
+    let (ws, _) =
+        ClientBuilder::new(server.url("/echo")).protocol("superchat").protocol("chat").connect().await.unwrap();
+    assert_eq!(ws.protocol(), Some("chat"));
+    let (ws, _) = ClientBuilder::new(server.url("/echo")).protocol("superchat").connect().await.unwrap();
+    assert_eq!(ws.protocol(), Some("superchat"));
+    // The default list is replaced, not extended.
+    let (ws, _) = ClientBuilder::new(server.url("/echo")).protocol("chat.v1").connect().await.unwrap();
+    assert_eq!(ws.protocol(), None);
+    // Without --subprotocol: chat.v1 before echo.v1, whatever the client's order.
+    let default = Server::start(&[]);
+    let (ws, _) =
+        ClientBuilder::new(default.url("/echo")).protocol("echo.v1").protocol("chat.v1").connect().await.unwrap();
+    assert_eq!(ws.protocol(), Some("chat.v1"));
+}
+
+/// Over `--max-connections`, a handshake gets 503 with Retry-After and a body; the connections
+/// already open go on, and a place freed is taken again.
+#[tokio::test]
+async fn max_connections_refuses_with_503_and_retry_after() {
+    let server = Server::start(&["--max-connections", "2"]);
+    let (mut a, _) = wsx::connect(&server.url("/echo")).await.unwrap();
+    let (mut b, _) = wsx::connect(&server.url("/echo")).await.unwrap();
+    let addr = server.addr;
+    let refused = tokio::task::spawn_blocking(move || upgrade(addr, "/echo", "")).await.unwrap();
+    assert_eq!(refused.status, 503, "{}", refused.head);
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert!(refused.text().contains("server full: 2 connections"), "{}", refused.text());
+    server.expect_log(&["refused", "status=503"]);
+    for ws in [&mut a, &mut b] {
+        ws.send_text("still here").await.unwrap();
+        assert_eq!(next_data(ws).await, Message::text("still here"));
+    }
+    drop(a.close(CloseCode::NORMAL, "").await);
+    server.expect_log(&["closed", "code=1000"]);
+    let (mut c, _) = wsx::connect(&server.url("/echo")).await.expect("the freed place is taken again");
+    c.send_text("in").await.unwrap();
+    assert_eq!(next_data(&mut c).await, Message::text("in"));
+    // Plain HTTP is not counted.
+    assert_eq!(tokio::task::spawn_blocking(move || get(addr, "GET", "/")).await.unwrap().status, 200);
+}
+
+/// Out of file descriptors, the accept loop waits instead of spinning, says so once, and
+/// accepts again when connections end.
+#[cfg(unix)]
+#[tokio::test]
+async fn the_accept_loop_survives_running_out_of_file_descriptors() {
+    let server = Server::start_with_nofile(48, &[]);
+    let cpu = |pid: u32| -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+        (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / 100.0
+    };
+    // Idle TCP connections (no request yet) until the server cannot accept more.
+    let mut held = Vec::new();
+    for _ in 0..80 {
+        held.push(std::net::TcpStream::connect(server.addr).unwrap());
+    }
+    server.expect_log(&["accept failed", "until connections end"]);
+    let before = cpu(server.child.id());
+    std::thread::sleep(Duration::from_secs(1));
+    let spent = cpu(server.child.id()) - before;
+    assert!(spent < 0.3, "the accept loop spun: {spent} s of CPU in 1 s");
+    let episodes = server.log.lock().unwrap().iter().filter(|l| l.contains("accept failed")).count();
+    assert_eq!(episodes, 1, "logged once per episode");
+    drop(held);
+    // The connections it had accepted end (the handshake timeout at the latest); then it
+    // accepts again.
+    let (mut ws, _) = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Ok(Ok(ok)) = tokio::time::timeout(Duration::from_secs(2), wsx::connect(&server.url("/echo"))).await {
+                return ok;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("accepting again within 20 s");
+    ws.send_text("back").await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("back"));
+    server.expect_log(&["accepting connections again"]);
 }

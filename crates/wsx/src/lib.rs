@@ -41,6 +41,7 @@ mod error;
 #[cfg(feature = "hyper")]
 pub mod hyper;
 mod io;
+pub mod limit;
 pub mod origin;
 pub mod proxy;
 mod rng;

@@ -19,9 +19,24 @@ pub struct Server {
 
 impl Server {
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(WSX)
-            .args(["serve", "--addr", "127.0.0.1:0"])
-            .args(args)
+        let mut cmd = Command::new(WSX);
+        cmd.args(["serve", "--addr", "127.0.0.1:0"]).args(args);
+        Self::spawn(cmd)
+    }
+
+    /// `wsx serve` with at most `nofile` file descriptors (`ulimit -n`, through `sh`).
+    #[cfg(unix)]
+    pub fn start_with_nofile(nofile: u32, args: &[&str]) -> Self {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("ulimit -n {nofile} && exec \"$0\" serve --addr 127.0.0.1:0 \"$@\""))
+            .arg(WSX)
+            .args(args);
+        Self::spawn(cmd)
+    }
+
+    fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

@@ -204,8 +204,10 @@ async fn protocol_is_the_selected_subprotocol() {
     let none = open(&url, &[]).await;
     assert_eq!(none.protocol(), "");
 
-    // The server selects the first one of the offer that it knows.
-    let echo = open(&url, &["x.unknown", "echo.v1", "chat.v1"]).await;
+    // The server selects, in its own order of preference (chat.v1, echo.v1), one the page offered.
+    let first = open(&url, &["x.unknown", "echo.v1", "chat.v1"]).await;
+    assert_eq!(first.protocol(), "chat.v1");
+    let echo = open(&url, &["x.unknown", "echo.v1"]).await;
     assert_eq!(echo.protocol(), "echo.v1");
 
     // Offered, none selected: the connection fails, as the standard's handshake steps say.

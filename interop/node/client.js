@@ -211,8 +211,8 @@ async function clientClose(conn) {
   const { code, reason } = m.CLIENT_CLOSE;
   const started = Date.now();
   conn.ws.close(code, reason);
-  // The server must echo the code; its reason is its own.
-  await expectClosed(conn, `our close ${code}`, started, code, null);
+  // The server must echo the code and the reason (as browsers do).
+  await expectClosed(conn, `our close ${code}`, started, code, reason);
 }
 
 async function serverClose(conn) {

@@ -83,7 +83,7 @@ async def ping(ws, payload):
 
 
 async def client_close(ws):
-    """We close with 4001 "bye from client": the server must echo the code and end TCP."""
+    """We close with 4001 "bye from client": the server must echo the code and reason, and end TCP."""
     code, reason = m.CLIENT_CLOSE
     started = time.monotonic()
     await asyncio.wait_for(ws.close(code, reason), STEP_TIMEOUT)
@@ -91,8 +91,8 @@ async def client_close(ws):
     received = ws.protocol.close_rcvd
     if received is None:
         raise Fail(f"our close {code}: no close frame came back")
-    if received.code != code:
-        raise Fail(f"our close {code}: the server echoed {received.code} {received.reason!r}")
+    if (received.code, received.reason) != (code, reason):
+        raise Fail(f"our close {code} {reason!r}: the server echoed {received.code} {received.reason!r}")
     if ws.protocol.close_rcvd_then_sent is not False:
         raise Fail("our close: the server's close frame came before ours")
     if took > CLOSE_DEADLINE:

@@ -231,7 +231,7 @@ test('ws.extensions shows permessage-deflate', T, async () => {
   }
 });
 
-test('a close from the page: the server answers with the same code', T, () =>
+test('a close from the page: the server answers with the same code and reason', T, () =>
   withPage(async (page) => {
     const c = await page.evaluate(async () => {
       const ws = await t.open('/echo');
@@ -240,8 +240,8 @@ test('a close from the page: the server answers with the same code', T, () =>
       const closed = await ws.closed;
       return { ...closed, states, final: ws.readyState };
     });
-    // wsx answers a close with the peer's code and an empty reason.
-    assert.deepEqual(c, { code: 4000, reason: '', wasClean: true, events: ['open', 'close'], states: [2], final: 3 });
+    // wsx answers a close with the peer's code and reason: the page's close event shows them.
+    assert.deepEqual(c, { code: 4000, reason: 'bye from the page ✓', wasClean: true, events: ['open', 'close'], states: [2], final: 3 });
     const lines = await server.logLines(/closed .*path="\/echo" code=4000 by="client"/);
     assert.ok(lines.length > 0, 'the close is logged with its code');
   }));

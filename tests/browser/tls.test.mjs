@@ -88,7 +88,7 @@ test('close codes over wss, from the page and from the server', T, () =>
       ws.close(4000, 'bye');
       return ws.closed;
     });
-    assert.deepEqual(fromPage, { code: 4000, reason: '', wasClean: true, events: ['open', 'close'] });
+    assert.deepEqual(fromPage, { code: 4000, reason: 'bye', wasClean: true, events: ['open', 'close'] });
     const fromServer = await page.evaluate(async () => {
       const ws = await t.open('/close?code=4001&reason=tls%20bye&after=100');
       return ws.closed;

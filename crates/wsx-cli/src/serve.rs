@@ -22,8 +22,8 @@
 //!   `--host` name are refused with 421 (DNS rebinding), unless `--allow-any-host`.
 //! - **Origins**: see [`wsx::origin`]: a browser page may connect when it was served by this
 //!   server or its origin was given with `--origin`; requests without `Origin` are allowed.
-//! - **Closing**: the peer's close frame is answered with the same code and an empty reason (the
-//!   protocol core's echo), so a page that closes with 4000 "bye" sees code 4000, reason "".
+//! - **Closing**: the peer's close frame is answered with the same code and reason (the protocol
+//!   core's echo, as browsers answer), so a page that closes with 4000 "bye" sees 4000, "bye".
 //! - **Rooms**: see [`wsx_hub`] (in this process, or shared over Redis with `--bus`): a member that falls more than `--room-queue` messages or
 //!   `--room-queue-bytes` bytes behind is closed with 1008; one whose socket takes no data for
 //!   30 s is dropped. A message to a room may have at most `--room-max-message` bytes (else

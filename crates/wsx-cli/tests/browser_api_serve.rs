@@ -378,12 +378,13 @@ async fn close_validates_code_and_reason() {
     ws.send("still open").unwrap();
     assert_eq!(message(&mut ws).await.as_text(), Some("still open"));
 
-    // 1000, 3000 and 4999 are accepted (a 123-byte reason too); the server echoes the code.
+    // 1000, 3000 and 4999 are accepted (a 123-byte reason too); the server echoes the code and
+    // the reason.
     let max_reason = format!("{}x", "é".repeat(61));
     assert_eq!(max_reason.len(), 123);
     ws.close(Some(1000), Some(&max_reason)).unwrap();
     assert_eq!(ws.ready_state(), ReadyState::Closing);
-    assert_eq!(closed(&mut ws).await, clean(1000, ""));
+    assert_eq!(closed(&mut ws).await, clean(1000, &max_reason));
     // Still checked once CLOSED, and otherwise nothing happens.
     assert_eq!(ws.close(Some(1001), None), Err(DomError::InvalidAccess(1001)));
     assert_eq!(ws.close(Some(1000), None), Ok(()));
@@ -391,11 +392,11 @@ async fn close_validates_code_and_reason() {
         let mut ws = open(&url, &[]).await;
         ws.close(Some(code), Some("ok")).unwrap();
         assert_eq!(ws.ready_state(), ReadyState::Closing);
-        assert_eq!(closed(&mut ws).await, clean(code, ""), "close({code})");
+        assert_eq!(closed(&mut ws).await, clean(code, "ok"), "close({code})");
     }
 }
 
-/// `close(4000, "bye")`: a clean close; the event carries the server's echo (4000, no reason).
+/// `close(4000, "bye")`: a clean close; the event carries the server's echo (4000, "bye").
 #[tokio::test]
 async fn client_close_is_clean_with_the_echoed_code() {
     let server = Serve::start(&[]);
@@ -408,7 +409,7 @@ async fn client_close_is_clean_with_the_echoed_code() {
     let close = closed(&mut ws).await;
     assert!(close.was_clean, "{close:?}");
     assert_eq!(close.code, 4000, "{close:?}");
-    assert_eq!(close.reason, "", "the server echoes the code with an empty reason");
+    assert_eq!(close.reason, "bye", "the server echoes the code and the reason");
     assert_eq!(ws.buffered_amount(), 4);
 }
 

@@ -361,9 +361,9 @@ async fn echo_subprotocols_and_closes() {
     assert_eq!(next_data(&mut ws).await, Message::text("héllo 🦀"));
     ws.send_binary(vec![0u8, 1, 2]).await.unwrap();
     assert_eq!(next_data(&mut ws).await, Message::binary(vec![0u8, 1, 2]));
-    // The server answers our close with our code and an empty reason.
+    // The server answers our close with our code and reason.
     let answer = ws.close(CloseCode(4000), "bye").await.unwrap().unwrap();
-    assert_eq!((answer.code, answer.reason.as_str()), (CloseCode(4000), ""));
+    assert_eq!((answer.code, answer.reason.as_str()), (CloseCode(4000), "bye"));
     server.expect_log(&["closed", "path=\"/echo\"", "code=4000", "by=\"client\"", "ms="]);
 
     let (mut ws, _) = wsx::connect(&server.url("/echo")).await.unwrap();

@@ -870,8 +870,12 @@ impl Connection {
             }
         };
         if !self.close_sent {
-            let code = frame.as_ref().map(|f| f.code);
-            self.write_close(code, "");
+            // Echo the peer's code and reason, as browsers do: the peer's close event then shows
+            // the reason it gave (a control frame's payload keeps the reason within 123 bytes).
+            match &frame {
+                Some(f) => self.write_close(Some(f.code), f.reason.as_str()),
+                None => self.write_close(None, ""),
+            }
         }
         self.close_received = Some(frame.clone());
         self.state = State::Closed;

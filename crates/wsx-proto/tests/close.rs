@@ -23,15 +23,18 @@ fn client_initiated_close() {
 
     assert_eq!(p.server.take_events(), [close_msg(1000, "bye")]);
     assert_eq!(p.server.conn.state(), State::Closed);
-    assert_eq!(p.client.take_events(), [close_msg(1000, "")]);
+    assert_eq!(p.client.take_events(), [close_msg(1000, "bye")]);
     assert_eq!(p.client.conn.state(), State::Closed);
 
-    // Exactly one close frame each way; the server echoed the code.
+    // Exactly one close frame each way; the server echoed the code and the reason.
     let client_closes = p.client.closes_sent();
     assert_eq!(client_closes.len(), 1);
     assert_eq!(client_closes[0].payload, close_payload(1000, b"bye"));
     assert!(client_closes[0].header.mask.is_some());
     assert_eq!(single_close_code(&p.server.wire), Some(1000));
+    let server_closes = p.server.closes_sent();
+    assert_eq!(server_closes.len(), 1);
+    assert_eq!(server_closes[0].payload, close_payload(1000, b"bye"));
 
     assert!(p.client.conn.is_closed_cleanly());
     assert!(p.server.conn.is_closed_cleanly());
@@ -43,13 +46,13 @@ fn client_initiated_close() {
 }
 
 #[test]
-fn server_initiated_close_echoes_the_code() {
+fn server_initiated_close_echoes_the_code_and_reason() {
     let mut p = Pair::default().chunked(3, 11);
     p.server.conn.close(Some(CloseFrame::new(CloseCode(4321), "app reason ✓")), p.now).unwrap();
     assert_eq!(p.server.conn.state(), State::Closing);
     p.drive();
     assert_eq!(p.client.take_events(), [close_msg(4321, "app reason ✓")]);
-    assert_eq!(p.server.take_events(), [close_msg(4321, "")]);
+    assert_eq!(p.server.take_events(), [close_msg(4321, "app reason ✓")]);
     assert_eq!(single_close_code(&p.server.wire), Some(4321));
     assert_eq!(single_close_code(&p.client.wire), Some(4321));
     assert!(p.client.conn.is_closed_cleanly() && p.server.conn.is_closed_cleanly());
@@ -146,7 +149,7 @@ fn data_arriving_while_closing_is_delivered() {
             Message::text("in flight"),
             Message::Ping(Bytes::from_static(b"pi")),
             Message::binary(Bytes::from_static(b"abcd")),
-            close_msg(1000, ""),
+            close_msg(1000, "done"),
         ]
     );
     assert!(p.client.errors.is_empty());
@@ -209,6 +212,22 @@ fn valid_close_codes_are_accepted_and_echoed() {
         assert_eq!(events, [close_msg(code, "")], "{code}");
         assert_eq!(single_close_code(&drain(&mut server)), Some(code));
         assert!(server.is_closed_cleanly());
+    }
+}
+
+#[test]
+fn the_echo_carries_the_peers_reason_up_to_the_largest_one() {
+    // 123 bytes is the longest reason a control frame can carry; multi-byte characters included.
+    let longest = "é".repeat(61) + "x";
+    assert_eq!(longest.len(), 123);
+    for reason in ["", "bye", "app reason ✓", longest.as_str()] {
+        let (mut server, events, err) = server_receives_close(&close_payload(4000, reason.as_bytes()));
+        assert_eq!(err, None, "{reason}");
+        assert_eq!(events, [close_msg(4000, reason)]);
+        let wire = drain(&mut server);
+        let frames = common::parse_frames(&wire);
+        assert_eq!(frames.len(), 1, "{reason}");
+        assert_eq!(frames[0].payload, close_payload(4000, reason.as_bytes()), "{reason}");
     }
 }
 

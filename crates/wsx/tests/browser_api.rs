@@ -339,7 +339,7 @@ async fn extensions_show_permessage_deflate() {
     expect_text(&mut ws, &text).await;
     until("written", || ws.buffered_amount() == 0).await;
     ws.close(Some(1000), Some("done")).unwrap();
-    expect_close(&mut ws, true, 1000, "").await;
+    expect_close(&mut ws, true, 1000, "done").await;
 }
 
 #[tokio::test]
@@ -373,7 +373,7 @@ async fn events_as_a_stream() {
     }
     ws.close(Some(3000), Some("stream")).unwrap();
     let rest: Vec<Event> = tokio::time::timeout(WAIT, events.collect()).await.unwrap();
-    assert_eq!(rest, [Event::Close(CloseEvent { was_clean: true, code: 3000, reason: String::new() })]);
+    assert_eq!(rest, [Event::Close(CloseEvent { was_clean: true, code: 3000, reason: "stream".into() })]);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -449,7 +449,7 @@ async fn close_validates_code_and_reason_first() {
     let reason = format!("{}x", "é".repeat(61));
     assert_eq!(reason.len(), 123);
     ws.close(Some(4999), Some(&reason)).unwrap();
-    expect_close(&mut ws, true, 4999, "").await;
+    expect_close(&mut ws, true, 4999, &reason).await;
     assert_eq!(close_of(&next_log(&mut log).await), Some(Some(CloseFrame::new(CloseCode(4999), reason.as_str()))));
 
     // Arguments are checked in every state; after that, close() on a closed socket does nothing.
@@ -465,8 +465,8 @@ async fn client_close_reports_the_code_the_server_sent_back() {
     let mut ws = BrowserWebSocket::new(&url(addr), &[]).unwrap();
     expect_open(&mut ws).await;
     ws.close(Some(4000), Some("bye")).unwrap();
-    // The close event carries the server's close frame: wsx echoes the code without the reason.
-    expect_close(&mut ws, true, 4000, "").await;
+    // The close event carries the server's close frame: wsx echoes the code and the reason.
+    expect_close(&mut ws, true, 4000, "bye").await;
     assert_eq!(close_of(&next_log(&mut log).await), Some(Some(CloseFrame::new(CloseCode(4000), "bye"))));
 }
 
@@ -487,7 +487,7 @@ async fn close_with_a_reason_and_no_code_sends_1000() {
     let mut ws = BrowserWebSocket::new(&url(addr), &[]).unwrap();
     expect_open(&mut ws).await;
     ws.close(None, Some("why")).unwrap();
-    expect_close(&mut ws, true, 1000, "").await;
+    expect_close(&mut ws, true, 1000, "why").await;
     assert_eq!(close_of(&next_log(&mut log).await), Some(Some(CloseFrame::new(CloseCode::NORMAL, "why"))));
 }
 

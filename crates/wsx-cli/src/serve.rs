@@ -25,9 +25,13 @@
 //! - **Closing**: the peer's close frame is answered with the same code and reason (the protocol
 //!   core's echo, as browsers answer), so a page that closes with 4000 "bye" sees 4000, "bye".
 //! - **Rooms**: see [`wsx_hub`] (in this process, or shared over Redis with `--bus`): a member that falls more than `--room-queue` messages or
-//!   `--room-queue-bytes` bytes behind is closed with 1008; one whose socket takes no data for
-//!   30 s is dropped. A message to a room may have at most `--room-max-message` bytes (else
-//!   1009), so that what the room holds for a slow member stays small.
+//!   `--room-queue-bytes` bytes behind is closed with 1008. A message to a room may have at most
+//!   `--room-max-message` bytes (else 1009), so that what the room holds for a slow member stays
+//!   small.
+//! - **Slow and silent clients** (every endpoint): one whose socket takes no data for
+//!   `--write-timeout` (30 s) is dropped, and so is one that, with 1 MiB of output waiting,
+//!   takes less than 1 MiB of it within `--slow-reader-timeout` (60 s). A client that answers
+//!   no keepalive ping (`--ping-interval`, 30 s) within `--ping-timeout` (20 s) is dropped.
 //! - **Shutdown**: SIGINT (Ctrl-C) or SIGTERM closes every connection with 1001 and waits up to
 //!   2 s for the closing handshakes, then exits 0.
 //!
@@ -106,6 +110,20 @@ pub struct ServeArgs {
     /// Seconds between keepalive pings to a silent client (0 = off).
     #[arg(long, default_value_t = 30)]
     ping_interval: u64,
+    /// Seconds a client may take to answer a keepalive ping (and after it, to send anything)
+    /// before it is dropped as gone.
+    #[arg(long, default_value_t = 20, value_name = "SECONDS")]
+    ping_timeout: u64,
+    /// Seconds the server's output to a client may make no progress (the client reads
+    /// nothing) before the connection is dropped (0 = never).
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    write_timeout: u64,
+    /// The slow-reader bound: with a client's output at the high-water mark (1 MiB), the client
+    /// must take a mark's worth of it within this many seconds, or it is dropped: a client that
+    /// reads a trickle cannot hold a connection and its buffer for ever (0 = off). The slowest
+    /// accepted read rate is 1 MiB over this time (60 s: about 17 KiB/s).
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    slow_reader_timeout: u64,
     /// Serve the files of this directory to plain HTTP requests (`/` serves its index.html if
     /// it has one, else the demo page).
     #[arg(long = "static", value_name = "DIR")]
@@ -237,6 +255,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if !args.conformance && args.ping_interval > 0 {
         config.websocket.proto.keepalive_interval = Some(Duration::from_secs(args.ping_interval));
     }
+    if args.ping_timeout == 0 {
+        anyhow::bail!("--ping-timeout must be at least 1 second");
+    }
+    config.websocket.proto.keepalive_timeout = Duration::from_secs(args.ping_timeout);
+    config.websocket.proto.write_timeout = (args.write_timeout > 0).then(|| Duration::from_secs(args.write_timeout));
+    config.websocket.proto.slow_reader_timeout =
+        (args.slow_reader_timeout > 0).then(|| Duration::from_secs(args.slow_reader_timeout));
     let mut room_websocket = config.websocket.clone();
     room_websocket.proto.max_message_size = args.room_max_message;
     room_websocket.proto.max_frame_size = room_websocket.proto.max_frame_size.min(args.room_max_message);

@@ -739,3 +739,45 @@ async fn the_accept_loop_survives_running_out_of_file_descriptors() {
     assert_eq!(next_data(&mut ws).await, Message::text("back"));
     server.expect_log(&["accepting connections again"]);
 }
+
+/// The slow-reader bound: a client that echoes itself 32 MiB and then reads 1 KiB every 50 ms
+/// (enough that the write timeout never fires) is dropped once it takes less than the 1 MiB mark
+/// within `--slow-reader-timeout`; with the bound off, the same client is still connected.
+#[test]
+fn a_client_that_reads_a_trickle_is_dropped_by_the_slow_reader_timeout() {
+    let bounded = Server::start(&["--slow-reader-timeout", "1", "--ping-interval", "0"]);
+    let unbounded = Server::start(&["--slow-reader-timeout", "0", "--ping-interval", "0"]);
+    let trickle = |addr: SocketAddr| {
+        let mut tcp = upgraded_echo(addr);
+        // One 32 MiB binary message in two 16 MiB frames (the largest a frame may be), masked
+        // with a zero key (allowed: the mask bit is what counts). More than loopback's socket
+        // buffers can absorb, so most of the echo stays in the server's output.
+        let payload = vec![7u8; 16 << 20];
+        for first_byte in [0x02, 0x80] {
+            let mut head = vec![first_byte, 0x80 | 127];
+            head.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+            head.extend_from_slice(&[0, 0, 0, 0]);
+            tcp.write_all(&head).unwrap();
+            tcp.write_all(&payload).unwrap();
+        }
+        tcp.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1024];
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(6) {
+                if let Ok(0) = tcp.read(&mut buf) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let started = Instant::now();
+    let readers = [trickle(bounded.addr), trickle(unbounded.addr)];
+    let line = bounded.expect_log(&["closed", "path=\"/echo\"", "code=1006", "reads too slowly"]);
+    assert!(started.elapsed() >= Duration::from_millis(900), "dropped after {:?}: {line}", started.elapsed());
+    std::thread::sleep(Duration::from_secs(1));
+    let unbounded_log = unbounded.log.lock().unwrap().join("\n");
+    assert!(!unbounded_log.contains("closed"), "without the bound the client stays connected:\n{unbounded_log}");
+    drop(readers);
+}

@@ -112,6 +112,16 @@ pub struct Config {
     /// clock restarts whenever bytes are written, so a slow but live peer is not cut off.
     /// Default 30 s; `None` waits forever (not advised for servers).
     pub write_timeout: Option<Duration>,
+    /// The slow-reader bound, for drivers: once pending output reaches the
+    /// [high-water mark](Self::write_buffer_high_water), the peer must take a mark's worth of it
+    /// (or all of it) within this time, and again for each further mark's worth while the
+    /// output stays at the mark; otherwise the driver gives the connection up
+    /// ([`TimeoutError::SlowReader`]). That sets the slowest rate a peer may read at while we
+    /// have output for it: the mark divided by this time (1 MiB / 60 s ≈ 17 KiB/s). The write
+    /// timeout catches a peer that reads nothing; this catches one that reads just enough to
+    /// keep it from firing (a trickle that pins a connection's buffer and its sender for ever).
+    /// Default `None` (off); `wsx serve` sets 60 s.
+    pub slow_reader_timeout: Option<Duration>,
     /// Bounds on the HTTP head of the opening handshake (the request a server reads, the
     /// response a client reads). Default 16 KiB, 64 header lines; a server answers 431 beyond.
     pub handshake: crate::handshake::HandshakeLimits,
@@ -133,6 +143,7 @@ impl Default for Config {
             close_timeout: Duration::from_secs(5),
             write_buffer_high_water: 1 << 20,
             write_timeout: Some(Duration::from_secs(30)),
+            slow_reader_timeout: None,
             handshake: crate::handshake::HandshakeLimits::default(),
             handshake_timeout: Duration::from_secs(10),
         }
@@ -162,8 +173,11 @@ impl Config {
             (self.handshake.max_head_bytes > 0, "handshake.max_head_bytes must be above 0"),
             (self.handshake.max_headers > 0, "handshake.max_headers must be above 0"),
             (
-                [self.keepalive_interval, self.idle_timeout, self.write_timeout].iter().flatten().all(|d| !d.is_zero()),
-                "keepalive_interval, idle_timeout and write_timeout must be above 0 when set",
+                [self.keepalive_interval, self.idle_timeout, self.write_timeout, self.slow_reader_timeout]
+                    .iter()
+                    .flatten()
+                    .all(|d| !d.is_zero()),
+                "keepalive_interval, idle_timeout, write_timeout and slow_reader_timeout must be above 0 when set",
             ),
         ];
         match checks.iter().find(|(ok, _)| !ok) {

@@ -166,4 +166,9 @@ pub enum TimeoutError {
     /// transport is given up without a close frame (none could be written).
     #[error("peer stopped reading: no write progress within the write timeout")]
     Write,
+    /// With output at the high-water mark, the peer took less than a mark's worth of it within
+    /// the slow-reader timeout: it reads too slowly to keep up. The transport is given up
+    /// without a close frame (it would queue behind everything the peer has not taken).
+    #[error("peer reads too slowly: less than the high-water mark taken within the slow-reader timeout")]
+    SlowReader,
 }

@@ -103,9 +103,9 @@ impl Error {
     pub fn close_code(&self) -> Option<wsx_proto::CloseCode> {
         match self {
             // Nothing could be written: the connection ended without a close frame.
-            Self::Proto(wsx_proto::Error::Timeout(wsx_proto::error::TimeoutError::Write)) => {
-                Some(wsx_proto::CloseCode::ABNORMAL)
-            }
+            Self::Proto(wsx_proto::Error::Timeout(
+                wsx_proto::error::TimeoutError::Write | wsx_proto::error::TimeoutError::SlowReader,
+            )) => Some(wsx_proto::CloseCode::ABNORMAL),
             Self::Proto(e) => e.close_code(),
             Self::AbnormalClosure | Self::Io(_) | Self::Tls(_) => Some(wsx_proto::CloseCode::ABNORMAL),
             _ => None,

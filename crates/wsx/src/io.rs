@@ -21,6 +21,11 @@
 //! - A write that makes no progress for the write timeout fails the connection
 //!   ([`TimeoutError::Write`](wsx_proto::error::TimeoutError::Write)); this bounds `send`,
 //!   `flush`, the close echo and the wind-down.
+//! - Once output reaches the mark, the peer must take a mark's worth of it (or all of it)
+//!   within the slow-reader timeout, window after window while it stays there, or the
+//!   connection fails
+//!   ([`TimeoutError::SlowReader`](wsx_proto::error::TimeoutError::SlowReader)): a peer that
+//!   reads a trickle makes progress, so only this bounds it.
 //! - The connection's timers (keepalive, idle, close) are armed by `recv` and also run, when due,
 //!   by every flush, so a task that only sends still has them enforced.
 //! - Once closed, the transport gets the close timeout to wind down, however the flush goes.
@@ -185,13 +190,20 @@ impl ReadState {
     }
 }
 
-/// Write-side state: the deadline of a write that makes no progress.
+/// Write-side state: the deadline of a write that makes no progress, and of a backpressure
+/// episode that lasts too long.
 #[derive(Default)]
 struct WriteState {
     timer: Timer,
     /// Set when a write could not make progress: the write fails at this instant unless bytes
     /// are written first.
     deadline: Option<Instant>,
+    /// When pending output was seen at or over the high-water mark: the start of the window in
+    /// which the peer must take a mark's worth of it (the slow-reader timeout). Cleared once
+    /// the output is all written.
+    full_since: Option<Instant>,
+    /// Bytes written since `full_since`.
+    taken_since_full: usize,
     /// Why the transport was given up (a write error or timeout), kept for the task that did not
     /// see it happen (the reader of a split connection).
     failure: Option<Box<Error>>,
@@ -311,6 +323,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
         self.write.lost |= self.conn.pending_output() > 0;
         self.conn.abort();
         self.write.deadline = None;
+        self.write.full_since = None;
     }
 
     /// After a write failure. The write timeout gives the transport up (the peer stopped
@@ -344,6 +357,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
                 }
             }
         }
+        let slow_reader_timeout = self.conn.config().slow_reader_timeout;
+        if slow_reader_timeout.is_some() && self.write.full_since.is_none() && self.conn.is_output_full() {
+            self.write.full_since = Some(now());
+            self.write.taken_since_full = 0;
+        }
         loop {
             let progress = if self.conn.output().is_empty() {
                 Pin::new(&mut self.stream).poll_flush(wcx).map_ok(|()| 0)
@@ -354,17 +372,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
             match progress {
                 Poll::Ready(Ok(0)) => {
                     self.write.deadline = None;
+                    self.write.full_since = None;
                     return Poll::Ready(Ok(()));
                 }
-                Poll::Ready(Ok(_)) => self.write.deadline = None,
+                Poll::Ready(Ok(n)) => {
+                    self.write.deadline = None;
+                    if self.write.full_since.is_some() {
+                        self.write.taken_since_full += n;
+                        if self.write.taken_since_full >= self.conn.config().write_buffer_high_water {
+                            // The peer took a mark's worth in time: a new window starts if the
+                            // output is still at the mark, else the episode is over.
+                            self.write.full_since = self.conn.is_output_full().then(now);
+                            self.write.taken_since_full = 0;
+                        }
+                    }
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(self.fail_write(e.into()))),
                 Poll::Pending => {
-                    let Some(timeout) = self.conn.config().write_timeout else {
+                    let stalled = self.conn.config().write_timeout.map(|timeout| {
+                        // Armed once per stall: bytes written since disarm it (above).
+                        *self.write.deadline.get_or_insert_with(|| now() + timeout)
+                    });
+                    let slow = slow_reader_timeout.zip(self.write.full_since).map(|(t, since)| since + t);
+                    let Some(deadline) = [stalled, slow].into_iter().flatten().min() else {
                         return Poll::Pending;
                     };
-                    let deadline = *self.write.deadline.get_or_insert_with(|| now() + timeout);
                     if self.write.timer.poll(wcx, deadline) {
-                        let err = Error::Proto(TimeoutError::Write.into());
+                        let timeout =
+                            if slow == Some(deadline) { TimeoutError::SlowReader } else { TimeoutError::Write };
+                        let err = Error::Proto(timeout.into());
                         return Poll::Ready(Err(self.fail_write(err)));
                     }
                     return Poll::Pending;

@@ -58,7 +58,10 @@ pub struct WebSocketConfig {
 /// wait to be written, `send` and `feed` wait, and `recv` reads nothing more (pings are still
 /// answered from what was read, one pong for the newest). A write that makes no progress for
 /// the [`write_timeout`](wsx_proto::Config::write_timeout) fails the connection with
-/// [`TimeoutError::Write`](wsx_proto::error::TimeoutError::Write).
+/// [`TimeoutError::Write`](wsx_proto::error::TimeoutError::Write); with a
+/// [`slow_reader_timeout`](wsx_proto::Config::slow_reader_timeout), so does a peer that, with
+/// output at the mark, takes less than a mark's worth of it within that time
+/// ([`TimeoutError::SlowReader`](wsx_proto::error::TimeoutError::SlowReader)).
 pub struct WebSocket<S> {
     core: Core<S>,
     protocol: Option<String>,

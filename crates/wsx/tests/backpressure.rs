@@ -436,3 +436,111 @@ async fn a_zero_high_water_mark_does_not_stop_reading() {
     let msg = within(Duration::from_secs(5), "the message", ws.recv()).await;
     assert!(matches!(msg, Some(Ok(Message::Text(ref t))) if t.as_str() == "hi"), "{msg:?}");
 }
+
+/// A peer that reads a trickle: 512 bytes every 20 ms, enough that the write timeout never
+/// fires. Returns the task (it ends with the stream).
+fn trickle_reader(mut peer: DuplexStream) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let mut taken = 0;
+        let mut buf = [0u8; 512];
+        loop {
+            match peer.read(&mut buf).await {
+                Ok(0) | Err(_) => return taken,
+                Ok(n) => taken += n,
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+}
+
+/// Feeds 16 KiB messages (a batching sender, as a room's fan-out is: `feed` waits only while the
+/// output is at the mark, so it stays there) until one fails or `until` passes;
+/// returns the error (if any) and the most output that was ever pending after a feed.
+async fn send_until(server: &mut WebSocket<DuplexStream>, until: Duration) -> (Option<Error>, usize) {
+    let started = Instant::now();
+    let mut max_pending = 0;
+    while started.elapsed() < until {
+        if let Err(e) = server.feed(Message::Binary(Bytes::from(vec![3u8; 16 * 1024]))).await {
+            return (Some(e), max_pending);
+        }
+        max_pending = max_pending.max(server.buffered_amount());
+    }
+    (None, max_pending)
+}
+
+/// The slow-reader bound: a peer that reads just enough to keep the write timeout from firing
+/// (25 KB/s) takes less than the 64 KiB mark within the 1 s slow-reader timeout: it is given up,
+/// and meanwhile the output stays bounded by the mark plus one message.
+#[tokio::test]
+async fn a_trickle_reader_is_cut_off_by_the_slow_reader_timeout() {
+    const HIGH_WATER: usize = 64 * 1024;
+    let config = server_config(|c| {
+        c.write_buffer_high_water = HIGH_WATER;
+        c.write_timeout = Some(Duration::from_millis(500));
+        c.slow_reader_timeout = Some(Duration::from_secs(1));
+    });
+    let (mut server, peer) = server_and_raw_peer(4096, config).await;
+    let reader = trickle_reader(peer);
+    let started = Instant::now();
+    let (err, max_pending) = within(Duration::from_secs(10), "the slow reader's cut-off", async {
+        send_until(&mut server, Duration::from_secs(10)).await
+    })
+    .await;
+    let took = started.elapsed();
+    let err = err.expect("the trickle reader was never cut off");
+    assert!(matches!(err, Error::Proto(wsx::proto::Error::Timeout(TimeoutError::SlowReader))), "{err:?}");
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    assert_eq!(err.close_code(), Some(CloseCode::ABNORMAL));
+    // The window starts once the output reaches the mark, a little after the first feed.
+    assert!(took >= Duration::from_millis(950), "cut off after {took:?}, before the timeout");
+    assert!(took < Duration::from_secs(4), "cut off after {took:?}");
+    assert!(max_pending <= HIGH_WATER + 16 * 1024 + 16, "pending output grew to {max_pending} bytes");
+    assert_eq!(server.state(), State::Closed);
+    // `recv` reports why, once; the transport is dropped, so the peer's reads end.
+    let ev = within(Duration::from_secs(5), "recv after the cut-off", server.recv()).await;
+    assert!(matches!(ev, Some(Err(Error::Proto(wsx::proto::Error::Timeout(TimeoutError::SlowReader))))), "{ev:?}");
+    drop(server);
+    let taken = within(Duration::from_secs(5), "the reader's end", reader).await.expect("reader task");
+    assert!(taken > 0, "the peer read something");
+}
+
+/// Without the bound, the same trickle holds the sender: the write timeout alone never fires
+/// (which is why the slow-reader timeout exists).
+#[tokio::test]
+async fn without_the_bound_a_trickle_reader_is_never_cut_off() {
+    let config = server_config(|c| {
+        c.write_buffer_high_water = 64 * 1024;
+        c.write_timeout = Some(Duration::from_millis(500));
+        c.slow_reader_timeout = None;
+    });
+    let (mut server, peer) = server_and_raw_peer(4096, config).await;
+    let _reader = trickle_reader(peer);
+    let (err, _) = send_until(&mut server, Duration::from_secs(2)).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(server.state(), State::Open);
+}
+
+/// A peer that keeps up is never cut off, though a sender that never pauses keeps the output at
+/// the mark: it takes a mark's worth well within each window.
+#[tokio::test]
+async fn a_reader_that_keeps_up_is_never_cut_off() {
+    let config = server_config(|c| {
+        c.write_buffer_high_water = 32 * 1024;
+        c.slow_reader_timeout = Some(Duration::from_millis(200));
+    });
+    let (mut server, mut peer) = server_and_raw_peer(4096, config).await;
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut taken = 0usize;
+        while let Ok(n @ 1..) = peer.read(&mut buf).await {
+            taken += n;
+        }
+        taken
+    });
+    let (err, max_pending) = send_until(&mut server, Duration::from_secs(1)).await;
+    assert!(err.is_none(), "{err:?}");
+    assert!(max_pending >= 32 * 1024, "the output never reached the mark ({max_pending} bytes)");
+    drop(server);
+    let taken = within(Duration::from_secs(5), "the reader's end", reader).await.expect("reader task");
+    assert!(taken > 1 << 20, "only {taken} bytes went through");
+}

@@ -32,6 +32,9 @@
 //!   `--write-timeout` (30 s) is dropped, and so is one that, with 1 MiB of output waiting,
 //!   takes less than 1 MiB of it within `--slow-reader-timeout` (60 s). A client that answers
 //!   no keepalive ping (`--ping-interval`, 30 s) within `--ping-timeout` (20 s) is dropped.
+//! - **Limits** (off by default): `--max-connections` refuses handshakes over it with 503;
+//!   `--max-connections-per-ip` and `--handshake-rate-per-ip` refuse one client address's
+//!   handshakes over them with 429 (see [`wsx::limit`]). Both carry `Retry-After`.
 //! - **Shutdown**: SIGINT (Ctrl-C) or SIGTERM closes every connection with 1001 and waits up to
 //!   2 s for the closing handshakes, then exits 0.
 //!
@@ -170,6 +173,15 @@ pub struct ServeArgs {
     /// refused with 503 and Retry-After; open connections are untouched.
     #[arg(long, default_value_t = 0, value_name = "N")]
     max_connections: usize,
+    /// The most WebSocket connections one client address (an IPv6 /64) may hold at once (0: no
+    /// limit): over it, its handshakes are refused with 429 and Retry-After. Behind a reverse
+    /// proxy every client has the proxy's address: limit there instead.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    max_connections_per_ip: usize,
+    /// How many WebSocket handshakes one client address (an IPv6 /64) may start per second, in
+    /// bursts of as many (0: no limit): faster ones are refused with 429 and Retry-After.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    handshake_rate_per_ip: u32,
     /// Messages each room's history keeps, for members that reconnect (hub protocol).
     #[arg(long, default_value_t = 100, value_name = "N")]
     room_history: usize,
@@ -198,6 +210,8 @@ struct Server {
     protocols: Vec<String>,
     /// `--max-connections`.
     limit: Option<wsx::limit::ConnectionLimit>,
+    /// `--max-connections-per-ip` and `--handshake-rate-per-ip`.
+    per_ip: wsx::limit::PerIpLimit,
     /// With `--tls-cert`/`--tls-key` or `--tls-self-signed`: every connection speaks TLS.
     tls: Option<wsx::tls::TlsAcceptor>,
 }
@@ -291,6 +305,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             args.subprotocols.clone()
         },
         limit: (args.max_connections > 0).then(|| wsx::limit::ConnectionLimit::new(args.max_connections)),
+        per_ip: wsx::limit::PerIpLimit::new(wsx::limit::PerIpConfig {
+            max_connections: (args.max_connections_per_ip > 0).then_some(args.max_connections_per_ip),
+            handshake_rate: (args.handshake_rate_per_ip > 0).then_some(args.handshake_rate_per_ip),
+            handshake_burst: 0,
+        }),
         tls,
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -434,7 +453,9 @@ async fn connection<S: Io>(server: Arc<Server>, stream: S, peer: SocketAddr, mut
 }
 
 /// An accepted WebSocket: its route, its path, and its place under `--max-connections`.
-type Upgraded<S> = (WebSocket<S>, Route, String, Option<wsx::limit::ConnectionPermit>);
+/// The places a connection holds under the server's limits, for its life.
+type Permits = (Option<wsx::limit::ConnectionPermit>, wsx::limit::PerIpPermit);
+type Upgraded<S> = (WebSocket<S>, Route, String, Permits);
 
 /// Reads the request and answers it: plain HTTP, a refusal, or the upgrade.
 async fn handshake<S: Io>(server: &Server, stream: S, peer: SocketAddr) -> Option<Upgraded<S>> {
@@ -513,6 +534,14 @@ async fn handshake<S: Io>(server: &Server, stream: S, peer: SocketAddr) -> Optio
         Route::Hub => [wsx_hub::protocol::PROTOCOL].into_iter().find(offered).map(str::to_owned),
         _ => server.protocols.iter().map(String::as_str).find(offered).map(str::to_owned),
     };
+    // Over a per-address limit: 429 with when to come back.
+    let per_ip = match server.per_ip.check(peer.ip(), std::time::Instant::now()) {
+        Ok(permit) => permit,
+        Err(refusal) => {
+            refuse(incoming, refusal.rejection(), peer, &path).await;
+            return None;
+        }
+    };
     // Over --max-connections: 503, come back in a second. The permit lives as long as the
     // connection.
     let permit = match &server.limit {
@@ -531,7 +560,7 @@ async fn handshake<S: Io>(server: &Server, stream: S, peer: SocketAddr) -> Optio
         _ => &server.config.websocket,
     };
     match incoming.accept(&upgrade, accept, config).await {
-        Ok(ws) => Some((ws, route, path, permit)),
+        Ok(ws) => Some((ws, route, path, (permit, per_ip))),
         Err(e) => {
             tracing::info!(%peer, path, error = %e, "handshake failed");
             None

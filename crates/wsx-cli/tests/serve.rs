@@ -37,7 +37,11 @@ impl Answer {
 /// Sends `request` as is and reads the answer: the head, then (unless it is a 101) everything
 /// up to the server's close, which must come within 5 s.
 fn raw(addr: SocketAddr, request: &[u8]) -> Answer {
-    let mut tcp = TcpStream::connect(addr).unwrap();
+    raw_on(TcpStream::connect(addr).unwrap(), request)
+}
+
+/// [`raw`] on a connection already made.
+fn raw_on(mut tcp: TcpStream, request: &[u8]) -> Answer {
     tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     tcp.write_all(request).unwrap();
     let mut buf = Vec::new();
@@ -780,4 +784,74 @@ fn a_client_that_reads_a_trickle_is_dropped_by_the_slow_reader_timeout() {
     let unbounded_log = unbounded.log.lock().unwrap().join("\n");
     assert!(!unbounded_log.contains("closed"), "without the bound the client stays connected:\n{unbounded_log}");
     drop(readers);
+}
+
+/// A WebSocket to `server` on /echo from the local address `from` (any of 127.0.0.0/8).
+async fn connect_from(server: &Server, from: &str) -> wsx::WebSocket<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let tcp = socket.connect(server.addr).await.unwrap();
+    ClientBuilder::new(server.url("/echo")).connect_on(tcp).await.expect("handshake").0
+}
+
+/// The raw answer to an upgrade on /echo from the local address `from`.
+async fn upgrade_from(server: &Server, from: &str) -> Answer {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let tcp = socket.connect(server.addr).await.unwrap().into_std().unwrap();
+    tcp.set_nonblocking(false).unwrap();
+    let request = format!(
+        "GET /echo HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.addr
+    );
+    tokio::task::spawn_blocking(move || raw_on(tcp, request.as_bytes())).await.unwrap()
+}
+
+/// `--max-connections-per-ip`: one address's handshakes over it get 429 with Retry-After and a
+/// body; other addresses and the connections already open are untouched; a place freed is taken
+/// again.
+#[tokio::test]
+async fn max_connections_per_ip_refuses_with_429() {
+    let server = Server::start(&["--max-connections-per-ip", "2"]);
+    let mut a = connect_from(&server, "127.0.0.1").await;
+    let mut b = connect_from(&server, "127.0.0.1").await;
+    let refused = upgrade_from(&server, "127.0.0.1").await;
+    assert_eq!(refused.status, 429, "{}", refused.head);
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert!(refused.text().contains("2 connections open from this address"), "{}", refused.text());
+    server.expect_log(&["refused", "status=429"]);
+    let mut other = connect_from(&server, "127.0.0.2").await;
+    for ws in [&mut a, &mut b, &mut other] {
+        ws.send_text("still here").await.unwrap();
+        assert_eq!(ws.recv().await.unwrap().unwrap(), Message::text("still here"));
+    }
+    drop(a.close(CloseCode::NORMAL, "").await);
+    server.expect_log(&["closed", "code=1000"]);
+    let mut c = connect_from(&server, "127.0.0.1").await;
+    c.send_text("in").await.unwrap();
+    assert_eq!(c.recv().await.unwrap().unwrap(), Message::text("in"));
+}
+
+/// `--handshake-rate-per-ip`: a burst of as many handshakes as the rate, then 429 with
+/// Retry-After until the bucket refills; other addresses have their own.
+#[tokio::test]
+async fn handshake_rate_per_ip_refuses_with_429() {
+    let server = Server::start(&["--handshake-rate-per-ip", "2"]);
+    let started = Instant::now();
+    for _ in 0..2 {
+        drop(connect_from(&server, "127.0.0.1").await);
+    }
+    let refused = upgrade_from(&server, "127.0.0.1").await;
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "too slow a machine for this test: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(refused.status, 429, "{}", refused.head);
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert!(refused.text().contains("at most 2 per second"), "{}", refused.text());
+    drop(connect_from(&server, "127.0.0.3").await);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    drop(connect_from(&server, "127.0.0.1").await);
 }

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use wsx_fuzz::{chunk_len, establish, DeflateSetup, Input, Limits, OutputChecker};
+use wsx_fuzz::{chunk_len, establish, DeflateSetup, Input, Limits, OutputChecker, Shadow, WireMessage};
 use wsx_proto::frame::{CloseCode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
 use wsx_proto::{CloseFrame, Connection, Error, Message, Role, State, StreamEvent};
 
@@ -63,6 +63,8 @@ struct Harness {
     /// taken over a message that has not produced a chunk yet.
     chunked: bool,
     last_state: State,
+    /// The peer's stream as framed, to check data events against.
+    shadow: Shadow,
     /// What the timers wrote (keepalive pings, a close) since the output was last empty: not
     /// the peer's doing, and bounded by how often the driver runs them.
     timer_output: usize,
@@ -117,7 +119,27 @@ impl Harness {
         }
     }
 
+    /// A whole data message (an event, or the last chunk) of `len` bytes was handed out: it is
+    /// the next one the peer completed on the wire, of the same type, and within every limit as
+    /// it was framed.
+    fn check_wire_message(&mut self, text: bool, len: usize) {
+        let wire: WireMessage = self.shadow.done.pop_front().expect("a data message the peer did not complete");
+        assert_eq!(wire.text, text, "a message changed type: {wire:?}");
+        assert!(wire.largest_frame <= self.limits.frame as u64, "a frame over max_frame_size let through: {wire:?}");
+        assert!(wire.frames <= self.limits.fragments, "more than max_fragments frames let through: {wire:?}");
+        if wire.compressed {
+            assert!(self.deflate, "a compressed message without permessage-deflate: {wire:?}");
+            let budget = self.limits.largest_message(true);
+            assert!(len <= budget, "a compressed message inflated to {len} bytes, over {budget}");
+        } else {
+            assert_eq!(len as u64, wire.wire_len, "a message of another length than sent: {wire:?}");
+        }
+    }
+
     fn check_message(&mut self, message: &Message) {
+        if let Message::Text(_) | Message::Binary(_) = message {
+            self.check_wire_message(matches!(message, Message::Text(_)), message.payload().len());
+        }
         match message {
             Message::Text(text) => {
                 // Check the bytes, not `as_str` (which trusts them).
@@ -162,6 +184,9 @@ impl Harness {
         }
         let total = so_far + chunk.data.len();
         assert!(total <= self.limits.message, "a streamed message of {total} bytes");
+        if chunk.fin {
+            self.check_wire_message(text, total);
+        }
         self.streaming = if chunk.fin { None } else { Some((text, total)) };
         if chunk.fin {
             self.chunked = false;
@@ -320,6 +345,8 @@ fuzz_target!(|data: &[u8]| {
     let first = chunk_len(ops[0]).min(wire.len());
     let established = establish(role, &limits, &deflate, &wire[..first], now);
 
+    let mut shadow = Shadow::default();
+    shadow.feed(&established.leftover);
     let deflate_on = established.params.is_some();
     assert_eq!(established.ours.is_deflate(), deflate_on);
     let mut h = Harness {
@@ -337,6 +364,7 @@ fuzz_target!(|data: &[u8]| {
         streaming: None,
         chunked: false,
         timer_output: 0,
+        shadow,
         last_state: State::Open,
     };
     assert_eq!(h.conn.state(), State::Open);
@@ -359,6 +387,7 @@ fuzz_target!(|data: &[u8]| {
         if i > 0 {
             let n = chunk_len(op).min(rest.len());
             h.buf.extend_from_slice(&rest[..n]);
+            h.shadow.feed(&rest[..n]);
             rest = &rest[n..];
         }
         // A driver stops reading while the write buffer is full and lets the transport take

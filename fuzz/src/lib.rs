@@ -428,3 +428,93 @@ pub fn mask_keys() -> impl FnMut() -> [u8; 4] + Send + 'static {
         n.to_be_bytes()
     }
 }
+
+/// A data message as it was on the wire, seen by [`Shadow`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WireMessage {
+    /// Text (else binary).
+    pub text: bool,
+    /// RSV1 on its first frame: compressed with permessage-deflate.
+    pub compressed: bool,
+    /// How many frames it had.
+    pub frames: usize,
+    /// Its largest frame's payload length.
+    pub largest_frame: u64,
+    /// Its payload length summed over its frames (compressed bytes, for a compressed message).
+    pub wire_len: u64,
+}
+
+/// An independent, minimal reading of the bytes the peer sent: which data messages they hold,
+/// in order, and how each was framed. It follows only the frame boundaries; the connection's
+/// events are then checked against it (a message handed out must be one the peer completed,
+/// with its type, and within the limits as framed).
+#[derive(Debug, Default)]
+pub struct Shadow {
+    buf: Vec<u8>,
+    current: Option<WireMessage>,
+    /// The messages completed so far and not yet matched to an event.
+    pub done: std::collections::VecDeque<WireMessage>,
+    /// The stream broke a rule that leaves the message order undefined (the connection must
+    /// fail there): nothing after that point is recorded.
+    pub broken: bool,
+}
+
+impl Shadow {
+    /// Follows the next bytes of the stream.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if self.broken {
+            return;
+        }
+        self.buf.extend_from_slice(bytes);
+        loop {
+            let (header, n) = match FrameHeader::parse(&self.buf) {
+                Ok(Some(parsed)) => parsed,
+                Ok(None) => return,
+                Err(_) => {
+                    self.broken = true;
+                    return;
+                }
+            };
+            let Some(end) = usize::try_from(header.payload_len).ok().and_then(|len| len.checked_add(n)) else {
+                self.broken = true;
+                return;
+            };
+            if self.buf.len() < end {
+                return;
+            }
+            self.buf.drain(..end);
+            if header.opcode.is_control() {
+                if header.opcode == OpCode::Close {
+                    self.broken = true;
+                    return;
+                }
+                continue;
+            }
+            let message = match (header.opcode, self.current.take()) {
+                (OpCode::Continuation, Some(m)) => m,
+                (OpCode::Text | OpCode::Binary, None) => WireMessage {
+                    text: header.opcode == OpCode::Text,
+                    compressed: header.rsv1,
+                    frames: 0,
+                    largest_frame: 0,
+                    wire_len: 0,
+                },
+                _ => {
+                    self.broken = true;
+                    return;
+                }
+            };
+            let message = WireMessage {
+                frames: message.frames + 1,
+                largest_frame: message.largest_frame.max(header.payload_len),
+                wire_len: message.wire_len + header.payload_len,
+                ..message
+            };
+            if header.fin {
+                self.done.push_back(message);
+            } else {
+                self.current = Some(message);
+            }
+        }
+    }
+}

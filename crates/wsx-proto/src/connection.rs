@@ -102,8 +102,8 @@ pub struct Config {
     /// After sending a close frame, how long to wait for the peer's before giving up. Default 5 s.
     pub close_timeout: Duration,
     /// The write-buffer high-water mark: while at least this many bytes are pending output, a
-    /// driver makes senders wait *and stops reading* (so a peer that does not read cannot make us
-    /// queue replies without bound), and automatic pongs are merged: pings handled between two
+    /// driver makes senders wait *and, once the peer pings, stops reading* (so a peer that does
+    /// not read cannot make us queue replies without bound), and automatic pongs are merged: pings handled between two
     /// writes while over the mark share one pong, for the newest (RFC 6455 §5.5.3). Default
     /// 1 MiB: more buffers more per connection, less writes in smaller pieces.
     pub write_buffer_high_water: usize,
@@ -392,7 +392,8 @@ impl Connection {
     }
 
     /// Whether pending output is at or over [`Config::write_buffer_high_water`]: a driver then
-    /// stops reading and makes senders wait until the transport takes some of it.
+    /// makes senders wait until the transport takes some of it, and stops reading once the peer
+    /// pings.
     pub fn is_output_full(&self) -> bool {
         // Never full when empty, whatever the mark (a mark of 0 must not stop reading forever).
         let pending = self.pending_output();

@@ -15,9 +15,10 @@
 //! # Backpressure and deadlines
 //!
 //! - While pending output is at or over the high-water mark
-//!   ([`Config::write_buffer_high_water`](wsx_proto::Config::write_buffer_high_water)), `recv`
-//!   stops reading (a peer that does not read cannot make us queue pongs or echoes without
-//!   bound) and senders wait.
+//!   ([`Config::write_buffer_high_water`](wsx_proto::Config::write_buffer_high_water)), senders
+//!   wait, and `recv` stops reading once the peer pings (a peer that does not read cannot make us
+//!   queue pongs or echoes without bound). Output that is only our own messages does not stop
+//!   reading: two peers each sending more than the mark at once must not wait on each other.
 //! - A write that makes no progress for the write timeout fails the connection
 //!   ([`TimeoutError::Write`](wsx_proto::error::TimeoutError::Write)); this bounds `send`,
 //!   `flush`, the close echo and the wind-down.
@@ -165,6 +166,9 @@ struct ReadState {
     /// How much room the next read gets: doubles when a read fills it, halves when reads stay
     /// small.
     read_size: usize,
+    /// The peer pinged while our output was at or over the high-water mark: reading stops until
+    /// the output is below it again (see the backpressure step of `poll_recv_event`).
+    pinged_while_full: bool,
 }
 
 impl ReadState {
@@ -485,6 +489,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
                     continue;
                 }
                 Ok(Some(Err(ev))) => {
+                    self.read.pinged_while_full |= ev.is_ping() && self.conn.is_output_full();
                     // Corking: what is pending (replies the application fed while handling this
                     // batch, pongs) leaves in one write once the batch is handled: with the next
                     // `send` or `flush`, or before the next read. Only a ping that ends the batch
@@ -522,9 +527,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
                 // A timer that came due during the flush closed the connection: report it.
                 continue;
             }
-            if self.conn.is_output_full() && !self.write.broken {
-                // Backpressure: read nothing more until the peer takes some of our output. The
-                // flush above registered for write readiness and the write deadline.
+            let full = self.conn.is_output_full();
+            self.read.pinged_while_full &= full;
+            if full && self.read.pinged_while_full && !self.write.broken {
+                // Backpressure: the peer makes us owe it replies (pongs) while it does not take
+                // our output; read nothing more until it takes some. Output that is only our own
+                // messages does not stop reading: two peers each sending more than the mark at
+                // once would otherwise wait on each other until the write timeout. The flush
+                // above registered for write readiness and the write deadline.
                 if let Some(deadline) = self.conn.poll_timeout() {
                     if self.read.timer.poll(cx, deadline) {
                         continue;

@@ -47,9 +47,9 @@ pub struct EchoArgs {
 /// Connection settings for echo traffic of `size`-byte messages.
 fn config(args: &EchoArgs, size: usize) -> WebSocketConfig {
     let mut config = WebSocketConfig::default();
-    // The library stops reading while more than the high-water mark waits to be written; with
-    // a server that does the same, both would wait for the write timeout. So the mark is set
-    // above anything the generator queues: closed loop queues at most --depth messages, and
+    // Senders wait while more than the high-water mark waits to be written (and the library
+    // stops reading if the server pings meanwhile). So the mark is set above anything the
+    // generator queues: closed loop queues at most --depth messages, and
     // open loop stops queueing at OPEN_LOOP_QUEUE (the late messages' lag is then reported).
     config.proto.write_buffer_high_water =
         (args.depth.saturating_mul(size).saturating_mul(2)).max(OPEN_LOOP_QUEUE * 4).saturating_add(size);

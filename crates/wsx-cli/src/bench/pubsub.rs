@@ -140,7 +140,7 @@ pub fn run(args: PubsubArgs) -> anyhow::Result<std::process::ExitCode> {
         bail!("--rate must be a positive number of messages per second");
     }
     let mut config = WebSocketConfig::default();
-    // Above what a publisher queues, so that it never stops reading the room (see bench echo).
+    // Above what a publisher queues, so that it never waits on the mark (see bench echo).
     config.proto.write_buffer_high_water = QUEUE * 4 + size;
     if args.payload.deflate {
         config.deflate = Some(DeflateConfig::default());

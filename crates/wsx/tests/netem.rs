@@ -60,14 +60,17 @@ async fn pair(path: &NetPath, client: Config, server: Config) -> (WebSocket<TcpS
     (client, accept.await.unwrap())
 }
 
-/// One message each way; returns the instants the client and the server last received.
+/// One message each way. Returns, for the client and for the server, an instant just before
+/// the other side sent: each last heard from its peer no earlier than that (so timers measured
+/// from it can be checked for firing early without slack for the scheduling of this task).
 async fn exchange(client: &mut WebSocket<TcpStream>, server: &mut WebSocket<TcpStream>) -> (Instant, Instant) {
+    let server_rx = Instant::now();
     client.send_text("ping?").await.unwrap();
     assert_eq!(server.recv().await.unwrap().unwrap(), Message::text("ping?"));
-    let server_rx = Instant::now();
+    let client_rx = Instant::now();
     server.send_text("pong!").await.unwrap();
     assert_eq!(client.recv().await.unwrap().unwrap(), Message::text("pong!"));
-    (Instant::now(), server_rx)
+    (client_rx, server_rx)
 }
 
 /// Receives until an error; returns it and when it came (control frames and messages in

@@ -90,6 +90,19 @@ async fn recv_until_error(ws: &mut WebSocket<TcpStream>) -> (Error, Instant) {
     }
 }
 
+/// The peer's side of a closing handshake: the first message other than a ping or pong (which
+/// keepalive may still send), then everything up to the end.
+async fn answer_close(ws: &mut WebSocket<TcpStream>) -> Option<Result<Message, Error>> {
+    let first = loop {
+        match ws.recv().await {
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            other => break other,
+        }
+    };
+    while ws.recv().await.is_some() {}
+    first
+}
+
 fn keepalive(interval: Duration, timeout: Duration) -> Config {
     let mut c = Config::default();
     c.keepalive_interval = Some(interval);
@@ -280,11 +293,7 @@ async fn lossy_delayed_link_carries_16_mib_both_ways() {
         assert!(dropped >= 5, "only {dropped} packets were lost");
 
         // Still a working connection: a clean closing handshake.
-        let (c, s) = tokio::join!(client.close(CloseCode::NORMAL, "done"), async {
-            let first = server.recv().await;
-            while server.recv().await.is_some() {}
-            first
-        });
+        let (c, s) = tokio::join!(client.close(CloseCode::NORMAL, "done"), answer_close(server));
         assert_eq!(c.unwrap().map(|f| f.code), Some(CloseCode::NORMAL));
         assert!(matches!(s, Some(Ok(Message::Close(Some(_))))), "server: {s:?}");
     })
@@ -351,11 +360,7 @@ async fn healed_partition_loses_nothing() {
             assert!(gap >= outage - Duration::from_millis(300), "{who}: longest silence {gap:?}");
         }
         assert_eq!((client.state(), server.state()), (wsx::State::Open, wsx::State::Open));
-        let (c, s) = tokio::join!(client.close(CloseCode::NORMAL, "done"), async {
-            let first = server.recv().await;
-            while server.recv().await.is_some() {}
-            first
-        });
+        let (c, s) = tokio::join!(client.close(CloseCode::NORMAL, "done"), answer_close(&mut server));
         assert_eq!(c.unwrap().map(|f| f.code), Some(CloseCode::NORMAL));
         assert!(matches!(s, Some(Ok(Message::Close(Some(_))))), "server: {s:?}");
     })

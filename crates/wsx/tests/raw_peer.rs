@@ -94,7 +94,7 @@ async fn recv_in_select_with_dribbled_frames_loses_nothing() {
             }
         }
 
-        // The client sees the pongs for both pings and the echo of its close.
+        // The client sees the pongs for both pings and the echo of its close (code and reason).
         let frames = within(Duration::from_secs(10), "server's answers", read_frames_to_eof(&mut s, &mut buf)).await;
         let summary: Vec<(u8, Vec<u8>)> = frames.into_iter().map(|f| (f.opcode, f.payload)).collect();
         assert_eq!(
@@ -102,7 +102,7 @@ async fn recv_in_select_with_dribbled_frames_loses_nothing() {
             vec![
                 (OP_PONG, b"mid-stream".to_vec()),
                 (OP_PONG, b"between".to_vec()),
-                (OP_CLOSE, close_payload(4000, "")),
+                (OP_CLOSE, close_payload(4000, "done")),
             ]
         );
 

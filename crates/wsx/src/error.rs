@@ -102,6 +102,11 @@ impl Error {
     /// when we failed the connection, or 1006 when the connection died without a close frame.
     pub fn close_code(&self) -> Option<wsx_proto::CloseCode> {
         match self {
+            // The peer went silent (keepalive) or never answered our close frame (close): the
+            // connection ended without a closing handshake, as a browser reports it.
+            Self::Proto(wsx_proto::Error::Timeout(
+                wsx_proto::error::TimeoutError::Keepalive | wsx_proto::error::TimeoutError::Close,
+            )) => Some(wsx_proto::CloseCode::ABNORMAL),
             // Nothing could be written: the connection ended without a close frame.
             Self::Proto(wsx_proto::Error::Timeout(
                 wsx_proto::error::TimeoutError::Write | wsx_proto::error::TimeoutError::SlowReader,
@@ -110,5 +115,25 @@ impl Error {
             Self::AbnormalClosure | Self::Io(_) | Self::Tls(_) => Some(wsx_proto::CloseCode::ABNORMAL),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wsx_proto::error::TimeoutError;
+    use wsx_proto::CloseCode;
+
+    /// A connection given up on a timer without a closing handshake reports 1006, as a browser
+    /// would; the idle timeout sends 1001 itself. (`wsx serve` logged no code at all for a
+    /// client that vanished until the keepalive timeout: found by scripts/soak.)
+    #[test]
+    fn timeouts_map_to_the_code_a_browser_reports() {
+        let code = |t| Error::Proto(wsx_proto::Error::Timeout(t)).close_code();
+        assert_eq!(code(TimeoutError::Keepalive), Some(CloseCode::ABNORMAL));
+        assert_eq!(code(TimeoutError::Close), Some(CloseCode::ABNORMAL));
+        assert_eq!(code(TimeoutError::Write), Some(CloseCode::ABNORMAL));
+        assert_eq!(code(TimeoutError::Idle), Some(CloseCode::GOING_AWAY));
+        assert_eq!(Error::AbnormalClosure.close_code(), Some(CloseCode::ABNORMAL));
     }
 }

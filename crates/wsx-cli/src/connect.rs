@@ -13,6 +13,7 @@
 
 pub(crate) mod format;
 mod input;
+mod retry;
 mod ui;
 
 use std::collections::VecDeque;
@@ -29,7 +30,7 @@ use tokio::sync::{mpsc, Notify};
 use wsx::proto::deflate::DeflateConfig;
 use wsx::tls::ClientTls;
 use wsx::MaybeTlsStream;
-use wsx::{ClientBuilder, CloseCode, CloseFrame, Message, WebSocketConfig, WsReader, WsWriter};
+use wsx::{ClientBuilder, CloseCode, CloseFrame, Message, WebSocket, WebSocketConfig, WsReader, WsWriter};
 
 use self::format::{describe_close, escape_controls, parse_secs, parse_size, payload};
 use self::input::{Ack, Command, Input};
@@ -55,7 +56,12 @@ Examples:
   wsx connect --cacert ca.pem --cert me.pem --key me-key.pem wss://host:8443/feed
       TLS with a private CA (besides the system's roots) and a client certificate.
   wsx connect --proxy http://user:password@proxy.corp:3128 wss://host/feed
-      Through an HTTP proxy (CONNECT); socks5h://host:1080 for a SOCKS5 proxy."
+      Through an HTTP proxy (CONNECT); socks5h://host:1080 for a SOCKS5 proxy.
+  wsx connect -r --preamble '{\"op\":\"subscribe\"}' wss://host/feed
+      Stay connected: after a drop, a restart (1012) or a 5xx, reconnect with backoff and
+      subscribe again.
+  echo '{\"op\":\"snapshot\"}' | wsx connect --oneshot wss://host/api
+      Print the first message received, close cleanly, exit 0."
     };
 }
 
@@ -83,6 +89,17 @@ Plain mode (otherwise):
   they came (with --binary, text messages get no newline either). Pings, pongs, errors and the
   close go to stderr.
 
+Reconnecting (--reconnect):
+  Before attempt n, wsx waits a random time between 0 and min(--reconnect-max-delay,
+  --reconnect-delay * 2^(n-1)) (exponential backoff with full jitter; RFC 6455 7.2.3), and says
+  so on stderr: 'wsx: reconnecting in 1.73 s (attempt 2 of 5): closed: 1012 service restart'.
+  A connection that stayed open at least --reconnect-max-delay counts as a success: the next
+  failure is attempt 1 again. After every (re)connect the --preamble messages go first, then
+  what the previous connection could not send, then stdin. Stdin read while disconnected waits
+  in a queue of 16 messages; when it is full wsx stops reading stdin (the writer into the pipe
+  waits), so nothing is dropped. Messages already handed to a connection that then dropped may
+  be lost: WebSocket has no acknowledgements.
+
 Terminal safety:
   Whatever the server sends is printed to a terminal with control characters escaped (ESC as
   \\x1b, CR as \\r, C1 codes as \\u{9b}; newlines and tabs of text messages are kept) and binary
@@ -99,7 +116,9 @@ Exit status:
   2    the server closed with another code, or the connection ended abnormally (1006: dropped
        without a close frame, no answer to our close, no pong within --ping-timeout, a
        protocol error); clap also exits with 2 on invalid command-line usage
-  130  Ctrl-C again while the connection was closing
+  130  Ctrl-C again while the connection was closing (or Ctrl-C while reconnecting)
+  With --reconnect, the status is the last connection's, once wsx stops reconnecting: 1 when
+  --max-retries gave up after attempts that could not connect.
   The close code and reason are printed on stderr, e.g. 'closed: 1000 normal' or
   'closed: 4000 \"session expired\"'.
 
@@ -203,6 +222,119 @@ pub struct ConnectArgs {
     /// Connect directly, ignoring the proxy environment variables.
     #[arg(long)]
     no_proxy: bool,
+    /// Reconnect after an abnormal end or a transient refusal, with backoff.
+    ///
+    /// Reconnects when the connection ends without a closing handshake (1006: dropped, no pong,
+    /// a write that made no progress), when the server closes with 1001 (going away), 1011
+    /// (internal error), 1012 (service restart) or 1013 (try again later), and when connecting
+    /// fails in a way that may pass: connection refused or reset, DNS failure, timeout, HTTP 5xx,
+    /// 429 or 408. A close with 1000 or any other code ends wsx (see --reconnect-always); so do a
+    /// 4xx refusal (authentication, path, Origin: retrying will not help), a TLS failure, and
+    /// our own close (end of stdin, /quit, Ctrl-C, --max-messages). Each attempt is reported on
+    /// stderr with its number, wait and reason. Stdin read while disconnected is kept and sent
+    /// after the preamble of the next connection.
+    #[arg(short = 'r', long)]
+    reconnect: bool,
+    /// Like --reconnect, and also reconnect when the server closes with 1000 or any other code.
+    #[arg(long)]
+    reconnect_always: bool,
+    /// With --reconnect: the first wait is random between 0 and SECS; each further attempt
+    /// doubles the range, up to --reconnect-max-delay (exponential backoff with full jitter).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "5")]
+    reconnect_delay: Duration,
+    /// With --reconnect: the largest range of a wait. A connection that stayed open at least
+    /// this long counts as a success: the next failure starts again at attempt 1.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "60")]
+    reconnect_max_delay: Duration,
+    /// With --reconnect: give up after N attempts in a row (exit status 1 if the last one could
+    /// not connect, 2 if it connected and then ended abnormally). Default: never give up.
+    #[arg(long, value_name = "N")]
+    max_retries: Option<u32>,
+    /// Send TEXT as a text message as soon as the connection opens (and again after every
+    /// reconnect), before anything from stdin (repeatable, sent in order).
+    #[arg(long, value_name = "TEXT")]
+    preamble: Vec<String>,
+    /// Send the contents of FILE as one message after each (re)connect, like --preamble: text
+    /// if it is UTF-8 (binary with --binary or if it is not). Read once, at start.
+    #[arg(long, value_name = "FILE")]
+    preamble_file: Vec<PathBuf>,
+    /// --preamble and --preamble-file in command-line order (see [`ConnectArgs::order_preamble`]).
+    #[arg(skip)]
+    ordered_preamble: Vec<Preamble>,
+    /// Exit after N received text or binary messages, closing with 1000 (exit status 0 when the
+    /// server answers). Implies --no-close: the end of stdin does not close.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_messages: Option<u64>,
+    /// Exit after the first received message: --max-messages 1.
+    #[arg(short = '1', long, conflicts_with = "max_messages")]
+    oneshot: bool,
+}
+
+/// One `--preamble` or `--preamble-file` value.
+#[derive(Debug, Clone)]
+enum Preamble {
+    Text(String),
+    File(PathBuf),
+}
+
+impl ConnectArgs {
+    /// Puts the `--preamble` and `--preamble-file` values in the order they were given, from the
+    /// indices clap recorded (the derived fields keep only the order within each flag). Without
+    /// it, the texts are sent before the files.
+    pub fn order_preamble(&mut self, matches: &clap::ArgMatches) {
+        let mut items: Vec<(usize, Preamble)> = Vec::new();
+        if let Some(indices) = matches.indices_of("preamble") {
+            items.extend(indices.zip(&self.preamble).map(|(i, t)| (i, Preamble::Text(t.clone()))));
+        }
+        if let Some(indices) = matches.indices_of("preamble_file") {
+            items.extend(indices.zip(&self.preamble_file).map(|(i, f)| (i, Preamble::File(f.clone()))));
+        }
+        items.sort_by_key(|(i, _)| *i);
+        self.ordered_preamble = items.into_iter().map(|(_, p)| p).collect();
+    }
+
+    /// The preamble messages, files read now.
+    fn preamble_messages(&self) -> anyhow::Result<Vec<Message>> {
+        let items = if self.ordered_preamble.is_empty() {
+            let texts = self.preamble.iter().cloned().map(Preamble::Text);
+            texts.chain(self.preamble_file.iter().cloned().map(Preamble::File)).collect()
+        } else {
+            self.ordered_preamble.clone()
+        };
+        items
+            .into_iter()
+            .map(|item| match item {
+                Preamble::Text(text) if self.binary => Ok(Message::binary(text.into_bytes())),
+                Preamble::Text(text) => Ok(Message::text(text)),
+                Preamble::File(path) => {
+                    let data = std::fs::read(&path).with_context(|| format!("--preamble-file {}", path.display()))?;
+                    Ok(match String::from_utf8(data) {
+                        Ok(text) if !self.binary => Message::text(text),
+                        Ok(text) => Message::binary(text.into_bytes()),
+                        Err(e) => Message::binary(e.into_bytes()),
+                    })
+                }
+            })
+            .collect()
+    }
+
+    /// The backoff of `--reconnect`, if reconnecting.
+    fn backoff(&self) -> Option<retry::Backoff> {
+        (self.reconnect || self.reconnect_always).then_some(retry::Backoff {
+            base: self.reconnect_delay,
+            max: self.reconnect_max_delay.max(self.reconnect_delay),
+            max_retries: self.max_retries,
+        })
+    }
+
+    /// `--max-messages`, or 1 with `--oneshot`.
+    fn max_messages(&self) -> Option<u64> {
+        if self.oneshot {
+            Some(1)
+        } else {
+            self.max_messages
+        }
+    }
 }
 
 /// After our close frame, how long the server may take to answer it (the library's close
@@ -355,6 +487,30 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// What is left of `--max-messages`, over all connections.
+struct Budget(std::sync::atomic::AtomicU64);
+
+/// What [`Budget::take`] found.
+enum Take {
+    /// Show this message; more may follow.
+    More,
+    /// Show this message; it was the last one.
+    Last,
+    /// The budget was spent before this message.
+    Over,
+}
+
+impl Budget {
+    fn take(&self) -> Take {
+        use std::sync::atomic::Ordering;
+        match self.0.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)) {
+            Ok(1) => Take::Last,
+            Ok(_) => Take::More,
+            Err(_) => Take::Over,
+        }
+    }
+}
+
 /// What the reader task reports to the session loop.
 enum ReaderEvent {
     /// The server's close frame (our close's answer, or its own close).
@@ -363,6 +519,8 @@ enum ReaderEvent {
     Failed(wsx::Error),
     /// stdout is closed: nothing more can be shown.
     OutputClosed,
+    /// The last message of --max-messages was received (it is shown after this is sent).
+    Enough,
     /// The connection is fully shut down.
     Done,
 }
@@ -381,15 +539,26 @@ fn control_line(what: &str, shown: &str, rtt: Option<Duration>) -> String {
     line
 }
 
+/// What the reader task shows and counts.
+struct ReaderOptions {
+    /// --show-ping.
+    show_ping: bool,
+    /// --ping-interval.
+    interval: Option<Duration>,
+    /// Notified of every frame received (for the display of keepalive pings).
+    received: Option<Arc<Notify>>,
+    /// --max-messages.
+    budget: Option<Arc<Budget>>,
+}
+
 async fn read_loop(
     mut reader: WsReader<MaybeTlsStream>,
     ui: Arc<Ui>,
     pings: Arc<Mutex<Pings>>,
-    show_ping: bool,
-    interval: Option<Duration>,
-    received: Option<Arc<Notify>>,
+    options: ReaderOptions,
     events: mpsc::UnboundedSender<ReaderEvent>,
 ) {
+    let ReaderOptions { show_ping, interval, received, budget } = options;
     // With a keepalive interval, 8-byte pong payloads are shown as keepalive numbers.
     let keepalive = interval.is_some();
     let mut output_ok = true;
@@ -398,6 +567,16 @@ async fn read_loop(
         if let Some(received) = &received {
             // The next keepalive ping is due later now.
             received.notify_one();
+        }
+        if matches!(event, Ok(Message::Text(_) | Message::Binary(_))) {
+            match budget.as_ref().map(|b| b.take()) {
+                // --max-messages reached earlier: what still arrives before the close is not shown.
+                Some(Take::Over) => continue,
+                Some(Take::Last) => {
+                    let _ = events.send(ReaderEvent::Enough);
+                }
+                Some(Take::More) | None => {}
+            }
         }
         let shown = match event {
             Ok(Message::Text(t)) if output_ok => ui.text(t.as_str()),
@@ -448,10 +627,14 @@ async fn read_loop(
     let _ = events.send(ReaderEvent::Done);
 }
 
-/// Connects and runs the session; the exit code tells how the connection ended.
+/// Connects and runs the session, again after each transient end with `--reconnect`; the exit
+/// code tells how the last connection ended.
 pub async fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
     let url = normalize_url(&args.url);
     let builder = builder(&args, &url)?;
+    let preamble = args.preamble_messages()?;
+    let backoff = args.backoff();
+    let budget = args.max_messages().map(|n| Arc::new(Budget(std::sync::atomic::AtomicU64::new(n))));
     if args.insecure && url.starts_with("wss://") {
         eprintln!("wsx: warning: --insecure: the server's certificate is not verified; anyone on the path can read and change this connection");
     }
@@ -470,19 +653,15 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
         binary: args.binary,
     };
 
-    let (ws, response) = match builder.connect().await {
+    // Attempts in a row that did not give a connection that stayed up.
+    let mut attempt = 0;
+    let report = |text: &str| eprintln!("wsx: {text}");
+    let (mut ws, mut response) = match connect_retrying(&builder, &url, backoff, &mut attempt, None, 1, &report).await {
         Ok(connected) => connected,
-        Err(e) => {
-            let e = escape_controls(&e.to_string(), false).into_owned();
-            eprintln!("wsx: cannot connect to {url}: {e}");
-            return Ok(ExitCode::from(1));
-        }
+        Err(code) => return Ok(code),
     };
-    let protocol = ws.protocol().map(str::to_owned);
-    let extensions = ws.extensions().map(str::to_owned);
-    let (reader, mut writer) = ws.split();
 
-    let (input_tx, mut input_rx) = mpsc::channel::<Input>(16);
+    let (input_tx, input_rx) = mpsc::channel::<Input>(INPUT_QUEUE);
     let mut prompt = None;
     let printer = if interactive {
         let editor = input::spawn_interactive(input_tx.clone(), ui_config.color)?;
@@ -492,30 +671,6 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
         None
     };
     let ui = Arc::new(Ui::new(ui_config, printer));
-
-    if args.verbose {
-        let mut head = format!("{:?} {}", response.version(), response.status());
-        for (name, value) in response.headers() {
-            let value = escape_controls(&String::from_utf8_lossy(value.as_bytes()), false).into_owned();
-            head.push_str(&format!("\n{name}: {value}"));
-        }
-        ui.note(Kind::Plain, &head);
-    }
-    if interactive || args.verbose {
-        let mut details = Vec::new();
-        if let Some(p) = &protocol {
-            details.push(format!("subprotocol {}", escape_controls(p, false)));
-        }
-        if let Some(x) = &extensions {
-            details.push(escape_controls(x, false).into_owned());
-        }
-        let details = if details.is_empty() { String::new() } else { format!(" ({})", details.join("; ")) };
-        ui.note(Kind::Info, &format!("connected to {url}{details}"));
-        if interactive {
-            ui.note(Kind::Plain, "type a message and Enter to send it; /help lists the commands; Ctrl-D closes");
-        }
-    }
-
     if !interactive {
         let warn_ui = ui.clone();
         let warn = move |text: String| warn_ui.note(Kind::Error, &format!("wsx: {text}"));
@@ -527,6 +682,186 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
     }
     drop(input_tx);
 
+    let mut input = InputState { rx: input_rx, open: true, unsent: VecDeque::new() };
+    let mut reconnected = false;
+    loop {
+        announce(&args, &ui, &url, &ws, &response, interactive, reconnected);
+        let opened = Instant::now();
+        let end = session(ws, &args, &ui, &preamble, budget.clone(), &mut input).await;
+        if end.interrupted {
+            finish_terminal(&ui, prompt.as_ref()).await;
+            ui.note(Kind::Error, "interrupted");
+            return Ok(ExitCode::from(130));
+        }
+        let transient = backoff.is_some() && end.is_transient(args.reconnect_always);
+        let (line, code) = outcome(end.we_closed, end.peer_close, end.failure, end.send_error, args.ping_timeout);
+        let Some(b) = backoff.filter(|_| transient) else {
+            finish_terminal(&ui, prompt.as_ref()).await;
+            ui.note(if code == 0 { Kind::Info } else { Kind::Error }, &line);
+            return Ok(ExitCode::from(code));
+        };
+        if opened.elapsed() >= b.max {
+            // It stayed up: whatever went wrong before has passed.
+            attempt = 0;
+        }
+        let report = |text: &str| ui.note(Kind::Error, &format!("wsx: {text}"));
+        match connect_retrying(&builder, &url, backoff, &mut attempt, Some(line), code, &report).await {
+            Ok(connected) => (ws, response) = connected,
+            Err(code) => {
+                finish_terminal(&ui, prompt.as_ref()).await;
+                return Ok(code);
+            }
+        }
+        reconnected = true;
+    }
+}
+
+/// Input lines or chunks waiting to be sent. Stdin is read into a channel of this many
+/// messages; while it is full (nobody sends: wsx is reconnecting, or the server is slow) stdin
+/// is not read, so whatever writes to it waits, and nothing is dropped.
+const INPUT_QUEUE: usize = 16;
+
+/// What outlives one connection: stdin and what could not be sent.
+struct InputState {
+    rx: mpsc::Receiver<Input>,
+    /// Stdin has not ended.
+    open: bool,
+    /// Input whose send failed because the connection had ended: sent on the next connection,
+    /// after the preamble (with --reconnect; else dropped with the connection).
+    unsent: VecDeque<Message>,
+}
+
+/// Prints the handshake response (-v, -i) and the "connected" line.
+fn announce(
+    args: &ConnectArgs,
+    ui: &Ui,
+    url: &str,
+    ws: &WebSocket<MaybeTlsStream>,
+    response: &http::Response<()>,
+    interactive: bool,
+    reconnected: bool,
+) {
+    if args.verbose {
+        let mut head = format!("{:?} {}", response.version(), response.status());
+        for (name, value) in response.headers() {
+            let value = escape_controls(&String::from_utf8_lossy(value.as_bytes()), false).into_owned();
+            head.push_str(&format!("\n{name}: {value}"));
+        }
+        ui.note(Kind::Plain, &head);
+    }
+    if interactive || args.verbose || reconnected {
+        let mut details = Vec::new();
+        if let Some(p) = ws.protocol() {
+            details.push(format!("subprotocol {}", escape_controls(p, false)));
+        }
+        if let Some(x) = ws.extensions() {
+            details.push(escape_controls(x, false).into_owned());
+        }
+        let details = if details.is_empty() { String::new() } else { format!(" ({})", details.join("; ")) };
+        ui.note(Kind::Info, &format!("connected to {url}{details}"));
+        if interactive && !reconnected {
+            ui.note(Kind::Plain, "type a message and Enter to send it; /help lists the commands; Ctrl-D closes");
+        }
+    }
+}
+
+/// Connects. With `backoff`, a transient failure (see [`retry::connect_error_is_transient`]) is
+/// followed by a wait and another attempt; `reason`, if given, is why a first wait is due (the
+/// previous connection ended). `attempt` counts the attempts in a row. Returns the exit code
+/// when it gives up: 1 for a failed connection, `ended` when `--max-retries` forbids even the
+/// first attempt after a connection that ended; 130 for Ctrl-C.
+async fn connect_retrying(
+    builder: &ClientBuilder,
+    url: &str,
+    backoff: Option<retry::Backoff>,
+    attempt: &mut u32,
+    mut reason: Option<String>,
+    mut ended: u8,
+    report: &dyn Fn(&str),
+) -> Result<(WebSocket<MaybeTlsStream>, http::Response<()>), ExitCode> {
+    loop {
+        if let (Some(why), Some(b)) = (reason.take(), backoff) {
+            *attempt += 1;
+            if b.max_retries.is_some_and(|max| *attempt > max) {
+                let n = *attempt - 1;
+                report(&format!("giving up after {n} reconnect attempt{}: {why}", if n == 1 { "" } else { "s" }));
+                return Err(ExitCode::from(ended));
+            }
+            let delay = b.delay(*attempt);
+            let of = b.max_retries.map(|m| format!(" of {m}")).unwrap_or_default();
+            report(&format!("reconnecting in {:.2} s (attempt {attempt}{of}): {why}", delay.as_secs_f64()));
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                _ = tokio::signal::ctrl_c() => {
+                    report("interrupted");
+                    return Err(ExitCode::from(130));
+                }
+            }
+        }
+        let result = tokio::select! {
+            result = builder.clone().connect() => result,
+            _ = tokio::signal::ctrl_c() => {
+                report("interrupted");
+                return Err(ExitCode::from(130));
+            }
+        };
+        match result {
+            Ok(connected) => return Ok(connected),
+            Err(e) => {
+                let line = format!("cannot connect to {url}: {}", escape_controls(&e.to_string(), false));
+                if backoff.is_some() && retry::connect_error_is_transient(&e) {
+                    reason = Some(line);
+                    ended = 1;
+                    continue;
+                }
+                report(&line);
+                return Err(ExitCode::from(1));
+            }
+        }
+    }
+}
+
+/// How one connection ended.
+struct SessionEnd {
+    /// We started the closing handshake (end of stdin, /quit, /close, Ctrl-C, --max-messages).
+    we_closed: bool,
+    /// The server's close frame.
+    peer_close: Option<Option<CloseFrame>>,
+    /// The connection failed.
+    failure: Option<wsx::Error>,
+    /// A send failed (the connection had ended).
+    send_error: Option<wsx::Error>,
+    /// Ctrl-C twice, or while closing: exit now.
+    interrupted: bool,
+}
+
+impl SessionEnd {
+    /// Whether `--reconnect` connects again after this end.
+    fn is_transient(&self, always: bool) -> bool {
+        if self.we_closed {
+            return false;
+        }
+        if let Some(frame) = &self.peer_close {
+            return retry::close_is_transient(frame.as_ref().map(|f| f.code), always);
+        }
+        match self.failure.as_ref().or(self.send_error.as_ref()) {
+            Some(e) => retry::failure_is_transient(e),
+            None => true,
+        }
+    }
+}
+
+/// Runs one connection: sends the preamble, what the previous connection could not send, then
+/// stdin; prints what arrives; returns how it ended.
+async fn session(
+    ws: WebSocket<MaybeTlsStream>,
+    args: &ConnectArgs,
+    ui: &Arc<Ui>,
+    preamble: &[Message],
+    budget: Option<Arc<Budget>>,
+    input: &mut InputState,
+) -> SessionEnd {
+    let (reader, mut writer) = ws.split();
     let pings = Arc::new(Mutex::new(Pings::new()));
     let (events_tx, mut events) = mpsc::unbounded_channel();
     // The library sends the keepalive pings; with --show-ping they are shown when it does.
@@ -536,23 +871,30 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
         reader,
         ui.clone(),
         pings.clone(),
-        args.show_ping,
-        args.ping_interval,
-        received.clone(),
+        ReaderOptions { show_ping: args.show_ping, interval: args.ping_interval, received: received.clone(), budget },
         events_tx,
     ));
+    let keep_unsent = args.backoff().is_some();
+    let no_close = args.no_close || args.max_messages().is_some();
 
     let mut session = Session {
         writer: &mut writer,
-        ui: &ui,
+        ui,
         pings: &pings,
         show_ping: args.show_ping,
         we_closed: false,
         send_error: None,
+        unsent: std::mem::take(&mut input.unsent),
+        keep_unsent,
     };
+    for message in preamble {
+        session.send(message.clone()).await;
+    }
+    for message in std::mem::take(&mut session.unsent) {
+        session.send_input(message).await;
+    }
     let mut peer_close: Option<Option<CloseFrame>> = None;
     let mut failure: Option<wsx::Error> = None;
-    let mut input_open = true;
     let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
     let mut interrupted = false;
 
@@ -560,6 +902,7 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
     // the connection is closed, cleanly or by the close, keepalive or write timeout.
     loop {
         let ending = session.we_closed || peer_close.is_some() || failure.is_some();
+        let reading = input.open && !ending && session.send_error.is_none();
         let next_ping = shown_keepalive.filter(|_| !ending).and_then(|every| lock(&pings).next_keepalive(every));
         tokio::select! {
             event = events.recv() => match event {
@@ -567,20 +910,20 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
                 Some(ReaderEvent::Failed(e)) => {
                     failure.get_or_insert(e);
                 }
-                Some(ReaderEvent::OutputClosed) => session.close(CloseCode::NORMAL, "").await,
+                Some(ReaderEvent::OutputClosed | ReaderEvent::Enough) => session.close(CloseCode::NORMAL, "").await,
                 Some(ReaderEvent::Done) | None => break,
             },
-            input = input_rx.recv(), if input_open && !ending => match input {
-                Some(Input::Text(text)) => session.send(Message::text(text)).await,
-                Some(Input::Binary(data)) => session.send(Message::Binary(data)).await,
+            line = input.rx.recv(), if reading => match line {
+                Some(Input::Text(text)) => session.send_input(Message::text(text)).await,
+                Some(Input::Binary(data)) => session.send_input(Message::Binary(data)).await,
                 Some(Input::Line(line, ack)) => {
                     session.command(&line).await;
                     let _ = ack.send(if session.we_closed { Ack::Stop } else { Ack::Continue });
                 }
                 Some(Input::Interrupt) => session.close(CloseCode::NORMAL, "").await,
                 Some(Input::Eof) | None => {
-                    input_open = false;
-                    if !args.no_close {
+                    input.open = false;
+                    if !no_close {
                         session.close(CloseCode::NORMAL, "").await;
                     }
                 }
@@ -599,9 +942,7 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
             },
             _ = &mut ctrl_c => {
                 if interrupted || ending {
-                    finish_terminal(&ui, prompt.as_ref()).await;
-                    ui.note(Kind::Error, "interrupted");
-                    return Ok(ExitCode::from(130));
+                    return SessionEnd { we_closed: session.we_closed, peer_close, failure, send_error: None, interrupted: true };
                 }
                 interrupted = true;
                 ctrl_c = Box::pin(tokio::signal::ctrl_c());
@@ -609,13 +950,14 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
             },
         }
     }
-
-    let we_closed = session.we_closed;
-    let send_error = session.send_error.take();
-    finish_terminal(&ui, prompt.as_ref()).await;
-    let (line, code) = outcome(we_closed, peer_close, failure, send_error, args.ping_timeout);
-    ui.note(if code == 0 { Kind::Info } else { Kind::Error }, &line);
-    Ok(ExitCode::from(code))
+    input.unsent = std::mem::take(&mut session.unsent);
+    SessionEnd {
+        we_closed: session.we_closed,
+        peer_close,
+        failure,
+        send_error: session.send_error.take(),
+        interrupted: false,
+    }
 }
 
 /// Stops the prompt and gives the terminal back (interactive mode).
@@ -649,9 +991,29 @@ struct Session<'a> {
     show_ping: bool,
     we_closed: bool,
     send_error: Option<wsx::Error>,
+    /// Input that could not be sent (kept only with `keep_unsent`).
+    unsent: VecDeque<Message>,
+    keep_unsent: bool,
 }
 
 impl Session<'_> {
+    /// Sends a message from stdin or the prompt; with --reconnect, one the ended connection
+    /// did not take is kept for the next.
+    async fn send_input(&mut self, message: Message) {
+        if self.send_error.is_some() {
+            if self.keep_unsent {
+                self.unsent.push_back(message);
+            }
+            return;
+        }
+        if let Err(e) = self.writer.send(message.clone()).await {
+            self.send_error = Some(e);
+            if self.keep_unsent {
+                self.unsent.push_back(message);
+            }
+        }
+    }
+
     async fn send(&mut self, message: Message) {
         if self.send_error.is_some() {
             return;
@@ -680,8 +1042,8 @@ impl Session<'_> {
             return;
         };
         match command {
-            Command::Text(text) => self.send(Message::text(text)).await,
-            Command::Binary(data) => self.send(Message::binary(data)).await,
+            Command::Text(text) => self.send_input(Message::text(text)).await,
+            Command::Binary(data) => self.send_input(Message::binary(data)).await,
             Command::Ping(data) => {
                 let data = Bytes::from(data);
                 lock(self.pings).record(data.clone(), false);

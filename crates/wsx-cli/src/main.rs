@@ -1,6 +1,6 @@
 //! `wsx`: a WebSocket client and server on the command line.
 
-use clap::{Parser, Subcommand};
+use clap::{FromArgMatches as _, Parser, Subcommand};
 
 mod bench;
 mod connect;
@@ -26,7 +26,12 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let (Command::Connect(args), Some(("connect", m))) = (&mut cli.command, matches.subcommand()) {
+        // --preamble and --preamble-file are sent in the order given.
+        args.order_preamble(m);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

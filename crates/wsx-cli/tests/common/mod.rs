@@ -24,6 +24,13 @@ impl Server {
         Self::spawn(cmd)
     }
 
+    /// `wsx serve` on a given address (e.g. the one of a server that was killed, to restart it).
+    pub fn start_at(addr: SocketAddr, args: &[&str]) -> Self {
+        let mut cmd = Command::new(WSX);
+        cmd.arg("serve").arg("--addr").arg(addr.to_string()).args(args);
+        Self::spawn(cmd)
+    }
+
     /// `wsx serve` with at most `nofile` file descriptors (`ulimit -n`, through `sh`).
     #[cfg(unix)]
     pub fn start_with_nofile(nofile: u32, args: &[&str]) -> Self {

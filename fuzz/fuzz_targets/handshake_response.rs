@@ -29,7 +29,7 @@ fn check_error(err: &HandshakeError, limits: &HandshakeLimits, offered_protocols
     match err {
         HandshakeError::HeadTooLarge { limit } => assert_eq!(*limit, limits.max_head_bytes),
         HandshakeError::TooManyHeaders { limit } => assert_eq!(*limit, limits.max_headers),
-        HandshakeError::UnexpectedStatus { status, body } => {
+        HandshakeError::UnexpectedStatus { status, body, .. } => {
             assert_ne!(*status, StatusCode::SWITCHING_PROTOCOLS);
             assert!(body.len() <= MAX_ERROR_BODY_BYTES);
         }

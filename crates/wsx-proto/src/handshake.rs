@@ -81,8 +81,9 @@ pub const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 pub const WEBSOCKET_VERSION: &str = "13";
 
 /// At most this many bytes of a non-101 response body are kept in
-/// [`HandshakeError::UnexpectedStatus`].
-pub const MAX_ERROR_BODY_BYTES: usize = 4096;
+/// [`HandshakeError::UnexpectedStatus`] (64 KiB): enough for an error page, while a peer that
+/// sends more cannot make a refused client buffer it.
+pub const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 
 /// Computes the `Sec-WebSocket-Accept` value for a `Sec-WebSocket-Key`:
 /// base64(SHA-1(key + [`GUID`])).
@@ -149,6 +150,8 @@ pub enum HandshakeError {
     UnexpectedStatus {
         /// The status the server sent.
         status: StatusCode,
+        /// The response's headers (boxed, to keep the error small).
+        headers: Box<HeaderMap>,
         /// Whatever part of the response body had already been received,
         /// at most [`MAX_ERROR_BODY_BYTES`] (and at most `Content-Length`).
         body: Bytes,
@@ -549,7 +552,8 @@ impl ClientHandshake {
             if let Some(declared) = declared {
                 take = take.min(usize::try_from(declared).unwrap_or(usize::MAX));
             }
-            return Err(HandshakeError::UnexpectedStatus { status, body: Bytes::copy_from_slice(&available[..take]) });
+            let body = Bytes::copy_from_slice(&available[..take]);
+            return Err(HandshakeError::UnexpectedStatus { status, headers: Box::new(headers), body });
         }
 
         let upgrade_ok =
@@ -1676,8 +1680,9 @@ mod tests {
                 let msg = e.to_string();
                 assert!(msg.contains("403"), "{msg}");
                 assert!(msg.contains("forbidden"), "{msg}");
-                let HandshakeError::UnexpectedStatus { status, body } = e else { unreachable!() };
+                let HandshakeError::UnexpectedStatus { status, headers, body } = e else { unreachable!() };
                 assert_eq!(status, StatusCode::FORBIDDEN);
+                assert_eq!(headers.get(header::CONTENT_LENGTH).map(|v| v.as_bytes()), Some(&b"9"[..]));
                 assert_eq!(&body[..], b"forbidden");
             }
             other => panic!("unexpected {other:?}"),
@@ -1685,14 +1690,14 @@ mod tests {
         // Body only partly arrived; no Content-Length; large body capped.
         let mut buf = BytesMut::from(&b"HTTP/1.1 404 Not Found\r\n\r\nno"[..]);
         match c.receive(&mut buf, &limits()) {
-            Err(HandshakeError::UnexpectedStatus { status, body }) => {
+            Err(HandshakeError::UnexpectedStatus { status, body, .. }) => {
                 assert_eq!(status, StatusCode::NOT_FOUND);
                 assert_eq!(&body[..], b"no");
             }
             other => panic!("unexpected {other:?}"),
         }
         let mut buf = BytesMut::from(&b"HTTP/1.1 500 Internal Server Error\r\n\r\n"[..]);
-        buf.extend_from_slice(&[b'x'; 10_000]);
+        buf.extend_from_slice(&vec![b'x'; MAX_ERROR_BODY_BYTES + 1000]);
         match c.receive(&mut buf, &limits()) {
             Err(HandshakeError::UnexpectedStatus { body, .. }) => {
                 assert_eq!(body.len(), MAX_ERROR_BODY_BYTES);

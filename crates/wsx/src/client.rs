@@ -304,7 +304,14 @@ impl ClientBuilder {
         stream.flush().await?;
         buf.clear();
         let limits = self.config.proto.handshake;
-        let outcome = read_head(&mut stream, &mut buf, |buf| hs.receive(buf, &limits)).await??;
+        let outcome = match read_head(&mut stream, &mut buf, |buf| hs.receive(buf, &limits)).await? {
+            Ok(outcome) => outcome,
+            Err(HandshakeError::UnexpectedStatus { status, headers, body }) => {
+                let body = read_error_body(&mut stream, &headers, body).await;
+                return Err(HandshakeError::UnexpectedStatus { status, headers, body }.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         let mut conn = Connection::client(self.config.proto.clone(), now(), OsRandom::new());
         if let Some(deflate) = &self.config.deflate {
             let answer = outcome.extensions.as_deref().unwrap_or("");
@@ -317,6 +324,47 @@ impl ClientBuilder {
         let ws = WebSocket::from_parts(stream, conn, buf, outcome.protocol, outcome.extensions);
         Ok((ws, outcome.response))
     }
+}
+
+/// How long a refused client waits for the rest of the refusal's body.
+const ERROR_BODY_WAIT: Duration = Duration::from_secs(1);
+
+/// Reads the rest of a refusal's body after what arrived with its head (`first`): up to its
+/// `Content-Length` (without one, until the server closes), at most
+/// [`MAX_ERROR_BODY_BYTES`](wsx_proto::handshake::MAX_ERROR_BODY_BYTES), for at most
+/// [`ERROR_BODY_WAIT`]. Best effort: whatever arrived is kept, a read error ends it. A chunked
+/// body is left as it arrived with the head (its chunk framing included).
+async fn read_error_body<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    headers: &HeaderMap,
+    first: bytes::Bytes,
+) -> bytes::Bytes {
+    use tokio::io::AsyncReadExt as _;
+    use wsx_proto::handshake::MAX_ERROR_BODY_BYTES;
+    if headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return first;
+    }
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let want =
+        declared.map_or(MAX_ERROR_BODY_BYTES, |d| usize::try_from(d).unwrap_or(usize::MAX).min(MAX_ERROR_BODY_BYTES));
+    if first.len() >= want {
+        return first;
+    }
+    let mut body = BytesMut::from(&first[..]);
+    let _ = tokio::time::timeout(ERROR_BODY_WAIT, async {
+        while body.len() < want {
+            let room = (want - body.len()) as u64;
+            match (&mut *stream).take(room).read_buf(&mut body).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    body.freeze()
 }
 
 fn parse_url(url: &str) -> Result<Uri, Error> {

@@ -122,7 +122,7 @@ async fn callback_refusal_reaches_our_client_as_unexpected_status() {
 
         let refused = wsx::ClientBuilder::new(url(addr)).origin("https://evil.example").connect().await;
         match refused {
-            Err(Error::Handshake(HandshakeError::UnexpectedStatus { status, body })) => {
+            Err(Error::Handshake(HandshakeError::UnexpectedStatus { status, body, .. })) => {
                 assert_eq!(status, StatusCode::FORBIDDEN);
                 assert_eq!(&body[..], b"origin not allowed");
             }

@@ -197,7 +197,7 @@ async fn plain_client_on_the_tls_port_gets_a_400_that_says_so() {
     let e = ClientBuilder::new(format!("ws://{addr}/")).handshake_timeout(WAIT).connect().await.unwrap_err();
     assert!(started.elapsed() < WAIT, "answered at once, not by a timeout");
     match e {
-        Error::Handshake(wsx::HandshakeError::UnexpectedStatus { status, body }) => {
+        Error::Handshake(wsx::HandshakeError::UnexpectedStatus { status, body, .. }) => {
             assert_eq!(status, 400);
             assert!(String::from_utf8_lossy(&body).contains("speaks TLS"), "{body:?}");
         }

@@ -99,6 +99,7 @@ mod tests {
         let status = |s: u16| {
             wsx::Error::Handshake(wsx::HandshakeError::UnexpectedStatus {
                 status: http::StatusCode::from_u16(s).unwrap(),
+                headers: Box::default(),
                 body: bytes::Bytes::new(),
             })
         };

@@ -198,6 +198,11 @@ pub struct ConnectArgs {
     /// Print the server's handshake response (status and headers).
     #[arg(short = 'v', long)]
     verbose: bool,
+    /// Print the server's handshake response on stderr: its status and headers when it accepts;
+    /// when it refuses, also its body (at most 64 KiB; the rest is not read). A refusal exits
+    /// with 1 (with --reconnect, a 5xx, 429 or 408 refusal is retried and shown each time).
+    #[arg(short = 'i', long)]
+    include: bool,
     /// wss://: also trust the CA certificates in this PEM file (besides the system's).
     #[arg(long, value_name = "FILE")]
     cacert: Option<PathBuf>,
@@ -655,11 +660,12 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
 
     // Attempts in a row that did not give a connection that stayed up.
     let mut attempt = 0;
-    let report = |text: &str| eprintln!("wsx: {text}");
-    let (mut ws, mut response) = match connect_retrying(&builder, &url, backoff, &mut attempt, None, 1, &report).await {
-        Ok(connected) => connected,
-        Err(code) => return Ok(code),
-    };
+    let report = |text: &str| eprintln!("{text}");
+    let (mut ws, mut response) =
+        match connect_retrying(&builder, &url, backoff, &mut attempt, None, args.include, &report).await {
+            Ok(connected) => connected,
+            Err(code) => return Ok(code),
+        };
 
     let (input_tx, input_rx) = mpsc::channel::<Input>(INPUT_QUEUE);
     let mut prompt = None;
@@ -704,8 +710,8 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
             // It stayed up: whatever went wrong before has passed.
             attempt = 0;
         }
-        let report = |text: &str| ui.note(Kind::Error, &format!("wsx: {text}"));
-        match connect_retrying(&builder, &url, backoff, &mut attempt, Some(line), code, &report).await {
+        let report = |text: &str| ui.note(Kind::Error, text);
+        match connect_retrying(&builder, &url, backoff, &mut attempt, Some((line, code)), args.include, &report).await {
             Ok(connected) => (ws, response) = connected,
             Err(code) => {
                 finish_terminal(&ui, prompt.as_ref()).await;
@@ -741,7 +747,7 @@ fn announce(
     interactive: bool,
     reconnected: bool,
 ) {
-    if args.verbose {
+    if args.verbose || args.include {
         let mut head = format!("{:?} {}", response.version(), response.status());
         for (name, value) in response.headers() {
             let value = escape_controls(&String::from_utf8_lossy(value.as_bytes()), false).into_owned();
@@ -767,33 +773,34 @@ fn announce(
 
 /// Connects. With `backoff`, a transient failure (see [`retry::connect_error_is_transient`]) is
 /// followed by a wait and another attempt; `reason`, if given, is why a first wait is due (the
-/// previous connection ended). `attempt` counts the attempts in a row. Returns the exit code
-/// when it gives up: 1 for a failed connection, `ended` when `--max-retries` forbids even the
-/// first attempt after a connection that ended; 130 for Ctrl-C.
+/// previous connection ended, with its exit status). `attempt` counts the attempts in a row.
+/// With `include`, refusals are shown (-i). Returns the exit code when it gives up: 1 for a
+/// failed connection, the ended connection's when `--max-retries` forbids even the first
+/// attempt after it; 130 for Ctrl-C.
 async fn connect_retrying(
     builder: &ClientBuilder,
     url: &str,
     backoff: Option<retry::Backoff>,
     attempt: &mut u32,
-    mut reason: Option<String>,
-    mut ended: u8,
+    mut after: Option<(String, u8)>,
+    include: bool,
     report: &dyn Fn(&str),
 ) -> Result<(WebSocket<MaybeTlsStream>, http::Response<()>), ExitCode> {
     loop {
-        if let (Some(why), Some(b)) = (reason.take(), backoff) {
+        if let (Some((why, ended)), Some(b)) = (after.take(), backoff) {
             *attempt += 1;
             if b.max_retries.is_some_and(|max| *attempt > max) {
                 let n = *attempt - 1;
-                report(&format!("giving up after {n} reconnect attempt{}: {why}", if n == 1 { "" } else { "s" }));
+                report(&format!("wsx: giving up after {n} reconnect attempt{}: {why}", if n == 1 { "" } else { "s" }));
                 return Err(ExitCode::from(ended));
             }
             let delay = b.delay(*attempt);
             let of = b.max_retries.map(|m| format!(" of {m}")).unwrap_or_default();
-            report(&format!("reconnecting in {:.2} s (attempt {attempt}{of}): {why}", delay.as_secs_f64()));
+            report(&format!("wsx: reconnecting in {:.2} s (attempt {attempt}{of}): {why}", delay.as_secs_f64()));
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 _ = tokio::signal::ctrl_c() => {
-                    report("interrupted");
+                    report("wsx: interrupted");
                     return Err(ExitCode::from(130));
                 }
             }
@@ -801,24 +808,48 @@ async fn connect_retrying(
         let result = tokio::select! {
             result = builder.clone().connect() => result,
             _ = tokio::signal::ctrl_c() => {
-                report("interrupted");
+                report("wsx: interrupted");
                 return Err(ExitCode::from(130));
             }
         };
         match result {
             Ok(connected) => return Ok(connected),
             Err(e) => {
+                if let (true, Some(refusal)) = (include, refusal(&e)) {
+                    report(&refusal);
+                }
                 let line = format!("cannot connect to {url}: {}", escape_controls(&e.to_string(), false));
                 if backoff.is_some() && retry::connect_error_is_transient(&e) {
-                    reason = Some(line);
-                    ended = 1;
+                    after = Some((line, 1));
                     continue;
                 }
-                report(&line);
+                report(&format!("wsx: {line}"));
                 return Err(ExitCode::from(1));
             }
         }
     }
+}
+
+/// A refused handshake as `-i` shows it: status, headers, a blank line and the body (as text,
+/// escaped; cut at the library's bound).
+fn refusal(e: &wsx::Error) -> Option<String> {
+    let wsx::Error::Handshake(wsx::HandshakeError::UnexpectedStatus { status, headers, body }) = e else {
+        return None;
+    };
+    let mut text = format!("HTTP {status}");
+    for (name, value) in headers.iter() {
+        let value = escape_controls(&String::from_utf8_lossy(value.as_bytes()), false).into_owned();
+        text.push_str(&format!("\n{name}: {value}"));
+    }
+    text.push('\n');
+    if !body.is_empty() {
+        text.push('\n');
+        text.push_str(escape_controls(String::from_utf8_lossy(body).trim_end_matches('\n'), true).as_ref());
+        if body.len() >= wsx::proto::handshake::MAX_ERROR_BODY_BYTES {
+            text.push_str(&format!("\n[body cut at {} bytes]", body.len()));
+        }
+    }
+    Some(text)
 }
 
 /// How one connection ended.

@@ -348,3 +348,51 @@ fn max_messages_waits_for_n_messages() {
     assert!(status.success(), "{status:?}\n{}", client.dump());
     assert_eq!(client.stdout(), ["p1", "p2"], "{}", client.dump());
 }
+
+/// -i on success: the 101 response's status line and headers, on stderr.
+#[test]
+fn include_shows_the_accepting_response() {
+    let server = Server::start(&["--echo"]);
+    let mut client = Client::start(&["-i", "--oneshot", "--preamble", "x", &server.url("/echo")]);
+    assert!(client.wait_exit(Duration::from_secs(10)).success(), "{}", client.dump());
+    let err = client.stderr();
+    assert!(err.iter().any(|l| l == "HTTP/1.1 101 Switching Protocols"), "{}", client.dump());
+    assert!(err.iter().any(|l| l.eq_ignore_ascii_case("upgrade: websocket")), "{}", client.dump());
+    assert_eq!(client.stdout(), ["x"]);
+}
+
+/// -i on a refusal: status, headers and body (control characters escaped), exit 1.
+#[test]
+fn include_shows_a_refusal_with_its_body() {
+    let (addr, _) = refusing_server(
+        b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 3\r\nContent-Length: 26\r\n\r\nbusy \x1b[31mred\nsecond line\n".to_vec(),
+    );
+    let mut client = Client::start(&["-i", &format!("ws://{addr}/")]);
+    assert_eq!(client.wait_exit(Duration::from_secs(10)).code(), Some(1), "{}", client.dump());
+    let err = client.stderr();
+    let at =
+        err.iter().position(|l| l == "HTTP 503 Service Unavailable").unwrap_or_else(|| panic!("{}", client.dump()));
+    assert_eq!(
+        err[at + 1..at + 6],
+        ["retry-after: 3", "content-length: 26", "", "busy \\x1b[31mred", "second line"],
+        "{}",
+        client.dump()
+    );
+    assert!(client.stdout().is_empty());
+}
+
+/// A refusal body larger than the bound is cut at 64 KiB, and the rest is not read.
+#[test]
+fn include_cuts_a_large_refusal_body() {
+    let mut response = b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4194304\r\n\r\n".to_vec();
+    response.extend(std::iter::repeat_n(b'y', 4 << 20));
+    let (addr, _) = refusing_server(response);
+    let started = Instant::now();
+    let mut client = Client::start(&["-i", &format!("ws://{addr}/")]);
+    assert_eq!(client.wait_exit(Duration::from_secs(10)).code(), Some(1), "{}", client.dump());
+    assert!(started.elapsed() < Duration::from_secs(8));
+    let err = client.stderr();
+    let body = err.iter().find(|l| l.starts_with("yyy")).unwrap_or_else(|| panic!("no body:\n{}", err.join("\n")));
+    assert_eq!(body.len(), 64 * 1024);
+    assert!(err.iter().any(|l| l == "[body cut at 65536 bytes]"), "{}", err.join("\n"));
+}

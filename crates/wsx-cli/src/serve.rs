@@ -276,6 +276,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.websocket.proto.write_timeout = (args.write_timeout > 0).then(|| Duration::from_secs(args.write_timeout));
     config.websocket.proto.slow_reader_timeout =
         (args.slow_reader_timeout > 0).then(|| Duration::from_secs(args.slow_reader_timeout));
+    // Checked once here, so a bad flag is an error at start rather than a refused handshake each.
+    config
+        .websocket
+        .proto
+        .validate()
+        .map_err(|e| anyhow::anyhow!("{e} (check --ping-timeout, --write-timeout, --slow-reader-timeout)"))?;
     let mut room_websocket = config.websocket.clone();
     room_websocket.proto.max_message_size = args.room_max_message;
     room_websocket.proto.max_frame_size = room_websocket.proto.max_frame_size.min(args.room_max_message);

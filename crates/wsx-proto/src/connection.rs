@@ -95,17 +95,21 @@ pub struct Config {
     pub max_fragments: usize,
     /// Send a ping after this long without receiving anything. Default `None` (off).
     pub keepalive_interval: Option<Duration>,
-    /// After a keepalive ping, how long to wait for any frame before failing. Default 20 s.
+    /// After a keepalive ping, how long to wait for any frame before failing. Default 20 s. A
+    /// ping queued behind output the peer has not taken yet gets this long again each time it
+    /// would run out while still queued: the peer is not taken for dead while it could not have
+    /// answered (the write and slow-reader timeouts bound how long that lasts).
     pub keepalive_timeout: Duration,
     /// Close with 1001 after this long without receiving anything. Default `None` (off).
     pub idle_timeout: Option<Duration>,
     /// After sending a close frame, how long to wait for the peer's before giving up. Default 5 s.
     pub close_timeout: Duration,
     /// The write-buffer high-water mark: while at least this many bytes are pending output, a
-    /// driver makes senders wait *and, once the peer pings, stops reading* (so a peer that does
-    /// not read cannot make us queue replies without bound), and automatic pongs are merged: pings handled between two
-    /// writes while over the mark share one pong, for the newest (RFC 6455 §5.5.3). Default
-    /// 1 MiB: more buffers more per connection, less writes in smaller pieces.
+    /// driver makes senders wait, and automatic pongs are merged: pings handled while over the
+    /// mark share one pong, for the newest (RFC 6455 §5.5.3), held until the output is below
+    /// the mark, so a peer that does not read cannot make us queue replies without bound however
+    /// long we read. Default 1 MiB: more buffers more per connection, less writes in smaller
+    /// pieces.
     pub write_buffer_high_water: usize,
     /// How long pending output may make no progress before the driver gives the connection up
     /// ([`TimeoutError::Write`]): the deadline of every write, including the close echo. The
@@ -120,7 +124,10 @@ pub struct Config {
     /// have output for it: the mark divided by this time (1 MiB / 60 s ≈ 17 KiB/s). The write
     /// timeout catches a peer that reads nothing; this catches one that reads just enough to
     /// keep it from firing (a trickle that pins a connection's buffer and its sender for ever).
-    /// Default `None` (off); `wsx serve` sets 60 s.
+    /// Default `None` (off); `wsx serve` sets 60 s. The window runs in wall time: an
+    /// application that leaves output at the mark unflushed (a cancelled `send`, a long pause
+    /// between flushes) for longer than this lets the window run out, and the next flush that
+    /// cannot finish gives the connection up.
     pub slow_reader_timeout: Option<Duration>,
     /// Bounds on the HTTP head of the opening handshake (the request a server reads, the
     /// response a client reads). Default 16 KiB, 64 header lines; a server answers 431 beyond.
@@ -160,7 +167,11 @@ impl Config {
     /// larger than a message, timeouts above zero. Drivers call it once, before a connection
     /// starts (the `wsx` crate does so in `connect` and `accept`).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(bool, &'static str); 12] = [
+        // A year: far beyond any useful timeout, and far from overflowing `Instant + Duration`.
+        const LONGEST: Duration = Duration::from_secs(365 * 24 * 3600);
+        let timeouts = [self.close_timeout, self.keepalive_timeout, self.handshake_timeout];
+        let optional = [self.keepalive_interval, self.idle_timeout, self.write_timeout, self.slow_reader_timeout];
+        let checks: [(bool, &'static str); 13] = [
             (self.max_frame_size > 0, "max_frame_size must be above 0"),
             (self.max_message_size > 0, "max_message_size must be above 0"),
             (self.max_frame_size <= self.max_message_size, "max_frame_size must not exceed max_message_size"),
@@ -173,11 +184,12 @@ impl Config {
             (self.handshake.max_head_bytes > 0, "handshake.max_head_bytes must be above 0"),
             (self.handshake.max_headers > 0, "handshake.max_headers must be above 0"),
             (
-                [self.keepalive_interval, self.idle_timeout, self.write_timeout, self.slow_reader_timeout]
-                    .iter()
-                    .flatten()
-                    .all(|d| !d.is_zero()),
+                optional.iter().flatten().all(|d| !d.is_zero()),
                 "keepalive_interval, idle_timeout, write_timeout and slow_reader_timeout must be above 0 when set",
+            ),
+            (
+                timeouts.iter().chain(optional.iter().flatten()).all(|d| *d <= LONGEST),
+                "timeouts and intervals must not exceed a year",
             ),
         ];
         match checks.iter().find(|(ok, _)| !ok) {
@@ -287,6 +299,9 @@ pub struct Connection {
     close_received: Option<Option<CloseFrame>>,
     last_received: Instant,
     ping_deadline: Option<Instant>,
+    /// Where our last keepalive ping ends in the output stream ([`OutBuf::written`] counts):
+    /// until that much has been written, the peer cannot have answered it.
+    ping_end: u64,
     close_deadline: Option<Instant>,
     pings_sent: u64,
     /// The pong owed for the newest ping, held back while output is over the high-water mark
@@ -331,6 +346,7 @@ impl Connection {
             close_received: None,
             last_received: now,
             ping_deadline: None,
+            ping_end: 0,
             close_deadline: None,
             pings_sent: 0,
             held_pong: None,
@@ -381,7 +397,11 @@ impl Connection {
     /// Bytes to write to the transport. Write them with `Buf` methods; they are consumed as they
     /// are advanced over.
     pub fn output(&mut self) -> &mut OutBuf {
-        self.release_held_pong();
+        // A pong held while the output was at the mark waits until it is below it again: a ping
+        // flood from a peer that does not read costs one pong, however long the driver reads.
+        if self.out.len() < self.config.write_buffer_high_water {
+            self.release_held_pong();
+        }
         &mut self.out
     }
 
@@ -392,10 +412,9 @@ impl Connection {
     }
 
     /// Whether pending output is at or over [`Config::write_buffer_high_water`]: a driver then
-    /// makes senders wait until the transport takes some of it, and stops reading once the peer
-    /// pings.
+    /// makes senders wait until the transport takes some of it.
     pub fn is_output_full(&self) -> bool {
-        // Never full when empty, whatever the mark (a mark of 0 must not stop reading forever).
+        // Never full when empty, whatever the mark (a mark of 0 must not hold senders forever).
         let pending = self.pending_output();
         pending > 0 && pending >= self.config.write_buffer_high_water
     }
@@ -1168,7 +1187,16 @@ impl Connection {
         } else if self.config.idle_timeout.is_some_and(|t| now >= self.last_received + t) {
             Some(TimeoutError::Idle)
         } else if self.ping_deadline.is_some_and(|d| now >= d) {
-            Some(TimeoutError::Keepalive)
+            if self.out.written() < self.ping_end {
+                // Our ping still waits behind output the peer has not taken: it cannot have been
+                // answered. Its timeout runs again from now (a peer that takes nothing meets the
+                // write and slow-reader timeouts instead), so a peer that reads a backlog slowly
+                // but steadily is not taken for dead.
+                self.ping_deadline = Some(now + self.config.keepalive_timeout);
+                None
+            } else {
+                Some(TimeoutError::Keepalive)
+            }
         } else {
             None
         };
@@ -1182,6 +1210,7 @@ impl Connection {
                 self.pings_sent += 1;
                 let payload = Bytes::copy_from_slice(&self.pings_sent.to_be_bytes());
                 self.write_frame(OpCode::Ping, true, payload);
+                self.ping_end = self.out.written() + self.out.len() as u64;
                 self.ping_deadline = Some(now + self.config.keepalive_timeout);
             }
         }

@@ -19,6 +19,8 @@ pub struct OutBuf {
     tail: BytesMut,
     /// Total bytes pending (chunks + tail).
     len: usize,
+    /// Total bytes taken out (advanced over) so far.
+    written: u64,
 }
 
 impl OutBuf {
@@ -33,6 +35,12 @@ impl OutBuf {
     /// Whether nothing is waiting.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Bytes taken out so far (advanced over): with [`len`](Self::len), where in the stream of
+    /// output a queued frame ends, and whether it has left.
+    pub fn written(&self) -> u64 {
+        self.written
     }
 
     /// The buffer to encode small frames into. Callers must call [`Self::commit`] with the number
@@ -86,6 +94,7 @@ impl Buf for OutBuf {
     fn advance(&mut self, mut cnt: usize) {
         assert!(cnt <= self.len, "advance past the end of OutBuf");
         self.len -= cnt;
+        self.written += cnt as u64;
         while cnt > 0 {
             match self.chunks.front_mut() {
                 Some(front) if front.len() <= cnt => {

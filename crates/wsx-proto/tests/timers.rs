@@ -258,3 +258,35 @@ fn no_keepalive_ping_while_closing() {
     assert!(p.client.errors.is_empty());
     assert_eq!(p.client.conn.pending_output(), 0, "a ping was sent after close");
 }
+
+/// A keepalive ping queued behind output the peer has not taken cannot have been answered: its
+/// timeout starts over while it waits, and runs out only once the ping has left.
+#[test]
+fn a_ping_stuck_behind_untaken_output_does_not_time_out_until_it_leaves() {
+    let now = std::time::Instant::now();
+    let mut server = wsx_proto::Connection::server(keepalive_config(), now);
+    // A backlog the peer has not taken: 64 KiB of our own.
+    server.send(Message::binary(vec![1u8; 64 * 1024])).unwrap();
+    let backlog = server.pending_output();
+    let t_ping = now + Duration::from_secs(10);
+    server.handle_timeout(t_ping).unwrap();
+    assert!(server.pending_output() > backlog, "the ping was queued");
+    // The answer's deadline passes with the ping still queued: not a timeout.
+    let t1 = t_ping + Duration::from_secs(5);
+    assert_eq!(server.poll_timeout(), Some(t1));
+    assert_eq!(server.handle_timeout(t1), Ok(()));
+    assert_eq!(server.state(), State::Open);
+    assert_eq!(server.poll_timeout(), Some(t1 + Duration::from_secs(5)));
+    // Part of the backlog leaves; the ping has not: still no timeout.
+    bytes::Buf::advance(server.output(), backlog / 2);
+    let t2 = t1 + Duration::from_secs(5);
+    assert_eq!(server.handle_timeout(t2), Ok(()));
+    // Everything leaves, the ping included; no answer within the timeout: the peer is gone.
+    let rest = server.pending_output();
+    bytes::Buf::advance(server.output(), rest);
+    let t3 = t2 + Duration::from_secs(5);
+    assert_eq!(server.poll_timeout(), Some(t3));
+    assert_eq!(server.handle_timeout(t3 - MS), Ok(()));
+    assert_eq!(server.handle_timeout(t3), Err(Error::Timeout(TimeoutError::Keepalive)));
+    assert_eq!(server.state(), State::Closed);
+}

@@ -16,9 +16,9 @@
 //!
 //! - While pending output is at or over the high-water mark
 //!   ([`Config::write_buffer_high_water`](wsx_proto::Config::write_buffer_high_water)), senders
-//!   wait, and `recv` stops reading once the peer pings (a peer that does not read cannot make us
-//!   queue pongs or echoes without bound). Output that is only our own messages does not stop
-//!   reading: two peers each sending more than the mark at once must not wait on each other.
+//!   wait. `recv` reads on: a peer that does not read can make us owe it at most one pong (the
+//!   connection holds the newest ping's pong until the output is below the mark) and one close
+//!   echo, so two peers each sending more than the mark at once never wait on each other.
 //! - A write that makes no progress for the write timeout fails the connection
 //!   ([`TimeoutError::Write`](wsx_proto::error::TimeoutError::Write)); this bounds `send`,
 //!   `flush`, the close echo and the wind-down.
@@ -166,9 +166,6 @@ struct ReadState {
     /// How much room the next read gets: doubles when a read fills it, halves when reads stay
     /// small.
     read_size: usize,
-    /// The peer pinged while our output was at or over the high-water mark: reading stops until
-    /// the output is below it again (see the backpressure step of `poll_recv_event`).
-    pinged_while_full: bool,
 }
 
 impl ReadState {
@@ -489,7 +486,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
                     continue;
                 }
                 Ok(Some(Err(ev))) => {
-                    self.read.pinged_while_full |= ev.is_ping() && self.conn.is_output_full();
                     // Corking: what is pending (replies the application fed while handling this
                     // batch, pongs) leaves in one write once the batch is handled: with the next
                     // `send` or `flush`, or before the next read. Only a ping that ends the batch
@@ -527,21 +523,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
                 // A timer that came due during the flush closed the connection: report it.
                 continue;
             }
-            let full = self.conn.is_output_full();
-            self.read.pinged_while_full &= full;
-            if full && self.read.pinged_while_full && !self.write.broken {
-                // Backpressure: the peer makes us owe it replies (pongs) while it does not take
-                // our output; read nothing more until it takes some. Output that is only our own
-                // messages does not stop reading: two peers each sending more than the mark at
-                // once would otherwise wait on each other until the write timeout. The flush
-                // above registered for write readiness and the write deadline.
-                if let Some(deadline) = self.conn.poll_timeout() {
-                    if self.read.timer.poll(cx, deadline) {
-                        continue;
-                    }
-                }
-                return Poll::Pending;
-            }
+            // Reading goes on whatever our output holds: what the peer can make us owe it while it
+            // does not read is bounded in the connection (one pong while the output is at the
+            // mark, one close echo), and a data message reaches the application, whose `send`
+            // waits at the mark. Stopping here made two peers that each send more than the mark
+            // at once (or ping each other meanwhile) wait on each other until the write timeout.
             if read_this_poll >= budget {
                 cx.waker().wake_by_ref();
                 return Poll::Pending;

@@ -55,10 +55,10 @@ pub struct WebSocketConfig {
 /// # Backpressure and deadlines
 ///
 /// While at least [`write_buffer_high_water`](wsx_proto::Config::write_buffer_high_water) bytes
-/// wait to be written, `send` and `feed` wait, and once the peer pings meanwhile `recv` reads
-/// nothing more (pings are still answered from what was read, one pong for the newest); until
-/// then `recv` goes on reading, so two peers that both send big messages at once both progress. A write that makes no progress for
-/// the [`write_timeout`](wsx_proto::Config::write_timeout) fails the connection with
+/// wait to be written, `send` and `feed` wait; `recv` reads on (pings are answered, but while
+/// the output is at the mark only the newest keeps its pong, held until the output is below
+/// it), so two peers that both send big messages at once both progress. A write that makes no
+/// progress for the [`write_timeout`](wsx_proto::Config::write_timeout) fails the connection with
 /// [`TimeoutError::Write`](wsx_proto::error::TimeoutError::Write); with a
 /// [`slow_reader_timeout`](wsx_proto::Config::slow_reader_timeout), so does a peer that, with
 /// output at the mark, takes less than a mark's worth of it within that time
@@ -125,9 +125,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// connection wind down; it then returns `None`.
     ///
     /// Timers (keepalive, idle, close timeout) are armed while `recv` is awaited; a due timer
-    /// also runs in `send`/`flush`. While output is over the high-water mark and the peer has
-    /// pinged, `recv` reads nothing new until the peer takes some of it (or the write timeout
-    /// fails the connection).
+    /// also runs in `send`/`flush`. `recv` reads on while output is over the high-water mark
+    /// (what the peer can make us owe it meanwhile is bounded: one pong, one close echo).
     /// After the transport ends, [`state`](Self::state) is [`State::Closed`].
     ///
     /// **Cancel safety**: cancel-safe. All progress lives in the `WebSocket`, so using `recv` in

@@ -157,9 +157,9 @@ async fn peer_close_while_the_split_writer_is_blocked() {
     assert_eq!(reader.state(), State::Closed);
 }
 
-/// Defect 2: a peer floods pings and never reads. The server must stop reading once its output
-/// is over the high-water mark (and answer only the newest ping meanwhile), so its pending
-/// output stays bounded and the peer's writes stall.
+/// Defect 2: a peer floods pings and never reads. Once the server's output is at the
+/// high-water mark, only the newest ping keeps its pong, held until the output drains: the
+/// server reads the whole flood and its pending output stays at the mark plus one pong.
 #[tokio::test]
 async fn ping_flood_from_a_peer_that_never_reads_stays_bounded() {
     const HIGH_WATER: usize = 64 * 1024;
@@ -182,8 +182,8 @@ async fn ping_flood_from_a_peer_that_never_reads_stays_bounded() {
     let batch: Vec<u8> = ping.iter().copied().cycle().take(ping.len() * 500).collect();
     let mut written = 0usize;
     let flood = async {
-        // Up to 64 MiB of pings, or until the server stops taking them for a while.
-        while written < 64 << 20 {
+        // 8 MiB of pings, or until the server stops taking them for a while.
+        while written < 8 << 20 {
             match tokio::time::timeout(Duration::from_millis(500), peer.write_all(&batch)).await {
                 Ok(Ok(())) => written += batch.len(),
                 Ok(Err(e)) => panic!("peer write: {e}"),
@@ -196,7 +196,8 @@ async fn ping_flood_from_a_peer_that_never_reads_stays_bounded() {
     // Past the mark, the pings of a read share one pong: without merging, a 16 KiB read of pings
     // would add 16 KiB of pongs over the mark.
     assert!(max <= HIGH_WATER + 1024, "pending output grew to {max} bytes (mark {HIGH_WATER})");
-    assert!(written < 8 << 20, "the server kept reading: it took {written} bytes of pings");
+    assert!(written >= 8 << 20, "the server stopped reading after {written} bytes of pings");
+    assert!(max >= HIGH_WATER, "the output never reached the mark ({max} bytes)");
     server_task.abort();
 }
 
@@ -526,7 +527,8 @@ async fn without_the_bound_a_trickle_reader_is_never_cut_off() {
 async fn a_reader_that_keeps_up_is_never_cut_off() {
     let config = server_config(|c| {
         c.write_buffer_high_water = 32 * 1024;
-        c.slow_reader_timeout = Some(Duration::from_millis(200));
+        // Long enough that a loaded machine's pauses do not matter, short against the run.
+        c.slow_reader_timeout = Some(Duration::from_millis(500));
     });
     let (mut server, mut peer) = server_and_raw_peer(4096, config).await;
     let reader = tokio::spawn(async move {
@@ -537,7 +539,7 @@ async fn a_reader_that_keeps_up_is_never_cut_off() {
         }
         taken
     });
-    let (err, max_pending) = send_until(&mut server, Duration::from_secs(1)).await;
+    let (err, max_pending) = send_until(&mut server, Duration::from_secs(2)).await;
     assert!(err.is_none(), "{err:?}");
     assert!(max_pending >= 32 * 1024, "the output never reached the mark ({max_pending} bytes)");
     drop(server);

@@ -119,6 +119,10 @@ async fn contradictory_limits_are_refused_before_the_connection_starts() {
         |c: &mut wsx::proto::Config| c.write_timeout = Some(Duration::ZERO),
         |c: &mut wsx::proto::Config| c.handshake_timeout = Duration::ZERO,
         |c: &mut wsx::proto::Config| c.handshake.max_headers = 0,
+        |c: &mut wsx::proto::Config| c.slow_reader_timeout = Some(Duration::ZERO),
+        // Beyond a year a deadline could overflow `Instant`: refused up front.
+        |c: &mut wsx::proto::Config| c.write_timeout = Some(Duration::from_secs(u64::MAX)),
+        |c: &mut wsx::proto::Config| c.keepalive_timeout = Duration::from_secs(400 * 24 * 3600),
     ] {
         let mut c = wsx::proto::Config::default();
         zero(&mut c);

@@ -396,3 +396,28 @@ fn include_cuts_a_large_refusal_body() {
     assert_eq!(body.len(), 64 * 1024);
     assert!(err.iter().any(|l| l == "[body cut at 65536 bytes]"), "{}", err.join("\n"));
 }
+
+/// A connection that stayed open at least --reconnect-max-delay resets the attempt counter:
+/// with --max-retries 1, a server that restarts every second is followed for ever.
+#[test]
+fn a_connection_that_stayed_up_resets_the_counter() {
+    let server = Server::start(&[]);
+    let mut client = Client::start(&[
+        "--reconnect",
+        "--reconnect-delay",
+        "0.1",
+        "--reconnect-max-delay",
+        "0.4",
+        "--max-retries",
+        "1",
+        "--preamble",
+        "p",
+        &server.url("/close?code=1012&after=800"),
+    ]);
+    client.wait_for("three connections", Duration::from_secs(15), |out, _| count(out, "p") >= 3);
+    client.close_stdin();
+    let status = client.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}\n{}", client.dump());
+    let attempts = reconnects(&client.stderr());
+    assert!(attempts.len() >= 2 && attempts.iter().all(|(n, _)| *n == 1), "{}", client.dump());
+}

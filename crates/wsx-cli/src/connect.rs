@@ -255,8 +255,9 @@ pub struct ConnectArgs {
     /// not connect, 2 if it connected and then ended abnormally). Default: never give up.
     #[arg(long, value_name = "N")]
     max_retries: Option<u32>,
-    /// Send TEXT as a text message as soon as the connection opens (and again after every
-    /// reconnect), before anything from stdin (repeatable, sent in order).
+    /// Send TEXT as a text message (binary with --binary) as soon as the connection opens, and
+    /// again after every reconnect, before anything from stdin (repeatable; --preamble and
+    /// --preamble-file are sent in the order given).
     #[arg(long, value_name = "TEXT")]
     preamble: Vec<String>,
     /// Send the contents of FILE as one message after each (re)connect, like --preamble: text

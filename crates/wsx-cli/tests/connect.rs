@@ -809,3 +809,39 @@ fn connect_timeout_bounds_a_server_that_never_answers_the_handshake() {
     assert!(run.stderr.contains("timed out after 1s"), "{}", run.stderr);
     assert!(started.elapsed() < Duration::from_secs(5), "--connect-timeout 1 took {:?}", started.elapsed());
 }
+
+#[test]
+fn interactive_session_survives_a_reconnect() {
+    // The first connection is closed with 1012 (service restart); the next ones echo.
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let addr = server(move |tcp| {
+        let n = connections.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            let Ok(mut ws) = wsx::accept(tcp).await else { return };
+            if n == 0 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let _ = ws.close(CloseCode(1012), "").await;
+                while ws.recv().await.is_some() {}
+                return;
+            }
+            while let Some(Ok(msg)) = ws.recv().await {
+                if msg.is_data() && ws.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let command = format!(
+        "env NO_COLOR=1 WSX_HISTORY= {WSX} connect --reconnect --reconnect-delay 0.1 {}; echo \"rc=$?\"; sleep 30",
+        url(addr)
+    );
+    let tmux = Tmux::start(&command);
+    tmux.wait_for("/help lists the commands");
+    tmux.wait_for("(attempt 1): closed: 1012 service restart");
+    // The prompt works on the new connection.
+    tmux.keys(&["after the restart", "Enter"]);
+    tmux.wait_for("< after the restart");
+    tmux.keys(&["C-d"]);
+    let screen = tmux.wait_for("rc=");
+    assert!(screen.contains("rc=0"), "{screen}");
+}

@@ -321,13 +321,14 @@ test('the demo page shows the connection, files and close events', T, async () =
     assert.match(await alice.textContent('#extensions'), /^"permessage-deflate/);
     assert.equal(await alice.textContent('#buffered'), '0');
 
-    // The page closes with 4000: its close table shows the server's answer.
+    // The page closes with 4000 "brb": its close table shows the server's answer, the same code
+    // and reason.
     await alice.fill('#close-code', '4000');
     await alice.fill('#close-reason', 'brb');
     await alice.click('#disconnect');
     const pageRow = alice.locator('#closes tr', { hasText: '4000' });
     await pageRow.waitFor();
-    assert.deepEqual((await pageRow.locator('td').allTextContents()).slice(2), ['4000', '""', 'true']);
+    assert.deepEqual((await pageRow.locator('td').allTextContents()).slice(2), ['4000', '"brb"', 'true']);
     await alice.locator('#state', { hasText: '3 CLOSED' }).waitFor();
 
     // The server closes a connection opened on /close: its code and reason in the table.

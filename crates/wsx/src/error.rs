@@ -102,14 +102,14 @@ impl Error {
     /// when we failed the connection, or 1006 when the connection died without a close frame.
     pub fn close_code(&self) -> Option<wsx_proto::CloseCode> {
         match self {
-            // The peer went silent (keepalive) or never answered our close frame (close): the
-            // connection ended without a closing handshake, as a browser reports it.
+            // The peer went silent (keepalive), never answered our close frame (close), or took
+            // too little of our output (write, slow reader): the connection ended without a
+            // closing handshake, as a browser reports it.
             Self::Proto(wsx_proto::Error::Timeout(
-                wsx_proto::error::TimeoutError::Keepalive | wsx_proto::error::TimeoutError::Close,
-            )) => Some(wsx_proto::CloseCode::ABNORMAL),
-            // Nothing could be written: the connection ended without a close frame.
-            Self::Proto(wsx_proto::Error::Timeout(
-                wsx_proto::error::TimeoutError::Write | wsx_proto::error::TimeoutError::SlowReader,
+                wsx_proto::error::TimeoutError::Keepalive
+                | wsx_proto::error::TimeoutError::Close
+                | wsx_proto::error::TimeoutError::Write
+                | wsx_proto::error::TimeoutError::SlowReader,
             )) => Some(wsx_proto::CloseCode::ABNORMAL),
             Self::Proto(e) => e.close_code(),
             Self::AbnormalClosure | Self::Io(_) | Self::Tls(_) => Some(wsx_proto::CloseCode::ABNORMAL),

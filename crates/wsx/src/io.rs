@@ -201,7 +201,7 @@ struct WriteState {
     deadline: Option<Instant>,
     /// When pending output was seen at or over the high-water mark: the start of the window in
     /// which the peer must take a mark's worth of it (the slow-reader timeout). Cleared once
-    /// the output is all written.
+    /// the output is all written, or below the mark when a window ends.
     full_since: Option<Instant>,
     /// Bytes written since `full_since`.
     taken_since_full: usize,

@@ -135,6 +135,7 @@ EXPECTATION = {"axum": "server"}
 def compare_role(
     role: str,
     args: argparse.Namespace,
+    role_cases: dict[str, list[str]],
     wall: str | None,
     error: str | None,
     agent: str | None,
@@ -151,11 +152,12 @@ def compare_role(
         print(f"{role}: FAILED: cannot read expectation {expected_path}: {exc}")
         print(f"{role}: wall time {wall_text}")
         return False
-    if args.cases:
+    globs = role_cases.get(role) or args.cases
+    if globs:
         expected = {
             c: v
             for c, v in expected.items()
-            if any(fnmatch.fnmatchcase(c, g) for g in args.cases)
+            if any(fnmatch.fnmatchcase(c, g) for g in globs)
         }
 
     got: dict = {}
@@ -245,16 +247,28 @@ def main() -> int:
         help="only compare expected cases matching these globs (as passed to kosoku -i)",
     )
     ap.add_argument(
+        "--role-cases",
+        action="append",
+        metavar="ROLE=GLOB",
+        help="only compare ROLE's expected cases matching these globs (instead of --cases)",
+    )
+    ap.add_argument(
         "--max-diffs", type=int, default=100, help="mismatches printed per role (0 = all)"
     )
     args = ap.parse_args()
     walls = parse_kv(args.wall, "wall")
     errors = parse_kv(args.error, "error")
     agents = parse_kv(args.agent, "agent")
+    role_cases: dict[str, list[str]] = {}
+    for item in args.role_cases or []:
+        role, sep, glob = item.partition("=")
+        if not sep or not glob:
+            ap.error(f"--role-cases {item!r}: expected ROLE=GLOB")
+        role_cases.setdefault(role, []).append(glob)
 
     passed = failed = 0
     for role in dict.fromkeys(args.roles):
-        if compare_role(role, args, walls.get(role), errors.get(role), agents.get(role)):
+        if compare_role(role, args, role_cases, walls.get(role), errors.get(role), agents.get(role)):
             passed += 1
         else:
             failed += 1

@@ -11,6 +11,8 @@
 //! | anything else                      | 404                                                | `--static` file or 404 |
 //!
 //! With `--echo` every path echoes (the Autobahn conformance setup).
+//! With `--exec PROGRAM [ARGS]...` every path runs the program, one per connection: its stdout
+//! lines are sent as messages, the messages go to its stdin (websocketd; see [`exec`]).
 //!
 //! - **Subprotocols**: the server selects, in its own order of preference, the first of its
 //!   subprotocols (`--subprotocol`, repeatable; by default [`PROTOCOLS`]: `chat.v1`, `echo.v1`)
@@ -61,6 +63,7 @@ use wsx::{
     Accept, CloseCode, CloseFrame, Incoming, Message, Rejection, ServerConfig, State, WebSocket, WebSocketConfig,
 };
 
+mod exec;
 mod host;
 mod http;
 mod tls;
@@ -193,6 +196,8 @@ pub struct ServeArgs {
     presence_ttl: u64,
     #[command(flatten)]
     tls: tls::TlsArgs,
+    #[command(flatten)]
+    exec: exec::ExecArgs,
 }
 
 /// Everything a connection needs to know about the server.
@@ -214,6 +219,8 @@ struct Server {
     per_ip: wsx::limit::PerIpLimit,
     /// With `--tls-cert`/`--tls-key` or `--tls-self-signed`: every connection speaks TLS.
     tls: Option<wsx::tls::TlsAcceptor>,
+    /// `--exec`: the program each connection runs.
+    exec: Option<exec::Exec>,
 }
 
 impl Server {
@@ -236,6 +243,8 @@ enum Route {
     Hub,
     /// Echo, and close with this frame after this long.
     Close(CloseFrame, Duration),
+    /// `--exec`: the program, with these variables (set once the request is accepted).
+    Exec(exec::Env),
 }
 
 /// Runs the server until SIGINT or SIGTERM.
@@ -297,6 +306,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         None => Hub::local(hub_config),
         Some(url) => Hub::redis(url, hub_config).await.with_context(|| format!("--bus {url}"))?,
     };
+    let write_timeout = config.websocket.proto.write_timeout;
+    let exec = exec::Exec::new(&args.exec, listener.local_addr()?.port(), tls.is_some(), write_timeout)?;
     let server = Arc::new(Server {
         config,
         room_websocket,
@@ -316,12 +327,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             handshake_rate: (args.handshake_rate_per_ip > 0).then_some(args.handshake_rate_per_ip),
             handshake_burst: 0,
         }),
+        exec,
         tls,
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let addr = listener.local_addr()?;
     let mode = if args.echo { "echo on every path" } else { "demo, /echo, /room/{name}, /hub, /close" };
+    let mode = if server.exec.is_some() { "run the --exec program for every connection" } else { mode };
     let scheme = if server.tls.is_some() { "https" } else { "http" };
     tracing::info!(%addr, mode, "wsx serve listening on {scheme}://{addr}/");
 
@@ -453,6 +466,10 @@ async fn connection<S: Io>(server: Arc<Server>, stream: S, peer: SocketAddr, mut
             };
             wsx_hub::session::hub_member(&mut ws, &server.hub, shutdown).await.into()
         }
+        Route::Exec(env) => match &server.exec {
+            Some(exec) => exec.run(ws, env, peer, shutdown).await,
+            None => Outcome { error: Some("no --exec program".to_owned()), ..Outcome::default() },
+        },
     };
     let ms = started.elapsed().as_millis() as u64;
     tracing::info!(%peer, path, code = outcome.code, by = outcome.by, ms, error = outcome.error.as_deref(), "closed");
@@ -460,7 +477,8 @@ async fn connection<S: Io>(server: Arc<Server>, stream: S, peer: SocketAddr, mut
 
 /// An accepted WebSocket: its route, its path, and its place under `--max-connections`.
 /// The places a connection holds under the server's limits, for its life.
-type Permits = (Option<wsx::limit::ConnectionPermit>, wsx::limit::PerIpPermit);
+/// The third is the place under `--exec-max` of a connection that runs a program.
+type Permits = (Option<wsx::limit::ConnectionPermit>, wsx::limit::PerIpPermit, Option<wsx::limit::ConnectionPermit>);
 type Upgraded<S> = (WebSocket<S>, Route, String, Permits);
 
 /// Reads the request and answers it: plain HTTP, a refusal, or the upgrade.
@@ -481,6 +499,7 @@ async fn handshake<S: Io>(server: &Server, stream: S, peer: SocketAddr) -> Optio
     let uri = incoming.request().uri();
     let path = uri.path_and_query().map_or_else(|| uri.to_string(), |p| p.as_str().to_owned());
     let route = if server.echo_everywhere { Ok(Some(Route::Echo)) } else { route(uri) };
+    let route = if server.exec.is_some() { Ok(Some(Route::Exec(Vec::new()))) } else { route };
 
     let host_check = server.hosts.check(incoming.request().version(), incoming.request().headers());
 
@@ -560,13 +579,24 @@ async fn handshake<S: Io>(server: &Server, stream: S, peer: SocketAddr) -> Optio
             }
         },
     };
+    // --exec: a place under --exec-max (else 503), and the program's variables.
+    let (route, exec_permit) = match (route, &server.exec) {
+        (Route::Exec(_), Some(exec)) => match exec.try_acquire() {
+            Ok(permit) => (Route::Exec(exec.env(incoming.request(), peer, protocol.as_deref())), permit),
+            Err(rejection) => {
+                refuse(incoming, rejection, peer, &path).await;
+                return None;
+            }
+        },
+        (route, _) => (route, None),
+    };
     let accept = Accept { protocol, headers: HeaderMap::new() };
     let config = match route {
         Route::Room(_) | Route::Hub => &server.room_websocket,
         _ => &server.config.websocket,
     };
     match incoming.accept(&upgrade, accept, config).await {
-        Ok(ws) => Some((ws, route, path, (permit, per_ip))),
+        Ok(ws) => Some((ws, route, path, (permit, per_ip, exec_permit))),
         Err(e) => {
             tracing::info!(%peer, path, error = %e, "handshake failed");
             None

@@ -24,6 +24,13 @@ impl Server {
         Self::spawn(cmd)
     }
 
+    /// `wsx serve` with these variables added to its environment.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(WSX);
+        cmd.args(["serve", "--addr", "127.0.0.1:0"]).args(args).envs(env.iter().copied());
+        Self::spawn(cmd)
+    }
+
     /// `wsx serve` on a given address (e.g. the one of a server that was killed, to restart it).
     pub fn start_at(addr: SocketAddr, args: &[&str]) -> Self {
         let mut cmd = Command::new(WSX);

@@ -3,6 +3,7 @@
 use clap::{FromArgMatches as _, Parser, Subcommand};
 
 mod bench;
+mod bridge;
 mod connect;
 mod serve;
 

@@ -13,6 +13,10 @@
 //! With `--echo` every path echoes (the Autobahn conformance setup).
 //! With `--exec PROGRAM [ARGS]...` every path runs the program, one per connection: its stdout
 //! lines are sent as messages, the messages go to its stdin (websocketd; see [`exec`]).
+//! With `--forward tcp:HOST:PORT` every path is bridged to a new TCP connection to HOST:PORT
+//! (websockify): bytes both ways as binary messages, text messages passed on as their bytes;
+//! a target that cannot be reached refuses the upgrade with 502 (see [`forward`],
+//! [`crate::bridge`]).
 //!
 //! - **Subprotocols**: the server selects, in its own order of preference, the first of its
 //!   subprotocols (`--subprotocol`, repeatable; by default [`PROTOCOLS`]: `chat.v1`, `echo.v1`)
@@ -64,6 +68,7 @@ use wsx::{
 };
 
 mod exec;
+mod forward;
 mod host;
 mod http;
 mod tls;
@@ -194,6 +199,15 @@ pub struct ServeArgs {
     /// Seconds a member of a dead node stays in presence (with --bus).
     #[arg(long, default_value_t = 15, value_name = "SECONDS")]
     presence_ttl: u64,
+    /// Bridge every WebSocket connection, on every path, to a new TCP connection to HOST:PORT
+    /// (like websockify): bytes both ways as binary messages; a text message's bytes are passed
+    /// on too. The TCP connection is made before the upgrade is answered: if it fails (refused,
+    /// or not within 10 s) the upgrade is refused with 502. The target's end of stream closes
+    /// the WebSocket with 1000 (after everything before it was sent), a TCP error with 1011;
+    /// the client's close shuts the TCP connection down (both ways). One log line per bridge:
+    /// bytes each way, duration. Plain HTTP (the demo page, --static) is unchanged.
+    #[arg(long, value_name = "tcp:HOST:PORT", value_parser = forward::parse_target, conflicts_with_all = ["echo", "exec"])]
+    forward: Option<forward::Target>,
     #[command(flatten)]
     tls: tls::TlsArgs,
     #[command(flatten)]
@@ -207,6 +221,8 @@ struct Server {
     /// size limit.
     room_websocket: WebSocketConfig,
     echo_everywhere: bool,
+    /// `--forward`: every WebSocket is bridged to a new TCP connection to this target.
+    forward: Option<forward::Target>,
     hosts: HostPolicy,
     origins: OriginPolicy,
     site: http::Site,
@@ -243,6 +259,9 @@ enum Route {
     Hub,
     /// Echo, and close with this frame after this long.
     Close(CloseFrame, Duration),
+    /// `--forward`: a bridge to the target; the connection to it, once made (before the
+    /// upgrade is accepted).
+    Forward(Option<TcpStream>),
     /// `--exec`: the program, with these variables (set once the request is accepted).
     Exec(exec::Env),
 }
@@ -312,6 +331,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         config,
         room_websocket,
         echo_everywhere: args.echo,
+        forward: args.forward.clone(),
         hosts,
         origins,
         site: http::Site { static_root },
@@ -334,6 +354,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut tasks = JoinSet::new();
     let addr = listener.local_addr()?;
     let mode = if args.echo { "echo on every path" } else { "demo, /echo, /room/{name}, /hub, /close" };
+    let mode = if args.forward.is_some() { "forward every path to the --forward target" } else { mode };
     let mode = if server.exec.is_some() { "run the --exec program for every connection" } else { mode };
     let scheme = if server.tls.is_some() { "https" } else { "http" };
     tracing::info!(%addr, mode, "wsx serve listening on {scheme}://{addr}/");
@@ -388,8 +409,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// SIGINT and SIGTERM (Ctrl-C elsewhere).
-struct Signals {
+/// SIGINT and SIGTERM (Ctrl-C elsewhere); `wsx connect --listen` waits for them too.
+pub(crate) struct Signals {
     #[cfg(unix)]
     interrupt: tokio::signal::unix::Signal,
     #[cfg(unix)]
@@ -397,7 +418,7 @@ struct Signals {
 }
 
 impl Signals {
-    fn new() -> std::io::Result<Self> {
+    pub(crate) fn new() -> std::io::Result<Self> {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{signal, SignalKind};
@@ -407,7 +428,7 @@ impl Signals {
         Ok(Self {})
     }
 
-    async fn recv(&mut self) -> &'static str {
+    pub(crate) async fn recv(&mut self) -> &'static str {
         #[cfg(unix)]
         {
             tokio::select! {
@@ -466,6 +487,16 @@ async fn connection<S: Io>(server: Arc<Server>, stream: S, peer: SocketAddr, mut
             };
             wsx_hub::session::hub_member(&mut ws, &server.hub, shutdown).await.into()
         }
+        Route::Forward(tcp) => match (tcp, &server.forward) {
+            (Some(tcp), Some(target)) => {
+                let shutdown = async move {
+                    let _ = shutdown.wait_for(|&down| down).await;
+                };
+                let write_timeout = server.config.websocket.proto.write_timeout;
+                forward::bridge(ws, tcp, target, peer, write_timeout, shutdown).await
+            }
+            _ => Outcome { error: Some("no connection to the forward target".to_owned()), ..Outcome::default() },
+        },
         Route::Exec(env) => match &server.exec {
             Some(exec) => exec.run(ws, env, peer, shutdown).await,
             None => Outcome { error: Some("no --exec program".to_owned()), ..Outcome::default() },
@@ -499,6 +530,7 @@ async fn handshake<S: Io>(server: &Server, stream: S, peer: SocketAddr) -> Optio
     let uri = incoming.request().uri();
     let path = uri.path_and_query().map_or_else(|| uri.to_string(), |p| p.as_str().to_owned());
     let route = if server.echo_everywhere { Ok(Some(Route::Echo)) } else { route(uri) };
+    let route = if server.forward.is_some() { Ok(Some(Route::Forward(None))) } else { route };
     let route = if server.exec.is_some() { Ok(Some(Route::Exec(Vec::new()))) } else { route };
 
     let host_check = server.hosts.check(incoming.request().version(), incoming.request().headers());
@@ -578,6 +610,17 @@ async fn handshake<S: Io>(server: &Server, stream: S, peer: SocketAddr) -> Optio
                 return None;
             }
         },
+    };
+    // --forward: connect to the target first; if it cannot be reached, 502.
+    let route = match (route, &server.forward) {
+        (Route::Forward(None), Some(target)) => match forward::connect(target, peer).await {
+            Ok(tcp) => Route::Forward(Some(tcp)),
+            Err(rejection) => {
+                refuse(incoming, rejection, peer, &path).await;
+                return None;
+            }
+        },
+        (route, _) => route,
     };
     // --exec: a place under --exec-max (else 503), and the program's variables.
     let (route, exec_permit) = match (route, &server.exec) {

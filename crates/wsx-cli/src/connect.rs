@@ -13,6 +13,7 @@
 
 pub(crate) mod format;
 mod input;
+mod listen;
 mod retry;
 mod ui;
 
@@ -274,6 +275,22 @@ pub struct ConnectArgs {
     /// Exit after the first received message: --max-messages 1.
     #[arg(short = '1', long, conflicts_with = "max_messages")]
     oneshot: bool,
+    /// Listen on this TCP address instead of using stdin and stdout: every TCP connection
+    /// accepted there is bridged to a new WebSocket to URL, bytes both ways as binary messages
+    /// (received text messages are written as their bytes). The WebSocket options above apply
+    /// (headers, subprotocols, Origin, TLS, proxy, deflate, keepalive); a WebSocket that cannot
+    /// be opened closes its TCP connection (logged). A TCP end of stream closes the WebSocket
+    /// with 1000, the server's close closes the TCP connection. Runs until Ctrl-C or SIGTERM;
+    /// port 0 picks a free port (`listening on ADDR` on stderr). E.g. with wsx serve --forward
+    /// tcp:127.0.0.1:22 on the server: wsx connect --listen tcp:127.0.0.1:2222 ws://host:8080/
+    /// and then ssh -p 2222 localhost.
+    #[arg(long, value_name = "tcp:ADDR:PORT", value_parser = listen::parse_listen,
+          conflicts_with_all = ["reconnect", "reconnect_always", "preamble", "preamble_file", "max_messages", "oneshot"])]
+    listen: Option<String>,
+    /// With --listen: the most bridges at once; further TCP connections are closed at once
+    /// (logged).
+    #[arg(long, value_name = "N", default_value_t = 1024, requires = "listen")]
+    max_bridges: usize,
 }
 
 /// One `--preamble` or `--preamble-file` value.
@@ -636,6 +653,9 @@ async fn read_loop(
 /// Connects and runs the session, again after each transient end with `--reconnect`; the exit
 /// code tells how the last connection ended.
 pub async fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
+    if let Some(addr) = &args.listen {
+        return listen::run(&args, addr, args.max_bridges).await;
+    }
     let url = normalize_url(&args.url);
     let builder = builder(&args, &url)?;
     let preamble = args.preamble_messages()?;

@@ -13,6 +13,8 @@
 
 pub(crate) mod format;
 mod input;
+#[macro_use]
+mod jsonl;
 mod listen;
 mod retry;
 mod ui;
@@ -35,6 +37,7 @@ use wsx::{ClientBuilder, CloseCode, CloseFrame, Message, WebSocket, WebSocketCon
 
 use self::format::{describe_close, escape_controls, parse_secs, parse_size, payload};
 use self::input::{Ack, Command, Input};
+use self::jsonl::{Direction, Event};
 use self::ui::{Kind, Ui, UiConfig};
 
 /// The examples both help texts open with (a macro, so that `concat!` can extend it).
@@ -87,8 +90,14 @@ Plain mode (otherwise):
   for the server's close, printing what still arrives (it gives up when the server has not
   answered within 5 s); --no-close keeps listening instead.
   Received text messages go to stdout followed by a newline; binary messages are written as
-  they came (with --binary, text messages get no newline either). Pings, pongs, errors and the
-  close go to stderr.
+  they came (with --binary, text messages get no newline either), or with --hex as a hex dump:
+  a line 'binary, N bytes:', then lines as hexdump -C writes them (offset, 16 bytes in hex,
+  ASCII; '*' for lines repeating the one before). Pings, pongs, errors and the close go to
+  stderr.
+
+",
+    jsonl_help!(),
+    "
 
 Reconnecting (--reconnect):
   Before attempt n, wsx waits a random time between 0 and min(--reconnect-max-delay,
@@ -291,6 +300,16 @@ pub struct ConnectArgs {
     /// (logged).
     #[arg(long, value_name = "N", default_value_t = 1024, requires = "listen")]
     max_bridges: usize,
+    /// Write every event as one JSON object per line on stdout, for scripts and jq: open, text,
+    /// binary, ping, pong, close, error, reconnect, each with "type" and "ts" (see "JSON lines"
+    /// in --help for the fields). Nothing else goes to stdout; status lines still go to stderr.
+    /// Implies plain mode: stdin is sent as without it.
+    #[arg(long, conflicts_with_all = ["json", "hex"])]
+    jsonl: bool,
+    /// Show received binary messages as hex dumps (offset, hex, ASCII, like hexdump -C) instead
+    /// of a summary on a terminal or the raw bytes on a pipe; also in interactive mode.
+    #[arg(long)]
+    hex: bool,
 }
 
 /// One `--preamble` or `--preamble-file` value.
@@ -608,6 +627,7 @@ async fn read_loop(
             Ok(Message::Ping(p)) => {
                 if show_ping {
                     ui.note(Kind::Ping, &control_line("< ping", &payload(&p), None));
+                    ui.note_event(&Event::Ping { direction: Direction::Received, payload: &p, keepalive: false });
                 }
                 Ok(())
             }
@@ -615,7 +635,14 @@ async fn read_loop(
                 let answered = lock(&pings).answer(&p);
                 match answered {
                     Some((rtt, was_keepalive)) if show_ping || !was_keepalive => {
-                        ui.note(Kind::Ping, &control_line("< pong", &ping_payload(&p, was_keepalive), Some(rtt)))
+                        ui.note(Kind::Ping, &control_line("< pong", &ping_payload(&p, was_keepalive), Some(rtt)));
+                        let received = Direction::Received;
+                        ui.note_event(&Event::Pong {
+                            direction: received,
+                            payload: &p,
+                            keepalive: was_keepalive,
+                            rtt: Some(rtt),
+                        });
                     }
                     // A keepalive ping the display did not see go out yet: the library's timer
                     // fired before ours. Show it now, in order, timed from when it left.
@@ -624,9 +651,27 @@ async fn read_loop(
                         match caught {
                             Some((n, rtt)) => {
                                 ui.note(Kind::Ping, &control_line("> ping", &n.to_string(), None));
-                                ui.note(Kind::Ping, &control_line("< pong", &n.to_string(), Some(rtt)))
+                                ui.note(Kind::Ping, &control_line("< pong", &n.to_string(), Some(rtt)));
+                                let number = n.to_be_bytes();
+                                ui.note_event(&Event::Ping {
+                                    direction: Direction::Sent,
+                                    payload: &number,
+                                    keepalive: true,
+                                });
+                                let received = Direction::Received;
+                                ui.note_event(&Event::Pong {
+                                    direction: received,
+                                    payload: &p,
+                                    keepalive: true,
+                                    rtt: Some(rtt),
+                                });
                             }
-                            None => ui.note(Kind::Ping, &control_line("< pong", &ping_payload(&p, keepalive), None)),
+                            None => {
+                                ui.note(Kind::Ping, &control_line("< pong", &ping_payload(&p, keepalive), None));
+                                let keepalive = keepalive && p.len() == 8;
+                                let received = Direction::Received;
+                                ui.note_event(&Event::Pong { direction: received, payload: &p, keepalive, rtt: None });
+                            }
                         }
                     }
                     _ => {}
@@ -667,7 +712,7 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
     let stdin_tty = std::io::stdin().is_terminal();
     let stdout_tty = std::io::stdout().is_terminal();
     let force_tty = std::env::var_os("WSX_FORCE_TTY").is_some_and(|v| v == "1");
-    let interactive = !args.binary && !args.no_interactive && stdin_tty && stdout_tty;
+    let interactive = !args.binary && !args.jsonl && !args.no_interactive && stdin_tty && stdout_tty;
     let color_ok = !args.no_color && !matches!(std::env::var_os("NO_COLOR"), Some(v) if !v.is_empty());
     let ui_config = UiConfig {
         interactive,
@@ -677,13 +722,16 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
         timestamps: args.timestamps,
         json: args.json,
         binary: args.binary,
+        hex: args.hex,
+        jsonl: args.jsonl,
     };
 
     // Attempts in a row that did not give a connection that stayed up.
     let mut attempt = 0;
     let report = |text: &str| eprintln!("{text}");
+    let show = Show { include: args.include, jsonl: args.jsonl };
     let (mut ws, mut response) =
-        match connect_retrying(&builder, &url, backoff, &mut attempt, None, args.include, &report).await {
+        match connect_retrying(&builder, &url, backoff, &mut attempt, None, show, &report).await {
             Ok(connected) => connected,
             Err(code) => return Ok(code),
         };
@@ -700,7 +748,10 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
     let ui = Arc::new(Ui::new(ui_config, printer));
     if !interactive {
         let warn_ui = ui.clone();
-        let warn = move |text: String| warn_ui.note(Kind::Error, &format!("wsx: {text}"));
+        let warn = move |text: String| {
+            warn_ui.note(Kind::Error, &format!("wsx: {text}"));
+            warn_ui.note_event(&Event::Error { message: &text, kind: "input", status: None });
+        };
         if args.binary {
             input::spawn_binary(input_tx.clone(), warn);
         } else {
@@ -721,6 +772,7 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(130));
         }
         let transient = backoff.is_some() && end.is_transient(args.reconnect_always);
+        report_end(&ui, &end);
         let (line, code) = outcome(end.we_closed, end.peer_close, end.failure, end.send_error, args.ping_timeout);
         let Some(b) = backoff.filter(|_| transient) else {
             finish_terminal(&ui, prompt.as_ref()).await;
@@ -732,7 +784,7 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
             attempt = 0;
         }
         let report = |text: &str| ui.note(Kind::Error, text);
-        match connect_retrying(&builder, &url, backoff, &mut attempt, Some((line, code)), args.include, &report).await {
+        match connect_retrying(&builder, &url, backoff, &mut attempt, Some((line, code)), show, &report).await {
             Ok(connected) => (ws, response) = connected,
             Err(code) => {
                 finish_terminal(&ui, prompt.as_ref()).await;
@@ -758,6 +810,19 @@ struct InputState {
     unsent: VecDeque<Message>,
 }
 
+/// The `error` (if the connection failed) and `close` events of `--jsonl` for how a connection
+/// ended, told as [`outcome`] tells it.
+fn report_end(ui: &Ui, end: &SessionEnd) {
+    if !ui.config.jsonl {
+        return;
+    }
+    let failure = end.failure.as_ref().or(end.send_error.as_ref()).filter(|_| end.peer_close.is_none());
+    if let Some(e) = failure {
+        ui.note_event(&Event::error(&e.to_string(), e));
+    }
+    ui.note_event(&Event::close(end.we_closed, end.peer_close.as_ref(), failure));
+}
+
 /// Prints the handshake response (-v, -i) and the "connected" line.
 fn announce(
     args: &ConnectArgs,
@@ -776,6 +841,12 @@ fn announce(
         }
         ui.note(Kind::Plain, &head);
     }
+    ui.note_event(&Event::Open {
+        url,
+        protocol: ws.protocol(),
+        extensions: ws.extensions(),
+        response: (args.include || args.verbose).then_some(response),
+    });
     if interactive || args.verbose || reconnected {
         let mut details = Vec::new();
         if let Some(p) = ws.protocol() {
@@ -792,10 +863,19 @@ fn announce(
     }
 }
 
+/// What [`connect_retrying`] shows besides its human-readable reports.
+#[derive(Debug, Clone, Copy)]
+struct Show {
+    /// -i: the refused handshake's status, headers and body.
+    include: bool,
+    /// --jsonl: `error` and `reconnect` events on stdout.
+    jsonl: bool,
+}
+
 /// Connects. With `backoff`, a transient failure (see [`retry::connect_error_is_transient`]) is
 /// followed by a wait and another attempt; `reason`, if given, is why a first wait is due (the
 /// previous connection ended, with its exit status). `attempt` counts the attempts in a row.
-/// With `include`, refusals are shown (-i). Returns the exit code when it gives up: 1 for a
+/// `show` says what else is shown: refusals (-i), events (--jsonl). Returns the exit code when it gives up: 1 for a
 /// failed connection, the ended connection's when `--max-retries` forbids even the first
 /// attempt after it; 130 for Ctrl-C.
 async fn connect_retrying(
@@ -804,7 +884,7 @@ async fn connect_retrying(
     backoff: Option<retry::Backoff>,
     attempt: &mut u32,
     mut after: Option<(String, u8)>,
-    include: bool,
+    show: Show,
     report: &dyn Fn(&str),
 ) -> Result<(WebSocket<MaybeTlsStream>, http::Response<()>), ExitCode> {
     loop {
@@ -818,6 +898,10 @@ async fn connect_retrying(
             let delay = b.delay(*attempt);
             let of = b.max_retries.map(|m| format!(" of {m}")).unwrap_or_default();
             report(&format!("wsx: reconnecting in {:.2} s (attempt {attempt}{of}): {why}", delay.as_secs_f64()));
+            if show.jsonl {
+                let event = Event::Reconnect { attempt: *attempt, max_retries: b.max_retries, delay, reason: &why };
+                let _ = jsonl::emit(&event);
+            }
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 _ = tokio::signal::ctrl_c() => {
@@ -836,10 +920,13 @@ async fn connect_retrying(
         match result {
             Ok(connected) => return Ok(connected),
             Err(e) => {
-                if let (true, Some(refusal)) = (include, refusal(&e)) {
+                if let (true, Some(refusal)) = (show.include, refusal(&e)) {
                     report(&refusal);
                 }
                 let line = format!("cannot connect to {url}: {}", escape_controls(&e.to_string(), false));
+                if show.jsonl {
+                    let _ = jsonl::emit(&Event::error(&format!("cannot connect to {url}: {e}"), &e));
+                }
                 if backoff.is_some() && retry::connect_error_is_transient(&e) {
                     after = Some((line, 1));
                     continue;
@@ -990,6 +1077,8 @@ async fn session(
                     let n = p.keepalive_sent();
                     drop(p);
                     ui.note(Kind::Ping, &control_line("> ping", &n.to_string(), None));
+                    let number = n.to_be_bytes();
+                    ui.note_event(&Event::Ping { direction: Direction::Sent, payload: &number, keepalive: true });
                 }
             },
             _ = &mut ctrl_c => {

@@ -167,6 +167,43 @@ pub fn binary_summary(bytes: &[u8]) -> String {
     out
 }
 
+/// A binary message as `hexdump -C` shows it, for `--hex`: a header line (`binary, 20 bytes:`),
+/// then one line per 16 bytes with the offset (8 hex digits), the bytes in two groups of 8 and
+/// the printable ASCII between bars (`.` for the rest). As in `hexdump -C`, a run of lines equal
+/// to the one before is shown as one `*`; the closing line with the length is left out (the
+/// header says it). Never holds a control character but the newlines between lines.
+pub fn hexdump(bytes: &[u8]) -> String {
+    let unit = if bytes.len() == 1 { "byte" } else { "bytes" };
+    let mut out = format!("binary, {} {unit}:", bytes.len());
+    let mut previous: Option<&[u8]> = None;
+    let mut starred = false;
+    for (row, chunk) in bytes.chunks(16).enumerate() {
+        if chunk.len() == 16 && previous == Some(chunk) {
+            if !starred {
+                out.push_str("\n*");
+                starred = true;
+            }
+            continue;
+        }
+        starred = false;
+        previous = Some(chunk);
+        let _ = write!(out, "\n{:08x}  ", row * 16);
+        for i in 0..16 {
+            match chunk.get(i) {
+                Some(b) => {
+                    let _ = write!(out, "{b:02x} ");
+                }
+                None => out.push_str("   "),
+            }
+            if i == 7 {
+                out.push(' ');
+            }
+        }
+        let _ = write!(out, " |{}|", ascii(chunk));
+    }
+    out
+}
+
 fn ascii(bytes: &[u8]) -> String {
     bytes.iter().map(|&b| if b.is_ascii_graphic() || b == b' ' { b as char } else { '.' }).collect()
 }
@@ -312,6 +349,29 @@ mod tests {
         assert!(s.ends_with("… 10 more bytes"), "{s}");
         // Never a raw control byte in the output.
         assert!(!s.chars().any(|c| c.is_control() && c != '\n'));
+    }
+
+    #[test]
+    fn dumps_like_hexdump_c() {
+        assert_eq!(hexdump(b""), "binary, 0 bytes:");
+        assert_eq!(
+            hexdump(b"hello world\n\x00\x01\x02\x03\xff\xfe\xfd\xfc"),
+            "binary, 20 bytes:\n\
+             00000000  68 65 6c 6c 6f 20 77 6f  72 6c 64 0a 00 01 02 03  |hello world.....|\n\
+             00000010  ff fe fd fc                                       |....|"
+        );
+        let zeros = [0u8; 64];
+        assert_eq!(
+            hexdump(&[&zeros[..], b"\x1b[2J"].concat()),
+            "binary, 68 bytes:\n\
+             00000000  00 00 00 00 00 00 00 00  00 00 00 00 00 00 00 00  |................|\n\
+             *\n\
+             00000040  1b 5b 32 4a                                       |.[2J|"
+        );
+        assert_eq!(
+            hexdump(b"\x7f"),
+            "binary, 1 byte:\n00000000  7f                                                |.|"
+        );
     }
 
     #[test]

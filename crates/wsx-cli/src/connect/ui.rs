@@ -4,11 +4,14 @@
 //!   which prints above the prompt and redraws it; received messages are marked `< `.
 //! - Plain mode: received data goes to stdout, status lines to stderr. Data is written as it
 //!   came when stdout is a pipe or file, and escaped (binary: summarised) when it is a terminal.
+//!   With `--hex`, binary messages are hex dumps wherever they go.
+//! - `--jsonl`: stdout has only the JSON lines of [`super::jsonl`]; status lines go to stderr.
 
 use std::io::{self, Write as _};
 use std::sync::Mutex;
 
-use super::format::{binary_summary, escape_controls, pretty_json};
+use super::format::{binary_summary, escape_controls, hexdump, pretty_json};
+use super::jsonl::{self, Event};
 
 /// How output is formatted; decided once at start.
 #[derive(Debug, Clone, Default)]
@@ -27,6 +30,11 @@ pub struct UiConfig {
     pub json: bool,
     /// `--binary`: received messages are written to a non-terminal stdout without added newlines.
     pub binary: bool,
+    /// `--hex`: binary messages are shown as hex dumps (text messages as lines, even with
+    /// `--binary`).
+    pub hex: bool,
+    /// `--jsonl`: every event is a JSON line on stdout (see [`jsonl`]).
+    pub jsonl: bool,
 }
 
 /// The kind of a status line, which picks its colour.
@@ -127,9 +135,26 @@ impl Ui {
         }
     }
 
+    /// An event for `--jsonl` (nothing without it).
+    pub fn event(&self, event: &Event<'_>) -> io::Result<()> {
+        if self.config.jsonl {
+            jsonl::emit(event)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// An event for `--jsonl`, ignoring a closed output.
+    pub fn note_event(&self, event: &Event<'_>) {
+        let _ = self.event(event);
+    }
+
     /// A received text message.
     pub fn text(&self, text: &str) -> io::Result<()> {
         let c = &self.config;
+        if c.jsonl {
+            return jsonl::emit(&Event::Text(text));
+        }
         let pretty = if c.json { pretty_json(text) } else { None };
         let body = pretty.as_deref().unwrap_or(text);
         if c.interactive {
@@ -143,11 +168,12 @@ impl Ui {
         }
         // stdout is a pipe or a file: the text as it came.
         let mut out = io::stdout().lock();
-        if c.timestamps && !c.binary {
+        let raw = c.binary && !c.hex;
+        if c.timestamps && !raw {
             write!(out, "{}", self.ts(false))?;
         }
         out.write_all(body.as_bytes())?;
-        if !c.binary {
+        if !raw {
             out.write_all(b"\n")?;
         }
         out.flush()
@@ -156,17 +182,16 @@ impl Ui {
     /// A received binary message.
     pub fn binary(&self, data: &[u8]) -> io::Result<()> {
         let c = &self.config;
+        if c.jsonl {
+            return jsonl::emit(&Event::Binary(data));
+        }
+        let shown = || if c.hex { hexdump(data) } else { binary_summary(data) };
         if c.interactive {
-            let line = format!(
-                "{}{}{}",
-                self.ts(c.color),
-                paint(c.color, GREEN, "< "),
-                paint(c.color, CYAN, &binary_summary(data))
-            );
+            let line = format!("{}{}{}", self.ts(c.color), paint(c.color, GREEN, "< "), paint(c.color, CYAN, &shown()));
             return self.emit(indent_rest(&line, self.ts_width() + 2), false);
         }
-        if c.display {
-            let line = format!("{}{}", self.ts(false), binary_summary(data));
+        if c.display || c.hex {
+            let line = format!("{}{}", self.ts(false), shown());
             return self.emit(line, false);
         }
         let mut out = io::stdout().lock();
@@ -231,5 +256,23 @@ mod tests {
         assert_eq!(lines[1], "< {\n    \"a\": [\n      1\n    ]\n  }\n");
         assert_eq!(lines[2], "< binary, 2 bytes: 01 02  |..|\n");
         assert_eq!(lines[3], "closed: 1000 normal\n");
+    }
+
+    #[test]
+    fn interactive_hex_dumps_are_indented_under_the_marker() {
+        let lines = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let printer: Printer = Box::new(move |line| {
+            sink.lock().unwrap().push(line);
+            Ok(())
+        });
+        let ui =
+            Ui::new(UiConfig { interactive: true, display: true, hex: true, ..UiConfig::default() }, Some(printer));
+        ui.binary(b"\x00hi").unwrap();
+        let lines = lines.lock().unwrap();
+        assert_eq!(
+            lines[0],
+            "< binary, 3 bytes:\n  00000000  00 68 69                                          |.hi|\n"
+        );
     }
 }

@@ -1,0 +1,349 @@
+//! `wsx connect` output for scripts and eyes, end to end: `--jsonl` (every line parsed, the
+//! fields of every event type checked), `--hex` dumps, and stdin that arrives before the
+//! connection opens. The real binary against `wsx serve` and small in-process servers.
+
+mod common;
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::{Server, WSX};
+use serde_json::Value;
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `wsx connect ARGS` with `stdin` (then end of input); `during` runs while it does (e.g.
+/// to start the server late). Killed, failing the test, after 20 s.
+fn run_with(args: &[&str], stdin: &[u8], during: impl FnOnce()) -> Run {
+    let mut child = Command::new(WSX)
+        .arg("connect")
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env("WSX_HISTORY", "")
+        .env_remove("WSX_FORCE_TTY")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run wsx connect");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin).unwrap();
+    drop(input);
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    during();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("wsx connect {args:?} did not exit within 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Run {
+        code: status.code(),
+        stdout: String::from_utf8(out.join().unwrap()).expect("stdout is UTF-8"),
+        stderr: String::from_utf8_lossy(&err.join().unwrap()).into_owned(),
+    }
+}
+
+fn wsx(args: &[&str], stdin: &[u8]) -> Run {
+    run_with(args, stdin, || {})
+}
+
+/// A file of its own in the temporary directory, removed when dropped.
+struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    fn new(name: &str, contents: &[u8]) -> Self {
+        let path = std::env::temp_dir().join(format!("wsx-output-{}-{name}", std::process::id()));
+        std::fs::write(&path, contents).unwrap();
+        Self(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+// ------------------------------------------------------------------ --jsonl
+
+/// Checks one JSON line against the schema of `--jsonl` (connect/jsonl.rs); returns it parsed.
+fn check_event(line: &str) -> Value {
+    let event: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
+    let obj = event.as_object().unwrap_or_else(|| panic!("not an object: {line}"));
+    let ts = obj.get("ts").and_then(Value::as_str).unwrap_or_else(|| panic!("no ts: {line}"));
+    // RFC 3339, UTC, milliseconds: 2026-11-30T13:52:10.123Z
+    assert!(ts.len() == 24 && ts.ends_with('Z') && ts.as_bytes()[19] == b'.', "ts {ts:?} in {line}");
+    chrono::DateTime::parse_from_rfc3339(ts).unwrap_or_else(|e| panic!("ts {ts:?} ({e}) in {line}"));
+    let string = |name: &str| {
+        obj.get(name).and_then(Value::as_str).unwrap_or_else(|| panic!("{name} is not a string in {line}"))
+    };
+    let number = |name: &str| {
+        obj.get(name).and_then(Value::as_f64).unwrap_or_else(|| panic!("{name} is not a number in {line}"))
+    };
+    let boolean =
+        |name: &str| obj.get(name).and_then(Value::as_bool).unwrap_or_else(|| panic!("{name} is not a bool in {line}"));
+    let string_or_null = |name: &str| {
+        let v = obj.get(name).unwrap_or_else(|| panic!("no {name} in {line}"));
+        assert!(v.is_string() || v.is_null(), "{name} is neither a string nor null in {line}");
+    };
+    let number_or_null = |name: &str| {
+        let v = obj.get(name).unwrap_or_else(|| panic!("no {name} in {line}"));
+        assert!(v.is_number() || v.is_null(), "{name} is neither a number nor null in {line}");
+    };
+    let base64 = |name: &str| {
+        base64::engine::general_purpose::STANDARD
+            .decode(string(name))
+            .unwrap_or_else(|e| panic!("{name} is not base64 ({e}) in {line}"))
+    };
+    match string("type") {
+        "open" => {
+            assert!(string("url").starts_with("ws://"), "{line}");
+            string_or_null("protocol");
+            string_or_null("extensions");
+            if let Some(status) = obj.get("status") {
+                assert_eq!(status.as_u64(), Some(101), "{line}");
+                assert!(obj.get("headers").is_some_and(Value::is_object), "{line}");
+            }
+        }
+        "text" => {
+            string("data");
+        }
+        "binary" => assert_eq!(base64("data").len() as f64, number("length"), "{line}"),
+        t @ ("ping" | "pong") => {
+            assert!(matches!(string("direction"), "sent" | "received"), "{line}");
+            let data = base64("data");
+            match obj.get("text") {
+                Some(Value::String(text)) => assert_eq!(text.as_bytes(), data, "{line}"),
+                Some(Value::Null) => assert!(std::str::from_utf8(&data).is_err(), "{line}"),
+                _ => panic!("text is neither a string nor null in {line}"),
+            }
+            boolean("keepalive");
+            if t == "pong" {
+                number_or_null("rtt");
+            }
+        }
+        "close" => {
+            let code = number("code");
+            assert!((1000.0..5000.0).contains(&code), "{line}");
+            string("reason");
+            boolean("wasClean");
+            let by = obj.get("closedBy").unwrap_or_else(|| panic!("no closedBy in {line}"));
+            assert!(by.is_null() || matches!(by.as_str(), Some("client" | "server")), "{line}");
+        }
+        "error" => {
+            string("message");
+            let kind = string("kind");
+            assert!(matches!(kind, "peer" | "limit" | "usage" | "timeout" | "io" | "tls" | "input"), "{line}");
+        }
+        "reconnect" => {
+            assert!(number("attempt") >= 1.0, "{line}");
+            number_or_null("maxRetries");
+            assert!(number("delay") >= 0.0, "{line}");
+            string("reason");
+        }
+        other => panic!("unknown type {other:?} in {line}"),
+    }
+    event
+}
+
+fn of_type<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["type"] == kind).collect()
+}
+
+/// A session with every kind of event: the server (`wsx serve`'s `/close`) echoes a text and a
+/// binary preamble, wsx pings it, it closes with 4000 "bye", wsx reconnects once (`--max-retries
+/// 1`) and the same happens again; a stdin line that is not UTF-8 is an `error`. Every stdout
+/// line is JSON with the fields of its type.
+#[test]
+fn jsonl_writes_every_event_as_one_json_object_per_line() {
+    let server = Server::start(&[]);
+    let binary = TempFile::new("jsonl.bin", b"\x00\x01\xff binary");
+    let url = server.url("/close?code=4000&reason=bye&after=600");
+    let run = wsx(
+        &[
+            "--jsonl",
+            "-i",
+            "--show-ping",
+            "--ping-interval",
+            "100ms",
+            "--preamble",
+            "hello",
+            "--preamble-file",
+            binary.path(),
+            "--reconnect-always",
+            "--reconnect-delay",
+            "0.1",
+            "--max-retries",
+            "1",
+            "-n",
+            &url,
+        ],
+        b"\xff\xfe\n",
+    );
+    assert_eq!(run.code, Some(2), "4000 is not a clean close:\n{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.ends_with('\n'), "{}", run.stdout);
+    let events: Vec<Value> = run.stdout.lines().map(check_event).collect();
+    // The `input` error comes when stdin is read, which may be before the `open` is written.
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).filter(|t| *t != "error").collect();
+
+    assert_eq!(types.first(), Some(&"open"), "{types:?}");
+    let opens = of_type(&events, "open");
+    assert_eq!(opens.len(), 2, "{types:?}");
+    assert_eq!(opens[0]["url"], url.as_str());
+    assert_eq!(opens[0]["status"], 101, "-i adds the status");
+    assert_eq!(opens[0]["headers"]["upgrade"], "websocket");
+
+    let texts = of_type(&events, "text");
+    assert_eq!(texts.iter().map(|e| e["data"].as_str().unwrap()).collect::<Vec<_>>(), ["hello", "hello"]);
+    let binaries = of_type(&events, "binary");
+    assert_eq!(binaries.len(), 2, "{types:?}");
+    for b in &binaries {
+        assert_eq!(b["data"], "AAH/IGJpbmFyeQ==");
+        assert_eq!(b["length"], 10);
+    }
+
+    let pings = of_type(&events, "ping");
+    assert!(pings.iter().any(|p| p["direction"] == "sent" && p["keepalive"] == true), "{}", run.stdout);
+    let pongs = of_type(&events, "pong");
+    assert!(
+        pongs.iter().any(|p| p["direction"] == "received" && p["keepalive"] == true && p["rtt"].is_number()),
+        "{}",
+        run.stdout
+    );
+
+    let closes = of_type(&events, "close");
+    assert_eq!(closes.len(), 2, "{types:?}");
+    for close in &closes {
+        assert_eq!(close["code"], 4000);
+        assert_eq!(close["reason"], "bye");
+        assert_eq!(close["wasClean"], true);
+        assert_eq!(close["closedBy"], "server");
+    }
+
+    let reconnects = of_type(&events, "reconnect");
+    assert_eq!(reconnects.len(), 1, "{types:?}");
+    assert_eq!(reconnects[0]["attempt"], 1);
+    assert_eq!(reconnects[0]["maxRetries"], 1);
+    assert!(reconnects[0]["delay"].as_f64().unwrap() <= 100.0, "{}", reconnects[0]);
+    assert_eq!(reconnects[0]["reason"], "closed: 4000 \"bye\"");
+
+    let errors = of_type(&events, "error");
+    assert_eq!(errors.len(), 1, "{types:?}");
+    assert_eq!(errors[0]["kind"], "input");
+    assert!(errors[0]["message"].as_str().unwrap().contains("not valid UTF-8"), "{}", errors[0]);
+
+    // In order: the first connection ends before the reconnect, which comes before the second.
+    let position = |t: &str, n: usize| types.iter().enumerate().filter(|(_, x)| **x == t).nth(n).unwrap().0;
+    assert!(position("close", 0) < position("reconnect", 0) && position("reconnect", 0) < position("open", 1));
+    assert!(position("open", 1) < position("close", 1) && position("close", 1) == types.len() - 1, "{types:?}");
+    // The human-readable lines are on stderr, not stdout.
+    assert!(run.stderr.contains("closed: 4000 \"bye\""), "{}", run.stderr);
+}
+
+/// A refused connection and a refused handshake are `error` events (the latter with its
+/// status); the exit status is that of the plain mode.
+#[test]
+fn jsonl_reports_failures_to_connect_as_errors() {
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let run = wsx(&["--jsonl", &format!("ws://127.0.0.1:{port}/")], b"");
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    let events: Vec<Value> = run.stdout.lines().map(check_event).collect();
+    assert_eq!(events.len(), 1, "{}", run.stdout);
+    assert_eq!(events[0]["type"], "error");
+    assert_eq!(events[0]["kind"], "io");
+    assert!(events[0]["message"].as_str().unwrap().starts_with("cannot connect to ws://127.0.0.1:"), "{}", events[0]);
+
+    let server = Server::start(&[]);
+    let run = run_with(&["--jsonl", &server.url("/no/such/endpoint")], b"", || {});
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    let events: Vec<Value> = run.stdout.lines().map(check_event).collect();
+    assert_eq!(events.len(), 1, "{}", run.stdout);
+    assert_eq!(
+        (&events[0]["type"], &events[0]["kind"], &events[0]["status"]),
+        (&"error".into(), &"peer".into(), &404.into())
+    );
+}
+
+/// Connection-ending failures come as an `error` then a `close` with 1006 and no `closedBy`.
+#[test]
+fn jsonl_reports_a_dropped_connection_as_error_then_close() {
+    let mut server = Server::start(&["--echo"]);
+    let addr = server.addr;
+    let run = run_with(&["--jsonl", "-n", &format!("ws://{addr}/")], b"before the drop\n", || {
+        std::thread::sleep(Duration::from_millis(700));
+        let _ = server.child.kill();
+    });
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    let events: Vec<Value> = run.stdout.lines().map(check_event).collect();
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["open", "text", "error", "close"], "{}", run.stdout);
+    assert_eq!(events[2]["kind"], "io");
+    assert_eq!((&events[3]["code"], &events[3]["wasClean"]), (&1006.into(), &false.into()));
+    assert!(events[3]["closedBy"].is_null(), "{}", events[3]);
+}
+
+// ------------------------------------------------------------------ --hex
+
+/// `--hex` in plain mode: a binary message as a header and `hexdump -C` lines, exactly; text
+/// messages stay lines.
+#[test]
+fn hex_dumps_binary_messages() {
+    let server = Server::start(&["--echo"]);
+    let mut data = b"hello world\n\x00\x01\x02\x03\xff\xfe\xfd\xfc".to_vec();
+    data.extend([0u8; 32]);
+    data.extend(b"\x1b[2J");
+    let file = TempFile::new("hex.bin", &data);
+    let args = ["--hex", "--max-messages", "2", "--preamble", "text", "--preamble-file", file.path()];
+    let url = server.url("/");
+    let run = wsx(&[&args[..], &[url.as_str()]].concat(), b"");
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let expected = "\
+text
+binary, 56 bytes:
+00000000  68 65 6c 6c 6f 20 77 6f  72 6c 64 0a 00 01 02 03  |hello world.....|
+00000010  ff fe fd fc 00 00 00 00  00 00 00 00 00 00 00 00  |................|
+00000020  00 00 00 00 00 00 00 00  00 00 00 00 00 00 00 00  |................|
+00000030  00 00 00 00 1b 5b 32 4a                           |.....[2J|
+";
+    assert_eq!(run.stdout, expected);
+
+    // Lines repeating the one before are one '*', as in hexdump -C. (Not UTF-8, so the
+    // preamble file is sent as a binary message.)
+    let ones = TempFile::new("ones.bin", &[0xff; 64]);
+    let run = wsx(&["--hex", "--oneshot", "--preamble-file", ones.path(), &url], b"");
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let expected = "\
+binary, 64 bytes:
+00000000  ff ff ff ff ff ff ff ff  ff ff ff ff ff ff ff ff  |................|
+*
+";
+    assert_eq!(run.stdout, expected);
+}

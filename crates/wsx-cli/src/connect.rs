@@ -12,6 +12,7 @@
 //! status tells how the connection ended (see [`AFTER_LONG_HELP`]).
 
 pub(crate) mod format;
+mod history;
 mod input;
 #[macro_use]
 mod jsonl;
@@ -75,13 +76,17 @@ const AFTER_LONG_HELP: &str = concat!(
     examples!(),
     "
 
-Interactive mode (stdin and stdout are terminals, without --binary or --no-interactive):
+Interactive mode (stdin and stdout are terminals, without --binary, --jsonl or --no-interactive):
   Each line typed is a text message; received messages are printed above the prompt, marked
-  '< ' (binary ones as hex). Commands: /ping [payload], /pong [payload], /binary <hex>,
-  /text <text>, /close [code [reason]], /quit, /help; a line starting with // sends text that
-  starts with /. Ctrl-D or /quit closes with 1000; Ctrl-C clears the line, twice closes. Tab
-  completes commands. History is kept in ~/.wsx_history (or $WSX_HISTORY; set it empty for
-  none); lines starting with a space are not saved.
+  '< ' (binary ones as hex). Commands: /ping [payload], /pong [payload], /hex <hex bytes>,
+  /binary <file> (its contents as one binary message, at most 64 MiB), /text <text>,
+  /close [code [reason]], /quit, /help; a line starting with // sends text that starts with /.
+  Ctrl-D or /quit closes with 1000; Ctrl-C clears the line, twice closes. Tab completes
+  commands and the file of /binary. History is kept per server, in
+  $XDG_DATA_HOME/wsx/history/<scheme>_<host>_<port> (default ~/.local/share/wsx/history/,
+  e.g. ws_localhost_8080; the path of the URL is ignored), 1000 lines, readable by you only;
+  $WSX_HISTORY names one file for all servers instead (empty: none), --no-history turns it off.
+  Lines starting with a space are not saved.
 
 Plain mode (otherwise):
   Each stdin line, without its newline (\\n or \\r\\n), is one text message; lines that are not
@@ -134,7 +139,8 @@ Exit status:
 
 Environment:
   SSL_CERT_FILE, SSL_CERT_DIR   trusted roots for wss:// instead of the system's store
-  WSX_HISTORY   history file of interactive mode (default ~/.wsx_history; empty: none)
+  WSX_HISTORY   one history file for interactive mode instead of one per server (empty: none)
+  XDG_DATA_HOME where the per-server history lives (default ~/.local/share)
   NO_COLOR      no colours
   ws_proxy, WS_PROXY, https_proxy, HTTPS_PROXY, http_proxy, all_proxy, ALL_PROXY
                 the proxy for ws:// URLs: the first one set, unless --proxy or --no-proxy
@@ -310,6 +316,9 @@ pub struct ConnectArgs {
     /// of a summary on a terminal or the raw bytes on a pipe; also in interactive mode.
     #[arg(long)]
     hex: bool,
+    /// Interactive mode: neither read nor write the history file.
+    #[arg(long)]
+    no_history: bool,
 }
 
 /// One `--preamble` or `--preamble-file` value.
@@ -739,7 +748,8 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
     let (input_tx, input_rx) = mpsc::channel::<Input>(INPUT_QUEUE);
     let mut prompt = None;
     let printer = if interactive {
-        let editor = input::spawn_interactive(input_tx.clone(), ui_config.color)?;
+        let history = if args.no_history { None } else { history::path(&url) };
+        let editor = input::spawn_interactive(input_tx.clone(), ui_config.color, history)?;
         prompt = Some(editor.prompt);
         Some(editor.printer)
     } else {
@@ -1185,6 +1195,15 @@ impl Session<'_> {
         match command {
             Command::Text(text) => self.send_input(Message::text(text)).await,
             Command::Binary(data) => self.send_input(Message::binary(data)).await,
+            Command::BinaryFile(arg) => match input::read_binary_arg(&arg, input::MAX_BINARY_FILE).await {
+                Ok((data, note)) => {
+                    if let Some(note) = note {
+                        self.ui.note(Kind::Plain, &escape_controls(&note, false));
+                    }
+                    self.send_input(Message::Binary(data)).await;
+                }
+                Err(why) => self.ui.note(Kind::Error, &escape_controls(&why, false)),
+            },
             Command::Ping(data) => {
                 let data = Bytes::from(data);
                 lock(self.pings).record(data.clone(), false);

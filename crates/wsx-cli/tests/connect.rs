@@ -845,3 +845,114 @@ fn interactive_session_survives_a_reconnect() {
     let screen = tmux.wait_for("rc=");
     assert!(screen.contains("rc=0"), "{screen}");
 }
+
+/// A directory of its own under the temporary directory (emptied first).
+fn fresh_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("wsx-connect-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `/hex` sends bytes, `/binary FILE` a file's contents (a missing file and one over the 64 MiB
+/// limit are refused, saying why; hex that names no file is still sent, with a note), and
+/// `--hex` shows what comes back as hex dumps above the prompt.
+#[test]
+fn interactive_hex_and_binary_file_commands() {
+    let addr = echo_server();
+    let dir = fresh_dir("binary");
+    let file = dir.join("payload.bin");
+    std::fs::write(&file, b"\x00\x01file contents\xff").unwrap();
+    let big = dir.join("big.bin");
+    std::fs::File::create(&big).unwrap().set_len((64 << 20) + 1).unwrap(); // sparse
+    let command = format!("env NO_COLOR=1 WSX_HISTORY= {WSX} connect --hex {}; echo \"rc=$?\"; sleep 30", url(addr));
+    let tmux = Tmux::start(&command);
+    tmux.wait_for("/help lists the commands");
+    tmux.keys(&["/hex 00 68 69", "Enter"]);
+    tmux.wait_for("< binary, 3 bytes:");
+    tmux.wait_for("  00000000  00 68 69                                          |.hi|");
+    tmux.keys(&[&format!("/binary {}", file.display()), "Enter"]);
+    tmux.wait_for("< binary, 16 bytes:");
+    tmux.wait_for("  00000000  00 01 66 69 6c 65 20 63  6f 6e 74 65 6e 74 73 ff  |..file contents.|");
+    tmux.keys(&[&format!("/binary {}", dir.join("missing.bin").display()), "Enter"]);
+    tmux.wait_for("/binary: no such file: ");
+    tmux.keys(&[&format!("/binary {}", big.display()), "Enter"]);
+    tmux.wait_for("big.bin has 67108865 bytes, more than the 64 MiB that /binary sends");
+    tmux.keys(&["/binary 0a0b", "Enter"]);
+    tmux.wait_for("sent it as 2 bytes of hex (use /hex for bytes, /binary for files)");
+    tmux.wait_for("  00000000  0a 0b                                             |..|");
+    // Tab completes the file name after /binary.
+    tmux.keys(&[&format!("/binary {}/payl", dir.display()), "Tab"]);
+    tmux.wait_for(&format!("> /binary {}/payload.bin", dir.display()));
+    tmux.keys(&["C-u", "/help", "Enter"]);
+    tmux.wait_for("/binary <file>");
+    tmux.keys(&["C-d"]);
+    let screen = tmux.wait_for("rc=");
+    assert!(screen.contains("rc=0"), "{screen}");
+    // Exactly one message per command that sends: /hex, /binary FILE, /binary hex.
+    assert_eq!(screen.matches("< binary, ").count(), 3, "{screen}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs an interactive session against `addr` with `$XDG_DATA_HOME` = `data` (and no
+/// `$WSX_HISTORY`), types `line`, and closes.
+fn session_with_history(addr: SocketAddr, data: &std::path::Path, extra: &str, line: &str) {
+    let command = format!(
+        "env -u WSX_HISTORY NO_COLOR=1 XDG_DATA_HOME={} {WSX} connect {extra} {}; echo \"rc=$?\"; sleep 30",
+        data.display(),
+        url(addr)
+    );
+    let tmux = Tmux::start(&command);
+    tmux.wait_for("/help lists the commands");
+    tmux.keys(&[line, "Enter"]);
+    tmux.wait_for(&format!("< {line}"));
+    tmux.keys(&["C-d"]);
+    let screen = tmux.wait_for("rc=");
+    assert!(screen.contains("rc=0"), "{screen}");
+}
+
+/// The history is one file per server (scheme, host, port) under `$XDG_DATA_HOME/wsx/history`,
+/// readable by the user only; `--no-history` reads and writes none.
+#[cfg(unix)]
+#[test]
+fn interactive_history_is_kept_per_server() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let (a, b) = (echo_server(), echo_server());
+    let data = fresh_dir("xdg");
+    session_with_history(a, &data, "", "typed on server a");
+    session_with_history(b, &data, "", "typed on server b");
+    let dir = data.join("wsx/history");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    let mut names: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    let mut expected = vec![format!("ws_127.0.0.1_{}", a.port()), format!("ws_127.0.0.1_{}", b.port())];
+    expected.sort();
+    assert_eq!(names, expected);
+    for (addr, line) in [(a, "typed on server a"), (b, "typed on server b")] {
+        let file = dir.join(format!("ws_127.0.0.1_{}", addr.port()));
+        assert_eq!(mode(&file), 0o600, "{}", file.display());
+        let saved = std::fs::read_to_string(&file).unwrap();
+        assert!(saved.contains(line), "{saved}");
+        assert!(!saved.contains(if addr == a { "server b" } else { "server a" }), "{saved}");
+    }
+
+    // --no-history: nothing is created, nothing read (Up brings nothing back).
+    let none = fresh_dir("xdg-none");
+    session_with_history(a, &none, "--no-history", "not kept");
+    assert!(!none.join("wsx").exists(), "--no-history created {}", none.join("wsx").display());
+    let command =
+        format!("env -u WSX_HISTORY NO_COLOR=1 XDG_DATA_HOME={} {WSX} connect --no-history {}", data.display(), url(a));
+    let tmux = Tmux::start(&format!("{command}; echo \"rc=$?\"; sleep 30"));
+    tmux.wait_for("/help lists the commands");
+    tmux.keys(&["Up"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!tmux.screen().contains("typed on server a"), "{}", tmux.screen());
+    tmux.keys(&["C-d"]);
+    tmux.wait_for("rc=0");
+    let saved = std::fs::read_to_string(dir.join(format!("ws_127.0.0.1_{}", a.port()))).unwrap();
+    assert!(!saved.contains("not kept"), "{saved}");
+    let _ = std::fs::remove_dir_all(&data);
+    let _ = std::fs::remove_dir_all(&none);
+}

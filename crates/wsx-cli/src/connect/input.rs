@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rustyline::completion::Completer;
+use rustyline::completion::{Completer, FilenameCompleter};
 use rustyline::error::ReadlineError;
 use rustyline::highlight::Highlighter;
 use rustyline::hint::{Hint, Hinter};
@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use wsx::CloseCode;
 
 use super::format::parse_hex;
+use super::history;
 use super::ui::Printer;
 
 /// How much of stdin one binary message carries at most in `--binary` mode.
@@ -118,8 +119,10 @@ pub fn spawn_binary(tx: mpsc::Sender<Input>, warn: impl Fn(String) + Send + 'sta
 pub enum Command {
     /// Send a text message.
     Text(String),
-    /// Send a binary message.
+    /// Send a binary message (`/hex`).
     Binary(Vec<u8>),
+    /// Send the contents of this file as one binary message (`/binary`; see [`read_binary_arg`]).
+    BinaryFile(String),
     /// Send a ping with this payload.
     Ping(Vec<u8>),
     /// Send an unsolicited pong.
@@ -136,7 +139,8 @@ pub enum Command {
 pub const COMMANDS: &[(&str, &str, &str)] = &[
     ("/ping", " [payload]", "send a ping (the pong is shown with its round-trip time)"),
     ("/pong", " [payload]", "send an unsolicited pong"),
-    ("/binary", " <hex>", "send a binary message, e.g. /binary 01 02 ff"),
+    ("/hex", " <hex bytes>", "send a binary message, e.g. /hex 01 02 ff (also 0x0102ff, 01:02:ff)"),
+    ("/binary", " <file>", "send a file as one binary message (at most 64 MiB; Tab completes names)"),
     ("/text", " <text>", "send the text as it is (also: start a line with // to send /...)"),
     ("/close", " [code [reason]]", "close with a code (default 1000) and a reason, then exit"),
     ("/quit", "", "close normally (1000) and exit; also /exit, Ctrl-D, Ctrl-C twice"),
@@ -150,7 +154,11 @@ pub fn help_text() -> String {
         let usage = format!("{name}{args}");
         out.push_str(&format!("\n  {usage:<26}{what}"));
     }
-    out.push_str("\nUp/Down and Ctrl-R search the history; lines starting with a space are not saved.");
+    out.push_str(
+        "\n/binary with hex instead of a file that exists still sends the bytes, as it did before /hex, \
+         with a note.\nUp/Down and Ctrl-R search the history (one per server, --no-history for none); \
+         lines starting with a space are not saved.",
+    );
     out
 }
 
@@ -180,9 +188,13 @@ pub fn parse_command(line: &str) -> Option<Command> {
         "help" | "h" | "?" => Command::Help,
         "ping" => control(rest).map_or_else(Command::Invalid, Command::Ping),
         "pong" => control(rest).map_or_else(Command::Invalid, Command::Pong),
-        "binary" | "bin" | "b" => match parse_hex(rest) {
+        "hex" | "x" => match parse_hex(rest) {
             Ok(bytes) => Command::Binary(bytes),
-            Err(e) => Command::Invalid(format!("/binary: {e}")),
+            Err(e) => Command::Invalid(format!("/hex: {e}")),
+        },
+        "binary" | "bin" | "b" => match rest.trim() {
+            "" => Command::Invalid("/binary: name the file to send (/hex 01 02 sends bytes given in hex)".into()),
+            file => Command::BinaryFile(file.to_owned()),
         },
         "text" | "t" => Command::Text(rest.to_owned()),
         "close" | "c" => parse_close(rest),
@@ -211,11 +223,72 @@ fn parse_close(args: &str) -> Command {
     Command::Close(CloseCode(code), reason.to_owned())
 }
 
+/// The largest file `/binary` sends (one message is held in memory whole).
+pub const MAX_BINARY_FILE: u64 = 64 << 20;
+
+/// The message `/binary ARG` sends: the contents of the file ARG (`~/` is the home directory),
+/// at most `limit` bytes. For compatibility with the `/binary <hex>` of earlier versions, an ARG
+/// that names no file but is hex is sent as those bytes, with a note (second value) saying so.
+/// An error is a message for the user.
+pub async fn read_binary_arg(arg: &str, limit: u64) -> Result<(Bytes, Option<String>), String> {
+    use tokio::io::AsyncReadExt as _;
+    let path = match (arg.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) if !home.is_empty() => PathBuf::from(home).join(rest),
+        _ => PathBuf::from(arg),
+    };
+    let shown = path.display();
+    let meta = match tokio::fs::metadata(&path).await {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return match parse_hex(arg) {
+                Ok(bytes) if !bytes.is_empty() => {
+                    let n = bytes.len();
+                    let note = format!(
+                        "/binary: no file {arg:?}: sent it as {n} byte{} of hex (use /hex for bytes, /binary for files)",
+                        if n == 1 { "" } else { "s" }
+                    );
+                    Ok((Bytes::from(bytes), Some(note)))
+                }
+                _ => Err(format!("/binary: no such file: {shown} (/hex sends bytes given in hex)")),
+            };
+        }
+        Err(e) => return Err(format!("/binary: cannot read {shown}: {e}")),
+    };
+    if meta.is_dir() {
+        return Err(format!("/binary: {shown} is a directory, not a file"));
+    }
+    if meta.len() > limit {
+        return Err(format!(
+            "/binary: {shown} has {} bytes, more than the {} that /binary sends in one message",
+            meta.len(),
+            size_text(limit)
+        ));
+    }
+    let file = tokio::fs::File::open(&path).await.map_err(|e| format!("/binary: cannot open {shown}: {e}"))?;
+    // The file may grow after the check: never read more than the limit (and one byte to tell).
+    let mut data = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(limit + 1).read_to_end(&mut data).await.map_err(|e| format!("/binary: cannot read {shown}: {e}"))?;
+    if data.len() as u64 > limit {
+        return Err(format!("/binary: {shown} grew past {} while it was read: not sent", size_text(limit)));
+    }
+    Ok((Bytes::from(data), None))
+}
+
+/// `64 MiB`, `1000 bytes`.
+fn size_text(n: u64) -> String {
+    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
+        format!("{} MiB", n >> 20)
+    } else {
+        format!("{n} bytes")
+    }
+}
+
 // ------------------------------------------------------------------ the line editor
 
-/// Completion and greyed hints for the slash commands.
+/// Completion and greyed hints for the slash commands; file names after `/binary`.
 struct CommandHelper {
     color: bool,
+    files: FilenameCompleter,
 }
 
 struct CommandHint {
@@ -235,7 +308,14 @@ impl Hint for CommandHint {
 impl Completer for CommandHelper {
     type Candidate = String;
 
-    fn complete(&self, line: &str, pos: usize, _: &Context<'_>) -> rustyline::Result<(usize, Vec<String>)> {
+    fn complete(&self, line: &str, pos: usize, ctx: &Context<'_>) -> rustyline::Result<(usize, Vec<String>)> {
+        if let Some(rest) = ["/binary ", "/bin ", "/b "].iter().find_map(|c| line.strip_prefix(c)) {
+            let start = line.len() - rest.len();
+            if pos >= start {
+                let (at, found) = self.files.complete(rest, pos - start, ctx)?;
+                return Ok((start + at, found.into_iter().map(|pair| pair.replacement).collect()));
+            }
+        }
         if !line.starts_with('/') || line[..pos].contains(' ') {
             return Ok((0, Vec::new()));
         }
@@ -289,15 +369,6 @@ impl Highlighter for CommandHelper {
 impl Validator for CommandHelper {}
 impl Helper for CommandHelper {}
 
-/// The history file: `$WSX_HISTORY` (empty: none), else `$HOME/.wsx_history`.
-pub fn history_path() -> Option<PathBuf> {
-    match std::env::var_os("WSX_HISTORY") {
-        Some(p) if p.is_empty() => None,
-        Some(p) => Some(PathBuf::from(p)),
-        None => std::env::var_os("HOME").filter(|h| !h.is_empty()).map(|h| PathBuf::from(h).join(".wsx_history")),
-    }
-}
-
 /// The interactive prompt, running on its own thread.
 pub struct Interactive {
     /// Prints above the prompt.
@@ -329,18 +400,29 @@ impl Prompt {
     }
 }
 
-/// Starts the line editor; typed lines arrive on `tx`.
-pub fn spawn_interactive(tx: mpsc::Sender<Input>, color: bool) -> anyhow::Result<Interactive> {
+/// Starts the line editor; typed lines arrive on `tx`. `history` is the history file (see
+/// [`history::path`]), read at start and appended to after each line; `None`: no history.
+pub fn spawn_interactive(
+    tx: mpsc::Sender<Input>,
+    color: bool,
+    history: Option<PathBuf>,
+) -> anyhow::Result<Interactive> {
     let terminal = TerminalGuard::save();
     let config = Config::builder()
         .auto_add_history(false)
         .history_ignore_space(true)
         .history_ignore_dups(true)?
-        .max_history_size(1000)?
+        .max_history_size(history::MAX_LINES)?
         .build();
     let mut editor: Editor<CommandHelper, DefaultHistory> = Editor::with_config(config)?;
-    editor.set_helper(Some(CommandHelper { color }));
-    let history = history_path();
+    editor.set_helper(Some(CommandHelper { color, files: FilenameCompleter::new() }));
+    let history = history.filter(|path| match history::prepare(path) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("wsx: {e}: no history this time");
+            false
+        }
+    });
     if let Some(path) = &history {
         let _ = editor.load_history(path);
     }
@@ -450,8 +532,10 @@ mod tests {
         assert_eq!(parse_command("/ping are you there"), Some(Command::Ping(b"are you there".to_vec())));
         assert!(matches!(parse_command(&format!("/ping {}", "x".repeat(126))), Some(Command::Invalid(_))));
         assert_eq!(parse_command("/pong x"), Some(Command::Pong(b"x".to_vec())));
-        assert_eq!(parse_command("/binary 01 ff"), Some(Command::Binary(vec![1, 255])));
-        assert!(matches!(parse_command("/binary 1"), Some(Command::Invalid(_))));
+        assert_eq!(parse_command("/hex 01 ff"), Some(Command::Binary(vec![1, 255])));
+        assert!(matches!(parse_command("/hex 1"), Some(Command::Invalid(_))));
+        assert_eq!(parse_command("/binary  data.bin "), Some(Command::BinaryFile("data.bin".into())));
+        assert!(matches!(parse_command("/binary"), Some(Command::Invalid(_))));
         assert_eq!(parse_command("/close"), Some(Command::Close(CloseCode::NORMAL, String::new())));
         assert_eq!(parse_command("/close 4000 see you"), Some(Command::Close(CloseCode(4000), "see you".into())));
         assert!(matches!(parse_command("/close 1006"), Some(Command::Invalid(_))));
@@ -462,9 +546,45 @@ mod tests {
         assert!(matches!(parse_command("/nope"), Some(Command::Invalid(_))));
     }
 
+    #[tokio::test]
+    async fn binary_reads_files_within_the_limit_and_takes_hex_for_compatibility() {
+        let dir = std::env::temp_dir().join(format!("wsx-binary-arg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("data.bin");
+        std::fs::write(&file, b"\x00\x01hello").unwrap();
+        let arg = file.to_str().unwrap();
+        assert_eq!(read_binary_arg(arg, 64).await.unwrap(), (Bytes::from_static(b"\x00\x01hello"), None));
+        let too_big = read_binary_arg(arg, 6).await.unwrap_err();
+        assert!(too_big.contains("has 7 bytes, more than the 6 bytes"), "{too_big}");
+        let missing = dir.join("missing.bin");
+        let missing = read_binary_arg(missing.to_str().unwrap(), 64).await.unwrap_err();
+        assert!(missing.starts_with("/binary: no such file: ") && missing.contains("/hex"), "{missing}");
+        let (bytes, note) = read_binary_arg("00 68 69", 64).await.unwrap();
+        assert_eq!(bytes, Bytes::from_static(b"\x00hi"));
+        assert!(note.unwrap().contains("use /hex"));
+        let dir_error = read_binary_arg(dir.to_str().unwrap(), 64).await.unwrap_err();
+        assert!(dir_error.contains("is a directory"), "{dir_error}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn completes_file_names_after_binary() {
+        let dir = std::env::temp_dir().join(format!("wsx-binary-complete-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("payload-one.bin"), b"x").unwrap();
+        let helper = CommandHelper { color: false, files: FilenameCompleter::new() };
+        let history = DefaultHistory::new();
+        let ctx = Context::new(&history);
+        let line = format!("/binary {}/payl", dir.display());
+        let (start, found) = helper.complete(&line, line.len(), &ctx).unwrap();
+        let completed = format!("{}{}", &line[..start], found.first().map_or("", String::as_str));
+        assert_eq!(completed, format!("/binary {}/payload-one.bin", dir.display()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn hints_and_completes_commands() {
-        let helper = CommandHelper { color: false };
+        let helper = CommandHelper { color: false, files: FilenameCompleter::new() };
         let history = DefaultHistory::new();
         let ctx = Context::new(&history);
         let hint = helper.hint("/cl", 3, &ctx).unwrap();

@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::{Read as _, Write as _};
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -346,4 +346,58 @@ binary, 64 bytes:
 *
 ";
     assert_eq!(run.stdout, expected);
+}
+
+// ------------------------------------------------------------------ stdin before the open
+
+/// A loopback address nothing listens on (yet).
+fn closed_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// Stdin written and closed while wsx is still trying to connect (`--reconnect` against a
+/// server that starts a second later) is all sent once the connection opens, in order.
+#[test]
+fn stdin_before_the_first_connection_is_queued_through_reconnect_attempts() {
+    let addr = closed_addr();
+    let mut server = None;
+    let run = run_with(
+        &["--reconnect", "--reconnect-delay", "0.2", "--reconnect-max-delay", "0.2", &format!("ws://{addr}/")],
+        b"a\nb\nc\n",
+        || {
+            std::thread::sleep(Duration::from_secs(1));
+            server = Some(Server::start_at(addr, &["--echo"]));
+        },
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(run.stderr.contains("wsx: reconnecting in"), "the server was not up yet: {}", run.stderr);
+    assert_eq!(run.stdout, "a\nb\nc\n", "{}", run.stderr);
+}
+
+/// The same against a server that takes a second to accept the TCP connection and answer the
+/// handshake (no --reconnect): the lines wait, none is lost.
+#[test]
+fn stdin_before_a_slow_handshake_is_queued() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = wsx::accept(tcp).await.unwrap();
+            while let Some(Ok(msg)) = ws.recv().await {
+                if msg.is_data() && ws.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        });
+    });
+    let started = Instant::now();
+    let run = wsx(&[&format!("ws://{addr}/")], b"first\nsecond\n");
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(started.elapsed() >= Duration::from_secs(1), "the server was not slow");
+    assert_eq!(run.stdout, "first\nsecond\n", "{}", run.stderr);
 }

@@ -97,8 +97,8 @@ Plain mode (otherwise):
   Received text messages go to stdout followed by a newline; binary messages are written as
   they came (with --binary, text messages get no newline either), or with --hex as a hex dump:
   a line 'binary, N bytes:', then lines as hexdump -C writes them (offset, 16 bytes in hex,
-  ASCII; '*' for lines repeating the one before). Pings, pongs, errors and the close go to
-  stderr.
+  ASCII; '*' for lines repeating the one before; on a terminal, the first 256 KiB). Pings,
+  pongs, errors and the close go to stderr.
 
 ",
     jsonl_help!(),
@@ -313,7 +313,8 @@ pub struct ConnectArgs {
     #[arg(long, conflicts_with_all = ["json", "hex"])]
     jsonl: bool,
     /// Show received binary messages as hex dumps (offset, hex, ASCII, like hexdump -C) instead
-    /// of a summary on a terminal or the raw bytes on a pipe; also in interactive mode.
+    /// of a summary on a terminal (the first 256 KiB of each) or the raw bytes on a pipe (all of
+    /// it); also in interactive mode.
     #[arg(long)]
     hex: bool,
     /// Interactive mode: neither read nor write the history file.

@@ -167,41 +167,88 @@ pub fn binary_summary(bytes: &[u8]) -> String {
     out
 }
 
-/// A binary message as `hexdump -C` shows it, for `--hex`: a header line (`binary, 20 bytes:`),
+/// A binary message as `hexdump -C` shows it, for `--hex`, one line at a time (so that a large
+/// message is written without holding its whole dump): a header line (`binary, 20 bytes:`),
 /// then one line per 16 bytes with the offset (8 hex digits), the bytes in two groups of 8 and
 /// the printable ASCII between bars (`.` for the rest). As in `hexdump -C`, a run of lines equal
 /// to the one before is shown as one `*`; the closing line with the length is left out (the
-/// header says it). Never holds a control character but the newlines between lines.
-pub fn hexdump(bytes: &[u8]) -> String {
-    let unit = if bytes.len() == 1 { "byte" } else { "bytes" };
-    let mut out = format!("binary, {} {unit}:", bytes.len());
-    let mut previous: Option<&[u8]> = None;
-    let mut starred = false;
-    for (row, chunk) in bytes.chunks(16).enumerate() {
-        if chunk.len() == 16 && previous == Some(chunk) {
-            if !starred {
-                out.push_str("\n*");
-                starred = true;
-            }
-            continue;
-        }
-        starred = false;
-        previous = Some(chunk);
-        let _ = write!(out, "\n{:08x}  ", row * 16);
-        for i in 0..16 {
-            match chunk.get(i) {
-                Some(b) => {
-                    let _ = write!(out, "{b:02x} ");
-                }
-                None => out.push_str("   "),
-            }
-            if i == 7 {
-                out.push(' ');
-            }
-        }
-        let _ = write!(out, " |{}|", ascii(chunk));
+/// header says it). No line holds a control character.
+pub struct HexDump<'a> {
+    bytes: &'a [u8],
+    /// The next row (16 bytes each); `None` before the header.
+    row: Option<usize>,
+    /// Rows from this one on are not shown: a `… N more bytes` line ends the dump.
+    limit_rows: usize,
+    previous: Option<&'a [u8]>,
+    starred: bool,
+}
+
+impl<'a> HexDump<'a> {
+    /// The whole dump of `bytes`.
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Self { bytes, row: None, limit_rows: usize::MAX, previous: None, starred: false }
     }
-    out
+
+    /// The dump of the first `limit` bytes (rounded up to a line), then `… N more bytes`.
+    pub fn limited(bytes: &'a [u8], limit: usize) -> Self {
+        Self { limit_rows: limit.div_ceil(16), ..Self::new(bytes) }
+    }
+}
+
+impl Iterator for HexDump<'_> {
+    type Item = String;
+
+    fn next(&mut self) -> Option<String> {
+        let Some(mut row) = self.row else {
+            self.row = Some(0);
+            let unit = if self.bytes.len() == 1 { "byte" } else { "bytes" };
+            return Some(format!("binary, {} {unit}:", self.bytes.len()));
+        };
+        loop {
+            let start = row.checked_mul(16)?;
+            if start >= self.bytes.len() {
+                return None;
+            }
+            if row >= self.limit_rows {
+                self.row = Some(usize::MAX / 16);
+                return Some(format!("… {} more bytes", self.bytes.len() - start));
+            }
+            let chunk = &self.bytes[start..self.bytes.len().min(start + 16)];
+            row += 1;
+            self.row = Some(row);
+            if chunk.len() == 16 && self.previous == Some(chunk) {
+                if !self.starred {
+                    self.starred = true;
+                    return Some("*".to_owned());
+                }
+                continue;
+            }
+            self.starred = false;
+            self.previous = Some(chunk);
+            let mut line = format!("{start:08x}  ");
+            for i in 0..16 {
+                match chunk.get(i) {
+                    Some(b) => {
+                        let _ = write!(line, "{b:02x} ");
+                    }
+                    None => line.push_str("   "),
+                }
+                if i == 7 {
+                    line.push(' ');
+                }
+            }
+            let _ = write!(line, " |{}|", ascii(chunk));
+            return Some(line);
+        }
+    }
+}
+
+/// How much of a binary message `--hex` shows on a terminal (16 Ki lines); the rest is counted.
+pub const HEXDUMP_DISPLAY_LIMIT: usize = 256 * 1024;
+
+/// The dump of [`HexDump`] as one string (lines joined by `\n`), at most `limit` bytes shown.
+pub fn hexdump(bytes: &[u8], limit: usize) -> String {
+    HexDump::limited(bytes, limit).collect::<Vec<_>>().join("\n")
 }
 
 fn ascii(bytes: &[u8]) -> String {
@@ -353,25 +400,38 @@ mod tests {
 
     #[test]
     fn dumps_like_hexdump_c() {
-        assert_eq!(hexdump(b""), "binary, 0 bytes:");
+        assert_eq!(hexdump(b"", 1024), "binary, 0 bytes:");
         assert_eq!(
-            hexdump(b"hello world\n\x00\x01\x02\x03\xff\xfe\xfd\xfc"),
+            hexdump(b"hello world\n\x00\x01\x02\x03\xff\xfe\xfd\xfc", 1024),
             "binary, 20 bytes:\n\
              00000000  68 65 6c 6c 6f 20 77 6f  72 6c 64 0a 00 01 02 03  |hello world.....|\n\
              00000010  ff fe fd fc                                       |....|"
         );
         let zeros = [0u8; 64];
         assert_eq!(
-            hexdump(&[&zeros[..], b"\x1b[2J"].concat()),
+            hexdump(&[&zeros[..], b"\x1b[2J"].concat(), 1024),
             "binary, 68 bytes:\n\
              00000000  00 00 00 00 00 00 00 00  00 00 00 00 00 00 00 00  |................|\n\
              *\n\
              00000040  1b 5b 32 4a                                       |.[2J|"
         );
         assert_eq!(
-            hexdump(b"\x7f"),
+            hexdump(b"\x7f", 1024),
             "binary, 1 byte:\n00000000  7f                                                |.|"
         );
+        let limited = hexdump(&[0x41; 100], 32);
+        assert_eq!(
+            limited,
+            "binary, 100 bytes:\n\
+             00000000  41 41 41 41 41 41 41 41  41 41 41 41 41 41 41 41  |AAAAAAAAAAAAAAAA|\n\
+             *\n\
+             … 68 more bytes"
+        );
+        // Streamed line by line, the whole of a large message, in bounded pieces.
+        let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let lines: Vec<String> = HexDump::new(&big).collect();
+        assert_eq!(lines.len(), 1 + big.len().div_ceil(16));
+        assert!(lines.last().unwrap().starts_with("00018690  "), "{}", lines.last().unwrap());
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use std::io::{self, Write as _};
 use std::sync::Mutex;
 
-use super::format::{binary_summary, escape_controls, hexdump, pretty_json};
+use super::format::{binary_summary, escape_controls, hexdump, pretty_json, HexDump, HEXDUMP_DISPLAY_LIMIT};
 use super::jsonl::{self, Event};
 
 /// How output is formatted; decided once at start.
@@ -185,14 +185,24 @@ impl Ui {
         if c.jsonl {
             return jsonl::emit(&Event::Binary(data));
         }
-        let shown = || if c.hex { hexdump(data) } else { binary_summary(data) };
+        // On a terminal, a dump shows the first HEXDUMP_DISPLAY_LIMIT bytes.
+        let shown = || if c.hex { hexdump(data, HEXDUMP_DISPLAY_LIMIT) } else { binary_summary(data) };
         if c.interactive {
             let line = format!("{}{}{}", self.ts(c.color), paint(c.color, GREEN, "< "), paint(c.color, CYAN, &shown()));
             return self.emit(indent_rest(&line, self.ts_width() + 2), false);
         }
-        if c.display || c.hex {
+        if c.display {
             let line = format!("{}{}", self.ts(false), shown());
             return self.emit(line, false);
+        }
+        if c.hex {
+            // To a pipe or file: all of it, written a line at a time.
+            let mut out = io::BufWriter::new(io::stdout().lock());
+            write!(out, "{}", self.ts(false))?;
+            for line in HexDump::new(data) {
+                writeln!(out, "{line}")?;
+            }
+            return out.flush();
         }
         let mut out = io::stdout().lock();
         out.write_all(data)?;

@@ -266,6 +266,25 @@ fn jsonl_writes_every_event_as_one_json_object_per_line() {
     assert!(position("open", 1) < position("close", 1) && position("close", 1) == types.len() - 1, "{types:?}");
     // The human-readable lines are on stderr, not stdout.
     assert!(run.stderr.contains("closed: 4000 \"bye\""), "{}", run.stderr);
+
+    // Every field written is documented in the long help.
+    let help = Command::new(WSX).args(["connect", "--help"]).output().unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    let schema = &help[help.find("JSON lines (--jsonl):").expect("a JSON lines section in --help")..];
+    for event in &events {
+        for field in event.as_object().unwrap().keys() {
+            assert!(schema.contains(field.as_str()), "field {field:?} of {event} is not in --help:\n{schema}");
+        }
+        let kind = event["type"].as_str().unwrap();
+        // Each type opens a line of the table ("    open       …", "    ping, pong …").
+        let listed = schema.lines().any(|l| {
+            l.strip_prefix("    ").is_some_and(|l| {
+                let names = l.get(..11).unwrap_or(l); // the column of type names
+                !l.starts_with(' ') && names.split(", ").any(|name| name.trim() == kind)
+            })
+        });
+        assert!(listed, "type {kind:?} is not in --help:\n{schema}");
+    }
 }
 
 /// A refused connection and a refused handshake are `error` events (the latter with its
@@ -280,6 +299,16 @@ fn jsonl_reports_failures_to_connect_as_errors() {
     assert_eq!(events[0]["type"], "error");
     assert_eq!(events[0]["kind"], "io");
     assert!(events[0]["message"].as_str().unwrap().starts_with("cannot connect to ws://127.0.0.1:"), "{}", events[0]);
+
+    // With --reconnect, each failed attempt is an error, and each wait a reconnect.
+    let refused = format!("ws://127.0.0.1:{port}/");
+    let run = wsx(&["--jsonl", "--reconnect", "--reconnect-delay", "0.05", "--max-retries", "2", &refused], b"");
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    let events: Vec<Value> = run.stdout.lines().map(check_event).collect();
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["error", "reconnect", "error", "reconnect", "error"], "{}", run.stdout);
+    assert_eq!((&events[3]["attempt"], &events[3]["maxRetries"]), (&2.into(), &2.into()));
+    assert!(events[3]["reason"].as_str().unwrap().starts_with("cannot connect to "), "{}", events[3]);
 
     let server = Server::start(&[]);
     let run = run_with(&["--jsonl", &server.url("/no/such/endpoint")], b"", || {});

@@ -314,7 +314,7 @@ pub struct ConnectArgs {
     jsonl: bool,
     /// Show received binary messages as hex dumps (offset, hex, ASCII, like hexdump -C) instead
     /// of a summary on a terminal (the first 256 KiB of each) or the raw bytes on a pipe (all of
-    /// it); also in interactive mode.
+    /// it); also in interactive mode. With --binary, text messages then keep their newline.
     #[arg(long)]
     hex: bool,
     /// Interactive mode: neither read nor write the history file.

@@ -222,3 +222,11 @@ impl Drop for Redis {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// `wsx ARGS…` (e.g. `connect --listen tcp:127.0.0.1:0 URL`), started and watched like
+/// `wsx serve`: `addr` is the one of its first log line saying `listening` with `addr=`.
+pub fn start_wsx(args: &[&str]) -> Server {
+    let mut cmd = Command::new(WSX);
+    cmd.args(args);
+    Server::spawn(cmd)
+}

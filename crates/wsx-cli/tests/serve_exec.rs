@@ -169,6 +169,17 @@ async fn program_that_exits_0_closes_with_1000_after_all_its_output() {
     assert!(got == want, "lines out of order or changed");
     assert_eq!(frame.map(|f| f.code), Some(CloseCode::NORMAL));
     server.expect_log(&["closed", "code=1000", "by=\"server\""]);
+
+    // A program that prints and exits at once, many times: the order in which its exit and the
+    // end of its output are seen varies; each connection still closes with 1000 after both
+    // lines (within until_close's 10 s).
+    let server = Server::start(&["--exec", "sh", "-c", "echo a; echo b"]);
+    for _ in 0..20 {
+        let (mut ws, _) = wsx::connect(&server.url("/")).await.unwrap();
+        let (got, frame) = until_close(&mut ws).await;
+        assert_eq!(texts(&got), ["a", "b"]);
+        assert_eq!(frame.map(|f| f.code), Some(CloseCode::NORMAL));
+    }
 }
 
 #[tokio::test]

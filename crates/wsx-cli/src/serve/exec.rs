@@ -22,8 +22,12 @@
 //! - **Backpressure**: stdout is not read while the connection's output is at its high-water
 //!   mark (1 MiB), and the connection is not read while a message is being written to stdin, so
 //!   a program that prints faster than the client reads is slowed, and so is a client that sends
-//!   faster than the program reads. A program that takes none of a message for `--write-timeout`
-//!   (30 s) is treated like a client that reads nothing: the connection closes with 1011.
+//!   faster than the program reads. Nothing is queued beyond the connection's own bounds, one
+//!   message on its way to stdin, one line (or read) on its way out, and the pipes. A program
+//!   that, with a message waiting, takes no byte of its stdin for `--write-timeout` (30 s) is
+//!   treated like a client that reads nothing: the connection closes with 1011 "program takes no
+//!   input" (the connection is not read meanwhile, so neither are the client's pongs). Messages
+//!   that arrive after the program closed its stdin are dropped.
 //! - **Environment**: a clean one (CGI/1.1 and websocketd's names): `PATH`, `HOME`, `LANG`,
 //!   `LC_ALL`, `LC_CTYPE`, `TZ`, `LD_LIBRARY_PATH` and `TMPDIR` when the server has them, plus
 //!   `GATEWAY_INTERFACE=CGI/1.1`, `SERVER_SOFTWARE`, `SERVER_NAME` and `SERVER_PORT` (from the
@@ -35,6 +39,9 @@
 //!   `, `), except `Proxy` (httpoxy: `HTTP_PROXY` would be taken for a proxy setting).
 //! - **Limit**: at most `--exec-max` programs at once; over it, handshakes get 503 with
 //!   `Retry-After`.
+//!
+//! If `wsx serve` itself is killed with SIGKILL, its programs get EOF on stdin (and SIGPIPE on
+//! stdout) but no signal: a program that ignores both outlives it.
 
 use std::ffi::{OsStr, OsString};
 use std::net::SocketAddr;
@@ -83,6 +90,7 @@ pub struct ExecArgs {
     /// several lines. When the program exits, the connection closes after its output with 1000
     /// (status 0) or 1011 "program exited with status N". When the client leaves, the program
     /// gets EOF on stdin, SIGTERM after --exec-grace, SIGKILL 5 s later (to its process group).
+    /// A program that takes none of its stdin for --write-timeout while a message waits: 1011.
     /// Its stderr goes to the log, one line per event. Its environment is clean but for PATH,
     /// HOME, LANG, LC_ALL, LC_CTYPE, TZ, LD_LIBRARY_PATH and TMPDIR, plus CGI variables:
     /// REMOTE_ADDR, REMOTE_PORT, REQUEST_URI, SCRIPT_NAME (/), PATH_INFO, QUERY_STRING,
@@ -297,25 +305,20 @@ impl Exec {
                     }
                     Ok(msg @ (Message::Text(_) | Message::Binary(_))) => {
                         let Some(pipe) = stdin.as_mut() else { continue };
-                        let write = write_message(pipe, msg.payload(), !binary);
-                        let stalled = async {
-                            match stdin_timeout {
-                                Some(t) => tokio::time::sleep(t).await,
-                                None => std::future::pending().await,
-                            }
-                        };
+                        let write = write_message(pipe, msg.payload(), !binary, stdin_timeout);
                         tokio::select! {
-                            written = write => if written.is_err() {
+                            written = write => match written {
+                                Ok(()) => {}
+                                Err(Stdin::Stalled) => {
+                                    // Dropped on return: EOF.
+                                    ended.2 = true;
+                                    return ended;
+                                }
                                 // The program closed its stdin (or exited): later messages are
                                 // dropped.
-                                stdin = None;
+                                Err(Stdin::Closed) => stdin = None,
                             },
                             _ = stop.wait_for(|s| *s) => stdin = None,
-                            () = stalled => {
-                                // Dropped on return: EOF.
-                                ended.2 = true;
-                                return ended;
-                            }
                         }
                     }
                     Ok(_) => {}
@@ -428,6 +431,7 @@ impl Exec {
                 }
             }
             let _ = sender.flush().await;
+            tracing::debug!(%peer, pid, "stdout ended");
         };
 
         // stderr → the log.
@@ -476,6 +480,7 @@ impl Exec {
         let mut kill: Option<(Instant, Signal)> = None;
         let mut closing: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> = None;
         let mut close_started = false;
+        let mut fault_live = true;
         let mut down = false;
         let stop = |stop_tx: &watch::Sender<bool>| {
             let _ = stop_tx.send(true);
@@ -528,9 +533,11 @@ impl Exec {
                     let _ = exited_tx.send(true);
                     tracing::info!(%peer, pid, status = %describe(exit), "program exited");
                 }
-                frame = &mut fault_rx, if !close_started => {
-                    close_started = true;
+                // (An error: the output side ended without a fault.)
+                frame = &mut fault_rx, if fault_live && !close_started => {
+                    fault_live = false;
                     if let Ok(frame) = frame {
+                        close_started = true;
                         tracing::info!(%peer, pid, reason = frame.reason.as_str(), "closing: bad output");
                         closing = Some(start_close(&writer, &mut out, frame));
                         stop(&stop_tx);
@@ -597,12 +604,36 @@ fn start_close<S: Io>(
 }
 
 /// Writes one message to the program's stdin, with a newline in line mode.
-async fn write_message(pipe: &mut ChildStdin, payload: &[u8], newline: bool) -> std::io::Result<()> {
-    pipe.write_all(payload).await?;
-    if newline {
-        pipe.write_all(b"\n").await?;
+/// Why a message did not reach the program.
+enum Stdin {
+    /// It closed its stdin (or exited).
+    Closed,
+    /// It took no byte of the message for the stall timeout.
+    Stalled,
+}
+
+/// Writes one message to the program's stdin, with a newline in line mode. Each write (at most a
+/// pipe's worth) must make progress within `stall`.
+async fn write_message(
+    pipe: &mut ChildStdin,
+    payload: &[u8],
+    newline: bool,
+    stall: Option<Duration>,
+) -> Result<(), Stdin> {
+    let newline: &[u8] = if newline { b"\n" } else { b"" };
+    for mut part in [payload, newline] {
+        while !part.is_empty() {
+            let written = match stall {
+                Some(stall) => tokio::time::timeout(stall, pipe.write(part)).await.map_err(|_| Stdin::Stalled)?,
+                None => pipe.write(part).await,
+            };
+            match written {
+                Ok(0) | Err(_) => return Err(Stdin::Closed),
+                Ok(n) => part = &part[n..],
+            }
+        }
     }
-    pipe.flush().await
+    Ok(())
 }
 
 fn log_stderr(peer: SocketAddr, pid: u32, line: &[u8], cut: bool) {

@@ -498,3 +498,33 @@ async fn text_messages_are_passed_on_as_bytes() {
     assert_eq!(all, want, "the text's UTF-8 bytes, then the binary message's");
     serve.expect_log(&["forward ended", "to_target=9", "from_target=11", "ended_by=\"websocket\""]);
 }
+
+/// `--max-bridges 1`: a second TCP connection is closed at once while the first bridge runs;
+/// SIGTERM closes the running bridge's WebSocket with 1001 and exits 0.
+#[cfg(unix)]
+#[test]
+fn listen_limits_bridges_and_shuts_down_on_sigterm() {
+    let (serve, mut listen) = chain(echo_server(), &[], &["--max-bridges", "1"]);
+    let mut first = connect(listen.addr);
+    first.write_all(b"ping").unwrap();
+    let mut echoed = [0; 4];
+    first.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"ping");
+    let mut second = connect(listen.addr);
+    second.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut rest = Vec::new();
+    // Closed at once (a reset is fine too: it was never read from).
+    let closed = second.read_to_end(&mut rest);
+    assert!(closed.is_ok() || closed.as_ref().is_err_and(|e| e.kind() == ErrorKind::ConnectionReset), "{closed:?}");
+    assert!(rest.is_empty());
+    listen.expect_log(&["too many bridges", "max_bridges=1"]);
+    // The first bridge still works.
+    first.write_all(b"pong").unwrap();
+    first.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"pong");
+    listen.signal("TERM");
+    assert!(listen.wait(Duration::from_secs(5)).success(), "exit status 0 after SIGTERM");
+    let line = serve.expect_log(&["forward ended", "to_target=8", "from_target=8"]);
+    assert!(line.contains("code=1001") && line.contains("ended_by=\"websocket\""), "{line}");
+    assert_eq!(first.read_to_end(&mut rest).expect("the end of stream"), 0, "the TCP client is closed too");
+}

@@ -297,8 +297,9 @@ pub struct ConnectArgs {
     /// be opened closes its TCP connection (logged). A TCP end of stream closes the WebSocket
     /// with 1000, the server's close closes the TCP connection. Runs until Ctrl-C or SIGTERM;
     /// port 0 picks a free port (`listening on ADDR` on stderr). E.g. with wsx serve --forward
-    /// tcp:127.0.0.1:22 on the server: wsx connect --listen tcp:127.0.0.1:2222 ws://host:8080/
-    /// and then ssh -p 2222 localhost.
+    /// tcp:127.0.0.1:22 on the server: wsx connect --no-deflate --listen tcp:127.0.0.1:2222
+    /// ws://host:8080/ and then ssh -p 2222 localhost (--no-deflate: ssh and TLS traffic does not
+    /// compress, and deflating it costs CPU for nothing).
     #[arg(long, value_name = "tcp:ADDR:PORT", value_parser = listen::parse_listen,
           conflicts_with_all = ["reconnect", "reconnect_always", "preamble", "preamble_file", "max_messages", "oneshot"])]
     listen: Option<String>,

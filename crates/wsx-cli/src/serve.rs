@@ -205,7 +205,9 @@ pub struct ServeArgs {
     /// or not within 10 s) the upgrade is refused with 502. The target's end of stream closes
     /// the WebSocket with 1000 (after everything before it was sent), a TCP error with 1011;
     /// the client's close shuts the TCP connection down (both ways). One log line per bridge:
-    /// bytes each way, duration. Plain HTTP (the demo page, --static) is unchanged.
+    /// bytes each way, duration. A TCP side that takes nothing for --write-timeout ends the
+    /// bridge too (1011). Plain HTTP (the demo page, --static) is unchanged. Browser clients
+    /// that insist on a subprotocol (noVNC's `binary`) need it in --subprotocol.
     #[arg(long, value_name = "tcp:HOST:PORT", value_parser = forward::parse_target, conflicts_with_all = ["echo", "exec"])]
     forward: Option<forward::Target>,
     #[command(flatten)]

@@ -471,3 +471,46 @@ async fn sigterm_to_the_server_leaves_no_program_running() {
         let _ = std::fs::remove_file(f);
     }
 }
+
+/// Mistakes are errors at start, with a message that says what to fix.
+#[test]
+fn bad_exec_command_lines_are_refused_at_start() {
+    // Each must fail at once; one still running after 5 s started serving: killed, and the test
+    // fails.
+    let run = |args: &[&str]| {
+        let mut child = Command::new(common::WSX)
+            .args(["serve", "--addr", "127.0.0.1:0"])
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run wsx serve");
+        let end = Instant::now() + Duration::from_secs(5);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > end {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("wsx serve {args:?} started serving instead of refusing the command line");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(!status.success(), "{args:?} exited 0");
+        let mut err = String::new();
+        let _ = child.stderr.take().expect("piped").read_to_string(&mut err);
+        err
+    };
+    let err = run(&["--echo", "--exec", "cat"]);
+    assert!(err.contains("'--echo' cannot be used with '--exec"), "{err}");
+    let err = run(&["--forward", "tcp:127.0.0.1:9", "--exec", "cat"]);
+    assert!(err.contains("cannot be used with"), "{err}");
+    let err = run(&["--exec", "no-such-program-for-wsx"]);
+    assert!(err.contains("--exec no-such-program-for-wsx: no such executable program in PATH"), "{err}");
+    let err = run(&["--exec", "/no/such/dir/program"]);
+    assert!(err.contains("no such executable program"), "{err}");
+    let err = run(&["--exec-binary"]);
+    assert!(err.contains("--exec"), "{err}");
+}

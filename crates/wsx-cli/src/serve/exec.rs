@@ -102,7 +102,7 @@ pub struct ExecArgs {
         value_name = "PROGRAM [ARGS]",
         num_args = 1..,
         allow_hyphen_values = true,
-        conflicts_with = "echo"
+        conflicts_with_all = ["echo", "forward"]
     )]
     pub exec: Vec<OsString>,
     /// With --exec: binary messages both ways: each read of stdout (at most 64 KiB) is a binary

@@ -514,3 +514,18 @@ fn bad_exec_command_lines_are_refused_at_start() {
     let err = run(&["--exec-binary"]);
     assert!(err.contains("--exec"), "{err}");
 }
+
+/// Over TLS the program sees HTTPS=on, and the messages pass as over TCP.
+#[tokio::test]
+async fn over_tls_the_program_sees_https_on() {
+    let server =
+        Server::start(&["--tls-self-signed", "--exec", "sh", "-c", "echo \"https=$HTTPS\"; read l; echo \"got $l\""]);
+    let tls = wsx::tls::ClientTls::new().danger_accept_invalid_certs();
+    let url = format!("wss://127.0.0.1:{}/", server.addr.port());
+    let (mut ws, _) = ClientBuilder::new(url).tls(tls).connect().await.unwrap();
+    assert_eq!(next(&mut ws).await, Some(Message::text("https=on")));
+    ws.send_text("secret").await.unwrap();
+    let (got, frame) = until_close(&mut ws).await;
+    assert_eq!(texts(&got), ["got secret"]);
+    assert_eq!(frame.map(|f| f.code), Some(CloseCode::NORMAL));
+}

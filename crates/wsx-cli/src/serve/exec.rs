@@ -561,7 +561,7 @@ impl Exec {
                 }
                 () = tokio::time::sleep_until(next_kill.unwrap_or_else(Instant::now)), if next_kill.is_some() && status.is_none() => {
                     let Some((_, signal)) = kill.take() else { continue };
-                    tracing::info!(%peer, pid, signal = signal.name(), "program still running after its client left");
+                    tracing::info!(%peer, pid, signal = signal.name(), "program still running after its connection ended: signalled");
                     signal_group(pid, signal);
                     if signal == Signal::Term {
                         kill = Some((Instant::now() + KILL_AFTER, Signal::Kill));

@@ -19,10 +19,22 @@
 //! - **The WebSocket peer's close** → the byte side's write side is shut down (FIN) and, as
 //!   WebSocket has no half-close (our close answer follows at once), the byte stream is closed
 //!   both ways: what it sends later has nowhere to go (websockify does the same).
+//! - **No half-close**: WebSocket cannot say "no more data this way, but go on the other way",
+//!   so a byte-side EOF ends the whole bridge. A TCP client that sends a request, shuts its
+//!   write side down and waits for the answer (`nc -N`, some RPC clients) loses the answer;
+//!   such clients must keep their write side open until they have read everything.
+//! - **Graceful end**: once the WebSocket is over and the byte side's write side is shut down,
+//!   the bridge goes on reading (and dropping) what the byte side still sends, until its end
+//!   of stream, an error, or [`LINGER`]; only then is the stream dropped. Dropping a TCP socket
+//!   with unread input makes the kernel send RST and discard what is still queued for the
+//!   peer: bytes already counted in [`Report::to_bytes`] would never arrive.
 //! - **Errors**: a failing byte side closes the WebSocket with 1011 and the error as reason; a
 //!   failing WebSocket (an abnormal end, a protocol error, a timeout) closes the byte stream.
 //!   A write to the byte side that makes no progress for [`Options::write_timeout`] is a
-//!   failure too.
+//!   failure too (always bounded: a byte-side peer that stops reading cannot hold the bridge).
+//! - **Vanished TCP peers**: [`tcp_keepalive`] turns TCP keepalive on for the bridged sockets
+//!   (first probe after 60 s idle, then every 10 s), so a peer whose host is gone is noticed
+//!   even when no data flows.
 //! - **Shutdown** (the caller's future): the WebSocket is closed with 1001.
 //!
 //! Pings, keepalive, the close timeout and the WebSocket's write deadlines stay the library's.
@@ -41,12 +53,34 @@ use wsx::{CloseCode, Message, StreamEvent, WebSocket, WsReader, WsWriter};
 /// The most bytes read from the byte side at once: one binary message.
 pub const CHUNK: usize = 64 * 1024;
 
+/// How long the end of a bridge reads and drops the byte side's input, waiting for its end of
+/// stream, before the stream is dropped (the library's close timeout).
+pub const LINGER: Duration = Duration::from_secs(5);
+
+/// TCP keepalive on a bridged socket: the first probe after this much idle time.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// TCP keepalive: the time between probes (the kernel's count of probes applies, 9 on Linux).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Turns TCP keepalive on for a bridged socket ([`KEEPALIVE_IDLE`], [`KEEPALIVE_INTERVAL`]), so
+/// that a peer which vanished without a FIN or RST is noticed while the bridge idles; a failure
+/// is logged and otherwise ignored.
+pub fn tcp_keepalive(tcp: &tokio::net::TcpStream) {
+    let keepalive = socket2::TcpKeepalive::new().with_time(KEEPALIVE_IDLE);
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "macos", target_os = "windows"))]
+    let keepalive = keepalive.with_interval(KEEPALIVE_INTERVAL);
+    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "macos", target_os = "windows")))]
+    let _ = KEEPALIVE_INTERVAL;
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(error = %e, "cannot turn TCP keepalive on");
+    }
+}
+
 /// Settings of one bridge.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
-    /// How long a write to the byte side may make no progress before the bridge fails (1011);
-    /// `None`: no bound.
-    pub write_timeout: Option<Duration>,
+    /// How long a write to the byte side may make no progress before the bridge fails (1011).
+    pub write_timeout: Duration,
     /// The reason of our close when the byte side ended (code 1000).
     pub eof_reason: &'static str,
     /// The reason of our close when the caller's shutdown fired (code 1001).
@@ -123,7 +157,8 @@ impl Shared {
 }
 
 /// Bridges `ws` and `bytes` until both are done (see the module docs); returns the report.
-/// `shutdown` completing closes the WebSocket with 1001.
+/// `shutdown` completing closes the WebSocket with 1001. Returns at most [`LINGER`] after the
+/// WebSocket is over.
 pub async fn run<S, B>(ws: WebSocket<S>, bytes: B, shutdown: impl Future<Output = ()>, options: Options) -> Report
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -132,10 +167,10 @@ where
     let started = Instant::now();
     let shared = Shared { end: Mutex::default(), to_bytes: AtomicU64::new(0), to_ws: AtomicU64::new(0) };
     let (reader, writer) = ws.split();
-    let (byte_reader, byte_writer) = tokio::io::split(bytes);
-    {
-        let mut up = pin!(up(byte_reader, writer.clone(), &shared, options));
-        let mut down = pin!(down(reader, byte_writer, writer.clone(), &shared, options));
+    let (mut byte_reader, mut byte_writer) = tokio::io::split(bytes);
+    let linger = {
+        let mut up = pin!(up(&mut byte_reader, writer.clone(), &shared, options));
+        let mut down = pin!(down(reader, &mut byte_writer, writer.clone(), &shared, options));
         let mut shutdown = pin!(shutdown);
         let mut up_done = false;
         let mut shut = false;
@@ -145,7 +180,7 @@ where
         // when down is done (its read of the byte side is cancel-safe).
         loop {
             tokio::select! {
-                () = &mut down => break,
+                finished = &mut down => break finished,
                 () = &mut up, if !up_done && !shut => up_done = true,
                 () = &mut shutdown, if !shut => {
                     shut = true;
@@ -155,7 +190,12 @@ where
                 }
             }
         }
+    };
+    // Up is dropped: its reader is ours again.
+    if linger {
+        drain(&mut byte_reader).await;
     }
+    drop((byte_reader, byte_writer));
     let end = shared.end.into_inner().unwrap_or_else(|p| p.into_inner());
     Report {
         to_bytes: shared.to_bytes.into_inner(),
@@ -168,7 +208,7 @@ where
 }
 
 /// Byte side → WebSocket: one chunk read, one binary message sent, then the next read.
-async fn up<R, S>(mut bytes: R, mut ws: WsWriter<S>, shared: &Shared, options: Options)
+async fn up<R, S>(bytes: &mut R, mut ws: WsWriter<S>, shared: &Shared, options: Options)
 where
     R: AsyncRead + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
@@ -210,26 +250,35 @@ where
 }
 
 /// WebSocket → byte side: one chunk received, written, then the next; runs until the WebSocket
-/// is over, then shuts the byte side's write side down.
-async fn down<S, W>(mut ws: WsReader<S>, mut bytes: W, mut writer: WsWriter<S>, shared: &Shared, options: Options)
+/// is over, then shuts the byte side's write side down. `true` when every chunk was written and
+/// the write side shut down (the end may linger), `false` after a failed write.
+async fn down<S, W>(
+    mut ws: WsReader<S>,
+    bytes: &mut W,
+    mut writer: WsWriter<S>,
+    shared: &Shared,
+    options: Options,
+) -> bool
 where
     S: AsyncRead + AsyncWrite + Unpin,
     W: AsyncWrite + Unpin,
 {
-    // Whether the byte side still takes writes.
+    // Whether the byte side still takes writes, and whether one failed.
     let mut writing = true;
+    let mut failed = false;
     while let Some(event) = ws.recv_chunk().await {
         match event {
             Ok(StreamEvent::Chunk(chunk)) => {
                 if !writing || chunk.data.is_empty() {
                     continue;
                 }
-                match write_all(&mut bytes, &chunk.data, options.write_timeout).await {
+                match write_all(bytes, &chunk.data, options.write_timeout).await {
                     Ok(()) => {
                         shared.to_bytes.fetch_add(chunk.data.len() as u64, Ordering::Relaxed);
                     }
                     Err(error) => {
                         writing = false;
+                        failed = true;
                         let error = format!("tcp write failed: {error}");
                         // Goes on receiving (and dropping) until the peer answers.
                         if writer.close(CloseCode::INTERNAL_ERROR, close_reason(&error)).await.is_ok() {
@@ -245,7 +294,7 @@ where
                 shared.record(Side::WebSocket, Some(code), None);
                 if writing {
                     writing = false;
-                    shut_down(&mut bytes, options.write_timeout).await;
+                    shut_down(bytes, options.write_timeout).await;
                 }
             }
             Ok(StreamEvent::Control(_)) => {}
@@ -253,16 +302,27 @@ where
         }
     }
     if writing {
-        shut_down(&mut bytes, options.write_timeout).await;
+        shut_down(bytes, options.write_timeout).await;
     }
+    !failed
+}
+
+/// Reads and drops the byte side's input until its end of stream or an error, at most
+/// [`LINGER`] (see "Graceful end" in the module docs).
+async fn drain<R: AsyncRead + Unpin>(bytes: &mut R) {
+    let mut buf = vec![0; CHUNK];
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(n) = bytes.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Writes all of `data`; each write must make progress within `timeout`.
-async fn write_all<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    mut data: &[u8],
-    timeout: Option<Duration>,
-) -> std::io::Result<()> {
+async fn write_all<W: AsyncWrite + Unpin>(w: &mut W, mut data: &[u8], timeout: Duration) -> std::io::Result<()> {
     while !data.is_empty() {
         let n = with_timeout(timeout, w.write(data)).await??;
         if n == 0 {
@@ -274,17 +334,14 @@ async fn write_all<W: AsyncWrite + Unpin>(
 }
 
 /// Shuts the write side down (FIN for TCP), within `timeout`; errors do not matter any more.
-async fn shut_down<W: AsyncWrite + Unpin>(w: &mut W, timeout: Option<Duration>) {
+async fn shut_down<W: AsyncWrite + Unpin>(w: &mut W, timeout: Duration) {
     let _ = with_timeout(timeout, w.shutdown()).await;
 }
 
-async fn with_timeout<T>(timeout: Option<Duration>, f: impl Future<Output = T>) -> std::io::Result<T> {
-    match timeout {
-        None => Ok(f.await),
-        Some(t) => tokio::time::timeout(t, f).await.map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no progress within {} s", t.as_secs_f64()))
-        }),
-    }
+async fn with_timeout<T>(timeout: Duration, f: impl Future<Output = T>) -> std::io::Result<T> {
+    tokio::time::timeout(timeout, f).await.map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no progress within {} s", timeout.as_secs_f64()))
+    })
 }
 
 /// `text` cut to a close reason's 123 bytes, at a character boundary.

@@ -295,7 +295,12 @@ pub struct ConnectArgs {
     /// (received text messages are written as their bytes). The WebSocket options above apply
     /// (headers, subprotocols, Origin, TLS, proxy, deflate, keepalive); a WebSocket that cannot
     /// be opened closes its TCP connection (logged). A TCP end of stream closes the WebSocket
-    /// with 1000, the server's close closes the TCP connection. Runs until Ctrl-C or SIGTERM;
+    /// with 1000, the server's close closes the TCP connection (what the TCP client still sends
+    /// is read and dropped for up to 5 s, so that everything sent to it arrives). No half-close:
+    /// WebSocket cannot carry one, so a TCP client that shuts its sending side down (nc -N) to
+    /// wait for an answer gets none; it must keep it open until it has read the answer. A TCP
+    /// client that takes nothing for 30 s ends its bridge (1011); accepted sockets have TCP
+    /// keepalive. Runs until Ctrl-C or SIGTERM;
     /// port 0 picks a free port (`listening on ADDR` on stderr). E.g. with wsx serve --forward
     /// tcp:127.0.0.1:22 on the server: wsx connect --no-deflate --listen tcp:127.0.0.1:2222
     /// ws://host:8080/ and then ssh -p 2222 localhost (--no-deflate: ssh and TLS traffic does not

@@ -202,12 +202,16 @@ pub struct ServeArgs {
     /// Bridge every WebSocket connection, on every path, to a new TCP connection to HOST:PORT
     /// (like websockify): bytes both ways as binary messages; a text message's bytes are passed
     /// on too. The TCP connection is made before the upgrade is answered: if it fails (refused,
-    /// or not within 10 s) the upgrade is refused with 502. The target's end of stream closes
+    /// or not within 5 s) the upgrade is refused with 502. The target's end of stream closes
     /// the WebSocket with 1000 (after everything before it was sent), a TCP error with 1011;
-    /// the client's close shuts the TCP connection down (both ways). One log line per bridge:
-    /// bytes each way, duration. A TCP side that takes nothing for --write-timeout ends the
-    /// bridge too (1011). Plain HTTP (the demo page, --static) is unchanged. Browser clients
-    /// that insist on a subprotocol (noVNC's `binary`) need it in --subprotocol.
+    /// the client's close shuts the TCP connection down (both ways; what the target still
+    /// sends is read and dropped for up to 5 s, so that everything sent to it arrives). No
+    /// half-close: WebSocket cannot carry one, so a target that shuts its sending side down
+    /// ends the bridge, and its client cannot send more (nor can a client half-close and wait
+    /// for an answer). One log line per bridge: bytes each way, duration. A target that takes
+    /// nothing for --write-timeout (30 s when it is 0) ends the bridge too (1011); the target's
+    /// socket has TCP keepalive. Plain HTTP (the demo page, --static) is unchanged. Browser
+    /// clients that insist on a subprotocol (noVNC's `binary`) need it in --subprotocol.
     #[arg(long, value_name = "tcp:HOST:PORT", value_parser = forward::parse_target, conflicts_with_all = ["echo", "exec"])]
     forward: Option<forward::Target>,
     #[command(flatten)]

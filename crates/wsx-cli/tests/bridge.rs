@@ -270,6 +270,8 @@ fn target_eof_reaches_the_client_after_all_bytes() {
     read_checked(&mut tcp, 3, LEN);
     let mut rest = [0; 16];
     assert_eq!(tcp.read(&mut rest).expect("the end of stream, not a timeout"), 0, "the end of stream after N bytes");
+    // Closed after the end of stream (the bridge waits for it, up to 5 s, before it ends).
+    drop(tcp);
     let line = serve.expect_log(&["forward ended", &format!("from_target={LEN}")]);
     assert!(line.contains("ended_by=\"tcp\"") && line.contains("code=1000"), "{line}");
     let line = listen.expect_log(&["bridge ended", &format!("to_tcp={LEN}")]);
@@ -319,15 +321,50 @@ impl Writer {
     }
 }
 
+/// The largest a TCP socket buffer may grow to by autotuning: the third value of
+/// `/proc/sys/net/ipv4/NAME` (`tcp_rmem`, `tcp_wmem`); `default` where there is no such file.
+fn tcp_buffer_max(name: &str, default: usize) -> usize {
+    let path = format!("/proc/sys/net/ipv4/{name}");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .split_whitespace()
+            .nth(2)
+            .and_then(|max| max.parse().ok())
+            .unwrap_or_else(|| panic!("{path}: expected three numbers (min, default, max), got {text:?}")),
+        Err(_) => default,
+    }
+}
+
 /// The bound on what the chain may hold for a side that stopped reading: the socket buffers
-/// of three TCP connections (loopback autotuning: up to about 10 MiB each) and the bridges'
-/// bounded buffers; without backpressure the sender would get its whole `MAX` through.
-const HELD: usize = 48 * MIB;
-const MAX: usize = 256 * MIB;
+/// of its three TCP connections (each at most `tcp_rmem`'s and `tcp_wmem`'s max, read from
+/// this machine) and, per bridge, the pump's chunk each way and the WebSocket's buffers (its
+/// write buffer's high-water mark, 1 MiB, and a message beyond it; the reader's 64 KiB): 4 MiB
+/// is generous. Without backpressure the sender would get its whole [`max_sent`] through.
+fn held() -> usize {
+    let per_connection = tcp_buffer_max("tcp_rmem", 6 * MIB) + tcp_buffer_max("tcp_wmem", 4 * MIB);
+    3 * per_connection + 2 * 4 * MIB
+}
+
+/// What a sender may write without a stall before the test gives up: well beyond [`held`].
+fn max_sent() -> usize {
+    (256 * MIB).max(2 * held())
+}
+
+/// Asserts that a sender stalled within [`held`], with the bound's sources in the message.
+fn assert_held(stalled_at: usize, who: &str) {
+    let held = held();
+    assert!(
+        stalled_at < held,
+        "{stalled_at} bytes taken while {who} read nothing: more than the chain can hold ({held}: 3 TCP \
+         connections of tcp_rmem max {} + tcp_wmem max {} bytes, and 4 MiB per bridge)",
+        tcp_buffer_max("tcp_rmem", 6 * MIB),
+        tcp_buffer_max("tcp_wmem", 4 * MIB)
+    );
+}
 /// What is sent after the stall, once the other side reads again.
 const AFTER: usize = 8 * MIB;
 
-/// A target that stops reading stalls the client's writes (bounded by [`HELD`]); when it reads
+/// A target that stops reading stalls the client's writes (bounded by [`held`]); when it reads
 /// again everything arrives intact, and more after it.
 #[test]
 fn backpressure_from_a_target_that_stops_reading() {
@@ -355,10 +392,11 @@ fn backpressure_from_a_target_that_stops_reading() {
     let (serve, listen) = chain(target, &[], &[]);
     let mut tcp = connect(listen.addr);
     let mut writer = Writer::new(11);
-    assert!(writer.until_stalled(&mut tcp, Duration::from_secs(2), MAX), "{MAX} bytes taken without a stall");
+    let max = max_sent();
+    assert!(writer.until_stalled(&mut tcp, Duration::from_secs(2), max), "{max} bytes taken without a stall");
     let stalled_at = writer.sent;
     eprintln!("the client's writes stalled after {:.1} MiB", stalled_at as f64 / MIB as f64);
-    assert!(stalled_at < HELD, "{stalled_at} bytes taken while the target read nothing");
+    assert_held(stalled_at, "the target");
     reading.store(true, Ordering::Release);
     writer.write_more(&mut tcp, AFTER);
     tcp.shutdown(Shutdown::Write).unwrap();
@@ -370,14 +408,14 @@ fn backpressure_from_a_target_that_stops_reading() {
     assert_eq!(received.load(Ordering::Acquire), writer.sent as u64, "{}", logs());
 }
 
-/// A client that stops reading stalls the target's writes (bounded by [`HELD`]); when it reads
+/// A client that stops reading stalls the target's writes (bounded by [`held`]); when it reads
 /// again everything arrives intact, and more after it, then the end of stream.
 #[test]
 fn backpressure_from_a_client_that_stops_reading() {
     let (sent_tx, sent_rx) = std::sync::mpsc::channel();
     let target = tcp_server(move |mut tcp| {
         let mut writer = Writer::new(13);
-        let stalled = writer.until_stalled(&mut tcp, Duration::from_secs(2), MAX);
+        let stalled = writer.until_stalled(&mut tcp, Duration::from_secs(2), max_sent());
         let _ = sent_tx.send((stalled, writer.sent));
         writer.write_more(&mut tcp, AFTER);
         let _ = sent_tx.send((true, writer.sent));
@@ -388,9 +426,9 @@ fn backpressure_from_a_client_that_stops_reading() {
     let (stalled, stalled_at) = sent_rx
         .recv_timeout(Duration::from_secs(120))
         .expect("the target's writes did not stall within 120 s: do the bridges buffer without bound?");
-    assert!(stalled, "{MAX} bytes taken without a stall");
+    assert!(stalled, "{} bytes taken without a stall", max_sent());
     eprintln!("the target's writes stalled after {:.1} MiB", stalled_at as f64 / MIB as f64);
-    assert!(stalled_at < HELD, "{stalled_at} bytes taken while the client read nothing");
+    assert_held(stalled_at, "the client");
     let mut stream = Stream::new(13);
     let mut buf = vec![0; 256 * 1024];
     let mut got = 0;
@@ -527,4 +565,153 @@ fn listen_limits_bridges_and_shuts_down_on_sigterm() {
     let line = serve.expect_log(&["forward ended", "to_target=8", "from_target=8"]);
     assert!(line.contains("code=1001") && line.contains("ended_by=\"websocket\""), "{line}");
     assert_eq!(first.read_to_end(&mut rest).expect("the end of stream"), 0, "the TCP client is closed too");
+}
+
+/// A peer that talks all the time: writes 100 bytes every millisecond from a thread of its own
+/// until a write fails or `stop` is set.
+fn chatter(tcp: &TcpStream, stop: Arc<AtomicBool>) -> thread::JoinHandle<()> {
+    let mut tcp = tcp.try_clone().unwrap();
+    thread::spawn(move || {
+        while !stop.load(Ordering::Acquire) {
+            if tcp.write_all(&[b'x'; 100]).is_err() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+    })
+}
+
+/// Reads the stream `seed` slowly (a 64 KiB read every 5 ms) until the end of stream or an
+/// error: the bytes read, and how it ended.
+fn read_slowly(tcp: &mut TcpStream, seed: u64) -> (usize, Result<(), String>) {
+    let mut stream = Stream::new(seed);
+    let mut buf = vec![0; 64 * 1024];
+    let mut got = 0;
+    loop {
+        match tcp.read(&mut buf) {
+            Ok(0) => return (got, Ok(())),
+            Ok(n) => {
+                stream.check(&buf[..n]);
+                got += n;
+                thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return (got, Err(e.to_string())),
+        }
+    }
+}
+
+/// The WebSocket side ends (the client's end of stream) while the target still talks and reads
+/// slowly: every byte the client sent reaches the target, then the end of stream, not a reset
+/// (the bridge reads the target's last words before it closes the socket).
+#[test]
+fn forward_delivers_everything_to_a_target_that_keeps_talking() {
+    const LEN: usize = 8 * MIB;
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let target = tcp_server(move |mut tcp| {
+        let stop = Arc::new(AtomicBool::new(false));
+        let talker = chatter(&tcp, stop.clone());
+        let end = read_slowly(&mut tcp, 17);
+        stop.store(true, Ordering::Release);
+        let _ = talker.join();
+        let _ = done_tx.send(end);
+    });
+    let (serve, listen) = chain(target, &[], &["--no-deflate"]);
+    let mut tcp = connect(listen.addr);
+    let mut reader = tcp.try_clone().unwrap();
+    // What comes back is read and dropped.
+    let sink = thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()).map_err(|e| e.to_string()));
+    let mut writer = Writer::new(17);
+    writer.write_more(&mut tcp, LEN);
+    tcp.shutdown(Shutdown::Write).unwrap();
+    let logs = || format!("{}\n{}", serve.log.lock().unwrap().join("\n"), listen.log.lock().unwrap().join("\n"));
+    let (got, end) = done_rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| panic!("no end\n{}", logs()));
+    assert_eq!((got, end), (LEN, Ok(())), "all bytes, then the end of stream\n{}", logs());
+    serve.expect_log(&["forward ended", &format!("to_target={LEN}")]);
+    assert!(sink.join().unwrap().is_ok(), "the client's connection ends cleanly too");
+}
+
+/// The WebSocket side ends (the target's end of stream, through the chain) while the TCP client
+/// still talks and reads slowly: every byte the target sent reaches the client, then the end
+/// of stream, not a reset.
+#[test]
+fn listen_delivers_everything_to_a_client_that_keeps_talking() {
+    const LEN: usize = 8 * MIB;
+    let target = tcp_server(move |mut tcp| {
+        let mut reader = tcp.try_clone().unwrap();
+        let sink = thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+        let mut writer = Writer::new(19);
+        writer.write_more(&mut tcp, LEN);
+        let _ = tcp.shutdown(Shutdown::Write);
+        let _ = sink.join();
+    });
+    let (serve, listen) = chain(target, &[], &["--no-deflate"]);
+    let mut tcp = connect(listen.addr);
+    let stop = Arc::new(AtomicBool::new(false));
+    let talker = chatter(&tcp, stop.clone());
+    let end = read_slowly(&mut tcp, 19);
+    stop.store(true, Ordering::Release);
+    let _ = talker.join();
+    // Closed: the bridge, reading our chatter meanwhile, sees the end of stream and ends.
+    drop(tcp);
+    let logs = || format!("{}\n{}", serve.log.lock().unwrap().join("\n"), listen.log.lock().unwrap().join("\n"));
+    assert_eq!(end, (LEN, Ok(())), "all bytes, then the end of stream\n{}", logs());
+    listen.expect_log(&["bridge ended", &format!("to_tcp={LEN}")]);
+}
+
+/// A target that never answers (its accept queue is full, so its host drops our SYNs): the
+/// upgrade is refused with 502 well within `wsx connect`'s default handshake timeout (10 s), so
+/// that a wsx client learns the 502 instead of timing out.
+#[cfg(target_os = "linux")]
+#[test]
+fn unanswering_target_is_a_502_before_the_client_times_out() {
+    use socket2::{Domain, Socket, Type};
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    listener.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+    listener.listen(0).unwrap();
+    let target = listener.local_addr().unwrap().as_socket().unwrap();
+    // Connections nobody accepts fill the queue (backlog 0: one or two); the rest hang.
+    let mut fill = Vec::new();
+    for _ in 0..3 {
+        let tcp = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        tcp.set_nonblocking(true).unwrap();
+        let _ = tcp.connect(&target.into());
+        fill.push(tcp);
+    }
+    thread::sleep(Duration::from_millis(500));
+    let serve = Server::start(&["--forward", &format!("tcp:{target}")]);
+    let started = Instant::now();
+    let (status, body) = upgrade(serve.addr);
+    let took = started.elapsed();
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("no connection within 5 s"), "{body}");
+    assert!(took < Duration::from_secs(8), "the 502 after {took:?}: a wsx client's handshake timeout is 10 s");
+    drop(fill);
+}
+
+/// The bridged TCP sockets (`--forward`'s to the target, `--listen`'s accepted one) have TCP
+/// keepalive on, so that a peer that vanished is noticed while the bridge idles (`ss -o`
+/// shows the keepalive timer).
+#[cfg(target_os = "linux")]
+#[test]
+fn bridged_tcp_sockets_have_keepalive() {
+    let target = echo_server();
+    let (_serve, listen) = chain(target, &[], &[]);
+    let mut tcp = connect(listen.addr);
+    tcp.write_all(b"ping").unwrap();
+    let mut echoed = [0; 4];
+    tcp.read_exact(&mut echoed).unwrap();
+    let ss = |filter: String| {
+        let out = Command::new("ss")
+            .args(["-tnoH", "state", "established", &filter])
+            .output()
+            .unwrap_or_else(|e| panic!("this test needs ss (iproute2) on PATH: {e}"));
+        assert!(out.status.success(), "ss {filter}: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(!text.trim().is_empty(), "ss finds no socket with {filter}");
+        text
+    };
+    let to_target = ss(format!("dport = :{}", target.port()));
+    assert!(to_target.contains("timer:(keepalive"), "--forward's socket to the target: {to_target}");
+    let accepted = ss(format!("sport = :{}", listen.addr.port()));
+    assert!(accepted.contains("timer:(keepalive"), "--listen's accepted socket: {accepted}");
 }

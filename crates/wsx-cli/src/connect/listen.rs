@@ -6,6 +6,9 @@
 //!   connection at once; the cause is logged.
 //! - At most `--max-bridges` bridges run at once; a TCP connection over it is closed at once
 //!   (logged).
+//! - A TCP client that takes nothing for [`WRITE_TIMEOUT`] (30 s) ends its bridge (1011); the
+//!   accepted sockets have TCP keepalive on ([`bridge::tcp_keepalive`]), and the WebSocket
+//!   has `connect`'s keepalive pings.
 //! - SIGINT (Ctrl-C) or SIGTERM: the listener stops, every WebSocket is closed with 1001, and
 //!   wsx exits 0 after at most 2 s.
 //!
@@ -28,8 +31,9 @@ use crate::bridge;
 
 /// How long shutdown waits for the closing handshakes.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
-/// How long a write to a TCP client may make no progress.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a write to a TCP client may make no progress before its bridge fails (the
+/// WebSocket is closed with 1011): a client that stops reading cannot hold its bridge.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Parses `tcp:ADDR` (`tcp:127.0.0.1:2222`, `tcp:[::1]:2222`, `tcp:localhost:2222`; port 0
 /// picks a free port, logged).
@@ -112,6 +116,7 @@ async fn bridge_one(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = tcp.set_nodelay(true);
+    bridge::tcp_keepalive(&tcp);
     let ws = tokio::select! {
         connected = tokio::time::timeout(connect_timeout, builder.connect()) => match connected {
             Ok(Ok((ws, _response))) => ws,
@@ -131,7 +136,7 @@ async fn bridge_one(
         let _ = shutdown.wait_for(|&down| down).await;
     };
     let options = bridge::Options {
-        write_timeout: Some(WRITE_TIMEOUT),
+        write_timeout: WRITE_TIMEOUT,
         eof_reason: "tcp client closed",
         shutdown_reason: "wsx shutting down",
     };

@@ -4,7 +4,13 @@
 //! The TCP connection is made before the handshake is answered: when it fails (refused,
 //! unreachable, or not made within [`CONNECT_TIMEOUT`]) the upgrade is refused with 502 Bad
 //! Gateway and the cause in the body, so a client learns it as an HTTP status, not as a
-//! WebSocket that opens and closes at once.
+//! WebSocket that opens and closes at once. [`CONNECT_TIMEOUT`] is below `wsx connect`'s
+//! default handshake timeout (10 s), so that a client learns the 502 rather than timing out.
+//!
+//! Writes to the target are bounded by `--write-timeout`, or by [`TCP_WRITE_TIMEOUT`] when it
+//! is 0 (no bound for WebSocket clients): a target that stops reading cannot hold its bridge
+//! for ever. The target's socket has TCP keepalive on ([`bridge::tcp_keepalive`]); a vanished
+//! WebSocket client is noticed by the WebSocket's pings (`--ping-interval`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -17,7 +23,10 @@ use super::{Io, Outcome};
 use crate::bridge;
 
 /// How long the TCP connection to the target may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a write to the target may make no progress when `--write-timeout` is 0.
+pub const TCP_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The `--forward` target, `HOST:PORT`, resolved at each connection.
 #[derive(Debug, Clone)]
@@ -46,6 +55,7 @@ pub async fn connect(target: &Target, peer: SocketAddr) -> Result<TcpStream, Rej
     let error = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&target.0)).await {
         Ok(Ok(tcp)) => {
             let _ = tcp.set_nodelay(true);
+            bridge::tcp_keepalive(&tcp);
             return Ok(tcp);
         }
         Ok(Err(e)) => e.to_string(),
@@ -66,6 +76,7 @@ pub async fn bridge<S: Io>(
     write_timeout: Option<Duration>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Outcome {
+    let write_timeout = write_timeout.unwrap_or(TCP_WRITE_TIMEOUT);
     let options =
         bridge::Options { write_timeout, eof_reason: "target closed", shutdown_reason: "server shutting down" };
     let report = bridge::run(ws, tcp, shutdown, options).await;

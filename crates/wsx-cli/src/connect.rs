@@ -784,6 +784,9 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
         let opened = Instant::now();
         let end = session(ws, &args, &ui, &preamble, budget.clone(), &mut input).await;
         if end.interrupted {
+            // --jsonl: the connection's end is an event even when the user cut it short (1006,
+            // not clean, unless the server's close frame came first).
+            report_end(&ui, &end);
             finish_terminal(&ui, prompt.as_ref()).await;
             ui.note(Kind::Error, "interrupted");
             return Ok(ExitCode::from(130));

@@ -7,6 +7,7 @@ mod common;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -19,9 +20,12 @@ struct Run {
     stderr: String,
 }
 
+/// What `wsx connect` has written on stdout so far.
+type Stdout = Arc<Mutex<Vec<u8>>>;
+
 /// Runs `wsx connect ARGS` with `stdin` (then end of input); `during` runs while it does (e.g.
-/// to start the server late). Killed, failing the test, after 20 s.
-fn run_with(args: &[&str], stdin: &[u8], during: impl FnOnce()) -> Run {
+/// to start the server late), with its stdout so far. Killed, failing the test, after 20 s.
+fn run_with(args: &[&str], stdin: &[u8], during: impl FnOnce(&Stdout)) -> Run {
     let mut child = Command::new(WSX)
         .arg("connect")
         .args(args)
@@ -38,17 +42,22 @@ fn run_with(args: &[&str], stdin: &[u8], during: impl FnOnce()) -> Run {
     drop(input);
     let mut out = child.stdout.take().unwrap();
     let mut err = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
+    let so_far = Stdout::default();
+    let out = std::thread::spawn({
+        let so_far = so_far.clone();
+        move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = out.read(&mut buf) {
+                so_far.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        }
     });
     let err = std::thread::spawn(move || {
         let mut v = Vec::new();
         let _ = err.read_to_end(&mut v);
         v
     });
-    during();
+    during(&so_far);
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -62,13 +71,17 @@ fn run_with(args: &[&str], stdin: &[u8], during: impl FnOnce()) -> Run {
     };
     Run {
         code: status.code(),
-        stdout: String::from_utf8(out.join().unwrap()).expect("stdout is UTF-8"),
+        stdout: {
+            out.join().unwrap();
+            let bytes = std::mem::take(&mut *so_far.lock().unwrap());
+            String::from_utf8(bytes).expect("stdout is UTF-8")
+        },
         stderr: String::from_utf8_lossy(&err.join().unwrap()).into_owned(),
     }
 }
 
 fn wsx(args: &[&str], stdin: &[u8]) -> Run {
-    run_with(args, stdin, || {})
+    run_with(args, stdin, |_| {})
 }
 
 /// A file of its own in the temporary directory, removed when dropped.
@@ -311,7 +324,7 @@ fn jsonl_reports_failures_to_connect_as_errors() {
     assert!(events[3]["reason"].as_str().unwrap().starts_with("cannot connect to "), "{}", events[3]);
 
     let server = Server::start(&[]);
-    let run = run_with(&["--jsonl", &server.url("/no/such/endpoint")], b"", || {});
+    let run = run_with(&["--jsonl", &server.url("/no/such/endpoint")], b"", |_| {});
     assert_eq!(run.code, Some(1), "{}", run.stderr);
     let events: Vec<Value> = run.stdout.lines().map(check_event).collect();
     assert_eq!(events.len(), 1, "{}", run.stdout);
@@ -326,8 +339,14 @@ fn jsonl_reports_failures_to_connect_as_errors() {
 fn jsonl_reports_a_dropped_connection_as_error_then_close() {
     let mut server = Server::start(&["--echo"]);
     let addr = server.addr;
-    let run = run_with(&["--jsonl", "-n", &format!("ws://{addr}/")], b"before the drop\n", || {
-        std::thread::sleep(Duration::from_millis(700));
+    let run = run_with(&["--jsonl", "-n", &format!("ws://{addr}/")], b"before the drop\n", |stdout| {
+        // Killed once the echo is in: open and text come before the drop however loaded the
+        // machine is.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !String::from_utf8_lossy(&stdout.lock().unwrap()).contains(r#""type":"text""#) {
+            assert!(Instant::now() < deadline, "no echo within 15 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = server.child.kill();
     });
     assert_eq!(run.code, Some(2), "{}", run.stderr);
@@ -393,7 +412,7 @@ fn stdin_before_the_first_connection_is_queued_through_reconnect_attempts() {
     let run = run_with(
         &["--reconnect", "--reconnect-delay", "0.2", "--reconnect-max-delay", "0.2", &format!("ws://{addr}/")],
         b"a\nb\nc\n",
-        || {
+        |_| {
             std::thread::sleep(Duration::from_secs(1));
             server = Some(Server::start_at(addr, &["--echo"]));
         },
@@ -429,4 +448,75 @@ fn stdin_before_a_slow_handshake_is_queued() {
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert!(started.elapsed() >= Duration::from_secs(1), "the server was not slow");
     assert_eq!(run.stdout, "first\nsecond\n", "{}", run.stderr);
+}
+
+/// Ctrl-C twice (SIGINT) while the server does not answer our close still ends the JSON lines
+/// with a `close` event: 1006, not clean, closed by the client; exit status 130.
+#[cfg(unix)]
+#[test]
+fn jsonl_writes_a_close_event_when_interrupted() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = wsx::accept(tcp).await.unwrap();
+            // One echo, then silence: the client's close is never answered.
+            if let Some(Ok(msg)) = ws.recv().await {
+                let _ = ws.send(msg).await;
+            }
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+    });
+    let mut child = Command::new(WSX)
+        .args(["connect", "--jsonl", "-n", &format!("ws://{addr}/")])
+        .env("NO_COLOR", "1")
+        .env("WSX_HISTORY", "")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run wsx connect");
+    child.stdin.take().unwrap().write_all(b"hi\n").unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !lines.iter().any(|l: &String| l.contains(r#""type":"text""#)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        lines.push(rx.recv_timeout(left).expect("no echo within 15 s"));
+    }
+    let pid = child.id() as libc::pid_t;
+    // The first SIGINT starts the closing handshake; the second gives up waiting for the answer.
+    // Sent every 300 ms until wsx exits, as signals that arrive together may count as one.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("wsx connect did not exit within 15 s of SIGINTs");
+        }
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    lines.extend(rx.iter());
+    assert_eq!(status.code(), Some(130), "{lines:?}");
+    let events: Vec<Value> = lines.iter().map(|l| check_event(l)).collect();
+    let last = events.last().unwrap();
+    assert_eq!(last["type"], "close", "{lines:?}");
+    assert_eq!((&last["code"], &last["wasClean"], &last["closedBy"]), (&1006.into(), &false.into(), &"client".into()));
 }

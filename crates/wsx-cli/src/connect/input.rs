@@ -257,6 +257,10 @@ pub async fn read_binary_arg(arg: &str, limit: u64) -> Result<(Bytes, Option<Str
     if meta.is_dir() {
         return Err(format!("/binary: {shown} is a directory, not a file"));
     }
+    if !meta.is_file() {
+        // A FIFO, a socket or a device could block the session for ever or never end.
+        return Err(format!("/binary: {shown} is not a regular file (a pipe, socket or device)"));
+    }
     if meta.len() > limit {
         return Err(format!(
             "/binary: {shown} has {} bytes, more than the {} that /binary sends in one message",
@@ -564,6 +568,17 @@ mod tests {
         assert!(note.unwrap().contains("use /hex"));
         let dir_error = read_binary_arg(dir.to_str().unwrap(), 64).await.unwrap_err();
         assert!(dir_error.contains("is a directory"), "{dir_error}");
+        // A FIFO would block the session until someone writes to it: refused at once.
+        #[cfg(unix)]
+        {
+            let fifo = dir.join("fifo");
+            let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("run mkfifo");
+            assert!(made.success(), "mkfifo {}", fifo.display());
+            let read =
+                tokio::time::timeout(std::time::Duration::from_secs(5), read_binary_arg(fifo.to_str().unwrap(), 64));
+            let fifo_error = read.await.expect("/binary on a FIFO must not block").unwrap_err();
+            assert!(fifo_error.contains("not a regular file"), "{fifo_error}");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -715,3 +715,34 @@ fn bridged_tcp_sockets_have_keepalive() {
     let accepted = ss(format!("sport = :{}", listen.addr.port()));
     assert!(accepted.contains("timer:(keepalive"), "--listen's accepted socket: {accepted}");
 }
+
+/// With `--write-timeout 0` (no bound for WebSocket clients) a target that stops reading still
+/// cannot hold its bridge for ever: after 30 s without progress the bridge ends with 1011.
+#[test]
+fn target_writes_are_bounded_without_write_timeout() {
+    let target = tcp_server(|tcp| {
+        // Reads nothing, for longer than the bound.
+        thread::sleep(Duration::from_secs(60));
+        drop(tcp);
+    });
+    let (serve, listen) = chain(target, &["--write-timeout", "0"], &["--no-deflate"]);
+    let mut tcp = connect(listen.addr);
+    let mut writer = Writer::new(23);
+    assert!(writer.until_stalled(&mut tcp, Duration::from_secs(2), max_sent()), "no stall");
+    let stalled = Instant::now();
+    let end = stalled + Duration::from_secs(45);
+    let line = loop {
+        let found = serve.log.lock().unwrap().iter().find(|l| l.contains("forward ended")).cloned();
+        if let Some(line) = found {
+            break line;
+        }
+        assert!(
+            Instant::now() < end,
+            "the bridge still runs 45 s after the stall:\n{}",
+            serve.log.lock().unwrap().join("\n")
+        );
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert!(line.contains("code=1011") && line.contains("no progress within 30 s"), "{line}");
+    assert!(stalled.elapsed() >= Duration::from_secs(15), "ended {:?} after the stall: {line}", stalled.elapsed());
+}

@@ -66,7 +66,14 @@ Examples:
       Stay connected: after a drop, a restart (1012) or a 5xx, reconnect with backoff and
       subscribe again.
   echo '{\"op\":\"snapshot\"}' | wsx connect --oneshot wss://host/api
-      Print the first message received, close cleanly, exit 0."
+      Print the first message received, close cleanly, exit 0.
+  wsx connect --jsonl ws://host/feed | jq -r 'select(.type==\"text\") | .data'
+      Every event as one JSON object per line, for scripts (fields under JSON lines, --help).
+  wsx connect --hex ws://host/feed
+      Show binary messages as hexdump -C dumps.
+  wsx connect --no-deflate --listen tcp:127.0.0.1:2222 ws://host:8080/
+      A TCP port whose connections each go through a new WebSocket (ssh -p 2222 localhost to
+      a wsx serve --forward tcp:127.0.0.1:22)."
     };
 }
 

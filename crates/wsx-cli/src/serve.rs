@@ -100,6 +100,13 @@ Subprotocols: the server selects the first of its --subprotocol list (default ch
 that the client offered (wsx.hub.v1 on /hub).
 Rooms live in this process, or, with --bus redis://HOST:PORT[/DB] (or WSX_BUS), are shared by
 every wsx serve connected to that Redis server (docs/hub.md).
+Instead of the endpoints, every WebSocket path can be (plain HTTP stays as above):
+  --echo                             an echo (the conformance setup)
+  --exec PROGRAM [ARGS]...           a program per connection (websocketd), last on the line:
+                                       wsx serve --exec sh -c 'while read l; do echo \"got $l\"; done'
+  --forward tcp:HOST:PORT            a bridge to a new TCP connection (websockify):
+                                       wsx serve --addr 127.0.0.1:6080 --forward tcp:127.0.0.1:5900
+docs/cli.md has websocat's, wscat's, websocketd's and websockify's jobs as wsx commands.
 SIGINT/SIGTERM close every connection with 1001 and exit 0 (after at most 2 s).")]
 pub struct ServeArgs {
     /// Address to listen on.

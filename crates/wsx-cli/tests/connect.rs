@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use wsx::{Accept, CloseCode, Message, Rejection, ServerConfig};
 
+mod common;
 #[path = "../../wsx/tests/common/proxies.rs"]
 mod proxies;
 
@@ -136,17 +137,8 @@ fn wsx(args: &[&str], stdin: Stdin<'_>, env: &[(&str, &str)]) -> Run {
         let _ = err.read_to_end(&mut v);
         v
     });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("wsx connect {args:?} did not exit within 20 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let what = format!("wsx connect {args:?}");
+    let status = common::wait_child(&mut child, Duration::from_secs(20), &what, Duration::from_millis(10), || {});
     drop(exited);
     let stdout = out_reader.join().unwrap();
     let stderr = String::from_utf8_lossy(&err_reader.join().unwrap()).into_owned();

@@ -58,17 +58,8 @@ fn run_with(args: &[&str], stdin: &[u8], during: impl FnOnce(&Stdout)) -> Run {
         v
     });
     during(&so_far);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("wsx connect {args:?} did not exit within 20 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let what = format!("wsx connect {args:?}");
+    let status = common::wait_child(&mut child, Duration::from_secs(20), &what, Duration::from_millis(10), || {});
     Run {
         code: status.code(),
         stdout: {
@@ -501,18 +492,11 @@ fn jsonl_writes_a_close_event_when_interrupted() {
     let pid = child.id() as libc::pid_t;
     // The first SIGINT starts the closing handshake; the second gives up waiting for the answer.
     // Sent every 300 ms until wsx exits, as signals that arrive together may count as one.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("wsx connect did not exit within 15 s of SIGINTs");
-        }
-        unsafe { libc::kill(pid, libc::SIGINT) };
-        std::thread::sleep(Duration::from_millis(300));
+    let sigint = || unsafe {
+        libc::kill(pid, libc::SIGINT);
     };
+    let what = "wsx connect, sent SIGINT every 300 ms,";
+    let status = common::wait_child(&mut child, Duration::from_secs(15), what, Duration::from_millis(300), sigint);
     lines.extend(rx.iter());
     assert_eq!(status.code(), Some(130), "{lines:?}");
     let events: Vec<Value> = lines.iter().map(|l| check_event(l)).collect();

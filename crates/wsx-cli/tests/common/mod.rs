@@ -100,14 +100,7 @@ impl Server {
     }
 
     pub fn wait(&mut self, within: Duration) -> ExitStatus {
-        let end = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < end, "wsx serve did not exit within {within:?}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_child(&mut self.child, within, "wsx serve", Duration::from_millis(10), || {})
     }
 }
 
@@ -229,4 +222,28 @@ pub fn start_wsx(args: &[&str]) -> Server {
     let mut cmd = Command::new(WSX);
     cmd.args(args);
     Server::spawn(cmd)
+}
+
+/// Waits for `child` to exit, calling `each` every `every` meanwhile (e.g. to signal it); kills
+/// it and fails the test (naming it `what`) when it runs longer than `within`.
+pub fn wait_child(
+    child: &mut Child,
+    within: Duration,
+    what: &str,
+    every: Duration,
+    mut each: impl FnMut(),
+) -> ExitStatus {
+    let end = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("the child's status") {
+            return status;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within {within:?}");
+        }
+        each();
+        std::thread::sleep(every);
+    }
 }

@@ -746,3 +746,50 @@ fn target_writes_are_bounded_without_write_timeout() {
     assert!(line.contains("code=1011") && line.contains("no progress within 30 s"), "{line}");
     assert!(stalled.elapsed() >= Duration::from_secs(15), "ended {:?} after the stall: {line}", stalled.elapsed());
 }
+
+/// A real `redis-server` behind both bridges: pipelined commands, a 1 MiB value set and read
+/// back, and the answers in order (RESP as redis-cli speaks it).
+#[test]
+fn redis_through_both_bridges() {
+    let redis = common::Redis::start(false);
+    let target: SocketAddr = format!("127.0.0.1:{}", redis.port).parse().unwrap();
+    let (serve, listen) = chain(target, &[], &[]);
+    let mut tcp = connect(listen.addr);
+    let mut value = vec![0u8; MIB];
+    Stream::new(11).fill(&mut value);
+    let command = |args: &[&[u8]]| {
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for arg in args {
+            out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            out.extend_from_slice(arg);
+            out.extend_from_slice(b"\r\n");
+        }
+        out
+    };
+    let mut request = command(&[b"PING"]);
+    request.extend(command(&[b"SET", b"through-bridges", &value]));
+    request.extend(command(&[b"GET", b"through-bridges"]));
+    request.extend(command(&[b"INCRBY", b"counter", b"41"]));
+    request.extend(command(&[b"INCR", b"counter"]));
+    tcp.write_all(&request).unwrap();
+    let mut expected = b"+PONG\r\n+OK\r\n".to_vec();
+    expected.extend_from_slice(format!("${}\r\n", value.len()).as_bytes());
+    expected.extend_from_slice(&value);
+    expected.extend_from_slice(b"\r\n:41\r\n:42\r\n");
+    let mut got = vec![0u8; expected.len()];
+    tcp.read_exact(&mut got).expect("every answer through the bridges");
+    assert!(
+        got == expected,
+        "the answers differ from redis-server's (first difference at byte {:?})",
+        got.iter().zip(&expected).position(|(a, b)| a != b)
+    );
+    // QUIT: Redis answers and closes; the end of stream comes back through both bridges.
+    tcp.write_all(&command(&[b"QUIT"])).unwrap();
+    let mut rest = Vec::new();
+    tcp.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest, b"+OK\r\n");
+    // Closed on our side too, so the listen bridge need not linger for our last bytes.
+    drop(tcp);
+    serve.expect_log(&["forward ended", "code=1000"]);
+    listen.expect_log(&["bridge ended"]);
+}

@@ -200,8 +200,9 @@ async fn program_that_exits_non_zero_closes_with_1011_naming_the_status() {
 }
 
 #[tokio::test]
-async fn bad_output_closes_1011_or_1009() {
-    let server = Server::start(&["--exec", "sh", "-c", "echo fine; printf 'bad \\377\\n'; sleep 30"]);
+async fn bad_output_closes_1011() {
+    // (`read`: the program ends when the close takes its stdin away, nothing is left running.)
+    let server = Server::start(&["--exec", "sh", "-c", "echo fine; printf 'bad \\377\\n'; read x"]);
     let (mut ws, _) = wsx::connect(&server.url("/")).await.unwrap();
     let (got, frame) = until_close(&mut ws).await;
     assert_eq!(texts(&got), ["fine"]);
@@ -209,13 +210,36 @@ async fn bad_output_closes_1011_or_1009() {
     assert_eq!(frame.code, CloseCode(1011));
     assert!(frame.reason.as_str().contains("not UTF-8"), "{}", frame.reason.as_str());
 
-    // A line over 1 MiB: 1009.
-    let script = "head -c 1100000 /dev/zero | tr '\\0' a; echo; sleep 30";
+    // A line over 1 MiB: 1011 too (1009 would say the client sent too big a message).
+    let script = "head -c 1100000 /dev/zero | tr '\\0' a; echo; read x";
     let server = Server::start(&["--exec", "sh", "-c", script]);
     let (mut ws, _) = wsx::connect(&server.url("/")).await.unwrap();
     let (got, frame) = until_close(&mut ws).await;
     assert!(got.is_empty());
-    assert_eq!(frame.map(|f| f.code), Some(CloseCode(1009)));
+    let frame = frame.expect("a close frame");
+    assert_eq!((frame.code, frame.reason.as_str()), (CloseCode(1011), "program printed a line over 1 MiB"));
+}
+
+#[tokio::test]
+async fn a_bad_last_line_closes_with_its_fault_even_when_the_program_exits_at_once() {
+    // The exit and the fault race: every run must still close with the fault's 1011, not 1000.
+    let server = Server::start(&["--exec", "sh", "-c", "printf 'ok\\nbad \\377\\n'; exit 0"]);
+    for run in 0..20 {
+        let (mut ws, _) = wsx::connect(&server.url("/")).await.unwrap();
+        let (got, frame) = until_close(&mut ws).await;
+        assert_eq!(texts(&got), ["ok"], "run {run}");
+        let frame = frame.expect("a close frame");
+        assert_eq!(frame.code, CloseCode(1011), "run {run}: {}", frame.reason.as_str());
+        assert!(frame.reason.as_str().contains("not UTF-8"), "run {run}: {}", frame.reason.as_str());
+    }
+    // A line over 1 MiB as the last words: the same.
+    let script = "head -c 1100000 /dev/zero | tr '\\0' a; echo; exit 0";
+    let server = Server::start(&["--exec", "sh", "-c", script]);
+    for run in 0..5 {
+        let (mut ws, _) = wsx::connect(&server.url("/")).await.unwrap();
+        let (_, frame) = until_close(&mut ws).await;
+        assert_eq!(frame.map(|f| f.code), Some(CloseCode(1011)), "run {run}");
+    }
 }
 
 #[tokio::test]

@@ -3,8 +3,10 @@
 //!
 //! - **Output**: each line the program prints on stdout is a text message, without its `\n`
 //!   (and a `\r` before it). A line may have at most [`MAX_LINE`] bytes (1 MiB): a longer one
-//!   closes the connection with 1009, and one that is not UTF-8 with 1011 (use
-//!   `--exec-binary` for bytes). With `--exec-binary`, each read of stdout (at most 64 KiB) is a
+//!   closes the connection with 1011 "program printed a line over 1 MiB" (not 1009, which
+//!   says the peer sent too big a message), and one that is not UTF-8 with 1011 (use
+//!   `--exec-binary` for bytes). A bad line closes with its own code and reason even when the
+//!   program exits right after it. With `--exec-binary`, each read of stdout (at most 64 KiB) is a
 //!   binary message.
 //! - **Input**: each data message goes to the program's stdin followed by `\n`, whatever its type
 //!   (a text message with newlines in it reaches the program as several lines). With
@@ -60,7 +62,7 @@ use wsx::{CloseCode, CloseFrame, Message, Rejection, Utf8Bytes, WebSocket, WsWri
 
 use super::{Io, Outcome};
 
-/// The longest line of stdout a program may print in line mode (a longer one closes with 1009).
+/// The longest line of stdout a program may print in line mode (a longer one closes with 1011).
 pub const MAX_LINE: usize = 1 << 20;
 /// The longest line of stderr logged as is; the rest of a longer line is dropped.
 pub const MAX_STDERR_LINE: usize = 4096;
@@ -85,7 +87,7 @@ pub struct ExecArgs {
     ///   wsx serve --addr 0.0.0.0:8080 --exec-grace 2 --exec ./count.sh 10
     ///   wsx serve --exec-binary --exec cat
     ///
-    /// A line over 1 MiB closes the connection with 1009, a line that is not UTF-8 with 1011
+    /// A line over 1 MiB closes the connection with 1011, so does a line that is not UTF-8
     /// (use --exec-binary for bytes). A text message with newlines in it reaches the program as
     /// several lines. When the program exits, the connection closes after its output with 1000
     /// (status 0) or 1011 "program exited with status N". When the client leaves, the program
@@ -345,8 +347,8 @@ impl Exec {
             let mut sending = true;
             let mut eof = false;
             let too_long = || {
-                let reason = format!("program printed a line over {MAX_LINE} bytes");
-                CloseFrame::new(CloseCode::MESSAGE_TOO_BIG, reason)
+                // (Not 1009: that is a message too big received from the peer.)
+                CloseFrame::new(CloseCode::INTERNAL_ERROR, "program printed a line over 1 MiB")
             };
             while !eof {
                 let gone = async {
@@ -572,10 +574,18 @@ impl Exec {
             if status.is_some() && outbound_done && !close_started {
                 close_started = true;
                 stop(&stop_tx);
-                let frame = match status {
-                    Some(s) if s.success() => CloseFrame::new(CloseCode::NORMAL, ""),
-                    Some(s) => CloseFrame::new(CloseCode::INTERNAL_ERROR, format!("program {}", describe(s))),
-                    None => unreachable!("checked"),
+                // A bad last line is sent on `fault_rx` before the output side ends: its fault
+                // is the close's reason, whatever the exit status.
+                let fault = if fault_live { fault_rx.try_recv().ok() } else { None };
+                fault_live = false;
+                let frame = match (fault, status) {
+                    (Some(frame), _) => {
+                        tracing::info!(%peer, pid, reason = frame.reason.as_str(), "closing: bad output");
+                        frame
+                    }
+                    (None, Some(s)) if s.success() => CloseFrame::new(CloseCode::NORMAL, ""),
+                    (None, Some(s)) => CloseFrame::new(CloseCode::INTERNAL_ERROR, format!("program {}", describe(s))),
+                    (None, None) => unreachable!("checked"),
                 };
                 closing = Some(start_close(&writer, &mut out, frame));
             }

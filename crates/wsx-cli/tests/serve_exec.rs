@@ -252,6 +252,10 @@ async fn program_gets_the_cgi_environment() {
         .header("X-Test-Header", "hello there")
         .header("Proxy", "http://evil.example/")
         .header("Cookie", "session=1234")
+        // The same variable's name but for `_`: left out, so it cannot pass for the real one.
+        .header("X-Real-IP", "10.0.0.1")
+        .header("X_Real_IP", "6.6.6.6")
+        .header("Foo.Bar", "dotted")
         .connect()
         .await
         .unwrap();
@@ -285,10 +289,12 @@ async fn program_gets_the_cgi_environment() {
         ("HTTP_X_TEST_HEADER", "hello there"),
         ("HTTP_COOKIE", "session=1234"),
         ("HTTP_UPGRADE", "websocket"),
+        ("HTTP_X_REAL_IP", "10.0.0.1"),
     ] {
         assert_eq!(var(name).as_deref(), Some(want), "{name} in:\n{}", lines.join("\n"));
     }
     assert!(var("HTTP_SEC_WEBSOCKET_KEY").is_some());
+    assert!(!lines.iter().any(|l| l.contains("6.6.6.6") || l.contains("dotted")), "{}", lines.join("\n"));
     assert!(var("PATH").is_some(), "PATH is passed on");
     // Not TLS; the server's other variables and the httpoxy header are not passed on.
     for name in ["HTTPS", "WSX_TEST_SECRET", "HTTP_PROXY", "RUST_LOG"] {

@@ -38,7 +38,9 @@
 //!   as websocketd sets them for a single program, `QUERY_STRING`, `REMOTE_ADDR`, `REMOTE_PORT`,
 //!   `HTTPS=on` with TLS, `WEBSOCKET_PROTOCOL` (the selected subprotocol, empty for none), and
 //!   every request header as `HTTP_NAME` (upper case, `-` as `_`, repeated headers joined with
-//!   `, `), except `Proxy` (httpoxy: `HTTP_PROXY` would be taken for a proxy setting).
+//!   `, `), except `Proxy` (httpoxy: `HTTP_PROXY` would be taken for a proxy setting) and
+//!   headers whose names have anything but letters, digits and `-` (`X_Real_IP` would pass for
+//!   `X-Real-IP`; Apache 2.4 leaves them out of CGI's environment too; logged at debug level).
 //! - **Limit**: at most `--exec-max` programs at once; over it, handshakes get 503 with
 //!   `Retry-After`.
 //!
@@ -97,7 +99,7 @@ pub struct ExecArgs {
     /// HOME, LANG, LC_ALL, LC_CTYPE, TZ, LD_LIBRARY_PATH and TMPDIR, plus CGI variables:
     /// REMOTE_ADDR, REMOTE_PORT, REQUEST_URI, SCRIPT_NAME (/), PATH_INFO, QUERY_STRING,
     /// SERVER_NAME, SERVER_PORT, SERVER_PROTOCOL, HTTPS (on, with TLS), WEBSOCKET_PROTOCOL and
-    /// the request headers as HTTP_NAME.
+    /// the request headers as HTTP_NAME (but for names with other than letters, digits, -).
     #[arg(
         long = "exec",
         verbatim_doc_comment,
@@ -219,6 +221,13 @@ impl Exec {
         set("WEBSOCKET_PROTOCOL", protocol.unwrap_or_default().as_bytes());
         for name in request.headers().keys() {
             if name == "proxy" {
+                continue;
+            }
+            // `X_Real_IP` would become HTTP_X_REAL_IP as `X-Real-IP` does, and could stand in for
+            // a proxy's header: names with anything but letters, digits and `-` are left out
+            // (Apache 2.4 does the same for CGI).
+            if !name.as_str().bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                tracing::debug!(%peer, header = name.as_str(), "header left out of the environment: not only letters, digits and -");
                 continue;
             }
             let mut value = Vec::new();

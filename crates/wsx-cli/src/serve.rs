@@ -11,8 +11,9 @@
 //! | anything else                      | 404                                                | `--static` file or 404 |
 //!
 //! With `--echo` every path echoes (the Autobahn conformance setup).
-//! With `--exec PROGRAM [ARGS]...` every path runs the program, one per connection: its stdout
-//! lines are sent as messages, the messages go to its stdin (websocketd; see [`exec`]).
+//! With `--exec PROGRAM [ARGS]...` every path but `/room/{name}` and `/hub` (which stay the
+//! rooms) runs the program, one per connection: its stdout lines are sent as messages, the
+//! messages go to its stdin (websocketd; see [`exec`]).
 //! With `--forward tcp:HOST:PORT` every path is bridged to a new TCP connection to HOST:PORT
 //! (websockify): bytes both ways as binary messages, text messages passed on as their bytes;
 //! a target that cannot be reached refuses the upgrade with 502 (see [`forward`],
@@ -102,7 +103,8 @@ Rooms live in this process, or, with --bus redis://HOST:PORT[/DB] (or WSX_BUS), 
 every wsx serve connected to that Redis server (docs/hub.md).
 Instead of the endpoints, every WebSocket path can be (plain HTTP stays as above):
   --echo                             an echo (the conformance setup)
-  --exec PROGRAM [ARGS]...           a program per connection (websocketd), last on the line:
+  --exec PROGRAM [ARGS]...           a program per connection (websocketd), last on the line;
+                                     /room/NAME and /hub stay the rooms:
                                        wsx serve --exec sh -c 'while read l; do echo \"got $l\"; done'
   --forward tcp:HOST:PORT            a bridge to a new TCP connection (websockify):
                                        wsx serve --addr 127.0.0.1:6080 --forward tcp:127.0.0.1:5900
@@ -368,7 +370,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let addr = listener.local_addr()?;
     let mode = if args.echo { "echo on every path" } else { "demo, /echo, /room/{name}, /hub, /close" };
     let mode = if args.forward.is_some() { "forward every path to the --forward target" } else { mode };
-    let mode = if server.exec.is_some() { "run the --exec program for every connection" } else { mode };
+    let mode =
+        if server.exec.is_some() { "/room/{name} and /hub, and the --exec program on every other path" } else { mode };
     let scheme = if server.tls.is_some() { "https" } else { "http" };
     tracing::info!(%addr, mode, "wsx serve listening on {scheme}://{addr}/");
 
@@ -544,7 +547,10 @@ async fn handshake<S: Io>(server: &Server, stream: S, peer: SocketAddr) -> Optio
     let path = uri.path_and_query().map_or_else(|| uri.to_string(), |p| p.as_str().to_owned());
     let route = if server.echo_everywhere { Ok(Some(Route::Echo)) } else { route(uri) };
     let route = if server.forward.is_some() { Ok(Some(Route::Forward(None))) } else { route };
-    let route = if server.exec.is_some() { Ok(Some(Route::Exec(Vec::new()))) } else { route };
+    // --exec: the rooms stay (the demo page's chat works next to the program); every other
+    // path runs the program.
+    let rooms = uri.path() == "/hub" || uri.path().starts_with("/room/");
+    let route = if server.exec.is_some() && !rooms { Ok(Some(Route::Exec(Vec::new()))) } else { route };
 
     let host_check = server.hosts.check(incoming.request().version(), incoming.request().headers());
 

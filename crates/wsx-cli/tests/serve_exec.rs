@@ -559,3 +559,36 @@ async fn over_tls_the_program_sees_https_on() {
     assert_eq!(texts(&got), ["got secret"]);
     assert_eq!(frame.map(|f| f.code), Some(CloseCode::NORMAL));
 }
+
+/// Under --exec, /room/NAME and /hub stay the rooms; every other path runs the program.
+#[tokio::test]
+async fn rooms_work_beside_the_program() {
+    let server = Server::start(&["--exec", "sh", "-c", "while read l; do echo \"got $l\"; done"]);
+    let (mut a, _) = wsx::connect(&server.url("/room/x")).await.unwrap();
+    let (mut b, _) = wsx::connect(&server.url("/room/x")).await.unwrap();
+    // Each member gets its own message too: once it has, it is in the room.
+    a.send_text("a is here").await.unwrap();
+    assert_eq!(next(&mut a).await, Some(Message::text("a is here")));
+    b.send_text("b is here").await.unwrap();
+    loop {
+        match next(&mut b).await {
+            Some(Message::Text(t)) if t.as_str() == "b is here" => break,
+            Some(Message::Text(t)) if t.as_str() == "a is here" => {}
+            other => panic!("the room member got {other:?}"),
+        }
+    }
+    b.send_text("hello room").await.unwrap();
+    loop {
+        match next(&mut a).await {
+            Some(Message::Text(t)) if t.as_str() == "hello room" => break,
+            Some(Message::Text(t)) if t.as_str() == "b is here" => {}
+            other => panic!("the room member got {other:?}"),
+        }
+    }
+    let (mut program, _) = wsx::connect(&server.url("/anything")).await.unwrap();
+    program.send_text("hi").await.unwrap();
+    assert_eq!(next(&mut program).await, Some(Message::text("got hi")));
+    for ws in [&mut a, &mut b, &mut program] {
+        let _ = ws.close(CloseCode::NORMAL, "").await;
+    }
+}

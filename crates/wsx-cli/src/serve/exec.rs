@@ -1,5 +1,5 @@
 //! `wsx serve --exec PROGRAM [ARGS]...`: one program per WebSocket connection (websocketd's
-//! model), on every path.
+//! model), on every path but `/room/{name}` and `/hub`, which stay the rooms.
 //!
 //! - **Output**: each line the program prints on stdout is a text message, without its `\n`
 //!   (and a `\r` before it). A line may have at most [`MAX_LINE`] bytes (1 MiB): a longer one
@@ -80,9 +80,10 @@ const PASSED_ENV: [&str; 8] = ["PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ
 /// The options of `--exec`.
 #[derive(Args, Debug)]
 pub struct ExecArgs {
-    /// Run this program for each WebSocket connection, on every path: its stdout lines are sent
-    /// as text messages, each message received goes to its stdin with a newline. No shell: write
-    /// `sh -c '…'` for one. Must come last: every word after it is the program's.
+    /// Run this program for each WebSocket connection, on every path but /room/NAME and /hub
+    /// (still the rooms): its stdout lines are sent as text messages, each message received goes
+    /// to its stdin with a newline. No shell: write `sh -c '…'` for one. Must come last: every
+    /// word after it is the program's.
     ///
     /// Examples:
     ///   wsx serve --exec sh -c 'while read l; do echo "got $l"; done'

@@ -560,6 +560,57 @@ async fn over_tls_the_program_sees_https_on() {
     assert_eq!(frame.map(|f| f.code), Some(CloseCode::NORMAL));
 }
 
+/// Floods `ws` with binary messages until a send takes over a second; returns the bytes sent.
+async fn flood_until_stalled(ws: &mut Ws) -> usize {
+    let chunk = bytes::Bytes::from(vec![7u8; 64 << 10]);
+    let mut sent = 0usize;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(1), ws.send_binary(chunk.clone())).await {
+            Ok(Ok(())) => sent += chunk.len(),
+            Ok(Err(e)) => panic!("send failed after {sent} bytes: {e}"),
+            Err(_) => return sent,
+        }
+        assert!(sent < 256 << 20, "256 MiB were taken from a client whose program reads nothing");
+    }
+}
+
+/// With --write-timeout 0, a program that reads nothing is still given up on (after 30 s): the
+/// connection closes and its --exec-max place is free again.
+#[tokio::test]
+async fn with_write_timeout_0_a_program_that_never_reads_still_ends_its_connection() {
+    let file = pid_file("deaf0");
+    let script = format!("echo $$ > '{}'; exec sleep 1000", file.display());
+    let server =
+        Server::start(&["--exec-grace", "1", "--write-timeout", "0", "--exec-max", "1", "--exec", "sh", "-c", &script]);
+    // Our own writes, stuck behind the stall, must not give up first (30 s by default).
+    let mut proto = wsx::proto::Config::default();
+    proto.write_timeout = Some(Duration::from_secs(120));
+    let (mut ws, _) = ClientBuilder::new(server.url("/")).proto_config(proto).connect().await.unwrap();
+    let pid = read_pid(&file).await;
+    let sent = flood_until_stalled(&mut ws).await;
+    eprintln!("the client's sends stalled after {} KiB", sent >> 10);
+    let end = Instant::now() + Duration::from_secs(45);
+    let frame = loop {
+        match tokio::time::timeout_at(end.into(), ws.recv()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => break frame,
+            Ok(Some(Ok(_))) => {}
+            Ok(other) => panic!("no close frame: {other:?}"),
+            Err(_) => panic!("no close 45 s after the program stopped reading (--write-timeout 0)"),
+        }
+    };
+    let frame = frame.expect("a close frame with a code");
+    assert_eq!((frame.code, frame.reason.as_str()), (CloseCode(1011), "program takes no input"));
+    drop(ws);
+    gone_within(pid, Duration::from_secs(5)).await;
+    // Room again under --exec-max; this second program ends too (SIGTERM after the grace).
+    let _ = std::fs::remove_file(&file);
+    let (mut second, _) = wsx::connect(&server.url("/")).await.expect("room under --exec-max again");
+    let pid = read_pid(&file).await;
+    let _ = second.close(CloseCode::NORMAL, "").await;
+    gone_within(pid, Duration::from_secs(5)).await;
+    let _ = std::fs::remove_file(&file);
+}
+
 /// Under --exec, /room/NAME and /hub stay the rooms; every other path runs the program.
 #[tokio::test]
 async fn rooms_work_beside_the_program() {

@@ -26,7 +26,8 @@
 //!   a program that prints faster than the client reads is slowed, and so is a client that sends
 //!   faster than the program reads. Nothing is queued beyond the connection's own bounds, one
 //!   message on its way to stdin, one line (or read) on its way out, and the pipes. A program
-//!   that, with a message waiting, takes no byte of its stdin for `--write-timeout` (30 s) is
+//!   that, with a message waiting, takes no byte of its stdin for `--write-timeout` (30 s, and
+//!   30 s too when `--write-timeout` is 0: the connection is not read meanwhile) is
 //!   treated like a client that reads nothing: the connection closes with 1011 "program takes no
 //!   input" (the connection is not read meanwhile, so neither are the client's pongs). Messages
 //!   that arrive after the program closed its stdin are dropped.
@@ -74,6 +75,10 @@ const BINARY_READ: usize = 64 << 10;
 pub const KILL_AFTER: Duration = Duration::from_secs(5);
 /// At shutdown, how long after SIGTERM a program gets SIGKILL (within the server's 2 s).
 const SHUTDOWN_KILL_AFTER: Duration = Duration::from_secs(1);
+/// How long a message may wait for the program to take any of it when `--write-timeout` is 0
+/// (as [`super::forward::TCP_WRITE_TIMEOUT`]): without a bound, a program that never reads would
+/// hold its connection, unread, and its `--exec-max` place, for ever.
+pub const STDIN_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The server's variables a program inherits (when the server has them).
 const PASSED_ENV: [&str; 8] = ["PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "LD_LIBRARY_PATH", "TMPDIR"];
 
@@ -95,7 +100,8 @@ pub struct ExecArgs {
     /// several lines. When the program exits, the connection closes after its output with 1000
     /// (status 0) or 1011 "program exited with status N". When the client leaves, the program
     /// gets EOF on stdin, SIGTERM after --exec-grace, SIGKILL 5 s later (to its process group).
-    /// A program that takes none of its stdin for --write-timeout while a message waits: 1011.
+    /// A program that takes none of its stdin for --write-timeout (30 s when 0) while a message
+    /// waits: 1011.
     /// Its stderr goes to the log, one line per event. Its environment is clean but for PATH,
     /// HOME, LANG, LC_ALL, LC_CTYPE, TZ, LD_LIBRARY_PATH and TMPDIR, plus CGI variables:
     /// REMOTE_ADDR, REMOTE_PORT, REQUEST_URI, SCRIPT_NAME (/), PATH_INFO, QUERY_STRING,
@@ -137,7 +143,7 @@ pub struct Exec {
     port: u16,
     https: bool,
     /// How long a message may wait for the program to take any of it.
-    stdin_timeout: Option<Duration>,
+    stdin_timeout: Duration,
 }
 
 /// The variables of one connection's program.
@@ -173,7 +179,7 @@ impl Exec {
             inherited,
             port,
             https,
-            stdin_timeout,
+            stdin_timeout: stdin_timeout.unwrap_or(STDIN_WRITE_TIMEOUT),
         }))
     }
 
@@ -634,19 +640,11 @@ enum Stdin {
 
 /// Writes one message to the program's stdin, with a newline in line mode. Each write (at most a
 /// pipe's worth) must make progress within `stall`.
-async fn write_message(
-    pipe: &mut ChildStdin,
-    payload: &[u8],
-    newline: bool,
-    stall: Option<Duration>,
-) -> Result<(), Stdin> {
+async fn write_message(pipe: &mut ChildStdin, payload: &[u8], newline: bool, stall: Duration) -> Result<(), Stdin> {
     let newline: &[u8] = if newline { b"\n" } else { b"" };
     for mut part in [payload, newline] {
         while !part.is_empty() {
-            let written = match stall {
-                Some(stall) => tokio::time::timeout(stall, pipe.write(part)).await.map_err(|_| Stdin::Stalled)?,
-                None => pipe.write(part).await,
-            };
+            let written = tokio::time::timeout(stall, pipe.write(part)).await.map_err(|_| Stdin::Stalled)?;
             match written {
                 Ok(0) | Err(_) => return Err(Stdin::Closed),
                 Ok(n) => part = &part[n..],

@@ -543,6 +543,11 @@ fn bad_exec_command_lines_are_refused_at_start() {
     assert!(err.contains("no such executable program"), "{err}");
     let err = run(&["--exec-binary"]);
     assert!(err.contains("--exec"), "{err}");
+    // A grace that would overflow the clock (it panicked a connection's task).
+    let err = run(&["--exec-grace", "18446744073709551615", "--exec", "cat"]);
+    assert!(err.contains("--exec-grace") && err.contains("86400"), "{err}");
+    let err = run(&["--exec-grace", "86401", "--exec", "cat"]);
+    assert!(err.contains("--exec-grace"), "{err}");
 }
 
 /// Over TLS the program sees HTTPS=on, and the messages pass as over TCP.
@@ -611,6 +616,76 @@ async fn with_write_timeout_0_a_program_that_never_reads_still_ends_its_connecti
     let _ = std::fs::remove_file(&file);
 }
 
+/// Kills, when dropped, the process groups whose leaders' pids are in a file (one a line).
+struct KillGroups(PathBuf);
+
+impl Drop for KillGroups {
+    fn drop(&mut self) {
+        for pid in std::fs::read_to_string(&self.0).unwrap_or_default().lines() {
+            let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", pid.trim())]).status();
+        }
+        // The file and its companions (`FILE.PID`).
+        let name = self.0.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if let (Some(dir), false) = (self.0.parent(), name.is_empty()) {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&name) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+    }
+}
+
+/// A program that leaves something printing outside its process group (setsid) and exits: the
+/// output is read until --exec-grace after the exit, then the connection ends (it did not while
+/// the output went on) and its --exec-max place is free.
+#[tokio::test]
+async fn output_from_an_escaped_process_is_read_only_until_the_grace_after_the_exit() {
+    let file = pid_file("escaped");
+    let _cleanup = KillGroups(file.clone());
+    // The escaped process writes its pid to FILE and FILE.PARENT, which the program waits for
+    // (else its exit could kill the group before setsid).
+    let script =
+        "setsid sh -c 'echo $$ >> \"$0\"; echo $$ > \"$0.$PPID\"; while :; do echo tick; sleep 0.1; done' \"$0\" & \
+                  while ! [ -e \"$0.$$\" ]; do sleep 0.05; done; echo started; exit 0";
+    let file_arg = file.to_str().expect("a UTF-8 temporary path");
+    let server = Server::start(&["--exec-grace", "1", "--exec-max", "1", "--exec", "sh", "-c", script, file_arg]);
+
+    // The client closes: the connection ends by the grace, and there is room for another.
+    let (mut ws, _) = wsx::connect(&server.url("/")).await.unwrap();
+    loop {
+        match next(&mut ws).await {
+            Some(Message::Text(t)) if t.as_str() == "started" => break,
+            Some(_) => {}
+            None => panic!("connection ended before \"started\""),
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), ws.close(CloseCode::NORMAL, "")).await;
+    let end = Instant::now() + Duration::from_secs(6);
+    let mut second = loop {
+        match wsx::connect(&server.url("/")).await {
+            Ok((ws, _)) => break ws,
+            Err(e) => assert!(Instant::now() < end, "still refused 6 s after the client closed: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // The client stays: the server closes 1 s (the grace) after the exit, with 1000, although
+    // the ticks go on.
+    let start = Instant::now();
+    let frame = loop {
+        assert!(start.elapsed() < Duration::from_secs(6), "no close 6 s after the program exited");
+        match next(&mut second).await {
+            Some(Message::Close(frame)) => break frame,
+            Some(_) => {}
+            None => panic!("connection ended without a close frame"),
+        }
+    };
+    assert_eq!(frame.map(|f| f.code), Some(CloseCode::NORMAL));
+    let pids = std::fs::read_to_string(&file).unwrap_or_default();
+    assert_eq!(pids.lines().count(), 2, "two escaped processes: {pids:?}");
+}
+
 /// Under --exec, /room/NAME and /hub stay the rooms; every other path runs the program.
 #[tokio::test]
 async fn rooms_work_beside_the_program() {
@@ -642,4 +717,21 @@ async fn rooms_work_beside_the_program() {
     for ws in [&mut a, &mut b, &mut program] {
         let _ = ws.close(CloseCode::NORMAL, "").await;
     }
+}
+
+/// What a program leaves running in its group is killed when it exits (on Linux before the
+/// program is reaped): a background `sleep` that holds stdout open does not hold the connection.
+#[tokio::test]
+async fn what_a_program_leaves_in_its_group_is_killed_at_its_exit() {
+    let file = pid_file("left");
+    let script = format!("sleep 1000 & echo $! > '{}'; echo bye; exit 0", file.display());
+    // A long grace: were the sleep not killed, its stdout would hold the connection 60 s.
+    let server = Server::start(&["--exec-grace", "60", "--exec", "sh", "-c", &script]);
+    let (mut ws, _) = wsx::connect(&server.url("/")).await.unwrap();
+    let (got, frame) = until_close(&mut ws).await;
+    assert_eq!(texts(&got), ["bye"]);
+    assert_eq!(frame.map(|f| f.code), Some(CloseCode::NORMAL));
+    let pid = read_pid(&file).await;
+    gone_within(pid, Duration::from_secs(5)).await;
+    let _ = std::fs::remove_file(&file);
 }

@@ -18,7 +18,11 @@
 //!   signal N". When the client leaves (its close, or the connection's loss) the program gets
 //!   EOF on stdin, SIGTERM `--exec-grace` seconds later if it is still running, and SIGKILL
 //!   [`KILL_AFTER`] after that; the signals go to its process group (it runs in a group of its
-//!   own), and whatever is left in the group when it exits is killed. At server shutdown the
+//!   own), and whatever is left in the group when it exits is killed (on Linux before the
+//!   program is reaped, so that its group id cannot be another's yet; a program reaped by
+//!   someone else is never signalled). Output that something escaped from the group (`setsid`)
+//!   still prints is read until `--exec-grace` after the program's exit, not longer (`--exec-grace`
+//!   is at most 86400). At server shutdown the
 //!   connection closes with 1001 and the program gets EOF and SIGTERM at once, SIGKILL a second
 //!   later.
 //! - **Backpressure**: stdout is not read while the connection's output is at its high-water
@@ -79,6 +83,13 @@ const SHUTDOWN_KILL_AFTER: Duration = Duration::from_secs(1);
 /// (as [`super::forward::TCP_WRITE_TIMEOUT`]): without a bound, a program that never reads would
 /// hold its connection, unread, and its `--exec-max` place, for ever.
 pub const STDIN_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest `--exec-grace`, in seconds (a day).
+pub const MAX_GRACE: u64 = 86_400;
+/// "No child process": the program was reaped by someone else.
+#[cfg(unix)]
+const ECHILD: Option<i32> = Some(nix::errno::Errno::ECHILD as i32);
+#[cfg(not(unix))]
+const ECHILD: Option<i32> = None;
 /// The server's variables a program inherits (when the server has them).
 const PASSED_ENV: [&str; 8] = ["PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "LD_LIBRARY_PATH", "TMPDIR"];
 
@@ -121,8 +132,15 @@ pub struct ExecArgs {
     #[arg(long, requires = "exec")]
     pub exec_binary: bool,
     /// With --exec: seconds a program may take to exit after its client left (it gets EOF on
-    /// stdin at once) before it gets SIGTERM; SIGKILL follows 5 s later.
-    #[arg(long, default_value_t = 5, value_name = "SECONDS", requires = "exec")]
+    /// stdin at once) before it gets SIGTERM; SIGKILL follows 5 s later. Also how long output is
+    /// read after the program exited (from what it left running outside its group). 0 to 86400.
+    #[arg(
+        long,
+        default_value_t = 5,
+        value_name = "SECONDS",
+        requires = "exec",
+        value_parser = clap::value_parser!(u64).range(0..=MAX_GRACE)
+    )]
     pub exec_grace: u64,
     /// With --exec: the most programs running at once; over it, handshakes are refused with 503
     /// and Retry-After (0: no limit).
@@ -296,7 +314,8 @@ impl Exec {
 
         let (mut reader, writer) = ws.split();
         let (stop_tx, stop_rx) = watch::channel(false);
-        let (exited_tx, exited_rx) = watch::channel(false);
+        // When the program exited (set once).
+        let (exited_tx, exited_rx) = watch::channel(None::<Instant>);
         let (fault_tx, mut fault_rx) = oneshot::channel::<CloseFrame>();
 
         // Client → program. Ends when the connection has ended; drops stdin (EOF) as soon as the
@@ -349,8 +368,9 @@ impl Exec {
             ended
         };
 
-        // Program → client. Ends at EOF of stdout (or when it stays open `grace` after the
-        // program exited: something escaped its group holds it).
+        // Program → client. Ends at EOF of stdout, or `grace` after the program exited (an
+        // absolute deadline, however much is still printed): something that escaped its group
+        // holds stdout open.
         let mut sender = writer.clone();
         let grace = self.grace;
         let outbound = async move {
@@ -366,11 +386,9 @@ impl Exec {
                 // (Not 1009: that is a message too big received from the peer.)
                 CloseFrame::new(CloseCode::INTERNAL_ERROR, "program printed a line over 1 MiB")
             };
+            let gone = grace_after_exit(&mut exited, grace);
+            tokio::pin!(gone);
             while !eof {
-                let gone = async {
-                    let _ = exited.wait_for(|e| *e).await;
-                    tokio::time::sleep(grace).await;
-                };
                 let chunk: &[u8] = tokio::select! {
                     biased;
                     chunk = stdout.fill_buf() => match chunk {
@@ -380,7 +398,8 @@ impl Exec {
                             &[]
                         }
                     },
-                    () = gone => {
+                    // (Polled once more at most: the loop ends once it is ready.)
+                    () = &mut gone => {
                         eof = true;
                         &[]
                     }
@@ -452,24 +471,23 @@ impl Exec {
             tracing::debug!(%peer, pid, "stdout ended");
         };
 
-        // stderr → the log.
+        // stderr → the log. Ends at EOF of stderr, or `grace` after the program exited (the same
+        // absolute deadline as stdout's).
         let mut exited_err = exited_tx.subscribe();
         let errlog = async move {
             let mut stderr = BufReader::new(stderr);
             let mut line = Vec::new();
             let mut cut = false;
+            let gone = grace_after_exit(&mut exited_err, grace);
+            tokio::pin!(gone);
             loop {
-                let gone = async {
-                    let _ = exited_err.wait_for(|e| *e).await;
-                    tokio::time::sleep(grace).await;
-                };
                 let chunk = tokio::select! {
                     biased;
                     chunk = stderr.fill_buf() => match chunk {
                         Ok([]) | Err(_) => break,
                         Ok(chunk) => chunk,
                     },
-                    () = gone => break,
+                    () = &mut gone => break,
                 };
                 let newline = chunk.iter().position(|&b| b == b'\n');
                 let part = &chunk[..newline.unwrap_or(chunk.len())];
@@ -523,12 +541,14 @@ impl Exec {
                     }
                     // The client has left (or we closed): the program has EOF; signals follow.
                     if status.is_none() && kill.is_none() {
-                        kill = Some((Instant::now() + self.grace, Signal::Term));
+                        kill = Some((later(self.grace), Signal::Term));
                     }
                 }
                 () = &mut outbound, if !outbound_done => outbound_done = true,
                 () = &mut errlog, if !errlog_done => errlog_done = true,
-                waited = child.wait(), if status.is_none() => {
+                // Whatever the program left running in its group (which may hold stdout open) is
+                // killed by `wait_and_kill_group`, before the program is reaped where it can.
+                waited = wait_and_kill_group(&mut child, pid), if status.is_none() => {
                     let exit = match waited {
                         Ok(s) => {
                             group.reaped = true;
@@ -536,19 +556,23 @@ impl Exec {
                         }
                         Err(e) => {
                             tracing::warn!(%peer, pid, error = %e, "cannot wait for the program");
-                            // Not reaped for sure: kill_on_drop and the runtime's orphan reaper
-                            // take it.
-                            let _ = child.start_kill();
+                            if ECHILD.is_some() && e.raw_os_error() == ECHILD {
+                                // Reaped by someone else: its pid, and group id, may be another's
+                                // by now; never signal them.
+                                group.reaped = true;
+                            } else {
+                                // Not reaped for sure: kill_on_drop and the runtime's orphan
+                                // reaper take it.
+                                let _ = child.start_kill();
+                            }
                             status = Some(ExitStatus::default());
-                            let _ = exited_tx.send(true);
+                            let _ = exited_tx.send(Some(Instant::now()));
                             continue;
                         }
                     };
                     status = Some(exit);
                     kill = None;
-                    // Whatever it left running in its group (which may hold stdout open).
-                    signal_group(pid, Signal::Kill);
-                    let _ = exited_tx.send(true);
+                    let _ = exited_tx.send(Some(Instant::now()));
                     tracing::info!(%peer, pid, status = %describe(exit), "program exited");
                 }
                 // (An error: the output side ended without a fault.)
@@ -560,7 +584,7 @@ impl Exec {
                         closing = Some(start_close(&writer, &mut out, frame));
                         stop(&stop_tx);
                         if status.is_none() && kill.is_none() {
-                            kill = Some((Instant::now() + self.grace, Signal::Term));
+                            kill = Some((later(self.grace), Signal::Term));
                         }
                     }
                 }
@@ -574,7 +598,7 @@ impl Exec {
                     }
                     if status.is_none() {
                         signal_group(pid, Signal::Term);
-                        kill = Some((Instant::now() + SHUTDOWN_KILL_AFTER, Signal::Kill));
+                        kill = Some((later(SHUTDOWN_KILL_AFTER), Signal::Kill));
                     }
                 }
                 () = tokio::time::sleep_until(next_kill.unwrap_or_else(Instant::now)), if next_kill.is_some() && status.is_none() => {
@@ -582,7 +606,7 @@ impl Exec {
                     tracing::info!(%peer, pid, signal = signal.name(), "program still running after its connection ended: signalled");
                     signal_group(pid, signal);
                     if signal == Signal::Term {
-                        kill = Some((Instant::now() + KILL_AFTER, Signal::Kill));
+                        kill = Some((later(KILL_AFTER), Signal::Kill));
                     }
                 }
             }
@@ -608,6 +632,72 @@ impl Exec {
         }
         drop(group);
         out
+    }
+}
+
+/// `d` from now (a far deadline if that overflows).
+fn later(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d).unwrap_or_else(|| now + Duration::from_secs(MAX_GRACE))
+}
+
+/// Ready `grace` after the program's exit, as seen on `exited` (an absolute deadline: polling it
+/// again later does not move it).
+async fn grace_after_exit(exited: &mut watch::Receiver<Option<Instant>>, grace: Duration) {
+    let at = match exited.wait_for(Option::is_some).await {
+        Ok(at) => at.unwrap_or_else(Instant::now),
+        // (The sender is gone: the connection is ending anyway.)
+        Err(_) => Instant::now(),
+    };
+    let deadline = at.checked_add(grace).unwrap_or_else(|| later(Duration::from_secs(MAX_GRACE)));
+    tokio::time::sleep_until(deadline).await;
+}
+
+/// Waits for the program to exit, kills what is left in its process group, and reaps it.
+///
+/// On Linux the group is killed before the program (its leader) is reaped: `waitid` with
+/// `WNOWAIT` tells that it exited and leaves it a zombie, whose pid (the group's id) cannot be
+/// reused, so `killpg` cannot reach another's group. A SIGCHLD (or, at the latest, a second)
+/// wakes the check. Elsewhere the group is killed just after the reaping, as close to it as
+/// tokio allows.
+async fn wait_and_kill_group(child: &mut tokio::process::Child, pid: u32) -> std::io::Result<ExitStatus> {
+    #[cfg(target_os = "linux")]
+    {
+        use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+        use tokio::signal::unix::{signal, SignalKind};
+        let raw = i32::try_from(pid).map_err(|_| std::io::Error::other("pid out of range"))?;
+        // Registered before the first look, so that no exit goes unseen.
+        let mut sigchld = signal(SignalKind::child()).ok();
+        loop {
+            let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+            match waitid(Id::Pid(nix::unistd::Pid::from_raw(raw)), flags) {
+                Ok(WaitStatus::StillAlive) => {}
+                Ok(_) => break,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(std::io::Error::from(e)),
+            }
+            let tick = tokio::time::sleep(Duration::from_secs(1));
+            match sigchld.as_mut() {
+                Some(s) => {
+                    tokio::select! {
+                        _ = s.recv() => {}
+                        () = tick => {}
+                    }
+                }
+                None => tick.await,
+            }
+        }
+        // Exited, not reaped: the group id is still the program's.
+        signal_group(pid, Signal::Kill);
+        child.wait().await
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let waited = child.wait().await;
+        if waited.is_ok() {
+            signal_group(pid, Signal::Kill);
+        }
+        waited
     }
 }
 

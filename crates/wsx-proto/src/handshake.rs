@@ -26,6 +26,11 @@
 //! 3. [`accept_response`] builds the `101 Switching Protocols` response and
 //!    [`write_response`] serializes it.
 //!
+//! Over HTTP/2 (RFC 8441) the HTTP library parses the request; [`check_connect_request`]
+//! checks an extended `CONNECT` in place of step 2 (the `:protocol` value passed in), sharing
+//! the parsing of `Origin`, subprotocols and extension offers with [`check_request`], and
+//! [`accept_response`] then builds a `200` without `Sec-WebSocket-Accept`.
+//!
 //! # Example
 //!
 //! ```rust
@@ -717,8 +722,13 @@ impl RequestReader {
 /// What a valid upgrade request asks for.
 #[derive(Debug, Clone)]
 pub struct UpgradeRequest {
-    /// The `Sec-WebSocket-Key` value (validated: base64 of 16 bytes).
+    /// The `Sec-WebSocket-Key` value (validated: base64 of 16 bytes); empty for an extended
+    /// `CONNECT` ([`extended_connect`](Self::extended_connect)), which has no key.
     pub key: String,
+    /// Whether the request is an HTTP/2 extended `CONNECT` (RFC 8441, checked by
+    /// [`check_connect_request`]) rather than an HTTP/1.1 `GET` with `Upgrade`: its answer is
+    /// `200` without `Sec-WebSocket-Accept` instead of `101` (see [`accept_response`]).
+    pub extended_connect: bool,
     /// Offered subprotocols in the client's order of preference, from all
     /// `Sec-WebSocket-Protocol` lines.
     pub protocols: Vec<String>,
@@ -793,16 +803,7 @@ fn check_head(method: &Method, version: Version, uri: &Uri, headers: &HeaderMap)
         return Err(bad("missing or invalid Connection header (expected `Connection: Upgrade`)"));
     }
 
-    let version_rejection = |msg: &str| {
-        Rejection::new(StatusCode::UPGRADE_REQUIRED, msg)
-            .with_header(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static(WEBSOCKET_VERSION))
-    };
-    let mut versions = headers.get_all(header::SEC_WEBSOCKET_VERSION).iter();
-    match (versions.next(), versions.next()) {
-        (None, _) => return Err(version_rejection("missing Sec-WebSocket-Version header")),
-        (Some(v), None) if v.as_bytes().trim_ascii() == WEBSOCKET_VERSION.as_bytes() => {}
-        _ => return Err(version_rejection("unsupported Sec-WebSocket-Version (only 13 is supported)")),
-    }
+    check_websocket_version(headers, StatusCode::UPGRADE_REQUIRED)?;
 
     let mut keys = headers.get_all(header::SEC_WEBSOCKET_KEY).iter();
     let key = match (keys.next(), keys.next()) {
@@ -817,6 +818,33 @@ fn check_head(method: &Method, version: Version, uri: &Uri, headers: &HeaderMap)
         .filter(|k| is_valid_key(k))
         .ok_or_else(|| bad("invalid Sec-WebSocket-Key header (must be base64 of 16 bytes)"))?;
 
+    let (origin, protocols, extensions) = offers(headers)?;
+    Ok(UpgradeRequest { key: key.to_owned(), extended_connect: false, protocols, extensions, origin })
+}
+
+/// `Sec-WebSocket-Version` must be there once, and be `13` (RFC 6455 §4.4): else `status` with
+/// `Sec-WebSocket-Version: 13`, the version we speak.
+fn check_websocket_version(headers: &HeaderMap, status: StatusCode) -> Result<(), Rejection> {
+    let version_rejection = |msg: &str| {
+        Rejection::new(status, msg)
+            .with_header(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static(WEBSOCKET_VERSION))
+    };
+    let mut versions = headers.get_all(header::SEC_WEBSOCKET_VERSION).iter();
+    match (versions.next(), versions.next()) {
+        (None, _) => Err(version_rejection("missing Sec-WebSocket-Version header")),
+        (Some(v), None) if v.as_bytes().trim_ascii() == WEBSOCKET_VERSION.as_bytes() => Ok(()),
+        _ => Err(version_rejection("unsupported Sec-WebSocket-Version (only 13 is supported)")),
+    }
+}
+
+/// What both forms of the request offer: `Origin`, subprotocols (in the client's order),
+/// extension offers (one raw value per header line).
+type Offers = (Option<String>, Vec<String>, Vec<String>);
+
+/// Parses the headers both forms of the request share (`Origin`, `Sec-WebSocket-Protocol`,
+/// `Sec-WebSocket-Extensions`): the one copy of this for HTTP/1.1 and HTTP/2.
+fn offers(headers: &HeaderMap) -> Result<Offers, Rejection> {
+    let bad = |msg: &str| Rejection::new(StatusCode::BAD_REQUEST, msg);
     let mut origins = headers.get_all(header::ORIGIN).iter();
     let origin = match (origins.next(), origins.next()) {
         (None, _) => None,
@@ -840,15 +868,90 @@ fn check_head(method: &Method, version: Version, uri: &Uri, headers: &HeaderMap)
         let text = value.to_str().map_err(|_| bad("invalid Sec-WebSocket-Extensions header"))?;
         extensions.push(text.trim().to_owned());
     }
-
-    Ok(UpgradeRequest { key: key.to_owned(), protocols, extensions, origin })
+    Ok((origin, protocols, extensions))
 }
 
-/// Builds the `101 Switching Protocols` response for a checked request.
+/// The value of RFC 8441's `:protocol` pseudo-header that asks for a WebSocket.
+pub const CONNECT_PROTOCOL: &str = "websocket";
+
+/// Checks an HTTP/2 extended `CONNECT` request (RFC 8441 §4–5, RFC 9113 §8.5) that asks for a
+/// WebSocket; `protocol` is the value of its `:protocol` pseudo-header, which the HTTP/2 library
+/// keeps outside the headers (hyper: the `hyper::ext::Protocol` request extension), `None` when
+/// the request had none.
 ///
-/// Headers: `Upgrade: websocket`, `Connection: Upgrade`,
-/// `Sec-WebSocket-Accept`, `Sec-WebSocket-Protocol` if `protocol` is `Some`
-/// (the caller guarantees it is one of [`UpgradeRequest::protocols`]),
+/// The request has no `Sec-WebSocket-Key`, `Upgrade` or `Connection` (a `Sec-WebSocket-Key`
+/// is ignored; HTTP/2 itself forbids the other two). `Origin`, `Sec-WebSocket-Protocol` and
+/// `Sec-WebSocket-Extensions` are read exactly as [`check_request`] reads them. The
+/// [`UpgradeRequest`] has [`extended_connect`](UpgradeRequest::extended_connect) set and no key;
+/// [`accept_response`] then answers `200`.
+///
+/// Returns the [`Rejection`] to answer with when:
+///
+/// * the method is not `CONNECT` → `405 Method Not Allowed` with `Allow: CONNECT` (over HTTP/2
+///   a WebSocket is opened with extended `CONNECT` only; a `GET` is a plain request);
+/// * the method is `CONNECT` without `:protocol` (a request for a TCP tunnel, RFC 9113 §8.5) →
+///   `400 Bad Request`;
+/// * `:protocol` is not `websocket` (e.g. `connect-udp`) → `501 Not Implemented`: the request is
+///   well-formed, but this endpoint does not implement that protocol;
+/// * the version is not HTTP/2 or later, or the path is not absolute → `400 Bad Request`;
+/// * `Sec-WebSocket-Version` is missing or not `13` → `400 Bad Request` with
+///   `Sec-WebSocket-Version: 13` (HTTP/1.1 answers this with 426, whose required `Upgrade`
+///   header HTTP/2 forbids);
+/// * `Origin`, `Sec-WebSocket-Protocol` or `Sec-WebSocket-Extensions` are not valid → `400`.
+pub fn check_connect_request<B>(req: &Request<B>, protocol: Option<&str>) -> Result<UpgradeRequest, Rejection> {
+    check_connect(req.method(), req.version(), req.uri(), req.headers(), protocol)
+}
+
+/// [`check_connect_request`] for a request head split from its body (`http::request::Parts`,
+/// what an axum extractor sees).
+pub fn check_connect_head(head: &http::request::Parts, protocol: Option<&str>) -> Result<UpgradeRequest, Rejection> {
+    check_connect(&head.method, head.version, &head.uri, &head.headers, protocol)
+}
+
+fn check_connect(
+    method: &Method,
+    version: Version,
+    uri: &Uri,
+    headers: &HeaderMap,
+    protocol: Option<&str>,
+) -> Result<UpgradeRequest, Rejection> {
+    let bad = |msg: &str| Rejection::new(StatusCode::BAD_REQUEST, msg);
+    if method != Method::CONNECT {
+        return Err(Rejection::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "a WebSocket over HTTP/2 must use extended CONNECT (:method CONNECT, :protocol websocket)",
+        )
+        .with_header(header::ALLOW, HeaderValue::from_static("CONNECT")));
+    }
+    let protocol = match protocol {
+        None => return Err(bad("CONNECT without :protocol asks for a tunnel; a WebSocket needs :protocol websocket")),
+        Some(p) => p,
+    };
+    if !protocol.eq_ignore_ascii_case(CONNECT_PROTOCOL) {
+        let shown: String = protocol.chars().take(64).collect();
+        return Err(Rejection::new(
+            StatusCode::NOT_IMPLEMENTED,
+            format!("this endpoint speaks :protocol websocket, not {shown:?}"),
+        ));
+    }
+    if version < Version::HTTP_2 {
+        return Err(bad("an extended CONNECT requires HTTP/2 or later"));
+    }
+    if !uri.path().starts_with('/') {
+        return Err(bad("invalid :path"));
+    }
+    check_websocket_version(headers, StatusCode::BAD_REQUEST)?;
+    let (origin, protocols, extensions) = offers(headers)?;
+    Ok(UpgradeRequest { key: String::new(), extended_connect: true, protocols, extensions, origin })
+}
+
+/// Builds the response that accepts a checked request: `101 Switching Protocols` for an
+/// HTTP/1.1 upgrade, `200 OK` for an HTTP/2 extended `CONNECT`
+/// ([`UpgradeRequest::extended_connect`]; RFC 8441 §5, and Chromium refuses any other 2xx).
+///
+/// Headers: for the 101, `Upgrade: websocket`, `Connection: Upgrade` and
+/// `Sec-WebSocket-Accept` (the 200 has none of them); then `Sec-WebSocket-Protocol` if
+/// `protocol` is `Some` (the caller guarantees it is one of [`UpgradeRequest::protocols`]),
 /// `Sec-WebSocket-Extensions` if `extensions` is `Some`, then `extra`.
 /// Values that are not valid header values are omitted (cannot happen for
 /// protocols taken from the request); headers in `extra` that the handshake
@@ -860,10 +963,12 @@ pub fn accept_response(
     extra: &HeaderMap,
 ) -> Response<()> {
     let mut headers = HeaderMap::new();
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(v) = HeaderValue::from_str(&accept_key(upgrade.key.as_bytes())) {
-        headers.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    if !upgrade.extended_connect {
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        if let Ok(v) = HeaderValue::from_str(&accept_key(upgrade.key.as_bytes())) {
+            headers.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+        }
     }
     if let Some(Ok(v)) = protocol.map(HeaderValue::from_str) {
         headers.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
@@ -877,8 +982,13 @@ pub fn accept_response(
         }
     }
     let mut response = Response::new(());
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    *response.version_mut() = Version::HTTP_11;
+    if upgrade.extended_connect {
+        *response.status_mut() = StatusCode::OK;
+        *response.version_mut() = Version::HTTP_2;
+    } else {
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        *response.version_mut() = Version::HTTP_11;
+    }
     *response.headers_mut() = headers;
     response
 }
@@ -1424,6 +1534,98 @@ mod tests {
         ] {
             let r = check_request(&request_with("Sec-WebSocket-Key", Some(bad))).unwrap_err();
             assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+        }
+    }
+
+    /// An HTTP/2 extended CONNECT as hyper hands it over (the `:protocol` value apart).
+    fn connect_request(lines: &[(&str, &str)]) -> Request<()> {
+        let mut req = Request::new(());
+        *req.method_mut() = Method::CONNECT;
+        *req.version_mut() = Version::HTTP_2;
+        *req.uri_mut() = "https://server.example.com/chat".parse().unwrap();
+        for (name, value) in lines {
+            req.headers_mut().append(HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
+        }
+        req
+    }
+
+    const CONNECT_OK: &[(&str, &str)] = &[("sec-websocket-version", "13")];
+
+    #[test]
+    fn extended_connect_is_accepted_with_a_200_and_no_accept_key() {
+        let req = connect_request(&[
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-protocol", "chat, superchat"),
+            ("sec-websocket-extensions", "permessage-deflate; client_max_window_bits"),
+            ("origin", "https://server.example.com"),
+        ]);
+        let upgrade = check_connect_request(&req, Some("websocket")).unwrap();
+        assert!(upgrade.extended_connect);
+        assert!(upgrade.key.is_empty());
+        assert_eq!(upgrade.protocols, ["chat", "superchat"]);
+        assert_eq!(upgrade.extensions, ["permessage-deflate; client_max_window_bits"]);
+        assert_eq!(upgrade.origin.as_deref(), Some("https://server.example.com"));
+        let (head, ()) = req.into_parts();
+        assert_eq!(check_connect_head(&head, Some("websocket")).unwrap().protocols, ["chat", "superchat"]);
+
+        let mut extra = HeaderMap::new();
+        extra.insert("x-served-by", HeaderValue::from_static("wsx"));
+        extra.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        let response = accept_response(&upgrade, Some("chat"), Some("permessage-deflate"), &extra);
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.version(), Version::HTTP_2);
+        let headers = response.headers();
+        assert_eq!(headers[header::SEC_WEBSOCKET_PROTOCOL], "chat");
+        assert_eq!(headers[header::SEC_WEBSOCKET_EXTENSIONS], "permessage-deflate");
+        assert_eq!(headers["x-served-by"], "wsx");
+        for absent in [header::SEC_WEBSOCKET_ACCEPT, header::UPGRADE, header::CONNECTION] {
+            assert!(!headers.contains_key(&absent), "{absent}");
+        }
+        // A key sent anyway is ignored, not refused.
+        let with_key = connect_request(&[("sec-websocket-version", "13"), ("sec-websocket-key", RFC_KEY)]);
+        assert!(check_connect_request(&with_key, Some("websocket")).unwrap().key.is_empty());
+    }
+
+    #[test]
+    fn extended_connect_refusals() {
+        // Not CONNECT: 405 naming the method that works.
+        let mut get = connect_request(CONNECT_OK);
+        *get.method_mut() = Method::GET;
+        let r = check_connect_request(&get, Some("websocket")).unwrap_err();
+        assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.header("allow").unwrap(), "CONNECT");
+        // CONNECT without :protocol: a tunnel request.
+        let r = check_connect_request(&connect_request(CONNECT_OK), None).unwrap_err();
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        assert!(r.body.contains(":protocol"), "{}", r.body);
+        // Another protocol: 501, naming it.
+        let r = check_connect_request(&connect_request(CONNECT_OK), Some("connect-udp")).unwrap_err();
+        assert_eq!(r.status, StatusCode::NOT_IMPLEMENTED);
+        assert!(r.body.contains("connect-udp"), "{}", r.body);
+        // Sec-WebSocket-Version missing, wrong or repeated: 400 with the version we speak.
+        for lines in [
+            &[][..],
+            &[("sec-websocket-version", "8")][..],
+            &[("sec-websocket-version", "13"), ("sec-websocket-version", "13")][..],
+        ] {
+            let r = check_connect_request(&connect_request(lines), Some("websocket")).unwrap_err();
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{lines:?}");
+            assert_eq!(r.header("sec-websocket-version").unwrap(), "13", "{lines:?}");
+        }
+        // HTTP/1.1 cannot carry an extended CONNECT; a path must be absolute.
+        let mut h1 = connect_request(CONNECT_OK);
+        *h1.version_mut() = Version::HTTP_11;
+        assert_eq!(check_connect_request(&h1, Some("websocket")).unwrap_err().status, StatusCode::BAD_REQUEST);
+        let mut no_path = connect_request(CONNECT_OK);
+        *no_path.uri_mut() = "server.example.com:443".parse().unwrap();
+        assert_eq!(check_connect_request(&no_path, Some("websocket")).unwrap_err().status, StatusCode::BAD_REQUEST);
+        // The offers are parsed by the same code as HTTP/1.1's: the same refusals.
+        for lines in [
+            &[("sec-websocket-version", "13"), ("sec-websocket-protocol", "a b")][..],
+            &[("sec-websocket-version", "13"), ("origin", "https://a"), ("origin", "https://b")][..],
+        ] {
+            let r = check_connect_request(&connect_request(lines), Some("websocket")).unwrap_err();
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{lines:?}");
         }
     }
 

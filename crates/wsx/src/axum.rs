@@ -2,7 +2,7 @@
 //!
 //! ```no_run
 //! use axum::response::Response;
-//! use axum::routing::get;
+//! use axum::routing::any;
 //! use axum::Router;
 //! use wsx::axum::WebSocketUpgrade;
 //!
@@ -18,7 +18,8 @@
 //! }
 //!
 //! # async fn run() -> std::io::Result<()> {
-//! let app = Router::new().route("/echo", get(echo));
+//! // `any`, not `get`: over HTTP/2 a WebSocket arrives as a CONNECT (see below).
+//! let app = Router::new().route("/echo", any(echo));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
 //! axum::serve(listener, app).await
 //! # }
@@ -35,9 +36,18 @@
 //!
 //! axum must serve the connection with upgrades enabled, as `axum::serve` does: the request
 //! then carries hyper's upgrade handle in its extensions. The connection runs on the TCP socket
-//! itself when axum serves plain TCP (see [`UpgradedStream`]). The upgrade is HTTP/1.1's: a
-//! WebSocket over HTTP/2 (RFC 8441's extended `CONNECT`) is not supported yet and is refused
-//! with 405, as [`accept`](crate::accept) refuses any method but `GET`.
+//! itself when axum serves plain TCP (see [`UpgradedStream`]).
+//!
+//! # HTTP/2
+//!
+//! With the `http2` feature (and axum's own `http2` feature, for `axum::serve` to speak
+//! HTTP/2), the extractor also accepts a WebSocket opened by an HTTP/2 extended `CONNECT`
+//! (RFC 8441; see [`crate::hyper`]): the handler answers `200` instead of `101`, and the
+//! callback gets the same [`WebSocket`] over the HTTP/2 stream. `axum::serve` advertises
+//! `SETTINGS_ENABLE_CONNECT_PROTOCOL` itself. The route must accept the `CONNECT` method, which
+//! `get` does not: route with `any(handler)`, or `get(handler).connect(handler)`
+//! (`on(MethodFilter::GET.or(MethodFilter::CONNECT), handler)`). A route that does not accept
+//! `CONNECT` answers an HTTP/2 WebSocket with axum's 405.
 
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::response::{IntoResponse, Response};
@@ -103,7 +113,7 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for WebSocketUpgrade {
     type Rejection = UpgradeRejection;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Option<Self>, Self::Rejection> {
-        if !wsx_proto::handshake::is_upgrade_headers(&parts.headers) {
+        if !crate::hyper::is_websocket_request(parts) {
             return Ok(None);
         }
         <Self as FromRequestParts<S>>::from_request_parts(parts, state).await.map(Some)

@@ -50,6 +50,53 @@
 //! service_fn(service)).with_upgrades()`: without `with_upgrades` hyper never hands the
 //! connection over, and the [`Upgrading`] fails when the handshake timeout passes.
 //!
+//! # HTTP/2 (feature `http2`)
+//!
+//! Browsers open a WebSocket over an HTTP/2 connection they already have to the same origin
+//! (RFC 8441) when the server advertised `SETTINGS_ENABLE_CONNECT_PROTOCOL`: the request is an
+//! extended `CONNECT` (`:method CONNECT`, `:protocol websocket`, no `Sec-WebSocket-Key`, no
+//! `Upgrade`). The same service handles it: [`Upgrade::new`] checks an HTTP/2 request with
+//! [`wsx_proto::handshake::check_connect_request`] (its refusals: 405 for another method, 400
+//! for a `CONNECT` without `:protocol`, 501 for another `:protocol`, 400 with
+//! `sec-websocket-version: 13` for a missing or other version), [`Upgrade::accept`] answers
+//! `200` instead of `101` (with the selected subprotocol and extensions, no
+//! `Sec-WebSocket-Accept`), and the [`Upgrading`] gives a [`WebSocket`] over the HTTP/2 stream
+//! ([`UpgradedStream::Upgraded`]): the same frames, masking and limits as over TCP. Closing the
+//! WebSocket ends the stream with END_STREAM; a stream the client resets (RST_STREAM) ends the
+//! connection abnormally (close code 1006, [`Error::AbnormalClosure`] or [`Error::Io`]).
+//!
+//! The server must advertise the setting, or browsers never send the request:
+//!
+//! ```no_run
+//! # use std::convert::Infallible;
+//! # use http::{Request, Response};
+//! # async fn service(request: Request<hyper::body::Incoming>) -> Result<Response<String>, Infallible> {
+//! #     unimplemented!()
+//! # }
+//! use hyper::service::service_fn;
+//! use hyper_util::rt::{TokioExecutor, TokioIo};
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8443").await?;
+//! loop {
+//!     let (tcp, _) = listener.accept().await?;
+//!     // Over TLS, serve the rustls stream instead, with ALPN `h2` (and `http/1.1`).
+//!     tokio::spawn(async move {
+//!         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+//!         // Stream window 1 MiB (hyper's default), connection window 8 MiB: with hyper's
+//!         // default of 1 MiB for both, one WebSocket whose application stops reading holds
+//!         // the whole connection's window, and every other stream on it stalls.
+//!         builder.enable_connect_protocol().initial_connection_window_size(8 << 20);
+//!         let _ = builder.serve_connection(TokioIo::new(tcp), service_fn(service)).await;
+//!     });
+//! }
+//! # }
+//! ```
+//!
+//! hyper-util's `auto` server (HTTP/1.1 and HTTP/2 on one port) has the same switch:
+//! `builder.http2().enable_connect_protocol()`, with `serve_connection_with_upgrades`;
+//! `axum::serve` turns it on itself.
+//!
 //! # The stream
 //!
 //! hyper hands over an [`Upgraded`]: the connection's stream behind a boxed trait object, with
@@ -175,6 +222,36 @@ pub struct Upgrade {
     header_count: usize,
 }
 
+/// Whether a request arrived over HTTP/2, and so must be an extended CONNECT (RFC 8441) to open
+/// a WebSocket. Without the `http2` feature hyper cannot serve HTTP/2, and every request is
+/// checked as an HTTP/1.1 upgrade.
+fn is_http2(version: http::Version) -> bool {
+    cfg!(feature = "http2") && version >= http::Version::HTTP_2
+}
+
+/// The value of the request's `:protocol` pseudo-header, which hyper keeps as the
+/// `hyper::ext::Protocol` extension.
+#[cfg(feature = "http2")]
+fn connect_protocol(extensions: &http::Extensions) -> Option<&str> {
+    extensions.get::<::hyper::ext::Protocol>().map(::hyper::ext::Protocol::as_str)
+}
+
+#[cfg(not(feature = "http2"))]
+fn connect_protocol(_: &http::Extensions) -> Option<&str> {
+    None
+}
+
+/// Whether a request head asks for a WebSocket, as opposed to plain HTTP: an HTTP/1.1 request
+/// with `Upgrade: websocket`, or (feature `http2`) an HTTP/2 `CONNECT`. [`Upgrade::new`] then
+/// says whether it is a valid one.
+pub fn is_websocket_request(head: &request::Parts) -> bool {
+    if is_http2(head.version) {
+        head.method == http::Method::CONNECT
+    } else {
+        handshake::is_upgrade_headers(&head.headers)
+    }
+}
+
 /// The size a request head had on the wire, give or take the whitespace hyper dropped.
 fn head_size(method: &http::Method, uri: &http::Uri, headers: &http::HeaderMap) -> usize {
     let line = method.as_str().len() + 1 + uri.to_string().len() + " HTTP/1.1\r\n".len();
@@ -187,16 +264,29 @@ impl Upgrade {
     /// (`hyper::upgrade::OnUpgrade`) out of its extensions. `Err` is the answer to send instead:
     /// what `accept` would send for that request (400, 405, 426 with their bodies), or
     /// `500 Internal Server Error` when the request carries no upgrade handle (it did not come
-    /// from hyper's HTTP/1.1 server). The handshake timeout counts from here.
+    /// from a hyper server). The handshake timeout counts from here.
+    ///
+    /// With the `http2` feature, a request that came over HTTP/2 must be an extended `CONNECT`
+    /// (RFC 8441) instead, checked by [`wsx_proto::handshake::check_connect_request`] with the
+    /// `:protocol` hyper keeps in its `hyper::ext::Protocol` extension (see the [module
+    /// docs](self#http2-feature-http2) for its refusals).
     pub fn new<B>(request: &mut Request<B>) -> Result<Self, Rejection> {
-        let upgrade = handshake::check_request(request)?;
+        let upgrade = if is_http2(request.version()) {
+            handshake::check_connect_request(request, connect_protocol(request.extensions()))?
+        } else {
+            handshake::check_request(request)?
+        };
         let size = (head_size(request.method(), request.uri(), request.headers()), request.headers().len());
         Self::with_handle(upgrade, request.extensions_mut().remove::<OnUpgrade>(), size)
     }
 
     /// [`new`](Self::new) for a request head split from its body (what an axum extractor sees).
     pub fn from_head(head: &mut request::Parts) -> Result<Self, Rejection> {
-        let upgrade = handshake::check_request_head(head)?;
+        let upgrade = if is_http2(head.version) {
+            handshake::check_connect_head(head, connect_protocol(&head.extensions))?
+        } else {
+            handshake::check_request_head(head)?
+        };
         let size = (head_size(&head.method, &head.uri, &head.headers), head.headers.len());
         Self::with_handle(upgrade, head.extensions.remove::<OnUpgrade>(), size)
     }
@@ -209,7 +299,7 @@ impl Upgrade {
         let Some(on_upgrade) = on_upgrade else {
             return Err(Rejection::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "this server cannot upgrade the connection (no HTTP/1.1 upgrade on it)",
+                "this server cannot upgrade the connection (the request carries no hyper upgrade handle)",
             ));
         };
         Ok(Self { upgrade, on_upgrade, started: Instant::now(), head_bytes, header_count })
@@ -222,8 +312,8 @@ impl Upgrade {
     }
 
     /// Accepts the upgrade with the subprotocol and extra headers of `accept` and the limits,
-    /// timers and compression of `config`: returns the `101 Switching Protocols` response,
-    /// which the service must return, and the [`Upgrading`] that becomes the connection once
+    /// timers and compression of `config`: returns the `101 Switching Protocols` response (for
+    /// an HTTP/2 extended `CONNECT`, `200 OK`), which the service must return, and the [`Upgrading`] that becomes the connection once
     /// hyper has sent it. `Err` is the answer to send instead, as
     /// [`Incoming::accept`](crate::Incoming::accept) would: `431` for a head over the limits of
     /// `config.proto.handshake` (hyper's own limits apply first, while it reads the head), `500`
@@ -265,7 +355,7 @@ fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400 * 365 * 30)
 }
 
-/// An accepted upgrade waiting for hyper to hand the connection over: a future of the
+/// An accepted upgrade waiting for hyper to hand the connection (or the HTTP/2 stream) over: a future of the
 /// [`WebSocket`]. Fails with [`Error::HandshakeTimeout`] when the configuration's handshake
 /// timeout passes first (counted from [`Upgrade::new`]: a client that stops reading before the
 /// 101 response has gone out cannot hold the task), and with [`Error::Io`] when hyper could

@@ -147,11 +147,8 @@ pub enum HandshakeError {
         limit: usize,
     },
     /// Client: the server answered with a status other than
-    /// `101 Switching Protocols`, i.e. it refused the upgrade.
-    #[error(
-        "server answered {status} instead of 101 Switching Protocols{}",
-        body_snippet(.body)
-    )]
+    /// `101 Switching Protocols` (over HTTP/2, `200 OK`), i.e. it refused the upgrade.
+    #[error("server answered {status} instead of accepting the WebSocket (101, or 200 over HTTP/2){}", body_snippet(.body))]
     UnexpectedStatus {
         /// The status the server sent.
         status: StatusCode,
@@ -161,6 +158,10 @@ pub enum HandshakeError {
         /// at most [`MAX_ERROR_BODY_BYTES`] (and at most `Content-Length`).
         body: Bytes,
     },
+    /// Client: the HTTP/2 server did not advertise `SETTINGS_ENABLE_CONNECT_PROTOCOL`
+    /// (RFC 8441 §3), so it cannot take a WebSocket on this connection; use HTTP/1.1.
+    #[error("the HTTP/2 server does not accept WebSockets: it did not send SETTINGS_ENABLE_CONNECT_PROTOCOL")]
+    ConnectProtocolDisabled,
     /// Client: the 101 response lacks `Upgrade: websocket`.
     #[error("server response lacks the header `Upgrade: websocket`")]
     MissingUpgrade,
@@ -339,8 +340,7 @@ pub struct ClientRequestConfig {
 pub struct ClientHandshake {
     request: Request<()>,
     expected_accept: String,
-    protocols: Vec<String>,
-    extension_names: Vec<String>,
+    offer: Offer,
     /// How far the response head has been examined, across calls to `receive`.
     scan: HeadScan,
 }
@@ -370,51 +370,9 @@ impl ClientHandshake {
     /// Errors: [`HandshakeError::InvalidUri`] for another scheme or a missing
     /// host; [`HandshakeError::InvalidConfig`] for values that cannot be sent.
     pub fn new(uri: &Uri, config: ClientRequestConfig, key_random: [u8; 16]) -> Result<Self, HandshakeError> {
-        let default_port = match uri.scheme_str() {
-            Some(s) if s.eq_ignore_ascii_case("ws") => 80,
-            Some(s) if s.eq_ignore_ascii_case("wss") => 443,
-            Some(s) => {
-                return Err(HandshakeError::InvalidUri(format!("unsupported scheme {s:?} (expected ws or wss)")))
-            }
-            None => return Err(HandshakeError::InvalidUri("missing scheme (expected ws:// or wss://)".to_owned())),
-        };
-        let host = match uri.host() {
-            Some(h) if !h.is_empty() => h,
-            _ => return Err(HandshakeError::InvalidUri("missing host".to_owned())),
-        };
-        let host_value = match uri.port_u16() {
-            Some(port) if port != default_port => format!("{host}:{port}"),
-            _ => host.to_owned(),
-        };
+        let WebSocketTarget { host: host_value, target, .. } = WebSocketTarget::parse(uri)?;
         let host_value = HeaderValue::from_str(&host_value)
             .map_err(|_| HandshakeError::InvalidUri("host is not a valid header value".into()))?;
-
-        let path = if uri.path().is_empty() { "/" } else { uri.path() };
-        let target = match uri.query() {
-            Some(q) => format!("{path}?{q}"),
-            None => path.to_owned(),
-        };
-        let target =
-            Uri::try_from(target).map_err(|e| HandshakeError::InvalidUri(format!("invalid path or query: {e}")))?;
-
-        for (i, p) in config.protocols.iter().enumerate() {
-            if !is_token(p) {
-                return Err(HandshakeError::InvalidConfig(format!("subprotocol {p:?} is not a valid HTTP token")));
-            }
-            if config.protocols[..i].contains(p) {
-                return Err(HandshakeError::InvalidConfig(format!("subprotocol {p:?} is offered twice")));
-            }
-        }
-        let mut extension_names = Vec::with_capacity(config.extensions.len());
-        for offer in &config.extensions {
-            let name = offer.split(';').next().unwrap_or("").trim();
-            if !is_token(name) || HeaderValue::from_str(offer).is_err() {
-                return Err(HandshakeError::InvalidConfig(format!(
-                    "extension offer {offer:?} is not a valid Sec-WebSocket-Extensions value"
-                )));
-            }
-            extension_names.push(name.to_owned());
-        }
 
         let key = generate_key(key_random);
         let expected_accept = accept_key(key.as_bytes());
@@ -425,25 +383,7 @@ impl ClientHandshake {
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         headers.insert(header::SEC_WEBSOCKET_KEY, header_value(&key)?);
-        headers.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static(WEBSOCKET_VERSION));
-        let origin_from_extra = config.headers.contains_key(header::ORIGIN);
-        if let (Some(origin), false) = (&config.origin, origin_from_extra) {
-            let value = HeaderValue::from_str(origin)
-                .map_err(|_| HandshakeError::InvalidConfig(format!("origin {origin:?} is not a valid header value")))?;
-            headers.insert(header::ORIGIN, value);
-        }
-        if !config.protocols.is_empty() {
-            headers.insert(header::SEC_WEBSOCKET_PROTOCOL, header_value(&config.protocols.join(", "))?);
-        }
-        if !config.extensions.is_empty() {
-            headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, header_value(&config.extensions.join(", "))?);
-        }
-        for (name, value) in &config.headers {
-            if name == header::HOST || is_reserved_handshake_header(name) {
-                continue;
-            }
-            headers.append(name.clone(), value.clone());
-        }
+        let offer = offer_headers(&config, &mut headers)?;
 
         let mut request = Request::new(());
         *request.method_mut() = Method::GET;
@@ -451,13 +391,7 @@ impl ClientHandshake {
         *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() = headers;
 
-        Ok(ClientHandshake {
-            request,
-            expected_accept,
-            protocols: config.protocols,
-            extension_names,
-            scan: HeadScan::default(),
-        })
+        Ok(ClientHandshake { request, expected_accept, offer, scan: HeadScan::default() })
     }
 
     /// The request that [`write_request`](Self::write_request) serializes.
@@ -574,8 +508,8 @@ impl ClientHandshake {
         if !accept_ok {
             return Err(HandshakeError::BadAccept);
         }
-        let extensions = self.check_extensions(&headers)?;
-        let protocol = self.check_protocol(&headers)?;
+        let extensions = self.offer.check_extensions(&headers)?;
+        let protocol = self.offer.check_protocol(&headers)?;
 
         let mut response = Response::new(());
         *response.status_mut() = status;
@@ -584,7 +518,17 @@ impl ClientHandshake {
         buf.advance(head_len);
         Ok(Some(ClientOutcome { response, protocol, extensions }))
     }
+}
 
+/// What a client offered (subprotocols, extension names), which the server's answer is checked
+/// against: one copy for the HTTP/1.1 upgrade and the HTTP/2 extended CONNECT.
+#[derive(Debug, Clone, Default)]
+struct Offer {
+    protocols: Vec<String>,
+    extension_names: Vec<String>,
+}
+
+impl Offer {
     /// Every extension the server lists must be one we offered.
     fn check_extensions(&self, headers: &HeaderMap) -> Result<Option<String>, HandshakeError> {
         let mut values = Vec::new();
@@ -622,6 +566,181 @@ impl ClientHandshake {
             Some(p) => Err(HandshakeError::UnexpectedProtocol(p.to_owned())),
         }
     }
+}
+
+/// The parts of a `ws://` or `wss://` URI a request is made of.
+struct WebSocketTarget {
+    /// `wss`.
+    secure: bool,
+    /// The host, with the port when it is not the scheme's default (80, 443): `Host` or
+    /// `:authority`.
+    host: String,
+    /// Path and query (`/` for an empty path).
+    target: Uri,
+}
+
+impl WebSocketTarget {
+    fn parse(uri: &Uri) -> Result<Self, HandshakeError> {
+        let (secure, default_port) = match uri.scheme_str() {
+            Some(s) if s.eq_ignore_ascii_case("ws") => (false, 80),
+            Some(s) if s.eq_ignore_ascii_case("wss") => (true, 443),
+            Some(s) => {
+                return Err(HandshakeError::InvalidUri(format!("unsupported scheme {s:?} (expected ws or wss)")))
+            }
+            None => return Err(HandshakeError::InvalidUri("missing scheme (expected ws:// or wss://)".to_owned())),
+        };
+        let host = match uri.host() {
+            Some(h) if !h.is_empty() => h,
+            _ => return Err(HandshakeError::InvalidUri("missing host".to_owned())),
+        };
+        let host = match uri.port_u16() {
+            Some(port) if port != default_port => format!("{host}:{port}"),
+            _ => host.to_owned(),
+        };
+        let path = if uri.path().is_empty() { "/" } else { uri.path() };
+        let target = match uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_owned(),
+        };
+        let target =
+            Uri::try_from(target).map_err(|e| HandshakeError::InvalidUri(format!("invalid path or query: {e}")))?;
+        Ok(Self { secure, host, target })
+    }
+}
+
+/// The client's side of a WebSocket opened over HTTP/2 (RFC 8441): the extended `CONNECT`
+/// request to send on a new stream, and the checks of the server's answer. The HTTP/2 library
+/// carries the request; the caller must add the `:protocol` pseudo-header
+/// ([`CONNECT_PROTOCOL`], which HTTP/2 libraries take apart from the headers: `h2::ext::Protocol`
+/// in the request's extensions), and send it only once the server's SETTINGS enabled the
+/// extended CONNECT protocol (else [`HandshakeError::ConnectProtocolDisabled`]).
+///
+/// ```rust
+/// use wsx_proto::handshake::{ClientRequestConfig, ConnectHandshake};
+///
+/// let uri: http::Uri = "wss://example.com/chat".parse().unwrap();
+/// let config = ClientRequestConfig { protocols: vec!["chat".to_owned()], ..Default::default() };
+/// let handshake = ConnectHandshake::new(&uri, config).unwrap();
+/// assert_eq!(handshake.request().method(), http::Method::CONNECT);
+/// assert_eq!(handshake.request().uri(), "https://example.com/chat");
+///
+/// let response = http::Response::builder()
+///     .status(200)
+///     .header("sec-websocket-protocol", "chat")
+///     .body(())
+///     .unwrap();
+/// let outcome = handshake.check_response(response).unwrap();
+/// assert_eq!(outcome.protocol.as_deref(), Some("chat"));
+/// ```
+#[derive(Debug, Clone)]
+pub struct ConnectHandshake {
+    request: Request<()>,
+    offer: Offer,
+}
+
+impl ConnectHandshake {
+    /// Builds the extended `CONNECT` request for a `ws://` or `wss://` URI: its URI is the
+    /// target with the scheme HTTP/2 uses (`http` for `ws`, `https` for `wss`; the library
+    /// sends it as `:scheme`, `:authority`, `:path`), its headers `sec-websocket-version: 13`,
+    /// then `origin`, `sec-websocket-protocol` and `sec-websocket-extensions` when configured,
+    /// then the extra headers of [`ClientRequestConfig::headers`], less `Host` (the authority
+    /// says it), the headers the handshake controls, and the connection-specific headers
+    /// HTTP/2 forbids (`Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding`, `TE`). No
+    /// `Sec-WebSocket-Key`.
+    ///
+    /// Errors: [`HandshakeError::InvalidUri`] and [`HandshakeError::InvalidConfig`], as
+    /// [`ClientHandshake::new`].
+    pub fn new(uri: &Uri, config: ClientRequestConfig) -> Result<Self, HandshakeError> {
+        let WebSocketTarget { secure, host, target } = WebSocketTarget::parse(uri)?;
+        let path_and_query = target.path_and_query().map_or("/", |pq| pq.as_str());
+        let scheme = if secure { "https" } else { "http" };
+        let uri = Uri::builder()
+            .scheme(scheme)
+            .authority(host.as_str())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|e| HandshakeError::InvalidUri(format!("invalid authority or path: {e}")))?;
+        let mut headers = HeaderMap::new();
+        let offer = offer_headers(&config, &mut headers)?;
+        for name in ["keep-alive", "proxy-connection", "transfer-encoding", "te"] {
+            headers.remove(name);
+        }
+        let mut request = Request::new(());
+        *request.method_mut() = Method::CONNECT;
+        *request.uri_mut() = uri;
+        *request.version_mut() = Version::HTTP_2;
+        *request.headers_mut() = headers;
+        Ok(Self { request, offer })
+    }
+
+    /// The request to send (add `:protocol websocket`, see the [type docs](Self)).
+    pub fn request(&self) -> &Request<()> {
+        &self.request
+    }
+
+    /// Checks the server's answer (RFC 8441 §5): status `200` (any other, 2xx included, is
+    /// [`HandshakeError::UnexpectedStatus`], with an empty body for the caller to fill in),
+    /// then, with the code of the HTTP/1.1 handshake, that every extension in
+    /// `sec-websocket-extensions` was offered and that `sec-websocket-protocol` is absent or one
+    /// subprotocol we offered. The stream's DATA frames then carry WebSocket frames.
+    pub fn check_response(&self, response: Response<()>) -> Result<ClientOutcome, HandshakeError> {
+        if response.status() != StatusCode::OK {
+            let (parts, ()) = response.into_parts();
+            return Err(HandshakeError::UnexpectedStatus {
+                status: parts.status,
+                headers: Box::new(parts.headers),
+                body: Bytes::new(),
+            });
+        }
+        let extensions = self.offer.check_extensions(response.headers())?;
+        let protocol = self.offer.check_protocol(response.headers())?;
+        Ok(ClientOutcome { response, protocol, extensions })
+    }
+}
+
+/// Validates what `config` offers and adds the headers both forms of the request share to
+/// `headers`: `Sec-WebSocket-Version`, then `Origin`, `Sec-WebSocket-Protocol` and
+/// `Sec-WebSocket-Extensions` when configured, then the extra headers (without `Host` and the
+/// ones the handshake controls).
+fn offer_headers(config: &ClientRequestConfig, headers: &mut HeaderMap) -> Result<Offer, HandshakeError> {
+    for (i, p) in config.protocols.iter().enumerate() {
+        if !is_token(p) {
+            return Err(HandshakeError::InvalidConfig(format!("subprotocol {p:?} is not a valid HTTP token")));
+        }
+        if config.protocols[..i].contains(p) {
+            return Err(HandshakeError::InvalidConfig(format!("subprotocol {p:?} is offered twice")));
+        }
+    }
+    let mut extension_names = Vec::with_capacity(config.extensions.len());
+    for offer in &config.extensions {
+        let name = offer.split(';').next().unwrap_or("").trim();
+        if !is_token(name) || HeaderValue::from_str(offer).is_err() {
+            return Err(HandshakeError::InvalidConfig(format!(
+                "extension offer {offer:?} is not a valid Sec-WebSocket-Extensions value"
+            )));
+        }
+        extension_names.push(name.to_owned());
+    }
+    headers.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static(WEBSOCKET_VERSION));
+    let origin_from_extra = config.headers.contains_key(header::ORIGIN);
+    if let (Some(origin), false) = (&config.origin, origin_from_extra) {
+        let value = HeaderValue::from_str(origin)
+            .map_err(|_| HandshakeError::InvalidConfig(format!("origin {origin:?} is not a valid header value")))?;
+        headers.insert(header::ORIGIN, value);
+    }
+    if !config.protocols.is_empty() {
+        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, header_value(&config.protocols.join(", "))?);
+    }
+    if !config.extensions.is_empty() {
+        headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, header_value(&config.extensions.join(", "))?);
+    }
+    for (name, value) in &config.headers {
+        if name == header::HOST || is_reserved_handshake_header(name) {
+            continue;
+        }
+        headers.append(name.clone(), value.clone());
+    }
+    Ok(Offer { protocols: config.protocols.clone(), extension_names })
 }
 
 // ---------------------------------------------------------------------------
@@ -1627,6 +1746,73 @@ mod tests {
             let r = check_connect_request(&connect_request(lines), Some("websocket")).unwrap_err();
             assert_eq!(r.status, StatusCode::BAD_REQUEST, "{lines:?}");
         }
+    }
+
+    #[test]
+    fn connect_handshake_request_and_response_checks() {
+        let mut config = ClientRequestConfig {
+            protocols: vec!["chat".into(), "echo".into()],
+            extensions: vec!["permessage-deflate; client_max_window_bits".into()],
+            origin: Some("https://example.com".into()),
+            ..Default::default()
+        };
+        for (name, value) in [("host", "evil"), ("keep-alive", "5"), ("te", "gzip"), ("x-token", "t")] {
+            config.headers.insert(HeaderName::from_static(name), HeaderValue::from_static(value));
+        }
+        let hs = ConnectHandshake::new(&"ws://example.com:8080/chat?room=1".parse().unwrap(), config).unwrap();
+        let request = hs.request();
+        assert_eq!(request.method(), Method::CONNECT);
+        assert_eq!(request.version(), Version::HTTP_2);
+        assert_eq!(request.uri(), "http://example.com:8080/chat?room=1");
+        let headers = request.headers();
+        assert_eq!(headers[header::SEC_WEBSOCKET_VERSION], "13");
+        assert_eq!(headers[header::SEC_WEBSOCKET_PROTOCOL], "chat, echo");
+        assert_eq!(headers[header::ORIGIN], "https://example.com");
+        assert_eq!(headers["x-token"], "t");
+        for absent in ["host", "keep-alive", "te", "sec-websocket-key", "upgrade", "connection"] {
+            assert!(!headers.contains_key(absent), "{absent}");
+        }
+        let wss = ConnectHandshake::new(&"wss://example.com/".parse().unwrap(), Default::default()).unwrap();
+        assert_eq!(wss.request().uri(), "https://example.com/");
+
+        let response = |status: u16, lines: &[(&str, &str)]| {
+            let mut r = Response::builder().status(status);
+            for (n, v) in lines {
+                r = r.header(*n, *v);
+            }
+            r.body(()).unwrap()
+        };
+        let ok = hs
+            .check_response(response(
+                200,
+                &[("sec-websocket-protocol", "echo"), ("sec-websocket-extensions", "permessage-deflate")],
+            ))
+            .unwrap();
+        assert_eq!(ok.protocol.as_deref(), Some("echo"));
+        assert_eq!(ok.extensions.as_deref(), Some("permessage-deflate"));
+        assert!(hs.check_response(response(200, &[])).unwrap().protocol.is_none());
+        for status in [101, 201, 204, 400, 501] {
+            match hs.check_response(response(status, &[])) {
+                Err(HandshakeError::UnexpectedStatus { status: s, .. }) => assert_eq!(s.as_u16(), status),
+                other => panic!("{status}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            hs.check_response(response(200, &[("sec-websocket-protocol", "other")])),
+            Err(HandshakeError::UnexpectedProtocol(p)) if p == "other"
+        ));
+        assert!(matches!(
+            hs.check_response(response(200, &[("sec-websocket-protocol", "chat, echo")])),
+            Err(HandshakeError::UnexpectedProtocol(_))
+        ));
+        assert!(matches!(
+            hs.check_response(response(200, &[("sec-websocket-extensions", "x-webkit-deflate-frame")])),
+            Err(HandshakeError::UnexpectedExtension(e)) if e == "x-webkit-deflate-frame"
+        ));
+        assert!(matches!(
+            ConnectHandshake::new(&"http://example.com/".parse().unwrap(), Default::default()),
+            Err(HandshakeError::InvalidUri(_))
+        ));
     }
 
     #[test]

@@ -41,6 +41,11 @@ pub enum Error {
     /// from, and what it answered. Boxed, to keep `Error` small.
     #[error(transparent)]
     Proxy(Box<crate::proxy::ProxyError>),
+    /// HTTP/2 under a WebSocket failed (feature `http2`, [`crate::h2`]): the server did not
+    /// choose `h2`, or the connection or the stream failed before the WebSocket opened.
+    #[cfg(feature = "http2")]
+    #[error(transparent)]
+    Http2(#[from] crate::h2::Http2Error),
     /// Reading, writing or connecting failed.
     #[error("I/O error: {0}")]
     Io(std::io::Error),
@@ -95,6 +100,10 @@ impl Error {
             Self::Proxy(p) => p.kind(),
             Self::AbnormalClosure | Self::Io(_) => ErrorKind::Io,
             Self::Tls(_) => ErrorKind::Tls,
+            #[cfg(feature = "http2")]
+            Self::Http2(crate::h2::Http2Error::Protocol(e)) if e.is_io() => ErrorKind::Io,
+            #[cfg(feature = "http2")]
+            Self::Http2(_) => ErrorKind::Peer,
         }
     }
 
@@ -113,6 +122,8 @@ impl Error {
             )) => Some(wsx_proto::CloseCode::ABNORMAL),
             Self::Proto(e) => e.close_code(),
             Self::AbnormalClosure | Self::Io(_) | Self::Tls(_) => Some(wsx_proto::CloseCode::ABNORMAL),
+            #[cfg(feature = "http2")]
+            Self::Http2(_) => Some(wsx_proto::CloseCode::ABNORMAL),
             _ => None,
         }
     }

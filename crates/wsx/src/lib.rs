@@ -38,6 +38,8 @@ pub mod axum;
 pub mod browser;
 mod client;
 mod error;
+#[cfg(feature = "http2")]
+pub mod h2;
 #[cfg(feature = "hyper")]
 pub mod hyper;
 mod io;

@@ -103,6 +103,9 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 const ALPN_HTTP1: &[u8] = b"http/1.1";
+/// The ALPN name of HTTP/2 over TLS (RFC 9113 §3.2).
+#[cfg(feature = "http2")]
+pub(crate) const ALPN_H2: &[u8] = b"h2";
 
 /// Where a client's trusted roots come from, before the CAs added with [`ClientTls::add_ca_pem`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,6 +140,7 @@ pub struct ClientTls {
     extra_roots: Vec<CertificateDer<'static>>,
     client_auth: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
     insecure: bool,
+    alpn: Vec<Vec<u8>>,
     /// The configuration built from the settings above, shared by clones, so that connections
     /// made with one `ClientTls` share one root store and one session cache. Reset by every
     /// setter.
@@ -150,6 +154,7 @@ impl Clone for ClientTls {
             extra_roots: self.extra_roots.clone(),
             client_auth: self.client_auth.as_ref().map(|(certs, key)| (certs.clone(), key.clone_key())),
             insecure: self.insecure,
+            alpn: self.alpn.clone(),
             built: self.built.clone(),
         }
     }
@@ -162,6 +167,7 @@ impl std::fmt::Debug for ClientTls {
             .field("extra_roots", &self.extra_roots.len())
             .field("client_auth", &self.client_auth.is_some())
             .field("insecure", &self.insecure)
+            .field("alpn", &self.alpn)
             .finish()
     }
 }
@@ -181,6 +187,7 @@ impl ClientTls {
             extra_roots: Vec::new(),
             client_auth: None,
             insecure: false,
+            alpn: vec![ALPN_HTTP1.to_vec()],
             built: Arc::default(),
         }
     }
@@ -249,13 +256,22 @@ impl ClientTls {
         self
     }
 
+    /// The protocols offered by ALPN, most preferred first (default: `http/1.1`, what
+    /// [`ClientBuilder`](crate::ClientBuilder) speaks). [`crate::h2::connect_tls`] offers `h2`
+    /// whatever this says.
+    pub fn alpn_protocols(mut self, protocols: Vec<Vec<u8>>) -> Self {
+        self.built = Arc::default();
+        self.alpn = protocols;
+        self
+    }
+
     /// Whether [`danger_accept_invalid_certs`](Self::danger_accept_invalid_certs) is on.
     pub fn is_insecure(&self) -> bool {
         self.insecure
     }
 
     /// The rustls configuration: the crate's crypto provider, safe protocol versions, ALPN
-    /// `http/1.1`.
+    /// `http/1.1` (or what [`alpn_protocols`](Self::alpn_protocols) set).
     pub fn build(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
         let builder = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
@@ -291,7 +307,7 @@ impl ClientTls {
             }
             None => builder.with_no_client_auth(),
         };
-        config.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
+        config.alpn_protocols = self.alpn.clone();
         Ok(Arc::new(config))
     }
 

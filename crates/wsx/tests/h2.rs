@@ -3,6 +3,8 @@
 //! on the stream, END_STREAM and RST_STREAM) and by `wsx::h2`'s client.
 #![cfg(feature = "http2")]
 
+#[path = "common/certs.rs"]
+mod certs;
 mod common;
 
 use std::convert::Infallible;
@@ -17,9 +19,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use wsx::h2::{Http2Config, Http2Connection, Http2Error};
 use wsx::hyper::{rejection_response, Upgrade};
 use wsx::proto::deflate::DeflateConfig;
-use wsx::{Accept, CloseFrame, Error, WebSocketConfig};
+use wsx::proto::handshake::ClientRequestConfig;
+use wsx::{Accept, CloseCode, CloseFrame, Error, HandshakeError, Message, Rejection, WebSocketConfig};
 
 /// What the server's side of a WebSocket saw.
 #[derive(Debug)]
@@ -58,6 +62,9 @@ async fn service(
         Ok(upgrade) => upgrade,
         Err(rejection) => return Ok(rejection_response(&rejection)),
     };
+    if request.uri().path() == "/refuse" {
+        return Ok(rejection_response(&Rejection::new(StatusCode::FORBIDDEN, "not you")));
+    }
     let protocol = upgrade.request().protocols.iter().find(|p| *p == "echo.v1").cloned();
     let mut config = WebSocketConfig::default();
     config.proto.handshake_timeout = Duration::from_secs(5);
@@ -129,6 +136,31 @@ async fn start(setup: ServerSetup) -> (SocketAddr, mpsc::UnboundedReceiver<Event
         }
     });
     (addr, rx)
+}
+
+/// The same server over TLS, offering ALPN `alpn`; returns the CA's PEM to trust.
+async fn start_tls(alpn: &[&[u8]]) -> (SocketAddr, String, mpsc::UnboundedReceiver<Event>) {
+    let ca = certs::TestCa::new("h2 test CA");
+    let leaf = ca.server(&["localhost"]);
+    let tls = wsx::tls::ServerTls::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes())
+        .expect("server TLS")
+        .alpn_protocols(alpn.iter().map(|a| a.to_vec()).collect());
+    let acceptor = tls.acceptor().expect("acceptor");
+    let (listener, addr) = listen().await;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let setup = ServerSetup::default();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let (acceptor, events) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = wsx::tls::accept(&acceptor, tcp).await else { return };
+                let service = service_fn(move |request| service(request, setup, events.clone()));
+                let _ = h2_builder(setup).serve_connection(TokioIo::new(tls), service).await;
+            });
+        }
+    });
+    (addr, ca.pem(), rx)
 }
 
 async fn next_event(events: &mut mpsc::UnboundedReceiver<Event>) -> Event {
@@ -313,6 +345,255 @@ async fn a_server_without_the_setting_does_not_advertise_it() {
         assert!(!send.is_extended_connect_protocol_enabled());
         let (addr, _events) = start(ServerSetup::default()).await;
         assert!(raw_h2(addr).await.is_extended_connect_protocol_enabled());
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// wsx's own client: wsx::h2.
+// ---------------------------------------------------------------------------------------------
+
+fn ws_config() -> WebSocketConfig {
+    let mut config = WebSocketConfig::default();
+    config.proto.handshake_timeout = Duration::from_secs(5);
+    config.proto.max_message_size = 4 << 20;
+    config.proto.max_frame_size = 4 << 20;
+    config
+}
+
+async fn h2c(addr: SocketAddr) -> Http2Connection {
+    wsx::h2::connect(&format!("ws://{addr}/"), &Http2Config::default()).await.expect("h2 connection")
+}
+
+/// Text, binary and a 1 MiB binary message echoed over an h2c stream; a close with a code and
+/// reason seen by both sides, and the stream ended cleanly (the client's `close` returns the
+/// server's echo only when the stream ended with END_STREAM, not a reset).
+#[tokio::test]
+async fn client_echo_text_binary_one_mib_and_close() {
+    deadline(async {
+        let (addr, mut events) = start(ServerSetup::default()).await;
+        let h2 = h2c(addr).await;
+        assert!(h2.is_connect_protocol_enabled());
+        let (mut ws, response) =
+            h2.open(&format!("ws://{addr}/echo"), ClientRequestConfig::default(), &ws_config()).await.expect("open");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(matches!(next_event(&mut events).await, Event::Opened { protocol: None, extensions: None }));
+
+        ws.send_text("hello over h2").await.expect("send text");
+        assert_eq!(ws.recv().await.expect("echo").expect("text"), Message::text("hello over h2"));
+        ws.send_binary(Bytes::from_static(&[0, 1, 2, 255])).await.expect("send binary");
+        assert_eq!(
+            ws.recv().await.expect("echo").expect("binary"),
+            Message::binary(Bytes::from_static(&[0, 1, 2, 255]))
+        );
+        let big = Bytes::from(pattern(1 << 20, 7));
+        ws.send_binary(big.clone()).await.expect("send 1 MiB");
+        match ws.recv().await.expect("echo").expect("1 MiB") {
+            Message::Binary(data) => assert!(data == big, "1 MiB echo differs"),
+            other => panic!("{other:?}"),
+        }
+
+        let peer = ws.close(CloseCode::from(4000), "done").await.expect("clean close");
+        let peer = peer.expect("close frame with a code");
+        assert_eq!((u16::from(peer.code), peer.reason.as_str()), (4000, "done"));
+        match next_event(&mut events).await {
+            Event::Ended { close: Some(Some(frame)), error: None } => {
+                assert_eq!((u16::from(frame.code), frame.reason.as_str()), (4000, "done"));
+            }
+            other => panic!("server saw {other:?}"),
+        }
+    })
+    .await;
+}
+
+/// A subprotocol and permessage-deflate negotiated over h2, on both sides.
+#[tokio::test]
+async fn client_negotiates_subprotocol_and_deflate() {
+    deadline(async {
+        let (addr, mut events) = start(ServerSetup { deflate: true, ..ServerSetup::default() }).await;
+        let h2 = h2c(addr).await;
+        let mut config = ws_config();
+        config.deflate = Some(DeflateConfig::default());
+        let request = ClientRequestConfig { protocols: vec!["chat".into(), "echo.v1".into()], ..Default::default() };
+        let (mut ws, response) = h2.open(&format!("ws://{addr}/echo"), request, &config).await.expect("open");
+        assert_eq!(ws.protocol(), Some("echo.v1"));
+        assert!(ws.extensions().is_some_and(|e| e.starts_with("permessage-deflate")), "{:?}", ws.extensions());
+        assert_eq!(response.headers()["sec-websocket-protocol"], "echo.v1");
+        match next_event(&mut events).await {
+            Event::Opened { protocol, extensions } => {
+                assert_eq!(protocol.as_deref(), Some("echo.v1"));
+                assert!(extensions.is_some_and(|e| e.starts_with("permessage-deflate")));
+            }
+            other => panic!("server saw {other:?}"),
+        }
+        let text = "compress me ".repeat(2000);
+        ws.send_text(text.as_str()).await.expect("send");
+        assert_eq!(ws.recv().await.expect("echo").expect("text"), Message::text(text));
+        ws.close(CloseCode::NORMAL, "").await.expect("close");
+    })
+    .await;
+}
+
+/// A server that did not advertise SETTINGS_ENABLE_CONNECT_PROTOCOL: the typed error, before
+/// any request is sent.
+#[tokio::test]
+async fn client_refuses_a_server_without_the_connect_protocol() {
+    deadline(async {
+        let (addr, _events) = start(ServerSetup { connect_protocol: false, ..ServerSetup::default() }).await;
+        match wsx::h2::connect(&format!("ws://{addr}/"), &Http2Config::default()).await {
+            Err(Error::Handshake(HandshakeError::ConnectProtocolDisabled)) => {}
+            other => panic!("expected ConnectProtocolDisabled, got {other:?}"),
+        }
+    })
+    .await;
+}
+
+/// A refusal by the application reaches the client as the status and body it sent.
+#[tokio::test]
+async fn client_reports_a_refusal_with_its_status_and_body() {
+    deadline(async {
+        let (addr, _events) = start(ServerSetup::default()).await;
+        let h2 = h2c(addr).await;
+        match h2.open(&format!("ws://{addr}/refuse"), ClientRequestConfig::default(), &ws_config()).await {
+            Err(Error::Handshake(HandshakeError::UnexpectedStatus { status, body, .. })) => {
+                assert_eq!(status, StatusCode::FORBIDDEN);
+                assert_eq!(&body[..], b"not you");
+            }
+            other => panic!("expected a 403, got {:?}", other.map(|_| ())),
+        }
+        // The connection is still good for the next WebSocket.
+        let (mut ws, _) =
+            h2.open(&format!("ws://{addr}/echo"), ClientRequestConfig::default(), &ws_config()).await.expect("open");
+        ws.send_text("still here").await.expect("send");
+        assert_eq!(ws.recv().await.expect("echo").expect("text"), Message::text("still here"));
+    })
+    .await;
+}
+
+/// A server (the raw h2 crate) that accepts the WebSocket and then resets its stream: the
+/// client's `recv` reports an abnormal closure (1006) within a deadline.
+#[tokio::test]
+async fn rst_stream_from_the_server_is_an_abnormal_closure() {
+    deadline(async {
+        let (listener, addr) = listen().await;
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let mut conn =
+                h2::server::Builder::new().enable_connect_protocol().handshake::<_, Bytes>(tcp).await.expect("h2");
+            let (request, mut respond) = conn.accept().await.expect("a request").expect("request");
+            assert_eq!(request.method(), Method::CONNECT);
+            assert_eq!(request.extensions().get::<h2::ext::Protocol>().map(|p| p.as_str()), Some("websocket"));
+            let mut stream = respond.send_response(Response::new(()), false).expect("200");
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                stream.send_reset(h2::Reason::CANCEL);
+            });
+            while let Some(Ok(_)) = conn.accept().await {}
+        });
+        let h2 = h2c(addr).await;
+        let (mut ws, _) =
+            h2.open(&format!("ws://{addr}/echo"), ClientRequestConfig::default(), &ws_config()).await.expect("open");
+        match within(Duration::from_secs(2), "the reset", ws.recv()).await {
+            Some(Err(e)) => assert_eq!(e.close_code().map(u16::from), Some(1006), "{e}"),
+            other => panic!("expected an abnormal closure, got {other:?}"),
+        }
+    })
+    .await;
+}
+
+/// 24 WebSockets on one h2 connection, each echoing 100 messages, all done while a 25th has
+/// 4 MiB in flight that nobody reads: per-stream flow control holds that one stream (its
+/// writer blocks, nothing is buffered without bound) and lets the others through. The slow
+/// reader then reads everything, intact and in order.
+#[tokio::test]
+async fn many_websockets_on_one_connection_and_a_slow_reader() {
+    deadline(async {
+        const STREAMS: usize = 24;
+        const MESSAGES: usize = 100;
+        const SLOW_MESSAGES: usize = 64;
+        const SLOW_SIZE: usize = 64 * 1024;
+        let (addr, _events) = start(ServerSetup::default()).await;
+        let h2 = h2c(addr).await;
+        let url = format!("ws://{addr}/echo");
+
+        let (slow, _) = h2.open(&url, ClientRequestConfig::default(), &ws_config()).await.expect("open slow");
+        let (mut slow_reader, mut slow_writer) = slow.split();
+        let slow_sender = tokio::spawn(async move {
+            for i in 0..SLOW_MESSAGES {
+                slow_writer.send(Message::binary(pattern(SLOW_SIZE, i as u64))).await.expect("slow send");
+            }
+            slow_writer
+        });
+
+        let started = tokio::time::Instant::now();
+        let mut tasks = Vec::new();
+        for n in 0..STREAMS {
+            let (h2, url) = (h2.clone(), url.clone());
+            tasks.push(tokio::spawn(async move {
+                let (mut ws, _) = h2.open(&url, ClientRequestConfig::default(), &ws_config()).await.expect("open");
+                for i in 0..MESSAGES {
+                    let text = format!("stream {n} message {i}");
+                    ws.send_text(text.as_str()).await.expect("send");
+                    assert_eq!(ws.recv().await.expect("echo").expect("text"), Message::text(text));
+                }
+                ws.close(CloseCode::NORMAL, "").await.expect("close");
+            }));
+        }
+        for task in tasks {
+            within(Duration::from_secs(15), "the fast WebSockets", task).await.expect("fast task");
+        }
+        let elapsed = started.elapsed();
+        assert!(!slow_sender.is_finished(), "4 MiB went out to a reader that reads nothing: unbounded buffering");
+
+        let mut got = 0;
+        while got < SLOW_MESSAGES {
+            match slow_reader.recv().await.expect("slow echo").expect("binary") {
+                Message::Binary(data) => {
+                    assert!(data == pattern(SLOW_SIZE, got as u64), "slow echo {got} differs");
+                    got += 1;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let writer = within(Duration::from_secs(5), "the slow writer", slow_sender).await.expect("slow sender");
+        let mut ws = slow_reader.reunite(writer).expect("reunite");
+        ws.close(CloseCode::NORMAL, "").await.expect("close slow");
+        eprintln!("{STREAMS} × {MESSAGES} echoes in {elapsed:?} beside a stalled stream");
+    })
+    .await;
+}
+
+/// TLS with ALPN h2, certificates made by rcgen: echo and close; a TLS server that only
+/// offers http/1.1 is the typed ALPN error.
+#[tokio::test]
+async fn client_over_tls_with_alpn_h2() {
+    deadline(async {
+        let (addr, ca, mut events) = start_tls(&[b"h2", b"http/1.1"]).await;
+        let tls = wsx::tls::ClientTls::new().only_added_roots().add_ca_pem(ca.as_bytes()).expect("CA");
+        let url = format!("wss://localhost:{}/echo", addr.port());
+        let h2 = wsx::h2::connect_tls(&url, &tls, &Http2Config::default()).await.expect("h2 over TLS");
+        let (mut ws, _) = h2.open(&url, ClientRequestConfig::default(), &ws_config()).await.expect("open");
+        assert!(matches!(next_event(&mut events).await, Event::Opened { .. }));
+        ws.send_text("over TLS").await.expect("send");
+        assert_eq!(ws.recv().await.expect("echo").expect("text"), Message::text("over TLS"));
+        ws.close(CloseCode::NORMAL, "bye").await.expect("close");
+
+        // A server without ALPN: the typed error. (A server offering only http/1.1 refuses the
+        // TLS handshake itself, with the no_application_protocol alert.)
+        let (addr, ca, _events) = start_tls(&[]).await;
+        let tls = wsx::tls::ClientTls::new().only_added_roots().add_ca_pem(ca.as_bytes()).expect("CA");
+        let url = format!("wss://localhost:{}/echo", addr.port());
+        match wsx::h2::connect_tls(&url, &tls, &Http2Config::default()).await {
+            Err(Error::Http2(Http2Error::NotNegotiated(None))) => {}
+            other => panic!("expected NotNegotiated, got {other:?}"),
+        }
+        let (addr, ca, _events) = start_tls(&[b"http/1.1"]).await;
+        let tls = wsx::tls::ClientTls::new().only_added_roots().add_ca_pem(ca.as_bytes()).expect("CA");
+        let url = format!("wss://localhost:{}/echo", addr.port());
+        match wsx::h2::connect_tls(&url, &tls, &Http2Config::default()).await {
+            Err(Error::Tls(e)) => assert!(e.to_string().contains("NoApplicationProtocol"), "{e}"),
+            other => panic!("expected the TLS alert, got {other:?}"),
+        }
     })
     .await;
 }

@@ -597,3 +597,107 @@ async fn client_over_tls_with_alpn_h2() {
     })
     .await;
 }
+
+/// A raw h2 server closes the WebSocket (close frame, then END_STREAM): the client sees the
+/// code and reason, answers with its close frame, and ends its side of the stream with
+/// END_STREAM (not RST_STREAM).
+#[tokio::test]
+async fn client_ends_its_stream_with_end_stream_after_the_close_handshake() {
+    deadline(async {
+        let (listener, addr) = listen().await;
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let mut conn =
+                h2::server::Builder::new().enable_connect_protocol().handshake::<_, Bytes>(tcp).await.expect("h2");
+            let (request, mut respond) = conn.accept().await.expect("a request").expect("request");
+            tokio::spawn(async move { while let Some(Ok(_)) = conn.accept().await {} });
+            let mut body = request.into_body();
+            let mut stream = respond.send_response(Response::new(()), false).expect("200");
+            let mut close = vec![0x88, 6];
+            close.extend_from_slice(&close_payload(4002, "away"));
+            stream.send_data(Bytes::from(close), false).expect("close frame");
+            let mut received = Vec::new();
+            let mut ended = false;
+            let end = loop {
+                match body.data().await {
+                    Some(Ok(chunk)) => {
+                        let _ = body.flow_control().release_capacity(chunk.len());
+                        received.extend_from_slice(&chunk);
+                        if !ended && received.len() >= 2 + 4 + usize::from(received[1] & 0x7f) {
+                            // The whole masked close echo is in: end our side, as a server does.
+                            ended = true;
+                            stream.send_data(Bytes::new(), true).expect("END_STREAM");
+                        }
+                    }
+                    Some(Err(e)) => break Err(e),
+                    None => break Ok(()),
+                }
+            };
+            (received, end)
+        });
+        let h2 = h2c(addr).await;
+        let (mut ws, _) =
+            h2.open(&format!("ws://{addr}/echo"), ClientRequestConfig::default(), &ws_config()).await.expect("open");
+        match ws.recv().await {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                assert_eq!((u16::from(frame.code), frame.reason.as_str()), (4002, "away"));
+            }
+            other => panic!("expected the close frame, got {other:?}"),
+        }
+        while let Some(event) = ws.recv().await {
+            event.expect("a clean end");
+        }
+        let (received, end) = within(Duration::from_secs(5), "the server's view", server).await.expect("server");
+        assert_eq!(received.first(), Some(&0x88), "the client's close echo");
+        end.expect("END_STREAM, not RST_STREAM");
+    })
+    .await;
+}
+
+/// The axum extractor on a route served by `axum::serve` (HTTP/1.1 and HTTP/2 on one port,
+/// the connect protocol advertised by axum): a route that accepts CONNECT (`any`) takes the
+/// WebSocket over h2 and, as before, over HTTP/1.1; a `get` route answers h2's CONNECT with 405.
+#[tokio::test]
+async fn axum_extractor_on_an_h2_route() {
+    use axum::routing::{any, get};
+    use wsx::axum::WebSocketUpgrade;
+
+    async fn echo(upgrade: WebSocketUpgrade) -> axum::response::Response {
+        upgrade.protocols(["echo.v1"]).on_upgrade(|mut ws| async move {
+            while let Some(Ok(msg)) = ws.recv().await {
+                if msg.is_data() && ws.feed(msg).await.is_err() {
+                    break;
+                }
+            }
+        })
+    }
+
+    deadline(async {
+        let app = axum::Router::new().route("/ws", any(echo)).route("/get-only", get(echo));
+        let (listener, addr) = listen().await;
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let h2 = h2c(addr).await;
+        let request = ClientRequestConfig { protocols: vec!["echo.v1".into()], ..Default::default() };
+        let (mut ws, response) =
+            h2.open(&format!("ws://{addr}/ws"), request, &ws_config()).await.expect("open over h2");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(ws.protocol(), Some("echo.v1"));
+        ws.send_text("axum over h2").await.expect("send");
+        assert_eq!(ws.recv().await.expect("echo").expect("text"), Message::text("axum over h2"));
+        ws.close(CloseCode::NORMAL, "").await.expect("close");
+
+        match h2.open(&format!("ws://{addr}/get-only"), ClientRequestConfig::default(), &ws_config()).await {
+            Err(Error::Handshake(HandshakeError::UnexpectedStatus { status, .. })) => {
+                assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+            }
+            other => panic!("expected 405, got {:?}", other.map(|_| ())),
+        }
+
+        let (mut ws, _) = wsx::connect(&format!("ws://{addr}/ws")).await.expect("HTTP/1.1 upgrade");
+        ws.send_text("axum over HTTP/1.1").await.expect("send");
+        assert_eq!(ws.recv().await.expect("echo").expect("text"), Message::text("axum over HTTP/1.1"));
+        ws.close(CloseCode::NORMAL, "").await.expect("close");
+    })
+    .await;
+}

@@ -389,11 +389,15 @@ async fn read_error_body(body: &mut RecvStream) -> Bytes {
     out.freeze()
 }
 
+/// The most send capacity one write asks h2 for (h2 grants at most the peer's window and
+/// [`Http2Config::max_send_buffer`] anyway).
+const MAX_WRITE_RESERVE: usize = 1 << 20;
+
 /// One WebSocket's HTTP/2 stream as a byte stream, for [`WebSocket`]: reads take DATA frames
-/// and release their flow-control capacity as they are read; writes wait for send capacity
-/// (the peer's window, and at most [`Http2Config::max_send_buffer`] buffered in h2), copying
-/// what fits into one DATA frame's worth at a time; shutdown sends END_STREAM. Dropping it
-/// before the shutdown resets the stream (RST_STREAM CANCEL).
+/// and release their flow-control capacity as they are read; a write waits for send capacity
+/// (the peer's window, and at most [`Http2Config::max_send_buffer`] buffered in h2) and copies
+/// as much of its bytes as that capacity allows; shutdown sends END_STREAM. Dropping it before
+/// the shutdown resets the stream (RST_STREAM CANCEL).
 #[derive(Debug)]
 pub struct Http2Stream {
     send: SendStream<Bytes>,
@@ -409,9 +413,9 @@ impl Http2Stream {
         Self { send, recv, pending: Bytes::new(), ended: false }
     }
 
-    /// The HTTP/2 stream's id.
-    pub fn stream_id(&self) -> h2::StreamId {
-        self.send.stream_id()
+    /// The HTTP/2 stream's id (odd: the client opened it).
+    pub fn stream_id(&self) -> u32 {
+        self.send.stream_id().into()
     }
 }
 
@@ -459,8 +463,7 @@ impl AsyncWrite for Http2Stream {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
         // Ask for room for this write (on top of what h2 still buffers), then wait for some.
-        let want = u32::try_from(buf.len()).unwrap_or(u32::MAX);
-        this.send.reserve_capacity(want as usize);
+        this.send.reserve_capacity(buf.len().min(MAX_WRITE_RESERVE));
         while this.send.capacity() == 0 {
             match ready!(this.send.poll_capacity(cx)) {
                 Some(Ok(_)) => {}

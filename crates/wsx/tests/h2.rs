@@ -531,17 +531,23 @@ async fn many_websockets_on_one_connection_and_a_slow_reader() {
             let (h2, url) = (h2.clone(), url.clone());
             tasks.push(tokio::spawn(async move {
                 let (mut ws, _) = h2.open(&url, ClientRequestConfig::default(), &ws_config()).await.expect("open");
+                let stream_id = ws.get_ref().stream_id();
                 for i in 0..MESSAGES {
                     let text = format!("stream {n} message {i}");
                     ws.send_text(text.as_str()).await.expect("send");
                     assert_eq!(ws.recv().await.expect("echo").expect("text"), Message::text(text));
                 }
                 ws.close(CloseCode::NORMAL, "").await.expect("close");
+                stream_id
             }));
         }
+        let mut stream_ids = std::collections::BTreeSet::new();
         for task in tasks {
-            within(Duration::from_secs(15), "the fast WebSockets", task).await.expect("fast task");
+            stream_ids.insert(within(Duration::from_secs(15), "the fast WebSockets", task).await.expect("fast task"));
         }
+        // Streams of the one connection: distinct client-initiated (odd) ids.
+        assert_eq!(stream_ids.len(), STREAMS);
+        assert!(stream_ids.iter().all(|id| id % 2 == 1), "{stream_ids:?}");
         let elapsed = started.elapsed();
         assert!(!slow_sender.is_finished(), "4 MiB went out to a reader that reads nothing: unbounded buffering");
 

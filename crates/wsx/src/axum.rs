@@ -47,7 +47,10 @@
 //! `SETTINGS_ENABLE_CONNECT_PROTOCOL` itself. The route must accept the `CONNECT` method, which
 //! `get` does not: route with `any(handler)`, or `get(handler).connect(handler)`
 //! (`on(MethodFilter::GET.or(MethodFilter::CONNECT), handler)`). A route that does not accept
-//! `CONNECT` answers an HTTP/2 WebSocket with axum's 405.
+//! `CONNECT` answers an HTTP/2 WebSocket with axum's 405. `axum::serve` keeps hyper's flow-control
+//! windows (1 MiB per stream and per connection), so one WebSocket whose application stops
+//! reading can stall the other streams of its connection; `docs/http2.md` shows how to serve
+//! with a larger connection window.
 
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::response::{IntoResponse, Response};

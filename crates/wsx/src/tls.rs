@@ -257,8 +257,8 @@ impl ClientTls {
     }
 
     /// The protocols offered by ALPN, most preferred first (default: `http/1.1`, what
-    /// [`ClientBuilder`](crate::ClientBuilder) speaks). [`crate::h2::connect_tls`] offers `h2`
-    /// whatever this says.
+    /// [`ClientBuilder`](crate::ClientBuilder) speaks). `wsx::h2::connect_tls` (feature
+    /// `http2`) offers `h2` whatever this says.
     pub fn alpn_protocols(mut self, protocols: Vec<Vec<u8>>) -> Self {
         self.built = Arc::default();
         self.alpn = protocols;

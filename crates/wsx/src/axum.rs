@@ -102,7 +102,12 @@ impl<S: Send + Sync> FromRequestParts<S> for WebSocketUpgrade {
         };
         Ok(Self {
             upgrade,
-            host: parts.headers.get(header::HOST).cloned(),
+            // Over HTTP/2 there is no Host header: the authority is the URI's (`:authority`).
+            host: parts
+                .headers
+                .get(header::HOST)
+                .cloned()
+                .or_else(|| crate::origin::request_authority(&parts.uri).and_then(|a| HeaderValue::from_str(a).ok())),
             scheme: parts.extensions.get::<Scheme>().copied().unwrap_or(uri_scheme),
             config: WebSocketConfig::default(),
             protocol: None,
@@ -195,7 +200,8 @@ impl WebSocketUpgrade {
     }
 
     /// Checks the request's `Origin` against `policy` (see [`crate::origin`]), with
-    /// [`scheme`](Self::scheme) for same-origin. `Err` is the `403 Forbidden` to answer with:
+    /// [`scheme`](Self::scheme) for same-origin, and the request's `Host` header (over HTTP/2,
+    /// which has none, its `:authority`) as the server's host. `Err` is the `403 Forbidden` to answer with:
     /// `upgrade.reject(rejection)`, or `?` in a handler returning `Result<Response,
     /// UpgradeRejection>`.
     ///

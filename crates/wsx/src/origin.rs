@@ -9,8 +9,9 @@
 //! - no `Origin` header: allowed (not a browser, so no page to distrust);
 //! - same origin: allowed when the Origin is the server's own, `http://HOST[:PORT]` for a
 //!   plain connection or `https://HOST[:PORT]` for one over TLS ([`Scheme`]), where HOST:PORT
-//!   equals the request's `Host` header (ports default to 80 and 443; host names compare
-//!   case-insensitively): the page was loaded from this server;
+//!   equals the request's `Host` header, or over HTTP/2 (which has no `Host`) its `:authority`
+//!   (ports default to 80 and 443; host names compare case-insensitively): the page was loaded
+//!   from this server;
 //! - listed: allowed when it equals one of the origins given to [`OriginPolicy::new`] (scheme,
 //!   host and port compared, default ports filled in); `null` admits the `null` origin of
 //!   `file:` pages and sandboxed frames, `*` admits every origin;
@@ -111,15 +112,46 @@ impl OriginPolicy {
 
     /// [`check`](Self::check) on the `Origin` and `Host` headers of a request (a `Request`'s
     /// `headers()`, or the `headers` of its head). An `Origin` that is not text is refused.
+    ///
+    /// Headers only: an HTTP/2 request (a WebSocket over HTTP/2, RFC 8441) has no `Host`
+    /// header, its authority is in the URI (`:authority`), so a same-origin page is refused
+    /// here. Use [`check_request`](Self::check_request) or [`check_parts`](Self::check_parts),
+    /// which look at both.
     pub fn check_headers(&self, headers: &HeaderMap, scheme: Scheme) -> Result<(), Rejection> {
+        self.check_head(None, headers, scheme)
+    }
+
+    /// [`check`](Self::check) on a request's `Origin` header and its server authority: the
+    /// `Host` header, or without one (HTTP/2) the URI's authority (`:authority`). Works for
+    /// WebSockets over HTTP/1.1 and HTTP/2 alike. An `Origin` that is not text is refused.
+    pub fn check_request<B>(&self, request: &http::Request<B>, scheme: Scheme) -> Result<(), Rejection> {
+        self.check_head(Some(request.uri()), request.headers(), scheme)
+    }
+
+    /// [`check_request`](Self::check_request) on a request's head.
+    pub fn check_parts(&self, parts: &http::request::Parts, scheme: Scheme) -> Result<(), Rejection> {
+        self.check_head(Some(&parts.uri), &parts.headers, scheme)
+    }
+
+    fn check_head(&self, uri: Option<&Uri>, headers: &HeaderMap, scheme: Scheme) -> Result<(), Rejection> {
         let origin = match headers.get(header::ORIGIN).map(|v| v.to_str()) {
             None => None,
             Some(Ok(origin)) => Some(origin),
             Some(Err(_)) => return Err(refusal("(not text)")),
         };
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        let host = match headers.get(header::HOST) {
+            Some(h) => h.to_str().ok(),
+            None => uri.and_then(request_authority),
+        };
         self.check(origin, host, scheme)
     }
+}
+
+/// The authority of a request's URI as a `Host` value (HTTP/2's `:authority`; no userinfo),
+/// for a request without a `Host` header.
+pub(crate) fn request_authority(uri: &Uri) -> Option<&str> {
+    let authority = uri.authority()?.as_str();
+    Some(authority.rsplit_once('@').map_or(authority, |(_, host)| host))
 }
 
 fn refusal(origin: &str) -> Rejection {
@@ -240,5 +272,35 @@ mod tests {
         assert_eq!(p.check_headers(&headers, Scheme::Http).unwrap_err().status, StatusCode::FORBIDDEN);
         headers.insert(header::ORIGIN, http::HeaderValue::from_bytes(b"http://\xff").unwrap());
         assert_eq!(p.check_headers(&headers, Scheme::Http).unwrap_err().status, StatusCode::FORBIDDEN);
+    }
+
+    /// HTTP/2 has no `Host` header: the server's authority is the URI's (`:authority`).
+    #[test]
+    fn authority_of_an_http2_request() {
+        let p = OriginPolicy::default();
+        let h2 = |origin: &str, uri: &str| {
+            http::Request::builder()
+                .method(http::Method::CONNECT)
+                .version(http::Version::HTTP_2)
+                .uri(uri)
+                .header(header::ORIGIN, origin)
+                .body(())
+                .unwrap()
+        };
+        let same = h2("http://127.0.0.1:8080", "http://127.0.0.1:8080/ws");
+        assert!(p.check_request(&same, Scheme::Http).is_ok(), "same origin over h2");
+        assert!(p.check_parts(&same.into_parts().0, Scheme::Http).is_ok());
+        assert!(p.check_request(&h2("http://127.0.0.1:8080", "http://u@127.0.0.1:8080/ws"), Scheme::Http).is_ok());
+        let foreign = h2("http://evil.example", "http://127.0.0.1:8080/ws");
+        assert_eq!(p.check_request(&foreign, Scheme::Http).unwrap_err().status, StatusCode::FORBIDDEN);
+        assert!(p.check_request(&h2("http://127.0.0.1:8080", "/ws"), Scheme::Http).is_err(), "no authority");
+        // A Host header, when there is one, is what counts.
+        let mut with_host = h2("http://127.0.0.1:8080", "http://127.0.0.1:8080/ws");
+        with_host.headers_mut().insert(header::HOST, "example.com".parse().unwrap());
+        assert!(p.check_request(&with_host, Scheme::Http).is_err());
+        // check_headers sees no Host, as before.
+        assert!(p
+            .check_headers(h2("http://127.0.0.1:8080", "http://127.0.0.1:8080/ws").headers(), Scheme::Http)
+            .is_err());
     }
 }

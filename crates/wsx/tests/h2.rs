@@ -707,3 +707,58 @@ async fn axum_extractor_on_an_h2_route() {
     })
     .await;
 }
+
+/// `check_origin` with the default policy (the server's own origin only) on an axum route:
+/// a same-origin page is admitted over HTTP/1.1 (the `Host` header) and over HTTP/2 (no
+/// `Host`: the `:authority`); a foreign origin over HTTP/2 is still 403.
+#[tokio::test]
+async fn axum_check_origin_same_origin_over_http1_and_h2() {
+    use axum::routing::any;
+    use wsx::axum::WebSocketUpgrade;
+    use wsx::origin::OriginPolicy;
+
+    async fn echo(upgrade: WebSocketUpgrade) -> axum::response::Response {
+        let policy = OriginPolicy::new::<&str>(&[]).expect("policy");
+        if let Err(rejection) = upgrade.check_origin(&policy) {
+            return upgrade.reject(rejection);
+        }
+        upgrade.on_upgrade(|mut ws| async move {
+            while let Some(Ok(msg)) = ws.recv().await {
+                if msg.is_data() && ws.feed(msg).await.is_err() {
+                    break;
+                }
+            }
+        })
+    }
+
+    deadline(async {
+        let app = axum::Router::new().route("/ws", any(echo));
+        let (listener, addr) = listen().await;
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let origin = format!("http://{addr}");
+
+        let (mut ws, _) = wsx::ClientBuilder::new(format!("ws://{addr}/ws"))
+            .origin(origin.clone())
+            .connect()
+            .await
+            .expect("same origin over HTTP/1.1");
+        ws.close(CloseCode::NORMAL, "").await.expect("close");
+
+        let h2 = h2c(addr).await;
+        let request = ClientRequestConfig { origin: Some(origin.clone()), ..Default::default() };
+        let (mut ws, _) =
+            h2.open(&format!("ws://{addr}/ws"), request, &ws_config()).await.expect("same origin over h2");
+        ws.send_text("same origin").await.expect("send");
+        assert_eq!(ws.recv().await.expect("echo").expect("text"), Message::text("same origin"));
+        ws.close(CloseCode::NORMAL, "").await.expect("close");
+
+        let request = ClientRequestConfig { origin: Some("http://evil.example".into()), ..Default::default() };
+        match h2.open(&format!("ws://{addr}/ws"), request, &ws_config()).await {
+            Err(Error::Handshake(HandshakeError::UnexpectedStatus { status, .. })) => {
+                assert_eq!(status, StatusCode::FORBIDDEN);
+            }
+            other => panic!("expected 403, got {:?}", other.map(|_| ())),
+        }
+    })
+    .await;
+}

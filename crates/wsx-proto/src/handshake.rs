@@ -162,6 +162,12 @@ pub enum HandshakeError {
     /// (RFC 8441 §3), so it cannot take a WebSocket on this connection; use HTTP/1.1.
     #[error("the HTTP/2 server does not accept WebSockets: it did not send SETTINGS_ENABLE_CONNECT_PROTOCOL")]
     ConnectProtocolDisabled,
+    /// Client: the HTTP/2 server's `200` to the extended `CONNECT` cannot carry a WebSocket:
+    /// it has a `content-length` (RFC 9110 §9.3.6 tells a client to ignore it, but HTTP/2
+    /// libraries, h2 among them, enforce it and would reset the stream at the first WebSocket
+    /// frame), or it already ended the stream (END_STREAM). The stream is reset.
+    #[error("the HTTP/2 server's 200 to the extended CONNECT cannot carry a WebSocket: {0}")]
+    UnusableConnectResponse(&'static str),
     /// Client: the 101 response lacks `Upgrade: websocket`.
     #[error("server response lacks the header `Upgrade: websocket`")]
     MissingUpgrade,
@@ -644,8 +650,10 @@ impl ConnectHandshake {
     /// sends it as `:scheme`, `:authority`, `:path`), its headers `sec-websocket-version: 13`,
     /// then `origin`, `sec-websocket-protocol` and `sec-websocket-extensions` when configured,
     /// then the extra headers of [`ClientRequestConfig::headers`], less `Host` (the authority
-    /// says it), the headers the handshake controls, and the connection-specific headers
-    /// HTTP/2 forbids (`Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding`, `TE`). No
+    /// says it), the headers the handshake controls, the connection-specific headers
+    /// HTTP/2 forbids (`Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding`, `TE`), and
+    /// `Content-Length` (the stream carries WebSocket frames without end, and the server's
+    /// HTTP/2 library would reset it once the frames exceeded a length). No
     /// `Sec-WebSocket-Key`.
     ///
     /// Errors: [`HandshakeError::InvalidUri`] and [`HandshakeError::InvalidConfig`], as
@@ -662,7 +670,7 @@ impl ConnectHandshake {
             .map_err(|e| HandshakeError::InvalidUri(format!("invalid authority or path: {e}")))?;
         let mut headers = HeaderMap::new();
         let offer = offer_headers(&config, &mut headers)?;
-        for name in ["keep-alive", "proxy-connection", "transfer-encoding", "te"] {
+        for name in ["keep-alive", "proxy-connection", "transfer-encoding", "te", "content-length"] {
             headers.remove(name);
         }
         let mut request = Request::new(());
@@ -683,6 +691,11 @@ impl ConnectHandshake {
     /// then, with the code of the HTTP/1.1 handshake, that every extension in
     /// `sec-websocket-extensions` was offered and that `sec-websocket-protocol` is absent or one
     /// subprotocol we offered. The stream's DATA frames then carry WebSocket frames.
+    ///
+    /// A `200` with a `content-length` is [`HandshakeError::UnusableConnectResponse`]: RFC 9110
+    /// §9.3.6 tells a client to ignore it, but HTTP/2 libraries enforce it on the stream and
+    /// would reset it at the first WebSocket frame. So is a `200` that ended the stream
+    /// (END_STREAM): the caller knows, and checks it with [`check_end_stream`](Self::check_end_stream).
     pub fn check_response(&self, response: Response<()>) -> Result<ClientOutcome, HandshakeError> {
         if response.status() != StatusCode::OK {
             let (parts, ()) = response.into_parts();
@@ -692,9 +705,26 @@ impl ConnectHandshake {
                 body: Bytes::new(),
             });
         }
+        if response.headers().contains_key(header::CONTENT_LENGTH) {
+            return Err(HandshakeError::UnusableConnectResponse(
+                "it has a content-length, which the HTTP/2 library would enforce on the WebSocket's \
+                 frames (RFC 9110 §9.3.6: a 2xx to CONNECT has no content)",
+            ));
+        }
         let extensions = self.offer.check_extensions(response.headers())?;
         let protocol = self.offer.check_protocol(response.headers())?;
         Ok(ClientOutcome { response, protocol, extensions })
+    }
+
+    /// Refuses a `200` whose HEADERS frame ended the stream (`end_stream`: END_STREAM was
+    /// set): the server has nothing more to send, so no WebSocket.
+    pub fn check_end_stream(&self, end_stream: bool) -> Result<(), HandshakeError> {
+        if end_stream {
+            return Err(HandshakeError::UnusableConnectResponse(
+                "it ended the stream (END_STREAM), leaving nothing to carry the server's frames",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -1756,7 +1786,9 @@ mod tests {
             origin: Some("https://example.com".into()),
             ..Default::default()
         };
-        for (name, value) in [("host", "evil"), ("keep-alive", "5"), ("te", "gzip"), ("x-token", "t")] {
+        for (name, value) in
+            [("host", "evil"), ("keep-alive", "5"), ("te", "gzip"), ("content-length", "0"), ("x-token", "t")]
+        {
             config.headers.insert(HeaderName::from_static(name), HeaderValue::from_static(value));
         }
         let hs = ConnectHandshake::new(&"ws://example.com:8080/chat?room=1".parse().unwrap(), config).unwrap();
@@ -1769,7 +1801,7 @@ mod tests {
         assert_eq!(headers[header::SEC_WEBSOCKET_PROTOCOL], "chat, echo");
         assert_eq!(headers[header::ORIGIN], "https://example.com");
         assert_eq!(headers["x-token"], "t");
-        for absent in ["host", "keep-alive", "te", "sec-websocket-key", "upgrade", "connection"] {
+        for absent in ["host", "keep-alive", "te", "content-length", "sec-websocket-key", "upgrade", "connection"] {
             assert!(!headers.contains_key(absent), "{absent}");
         }
         let wss = ConnectHandshake::new(&"wss://example.com/".parse().unwrap(), Default::default()).unwrap();
@@ -1809,6 +1841,17 @@ mod tests {
             hs.check_response(response(200, &[("sec-websocket-extensions", "x-webkit-deflate-frame")])),
             Err(HandshakeError::UnexpectedExtension(e)) if e == "x-webkit-deflate-frame"
         ));
+        // A content-length on the 200 would be enforced by the HTTP/2 library on the frames.
+        for length in ["0", "10"] {
+            match hs.check_response(response(200, &[("content-length", length)])) {
+                Err(e @ HandshakeError::UnusableConnectResponse(_)) => {
+                    assert!(e.to_string().contains("content-length"), "{e}");
+                }
+                other => panic!("content-length {length}: {other:?}"),
+            }
+        }
+        assert!(hs.check_end_stream(false).is_ok());
+        assert!(matches!(hs.check_end_stream(true), Err(HandshakeError::UnusableConnectResponse(_))));
         assert!(matches!(
             ConnectHandshake::new(&"http://example.com/".parse().unwrap(), Default::default()),
             Err(HandshakeError::InvalidUri(_))

@@ -299,7 +299,9 @@ impl Http2Connection {
     /// the whole call is bounded by `config`'s handshake timeout ([`Error::HandshakeTimeout`]).
     /// Errors: [`HandshakeError::UnexpectedStatus`] for a refusal (any status but 200; the
     /// body's first [`MAX_ERROR_BODY_BYTES`] kept), the other [`HandshakeError`]s for an
-    /// answer that does not match the offer (the stream is then reset),
+    /// answer that does not match the offer or cannot carry a WebSocket
+    /// ([`HandshakeError::UnusableConnectResponse`]: a `200` with a `content-length`, or one that
+    /// ended the stream; the stream is then reset),
     /// [`HandshakeError::ConnectProtocolDisabled`], [`Error::Http2`] when the connection is
     /// gone.
     ///
@@ -335,7 +337,10 @@ impl Http2Connection {
         request.extensions_mut().insert(h2::ext::Protocol::from_static(CONNECT_PROTOCOL));
         let (response, mut send_stream) = send.send_request(request, false).map_err(h2_error)?;
         let (parts, mut body) = response.await.map_err(h2_error)?.into_parts();
-        let outcome = match handshake.check_response(Response::from_parts(parts, ())) {
+        let checked = handshake
+            .check_response(Response::from_parts(parts, ()))
+            .and_then(|outcome| handshake.check_end_stream(body.is_end_stream()).map(|()| outcome));
+        let outcome = match checked {
             Ok(outcome) => outcome,
             Err(HandshakeError::UnexpectedStatus { status, headers, .. }) => {
                 let body = read_error_body(&mut body).await;

@@ -762,3 +762,70 @@ async fn axum_check_origin_same_origin_over_http1_and_h2() {
     })
     .await;
 }
+
+/// A raw h2 server answering the CONNECT with `200` and `head` (its extra headers), ending the
+/// stream there when `end_stream`, then sending a text frame "hi" unless it ended.
+async fn raw_200_server(head: &'static [(&'static str, &'static str)], end_stream: bool) -> SocketAddr {
+    let (listener, addr) = listen().await;
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.expect("accept");
+        let mut conn =
+            h2::server::Builder::new().enable_connect_protocol().handshake::<_, Bytes>(tcp).await.expect("h2");
+        let (_request, mut respond) = conn.accept().await.expect("a request").expect("request");
+        tokio::spawn(async move { while let Some(Ok(_)) = conn.accept().await {} });
+        let mut response = Response::builder().status(200);
+        for (name, value) in head {
+            response = response.header(*name, *value);
+        }
+        let mut stream = respond.send_response(response.body(()).expect("response"), end_stream).expect("200");
+        if !end_stream {
+            let _ = stream.send_data(Bytes::from_static(b"\x81\x02hi"), false);
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    });
+    addr
+}
+
+/// A `200` with `content-length` would have h2 reset the stream at the first WebSocket frame
+/// (it enforces the length, RFC 9110 §9.3.6 notwithstanding): `open` refuses it, with a
+/// message that says why. So is a `200` that already ended the stream.
+#[tokio::test]
+async fn client_refuses_a_200_with_content_length_or_end_stream() {
+    deadline(async {
+        for (head, end_stream, says) in
+            [(&[("content-length", "0")][..], false, "content-length"), (&[][..], true, "END_STREAM")]
+        {
+            let addr = raw_200_server(head, end_stream).await;
+            let h2 = h2c(addr).await;
+            match h2.open(&format!("ws://{addr}/echo"), ClientRequestConfig::default(), &ws_config()).await {
+                Err(Error::Handshake(e @ HandshakeError::UnusableConnectResponse(_))) => {
+                    assert!(e.to_string().contains(says), "{e}");
+                }
+                Err(other) => panic!("{says}: expected UnusableConnectResponse, got {other:?}"),
+                Ok((mut ws, _)) => {
+                    let first = within(Duration::from_secs(3), "the first message", ws.recv()).await;
+                    panic!("{says}: the 200 was accepted, then the first recv gave {first:?}");
+                }
+            }
+        }
+    })
+    .await;
+}
+
+/// A `content-length` among the extra headers is not sent: the server's h2 would enforce it
+/// and reset our stream once the WebSocket's frames exceeded it.
+#[tokio::test]
+async fn client_does_not_send_a_user_content_length() {
+    deadline(async {
+        let (addr, mut events) = start(ServerSetup::default()).await;
+        let h2 = h2c(addr).await;
+        let mut request = ClientRequestConfig::default();
+        request.headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from_static("0"));
+        let (mut ws, _) = h2.open(&format!("ws://{addr}/echo"), request, &ws_config()).await.expect("open");
+        assert!(matches!(next_event(&mut events).await, Event::Opened { .. }));
+        ws.send_text("more than zero bytes").await.expect("send");
+        assert_eq!(ws.recv().await.expect("echo").expect("text"), Message::text("more than zero bytes"));
+        ws.close(CloseCode::NORMAL, "").await.expect("close");
+    })
+    .await;
+}

@@ -53,9 +53,10 @@
 //!
 //! Closing the WebSocket (the close handshake, then the transport's shutdown) ends our side
 //! of the stream with END_STREAM. A WebSocket dropped without that resets its stream
-//! (RST_STREAM CANCEL). A stream the server resets ends the WebSocket abnormally: `recv`
-//! returns [`Error::Io`] (an `io::ErrorKind::ConnectionReset` naming the reason) or
-//! [`Error::AbnormalClosure`], both close code 1006.
+//! (RST_STREAM CANCEL). A stream the server resets, or that our HTTP/2 layer resets because
+//! the server broke HTTP/2's rules (it overran the stream's window, say), ends the WebSocket
+//! abnormally: `recv` returns [`Error::Io`] (an `io::ErrorKind::ConnectionReset` naming the
+//! reason and which side reset the stream) or [`Error::AbnormalClosure`], both close code 1006.
 //!
 //! Not here yet: proxies (the connection is a direct TCP connection), and falling back to
 //! HTTP/1.1 in [`ClientBuilder`](crate::ClientBuilder).
@@ -424,18 +425,49 @@ impl Http2Stream {
     }
 }
 
-/// An h2 error on a stream as an I/O error: a reset by the peer is `ConnectionReset` (a
-/// WebSocket ended abnormally, 1006), the transport's own errors stay themselves.
+/// An h2 error on a stream as an I/O error: a reset or GOAWAY is `ConnectionReset` (a
+/// WebSocket ended abnormally, 1006), worded by who made it: the peer (a RST_STREAM or GOAWAY
+/// it sent), or our own HTTP/2 layer (h2 reset the stream because the peer's frames broke
+/// HTTP/2's rules, e.g. overran the stream's window). The transport's own errors stay
+/// themselves.
 fn stream_error(e: h2::Error) -> io::Error {
     if e.is_io() {
         return e.into_io().unwrap_or_else(|| io::Error::other("HTTP/2 I/O error"));
     }
     match e.reason() {
-        Some(reason) if e.is_reset() || e.is_go_away() => {
+        Some(reason) if e.is_remote() && e.is_go_away() => io::Error::new(
+            io::ErrorKind::ConnectionReset,
+            format!("the peer closed the HTTP/2 connection (GOAWAY, {reason})"),
+        ),
+        Some(reason) if e.is_remote() => {
             io::Error::new(io::ErrorKind::ConnectionReset, format!("the peer reset the HTTP/2 stream ({reason})"))
         }
+        Some(reason) if e.is_go_away() => io::Error::new(
+            io::ErrorKind::ConnectionReset,
+            format!("our HTTP/2 layer closed the connection (GOAWAY, {reason}){}", blame(&e)),
+        ),
+        Some(reason) if e.is_reset() => io::Error::new(
+            io::ErrorKind::ConnectionReset,
+            format!("our HTTP/2 layer reset the stream ({reason}){}", blame(&e)),
+        ),
         _ => io::Error::other(e),
     }
+}
+
+/// Why h2 itself reset a stream or closed the connection, when it did so on its own (not at
+/// our request).
+fn blame(e: &h2::Error) -> &'static str {
+    if e.is_library() {
+        ": the peer broke HTTP/2's rules"
+    } else {
+        ""
+    }
+}
+
+/// The stream was reset with `reason`, as `SendStream::poll_reset` reports it: by the peer's
+/// RST_STREAM, or by our HTTP/2 layer (h2 does not say which).
+fn reset(reason: h2::Reason) -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionReset, format!("the HTTP/2 stream was reset ({reason})"))
 }
 
 impl AsyncRead for Http2Stream {
@@ -476,7 +508,7 @@ impl AsyncWrite for Http2Stream {
                 None => {
                     // The stream can no longer send: reset by the peer, or the connection is gone.
                     return Poll::Ready(Err(match this.send.poll_reset(cx) {
-                        Poll::Ready(Ok(reason)) => stream_error(h2::Error::from(reason)),
+                        Poll::Ready(Ok(reason)) => reset(reason),
                         Poll::Ready(Err(e)) => stream_error(e),
                         Poll::Pending => {
                             io::Error::new(io::ErrorKind::BrokenPipe, "the HTTP/2 stream can no longer send")

@@ -829,3 +829,79 @@ async fn client_does_not_send_a_user_content_length() {
     })
     .await;
 }
+
+/// An HTTP/2 server spoken by hand, frame by frame, that breaks the rules h2 enforces: it
+/// answers the CONNECT with `200`, then sends a DATA frame of `overrun` bytes on the stream,
+/// more than the stream's window the client advertised. The client's h2 resets the stream
+/// itself (FLOW_CONTROL_ERROR).
+async fn window_overrunning_server(overrun: usize) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(payload.len()).expect("small frame").to_be_bytes();
+        let mut out = vec![len[1], len[2], len[3], kind, flags];
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+    let (listener, addr) = listen().await;
+    tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.expect("accept");
+        let mut preface = [0u8; 24];
+        tcp.read_exact(&mut preface).await.expect("preface");
+        // SETTINGS_ENABLE_CONNECT_PROTOCOL (0x8) = 1.
+        tcp.write_all(&frame(0x4, 0, 0, &[0, 0x8, 0, 0, 0, 1])).await.expect("settings");
+        loop {
+            let mut head = [0u8; 9];
+            if tcp.read_exact(&mut head).await.is_err() {
+                return;
+            }
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let (kind, flags) = (head[3], head[4]);
+            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            let mut payload = vec![0u8; len];
+            if tcp.read_exact(&mut payload).await.is_err() {
+                return;
+            }
+            match kind {
+                0x4 if flags & 1 == 0 => tcp.write_all(&frame(0x4, 1, 0, &[])).await.expect("settings ack"),
+                0x6 if flags & 1 == 0 => tcp.write_all(&frame(0x6, 1, 0, &payload)).await.expect("pong"),
+                0x1 => {
+                    // HEADERS, END_HEADERS: `:status 200` (HPACK static index 8).
+                    tcp.write_all(&frame(0x1, 0x4, stream, &[0x88])).await.expect("200");
+                    // Let the client's `open` return before the stream is reset.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    tcp.write_all(&frame(0x0, 0, stream, &vec![0x81; overrun])).await.expect("DATA");
+                }
+                _ => {}
+            }
+        }
+    });
+    addr
+}
+
+/// A reset our own h2 makes (the server overran the stream's window) is not blamed on the
+/// peer's RST_STREAM: the message says our HTTP/2 layer reset the stream, and it is still an
+/// abnormal closure (1006).
+#[tokio::test]
+async fn a_reset_by_our_own_h2_is_worded_as_ours() {
+    deadline(async {
+        const WINDOW: u32 = 1024;
+        let addr = window_overrunning_server(2 * WINDOW as usize).await;
+        let mut config = Http2Config::default();
+        config.stream_window = WINDOW;
+        let h2 = wsx::h2::connect(&format!("ws://{addr}/"), &config).await.expect("h2");
+        let (mut ws, _) =
+            h2.open(&format!("ws://{addr}/echo"), ClientRequestConfig::default(), &ws_config()).await.expect("open");
+        match within(Duration::from_secs(5), "the reset", ws.recv()).await {
+            Some(Err(e @ Error::Io(_))) => {
+                let text = e.to_string();
+                assert!(text.contains("our HTTP/2 layer reset the stream"), "{text}");
+                assert!(text.contains("peer broke HTTP/2's rules"), "{text}");
+                assert!(!text.contains("the peer reset"), "{text}");
+                assert_eq!(e.close_code(), Some(CloseCode::ABNORMAL));
+            }
+            other => panic!("expected the local reset, got {other:?}"),
+        }
+    })
+    .await;
+}

@@ -88,19 +88,49 @@ use crate::{Error, WebSocket, WebSocketConfig};
 #[non_exhaustive]
 pub struct Http2Config {
     /// Our receive window per stream (SETTINGS_INITIAL_WINDOW_SIZE), in bytes: the most a
-    /// WebSocket's server may send before the application reads. Default 256 KiB. Larger
-    /// windows carry more per round trip on long paths, at the cost of as much memory per
-    /// WebSocket that is not read.
+    /// WebSocket's server may send before the application reads. Default 256 KiB; from 1 to
+    /// [`MAX_WINDOW`] (2^31 − 1, HTTP/2's largest window). Larger windows carry more per round
+    /// trip on long paths, at the cost of as much memory per WebSocket that is not read.
     pub stream_window: u32,
     /// Our receive window for the whole connection, in bytes: the most all streams together
-    /// may have unread. Default 4 MiB. Keep it several stream windows large, or one WebSocket
-    /// that is not read stalls every other one on the connection.
+    /// may have unread. Default 4 MiB; from 1 to [`MAX_WINDOW`]. Keep it several stream
+    /// windows large, or one WebSocket that is not read stalls every other one on the
+    /// connection.
     pub connection_window: u32,
-    /// The most h2 buffers for sending per stream, in bytes. Default 256 KiB.
+    /// The most h2 buffers for sending per stream, in bytes. Default 256 KiB; from 1 to
+    /// `u32::MAX`.
     pub max_send_buffer: usize,
     /// How long the HTTP/2 handshake may take, the server's SETTINGS included (and the TCP and
-    /// TLS handshakes in [`connect`] and [`connect_tls`]). Default 10 s.
+    /// TLS handshakes in [`connect`] and `connect_tls`). Default 10 s; above 0.
     pub handshake_timeout: Duration,
+}
+
+/// The largest HTTP/2 flow-control window, 2^31 − 1 bytes (RFC 9113 §6.9.1): the most
+/// [`Http2Config::stream_window`] and [`Http2Config::connection_window`] may be.
+pub const MAX_WINDOW: u32 = (1 << 31) - 1;
+
+impl Http2Config {
+    /// Checks that the settings can be used: windows from 1 to [`MAX_WINDOW`], a send buffer
+    /// from 1 to `u32::MAX`, a handshake timeout above 0. [`connect`], `connect_tls` and
+    /// [`Http2Connection::handshake`] call it first ([`Error::Config`]; nothing is sent).
+    pub fn validate(&self) -> Result<(), wsx_proto::ConfigError> {
+        let checks: [(bool, &'static str); 4] = [
+            ((1..=MAX_WINDOW).contains(&self.stream_window), "Http2Config::stream_window must be from 1 to 2^31 - 1"),
+            (
+                (1..=MAX_WINDOW).contains(&self.connection_window),
+                "Http2Config::connection_window must be from 1 to 2^31 - 1",
+            ),
+            (
+                self.max_send_buffer > 0 && u32::try_from(self.max_send_buffer).is_ok(),
+                "Http2Config::max_send_buffer must be from 1 to u32::MAX",
+            ),
+            (!self.handshake_timeout.is_zero(), "Http2Config::handshake_timeout must be above 0"),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, why)) => Err(wsx_proto::ConfigError(why)),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Default for Http2Config {
@@ -145,6 +175,7 @@ pub struct Http2Connection {
 ///
 /// **Cancel safety**: cancelling drops the half-open connection.
 pub async fn connect(url: &str, config: &Http2Config) -> Result<Http2Connection, Error> {
+    config.validate()?;
     #[cfg(feature = "tls")]
     return connect_tls(url, &crate::tls::ClientTls::new(), config).await;
     #[cfg(not(feature = "tls"))]
@@ -172,6 +203,7 @@ pub async fn connect_tls(
     tls: &crate::tls::ClientTls,
     config: &Http2Config,
 ) -> Result<Http2Connection, Error> {
+    config.validate()?;
     let target = Target::parse(url)?;
     let rustls_config = if target.secure {
         let tls = tls.clone();
@@ -243,14 +275,16 @@ impl Http2Connection {
     /// for the server's SETTINGS (a PING round trip: the server sends its SETTINGS first). The
     /// connection is driven by a task of its own from then on. Fails with
     /// [`HandshakeError::ConnectProtocolDisabled`] when the server did not advertise
-    /// `SETTINGS_ENABLE_CONNECT_PROTOCOL`, [`Error::Http2`] when HTTP/2 failed, and
-    /// [`Error::HandshakeTimeout`] after [`Http2Config::handshake_timeout`].
+    /// `SETTINGS_ENABLE_CONNECT_PROTOCOL`, [`Error::Http2`] when HTTP/2 failed,
+    /// [`Error::HandshakeTimeout`] after [`Http2Config::handshake_timeout`], and
+    /// [`Error::Config`] for settings [`Http2Config::validate`] refuses.
     ///
     /// **Cancel safety**: cancelling drops the connection.
     pub async fn handshake<S>(io: S, config: &Http2Config) -> Result<Self, Error>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        config.validate()?;
         within(config.handshake_timeout, Self::start(io, config)).await
     }
 

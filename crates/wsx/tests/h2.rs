@@ -905,3 +905,57 @@ async fn a_reset_by_our_own_h2_is_worded_as_ours() {
     })
     .await;
 }
+
+/// Settings h2 cannot take (a window above 2^31 − 1: h2 asserts on the connection window and
+/// would send an invalid SETTINGS value for the stream window; a send buffer above u32::MAX)
+/// are `Error::Config` before anything is sent, from `connect` and `handshake` alike, not a
+/// panic inside them.
+#[tokio::test]
+async fn http2_config_out_of_range_is_a_config_error() {
+    deadline(async {
+        let (addr, _events) = start(ServerSetup::default()).await;
+        let mut cases = Vec::new();
+        for window in [u32::MAX, wsx::h2::MAX_WINDOW + 1, 0] {
+            let mut config = Http2Config::default();
+            config.connection_window = window;
+            cases.push(("connection_window", config));
+            let mut config = Http2Config::default();
+            config.stream_window = window;
+            cases.push(("stream_window", config));
+        }
+        let mut config = Http2Config::default();
+        config.max_send_buffer = usize::MAX;
+        cases.push(("max_send_buffer", config));
+        let mut config = Http2Config::default();
+        config.handshake_timeout = Duration::ZERO;
+        cases.push(("handshake_timeout", config));
+        for (field, config) in cases {
+            assert!(config.validate().is_err(), "{field}");
+            let url = format!("ws://{addr}/");
+            let (connect_config, handshake_config) = (config.clone(), config.clone());
+            let connected = tokio::spawn(async move { wsx::h2::connect(&url, &connect_config).await.map(|_| ()) });
+            match within(Duration::from_secs(5), "connect", connected).await {
+                Ok(Err(Error::Config(e))) => assert!(e.to_string().contains(field), "{field}: {e}"),
+                Ok(other) => panic!("{field}: connect gave {other:?}"),
+                Err(panic) => panic!("{field}: connect panicked: {panic}"),
+            }
+            let tcp = TcpStream::connect(addr).await.expect("tcp");
+            let handshake =
+                tokio::spawn(async move { Http2Connection::handshake(tcp, &handshake_config).await.map(|_| ()) });
+            match within(Duration::from_secs(5), "handshake", handshake).await {
+                Ok(Err(Error::Config(_))) => {}
+                Ok(other) => panic!("{field}: handshake gave {other:?}"),
+                Err(panic) => panic!("{field}: handshake panicked: {panic}"),
+            }
+        }
+        let mut config = Http2Config::default();
+        config.stream_window = wsx::h2::MAX_WINDOW;
+        config.connection_window = wsx::h2::MAX_WINDOW;
+        config.validate().expect("the largest windows are valid");
+        let h2 = wsx::h2::connect(&format!("ws://{addr}/"), &config).await.expect("the largest windows");
+        let (mut ws, _) =
+            h2.open(&format!("ws://{addr}/echo"), ClientRequestConfig::default(), &ws_config()).await.expect("open");
+        ws.close(CloseCode::NORMAL, "").await.expect("close");
+    })
+    .await;
+}

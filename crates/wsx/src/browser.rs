@@ -418,7 +418,7 @@ impl BrowserWebSocket {
     ///
     /// `url`: `ws://`, `wss://`, `http://` or `https://` (the last two stand for the first two),
     /// without fragment. `wss://` verifies the server with the system's roots unless
-    /// [`BrowserConfig::tls`] says otherwise.
+    /// `BrowserConfig::tls` (with a TLS feature) says otherwise.
     ///
     /// # Panics
     ///

@@ -29,7 +29,7 @@ enum TlsSetting {
 }
 
 /// Connects to a `ws://` or `wss://` URL with default settings (for `wss://`: the system's
-/// trusted roots, see [`tls`](crate::tls)).
+/// trusted roots, see `wsx::tls`, which a TLS feature brings).
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), wsx::Error> {

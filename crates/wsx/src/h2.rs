@@ -2,7 +2,7 @@
 //! on one HTTP/2 connection, each on a stream of its own.
 //!
 //! 1. [`Http2Connection::handshake`] starts HTTP/2 on a connected stream (or [`connect`] /
-//!    [`connect_tls`] open one: TCP, then TLS with ALPN `h2` for `wss://`), waits for the
+//!    `connect_tls` open one: TCP, then TLS with ALPN `h2` for `wss://`), waits for the
 //!    server's SETTINGS and fails with [`HandshakeError::ConnectProtocolDisabled`] when it did
 //!    not advertise `SETTINGS_ENABLE_CONNECT_PROTOCOL` (such a server takes WebSockets over
 //!    HTTP/1.1 only: use [`ClientBuilder`](crate::ClientBuilder)).
@@ -170,7 +170,8 @@ pub struct Http2Connection {
 
 /// Opens an HTTP/2 connection to the server of `url` for WebSockets: `ws://` over TCP with
 /// prior knowledge (h2c; the server must speak HTTP/2 without being asked), `wss://` over TLS
-/// (the default [`ClientTls`](crate::tls::ClientTls)) with ALPN `h2`. The connection is direct
+/// (the default `wsx::tls::ClientTls`; TLS needs a crypto provider feature, `ring` or
+/// `aws-lc-rs`, else `wss://` is a TLS error) with ALPN `h2`. The connection is direct
 /// (no proxy). Then [`Http2Connection::handshake`].
 ///
 /// **Cancel safety**: cancelling drops the half-open connection.

@@ -194,7 +194,7 @@ pub async fn connect(url: &str, config: &Http2Config) -> Result<Http2Connection,
 }
 
 /// [`connect`] with the certificates and roots of `tls` for `wss://`. ALPN offers `h2` only
-/// (whatever `tls`'s own list says), and a server that chooses anything else is
+/// (instead of the `http/1.1` of `tls`), and a server that chooses anything else is
 /// [`Http2Error::NotNegotiated`].
 ///
 /// **Cancel safety**: cancelling drops the half-open connection.

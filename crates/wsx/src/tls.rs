@@ -140,7 +140,6 @@ pub struct ClientTls {
     extra_roots: Vec<CertificateDer<'static>>,
     client_auth: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
     insecure: bool,
-    alpn: Vec<Vec<u8>>,
     /// The configuration built from the settings above, shared by clones, so that connections
     /// made with one `ClientTls` share one root store and one session cache. Reset by every
     /// setter.
@@ -154,7 +153,6 @@ impl Clone for ClientTls {
             extra_roots: self.extra_roots.clone(),
             client_auth: self.client_auth.as_ref().map(|(certs, key)| (certs.clone(), key.clone_key())),
             insecure: self.insecure,
-            alpn: self.alpn.clone(),
             built: self.built.clone(),
         }
     }
@@ -167,7 +165,6 @@ impl std::fmt::Debug for ClientTls {
             .field("extra_roots", &self.extra_roots.len())
             .field("client_auth", &self.client_auth.is_some())
             .field("insecure", &self.insecure)
-            .field("alpn", &self.alpn)
             .finish()
     }
 }
@@ -187,7 +184,6 @@ impl ClientTls {
             extra_roots: Vec::new(),
             client_auth: None,
             insecure: false,
-            alpn: vec![ALPN_HTTP1.to_vec()],
             built: Arc::default(),
         }
     }
@@ -256,22 +252,14 @@ impl ClientTls {
         self
     }
 
-    /// The protocols offered by ALPN, most preferred first (default: `http/1.1`, what
-    /// [`ClientBuilder`](crate::ClientBuilder) speaks). `wsx::h2::connect_tls` (feature
-    /// `http2`) offers `h2` whatever this says.
-    pub fn alpn_protocols(mut self, protocols: Vec<Vec<u8>>) -> Self {
-        self.built = Arc::default();
-        self.alpn = protocols;
-        self
-    }
-
     /// Whether [`danger_accept_invalid_certs`](Self::danger_accept_invalid_certs) is on.
     pub fn is_insecure(&self) -> bool {
         self.insecure
     }
 
     /// The rustls configuration: the crate's crypto provider, safe protocol versions, ALPN
-    /// `http/1.1` (or what [`alpn_protocols`](Self::alpn_protocols) set).
+    /// `http/1.1` (what [`ClientBuilder`](crate::ClientBuilder) speaks; `wsx::h2::connect_tls`,
+    /// feature `http2`, offers `h2` instead on its own copy).
     pub fn build(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
         let builder = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
@@ -307,7 +295,7 @@ impl ClientTls {
             }
             None => builder.with_no_client_auth(),
         };
-        config.alpn_protocols = self.alpn.clone();
+        config.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
         Ok(Arc::new(config))
     }
 

@@ -166,6 +166,10 @@ pub enum Http2Error {
 #[derive(Debug, Clone)]
 pub struct Http2Connection {
     send: SendRequest<Bytes>,
+    /// Whether the connection is over TLS, when we made it (`connect`, `connect_tls`): `open`
+    /// then takes `wss://` URLs only, or `ws://` only. `None` after `handshake` on a stream
+    /// the caller made.
+    secure: Option<bool>,
 }
 
 /// Opens an HTTP/2 connection to the server of `url` for WebSockets: `ws://` over TCP with
@@ -187,7 +191,7 @@ pub async fn connect(url: &str, config: &Http2Config) -> Result<Http2Connection,
         }
         within(config.handshake_timeout, async {
             let tcp = target.tcp().await?;
-            Http2Connection::start(tcp, config).await
+            Http2Connection::start(tcp, config, Some(false)).await
         })
         .await
     }
@@ -218,7 +222,7 @@ pub async fn connect_tls(
     within(config.handshake_timeout, async {
         let tcp = target.tcp().await?;
         match rustls_config {
-            None => Http2Connection::start(tcp, config).await,
+            None => Http2Connection::start(tcp, config, Some(false)).await,
             Some(rustls_config) => {
                 let stream = crate::tls::connect(rustls_config, &target.host, tcp).await?;
                 let alpn = stream.get_ref().1.alpn_protocol();
@@ -226,7 +230,7 @@ pub async fn connect_tls(
                     let chosen = alpn.map(|a| String::from_utf8_lossy(a).into_owned());
                     return Err(Error::Http2(Http2Error::NotNegotiated(chosen)));
                 }
-                Http2Connection::start(stream, config).await
+                Http2Connection::start(stream, config, Some(true)).await
             }
         }
     })
@@ -286,10 +290,10 @@ impl Http2Connection {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         config.validate()?;
-        within(config.handshake_timeout, Self::start(io, config)).await
+        within(config.handshake_timeout, Self::start(io, config, None)).await
     }
 
-    async fn start<S>(io: S, config: &Http2Config) -> Result<Self, Error>
+    async fn start<S>(io: S, config: &Http2Config, secure: Option<bool>) -> Result<Self, Error>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -316,7 +320,7 @@ impl Http2Connection {
         if !send.is_extended_connect_protocol_enabled() {
             return Err(HandshakeError::ConnectProtocolDisabled.into());
         }
-        Ok(Self { send })
+        Ok(Self { send, secure })
     }
 
     /// Whether the server has advertised `SETTINGS_ENABLE_CONNECT_PROTOCOL` (it has, for a
@@ -325,8 +329,9 @@ impl Http2Connection {
         self.send.is_extended_connect_protocol_enabled()
     }
 
-    /// Opens a WebSocket to `url` (`ws://` or `wss://`, matching how the connection was made;
-    /// its authority and path go in the request) on a new stream, offering the subprotocols,
+    /// Opens a WebSocket to `url` (`ws://` or `wss://`, matching how the connection was made:
+    /// after [`connect`] or `connect_tls`, the other scheme is [`Error::InvalidUrl`]; its
+    /// authority and path go in the request) on a new stream, offering the subprotocols,
     /// extensions, `Origin` and extra headers of `request` (and permessage-deflate when
     /// `config.deflate` is set), with the limits and timers of `config`. Returns the
     /// [`WebSocket`] and the server's `200` response head.
@@ -351,6 +356,24 @@ impl Http2Connection {
     ) -> Result<(WebSocket<Http2Stream>, Response<()>), Error> {
         config.proto.validate()?;
         let uri: Uri = url.parse().map_err(|e| Error::InvalidUrl(format!("{url}: {e}")))?;
+        let wants_tls = match uri.scheme_str() {
+            Some(s) if s.eq_ignore_ascii_case("wss") => Some(true),
+            Some(s) if s.eq_ignore_ascii_case("ws") => Some(false),
+            _ => None, // ConnectHandshake::new refuses it.
+        };
+        match (self.secure, wants_tls) {
+            (Some(true), Some(false)) => {
+                return Err(Error::InvalidUrl(format!(
+                    "{url}: this HTTP/2 connection is over TLS, so its WebSockets are wss:// URLs"
+                )))
+            }
+            (Some(false), Some(true)) => {
+                return Err(Error::InvalidUrl(format!(
+                    "{url}: this HTTP/2 connection is not over TLS, so its WebSockets are ws:// URLs"
+                )))
+            }
+            _ => {}
+        }
         let mut request = request;
         if let Some(deflate) = &config.deflate {
             request.extensions.push(deflate.client_offer());

@@ -583,6 +583,12 @@ async fn client_over_tls_with_alpn_h2() {
         ws.send_text("over TLS").await.expect("send");
         assert_eq!(ws.recv().await.expect("echo").expect("text"), Message::text("over TLS"));
         ws.close(CloseCode::NORMAL, "bye").await.expect("close");
+        // A ws:// URL on a connection over TLS is a mistake, not a plain WebSocket.
+        let plain = format!("ws://localhost:{}/echo", addr.port());
+        match h2.open(&plain, ClientRequestConfig::default(), &ws_config()).await {
+            Err(Error::InvalidUrl(why)) => assert!(why.contains("wss://"), "{why}"),
+            other => panic!("expected InvalidUrl, got {:?}", other.map(|_| ())),
+        }
 
         // A server without ALPN: the typed error. (A server offering only http/1.1 refuses the
         // TLS handshake itself, with the no_application_protocol alert.)
@@ -955,6 +961,24 @@ async fn http2_config_out_of_range_is_a_config_error() {
         let h2 = wsx::h2::connect(&format!("ws://{addr}/"), &config).await.expect("the largest windows");
         let (mut ws, _) =
             h2.open(&format!("ws://{addr}/echo"), ClientRequestConfig::default(), &ws_config()).await.expect("open");
+        ws.close(CloseCode::NORMAL, "").await.expect("close");
+    })
+    .await;
+}
+
+/// A `wss://` URL on an h2c connection (plain TCP) is `Error::InvalidUrl`, not a WebSocket
+/// over cleartext the URL said would be encrypted.
+#[tokio::test]
+async fn open_refuses_a_scheme_that_does_not_match_the_connection() {
+    deadline(async {
+        let (addr, _events) = start(ServerSetup::default()).await;
+        let h2 = h2c(addr).await;
+        match h2.open(&format!("wss://{addr}/echo"), ClientRequestConfig::default(), &ws_config()).await {
+            Err(Error::InvalidUrl(why)) => assert!(why.contains("ws://"), "{why}"),
+            other => panic!("expected InvalidUrl, got {:?}", other.map(|_| ())),
+        }
+        let (mut ws, _) =
+            h2.open(&format!("ws://{addr}/echo"), ClientRequestConfig::default(), &ws_config()).await.expect("ws://");
         ws.close(CloseCode::NORMAL, "").await.expect("close");
     })
     .await;

@@ -868,8 +868,11 @@ impl RequestReader {
     }
 }
 
-/// What a valid upgrade request asks for.
+/// What a valid upgrade request asks for, as [`check_request`] and [`check_connect_request`]
+/// found it (they are the only way to make one: new fields, like
+/// [`extended_connect`](Self::extended_connect), are not breaking changes).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct UpgradeRequest {
     /// The `Sec-WebSocket-Key` value (validated: base64 of 16 bytes); empty for an extended
     /// `CONNECT` ([`extended_connect`](Self::extended_connect)), which has no key.

@@ -108,12 +108,21 @@ async fn service(
     Ok(response.map(|()| String::new()))
 }
 
+/// The test server's receive window per stream.
+const SERVER_STREAM_WINDOW: u32 = 1 << 20;
+/// The most the test server's h2 buffers for sending per stream (hyper's default, made explicit
+/// for the slow-reader test's arithmetic).
+const SERVER_SEND_BUFFER: usize = 400 * 1024;
+
 /// The HTTP/2 server builder the tests use: the extended CONNECT protocol as `setup` says, and
 /// a connection window of 8 MiB over a stream window of 1 MiB (hyper's default for both is
 /// 1 MiB: one stream that is not read would then hold the whole connection's window).
 fn h2_builder(setup: ServerSetup) -> hyper::server::conn::http2::Builder<TokioExecutor> {
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    builder.initial_stream_window_size(1 << 20).initial_connection_window_size(8 << 20);
+    builder
+        .initial_stream_window_size(SERVER_STREAM_WINDOW)
+        .initial_connection_window_size(8 << 20)
+        .max_send_buf_size(SERVER_SEND_BUFFER);
     if setup.connect_protocol {
         builder.enable_connect_protocol();
     }
@@ -502,7 +511,7 @@ async fn rst_stream_from_the_server_is_an_abnormal_closure() {
 }
 
 /// 24 WebSockets on one h2 connection, each echoing 100 messages, all done while a 25th has
-/// 4 MiB in flight that nobody reads: per-stream flow control holds that one stream (its
+/// twice what every buffer and window on its path can hold in flight, and nobody reads it: per-stream flow control holds that one stream (its
 /// writer blocks, nothing is buffered without bound) and lets the others through. The slow
 /// reader then reads everything, intact and in order.
 #[tokio::test]
@@ -510,8 +519,23 @@ async fn many_websockets_on_one_connection_and_a_slow_reader() {
     deadline(async {
         const STREAMS: usize = 24;
         const MESSAGES: usize = 100;
-        const SLOW_MESSAGES: usize = 64;
         const SLOW_SIZE: usize = 64 * 1024;
+        // What the slow stream's path holds while nobody reads, at most: the client's WebSocket
+        // output up to its high-water mark and h2's send buffer, the server's stream window,
+        // its WebSocket's read buffer (a read budget's worth) and output up to its mark,
+        // hyper's send buffer, our stream window; and a message over each mark, one being
+        // assembled, one in a read buffer. Twice that goes out, so the writer must block.
+        let h2_config = Http2Config::default();
+        let server_config = WebSocketConfig::default();
+        let can_hold = ws_config().proto.write_buffer_high_water
+            + h2_config.max_send_buffer
+            + SERVER_STREAM_WINDOW as usize
+            + (1 << 20)
+            + server_config.proto.write_buffer_high_water
+            + SERVER_SEND_BUFFER
+            + h2_config.stream_window as usize
+            + 4 * SLOW_SIZE;
+        let slow_messages = (2 * can_hold).div_ceil(SLOW_SIZE);
         let (addr, _events) = start(ServerSetup::default()).await;
         let h2 = h2c(addr).await;
         let url = format!("ws://{addr}/echo");
@@ -519,7 +543,7 @@ async fn many_websockets_on_one_connection_and_a_slow_reader() {
         let (slow, _) = h2.open(&url, ClientRequestConfig::default(), &ws_config()).await.expect("open slow");
         let (mut slow_reader, mut slow_writer) = slow.split();
         let slow_sender = tokio::spawn(async move {
-            for i in 0..SLOW_MESSAGES {
+            for i in 0..slow_messages {
                 slow_writer.send(Message::binary(pattern(SLOW_SIZE, i as u64))).await.expect("slow send");
             }
             slow_writer
@@ -549,10 +573,14 @@ async fn many_websockets_on_one_connection_and_a_slow_reader() {
         assert_eq!(stream_ids.len(), STREAMS);
         assert!(stream_ids.iter().all(|id| id % 2 == 1), "{stream_ids:?}");
         let elapsed = started.elapsed();
-        assert!(!slow_sender.is_finished(), "4 MiB went out to a reader that reads nothing: unbounded buffering");
+        assert!(
+            !slow_sender.is_finished(),
+            "{} bytes went out to a reader that reads nothing: unbounded buffering",
+            slow_messages * SLOW_SIZE
+        );
 
         let mut got = 0;
-        while got < SLOW_MESSAGES {
+        while got < slow_messages {
             match slow_reader.recv().await.expect("slow echo").expect("binary") {
                 Message::Binary(data) => {
                     assert!(data == pattern(SLOW_SIZE, got as u64), "slow echo {got} differs");

@@ -1011,3 +1011,79 @@ async fn open_refuses_a_scheme_that_does_not_match_the_connection() {
     })
     .await;
 }
+
+/// Every wait in the client has a deadline: a server that never answers the CONNECT ends
+/// `open` at the WebSocket's handshake timeout, and a TCP peer that never sends its SETTINGS
+/// ends `connect` at the HTTP/2 handshake timeout.
+#[tokio::test]
+async fn open_and_connect_end_at_their_handshake_timeouts() {
+    deadline(async {
+        let (listener, addr) = listen().await;
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let mut conn =
+                h2::server::Builder::new().enable_connect_protocol().handshake::<_, Bytes>(tcp).await.expect("h2");
+            let mut held = Vec::new();
+            while let Some(Ok(request)) = conn.accept().await {
+                held.push(request);
+            }
+        });
+        let h2 = h2c(addr).await;
+        let mut config = ws_config();
+        config.proto.handshake_timeout = Duration::from_millis(500);
+        let url = format!("ws://{addr}/echo");
+        let opened = h2.open(&url, ClientRequestConfig::default(), &config);
+        match within(Duration::from_secs(5), "open", opened).await {
+            Err(Error::HandshakeTimeout(t)) => assert_eq!(t, Duration::from_millis(500)),
+            other => panic!("expected the handshake timeout, got {:?}", other.map(|_| ())),
+        }
+
+        let (listener, addr) = listen().await;
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            drop(tcp);
+        });
+        let mut config = Http2Config::default();
+        config.handshake_timeout = Duration::from_millis(500);
+        let url = format!("ws://{addr}/");
+        let connected = wsx::h2::connect(&url, &config);
+        match within(Duration::from_secs(5), "connect", connected).await {
+            Err(Error::HandshakeTimeout(_)) => {}
+            other => panic!("expected the handshake timeout, got {:?}", other.map(|_| ())),
+        }
+    })
+    .await;
+}
+
+/// A WebSocket dropped without closing resets its stream: the server sees the client's
+/// RST_STREAM CANCEL.
+#[tokio::test]
+async fn dropping_the_websocket_resets_its_stream() {
+    deadline(async {
+        let (listener, addr) = listen().await;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let mut conn =
+                h2::server::Builder::new().enable_connect_protocol().handshake::<_, Bytes>(tcp).await.expect("h2");
+            let (request, mut respond) = conn.accept().await.expect("a request").expect("request");
+            tokio::spawn(async move { while let Some(Ok(_)) = conn.accept().await {} });
+            let _stream = respond.send_response(Response::new(()), false).expect("200");
+            let mut body = request.into_body();
+            let _ = tx.send(body.data().await.map(|r| r.map(|_| ())));
+        });
+        let h2 = h2c(addr).await;
+        let (ws, _) =
+            h2.open(&format!("ws://{addr}/echo"), ClientRequestConfig::default(), &ws_config()).await.expect("open");
+        drop(ws);
+        match within(Duration::from_secs(5), "the server's view", rx).await.expect("server") {
+            Some(Err(e)) => {
+                assert!(e.is_reset() && e.is_remote(), "{e:?}");
+                assert_eq!(e.reason(), Some(h2::Reason::CANCEL));
+            }
+            other => panic!("expected RST_STREAM CANCEL, got {other:?}"),
+        }
+    })
+    .await;
+}

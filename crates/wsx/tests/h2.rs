@@ -25,6 +25,13 @@ use wsx::proto::deflate::DeflateConfig;
 use wsx::proto::handshake::ClientRequestConfig;
 use wsx::{Accept, CloseCode, CloseFrame, Error, HandshakeError, Message, Rejection, WebSocketConfig};
 
+/// The first connection on `listener`, as a raw `h2` server that advertises the extended
+/// CONNECT: for tests that play a server wsx::hyper would never be.
+async fn raw_h2_server(listener: &tokio::net::TcpListener) -> h2::server::Connection<TcpStream, Bytes> {
+    let (tcp, _) = listener.accept().await.expect("accept");
+    h2::server::Builder::new().enable_connect_protocol().handshake::<_, Bytes>(tcp).await.expect("h2")
+}
+
 /// What the server's side of a WebSocket saw.
 #[derive(Debug)]
 enum Event {
@@ -486,9 +493,7 @@ async fn rst_stream_from_the_server_is_an_abnormal_closure() {
     deadline(async {
         let (listener, addr) = listen().await;
         tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.expect("accept");
-            let mut conn =
-                h2::server::Builder::new().enable_connect_protocol().handshake::<_, Bytes>(tcp).await.expect("h2");
+            let mut conn = raw_h2_server(&listener).await;
             let (request, mut respond) = conn.accept().await.expect("a request").expect("request");
             assert_eq!(request.method(), Method::CONNECT);
             assert_eq!(request.extensions().get::<h2::ext::Protocol>().map(|p| p.as_str()), Some("websocket"));
@@ -646,9 +651,7 @@ async fn client_ends_its_stream_with_end_stream_after_the_close_handshake() {
     deadline(async {
         let (listener, addr) = listen().await;
         let server = tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.expect("accept");
-            let mut conn =
-                h2::server::Builder::new().enable_connect_protocol().handshake::<_, Bytes>(tcp).await.expect("h2");
+            let mut conn = raw_h2_server(&listener).await;
             let (request, mut respond) = conn.accept().await.expect("a request").expect("request");
             tokio::spawn(async move { while let Some(Ok(_)) = conn.accept().await {} });
             let mut body = request.into_body();
@@ -802,9 +805,7 @@ async fn axum_check_origin_same_origin_over_http1_and_h2() {
 async fn raw_200_server(head: &'static [(&'static str, &'static str)], end_stream: bool) -> SocketAddr {
     let (listener, addr) = listen().await;
     tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.expect("accept");
-        let mut conn =
-            h2::server::Builder::new().enable_connect_protocol().handshake::<_, Bytes>(tcp).await.expect("h2");
+        let mut conn = raw_h2_server(&listener).await;
         let (_request, mut respond) = conn.accept().await.expect("a request").expect("request");
         tokio::spawn(async move { while let Some(Ok(_)) = conn.accept().await {} });
         let mut response = Response::builder().status(200);
@@ -1020,9 +1021,7 @@ async fn open_and_connect_end_at_their_handshake_timeouts() {
     deadline(async {
         let (listener, addr) = listen().await;
         tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.expect("accept");
-            let mut conn =
-                h2::server::Builder::new().enable_connect_protocol().handshake::<_, Bytes>(tcp).await.expect("h2");
+            let mut conn = raw_h2_server(&listener).await;
             let mut held = Vec::new();
             while let Some(Ok(request)) = conn.accept().await {
                 held.push(request);
@@ -1064,9 +1063,7 @@ async fn dropping_the_websocket_resets_its_stream() {
         let (listener, addr) = listen().await;
         let (tx, rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.expect("accept");
-            let mut conn =
-                h2::server::Builder::new().enable_connect_protocol().handshake::<_, Bytes>(tcp).await.expect("h2");
+            let mut conn = raw_h2_server(&listener).await;
             let (request, mut respond) = conn.accept().await.expect("a request").expect("request");
             tokio::spawn(async move { while let Some(Ok(_)) = conn.accept().await {} });
             let _stream = respond.send_response(Response::new(()), false).expect("200");

@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut as _, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
-use wsx::{CloseCode, Message, StreamEvent, WebSocket, WsReader, WsWriter};
+use wsx::{CloseCode, CloseFrame, Message, StreamEvent, WebSocket, WsReader, WsWriter};
 
 /// The most bytes read from the byte side at once: one binary message.
 pub const CHUNK: usize = 64 * 1024;
@@ -238,7 +238,7 @@ where
             }
             Err(e) => {
                 let error = format!("tcp read failed: {e}");
-                if ws.close(CloseCode::INTERNAL_ERROR, close_reason(&error)).await.is_ok() {
+                if ws.close(CloseCode::INTERNAL_ERROR, CloseFrame::fit_reason(&error)).await.is_ok() {
                     shared.record(Side::Bytes, Some(CloseCode::INTERNAL_ERROR.0), Some(error));
                 } else {
                     shared.record(Side::Bytes, None, Some(error));
@@ -281,7 +281,7 @@ where
                         failed = true;
                         let error = format!("tcp write failed: {error}");
                         // Goes on receiving (and dropping) until the peer answers.
-                        if writer.close(CloseCode::INTERNAL_ERROR, close_reason(&error)).await.is_ok() {
+                        if writer.close(CloseCode::INTERNAL_ERROR, CloseFrame::fit_reason(&error)).await.is_ok() {
                             shared.record(Side::Bytes, Some(CloseCode::INTERNAL_ERROR.0), Some(error));
                         } else {
                             shared.record(Side::Bytes, None, Some(error));
@@ -321,8 +321,13 @@ async fn drain<R: AsyncRead + Unpin>(bytes: &mut R) {
     .await;
 }
 
-/// Writes all of `data`; each write must make progress within `timeout`.
-async fn write_all<W: AsyncWrite + Unpin>(w: &mut W, mut data: &[u8], timeout: Duration) -> std::io::Result<()> {
+/// Writes all of `data`; each write must make progress within `timeout` (else a `TimedOut`
+/// error). `wsx serve --exec` writes to its programs' stdin with it too.
+pub(crate) async fn write_all<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    mut data: &[u8],
+    timeout: Duration,
+) -> std::io::Result<()> {
     while !data.is_empty() {
         let n = with_timeout(timeout, w.write(data)).await??;
         if n == 0 {
@@ -342,26 +347,4 @@ async fn with_timeout<T>(timeout: Duration, f: impl Future<Output = T>) -> std::
     tokio::time::timeout(timeout, f).await.map_err(|_| {
         std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no progress within {} s", timeout.as_secs_f64()))
     })
-}
-
-/// `text` cut to a close reason's 123 bytes, at a character boundary.
-fn close_reason(text: &str) -> &str {
-    let mut end = text.len().min(123);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn close_reasons_fit() {
-        assert_eq!(close_reason("short"), "short");
-        let long = "é".repeat(100);
-        let cut = close_reason(&long);
-        assert!(cut.len() <= 123 && long.starts_with(cut) && cut.len() == 122);
-    }
 }

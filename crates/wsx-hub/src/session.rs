@@ -66,13 +66,8 @@ impl Outcome {
             self.code = Some(code.0);
             self.by = Some("server");
         }
-        // A close reason has at most 123 bytes (RFC 6455 §5.5): a longer one (a broker's error
-        // message, say) is cut at a character boundary, or the close would be refused.
-        let mut end = reason.len().min(123);
-        while !reason.is_char_boundary(end) {
-            end -= 1;
-        }
-        let frame = CloseFrame::new(code, &reason[..end]);
+        // A longer reason (a broker's error message, say) would make the close be refused.
+        let frame = CloseFrame::new(code, CloseFrame::fit_reason(reason));
         // The connection's write timeout bounds this when the peer stopped reading.
         if let Err(e) = ws.send(Message::Close(Some(frame))).await {
             self.failed(e);

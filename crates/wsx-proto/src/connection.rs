@@ -924,7 +924,7 @@ impl Connection {
         if let Some(code) = err.close_code() {
             if !self.close_sent {
                 let reason = err.to_string();
-                self.write_close(Some(code), truncate_utf8(&reason, 123));
+                self.write_close(Some(code), CloseFrame::fit_reason(&reason));
             }
         }
         self.state = State::Closed;
@@ -1240,16 +1240,4 @@ fn check_control(payload: &[u8]) -> Result<(), Error> {
         return Err(UsageError::ControlFrameTooLong.into());
     }
     Ok(())
-}
-
-/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
-fn truncate_utf8(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }

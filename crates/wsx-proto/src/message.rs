@@ -129,9 +129,31 @@ pub struct CloseFrame {
 }
 
 impl CloseFrame {
+    /// The most bytes a close reason may have: a control frame's 125 less the code
+    /// (RFC 6455 §5.5).
+    pub const MAX_REASON: usize = 123;
+
     /// A close frame with a code and a reason.
     pub fn new(code: CloseCode, reason: impl Into<Utf8Bytes>) -> Self {
         Self { code, reason: reason.into() }
+    }
+
+    /// `reason` cut to [`MAX_REASON`](Self::MAX_REASON) bytes at a character boundary, for a
+    /// reason made from text of any length (an error message, say), which a close would
+    /// otherwise refuse whole.
+    ///
+    /// ```
+    /// use wsx_proto::CloseFrame;
+    /// let long = "é".repeat(100); // 200 bytes
+    /// assert_eq!(CloseFrame::fit_reason(&long).len(), 122);
+    /// assert_eq!(CloseFrame::fit_reason("short"), "short");
+    /// ```
+    pub fn fit_reason(reason: &str) -> &str {
+        let mut end = reason.len().min(Self::MAX_REASON);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        &reason[..end]
     }
 }
 
@@ -180,6 +202,14 @@ impl Message {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn close_reasons_fit() {
+        assert_eq!(CloseFrame::fit_reason("short"), "short");
+        let long = "é".repeat(100);
+        let cut = CloseFrame::fit_reason(&long);
+        assert!(cut.len() <= 123 && long.starts_with(cut) && cut.len() == 122);
+    }
 
     #[test]
     fn every_constructor_gives_the_text_back() {

@@ -60,7 +60,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use clap::Args;
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{ChildStdin, Command};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
@@ -719,7 +719,6 @@ fn start_close<S: Io>(
     })
 }
 
-/// Writes one message to the program's stdin, with a newline in line mode.
 /// Why a message did not reach the program.
 enum Stdin {
     /// It closed its stdin (or exited).
@@ -732,14 +731,11 @@ enum Stdin {
 /// pipe's worth) must make progress within `stall`.
 async fn write_message(pipe: &mut ChildStdin, payload: &[u8], newline: bool, stall: Duration) -> Result<(), Stdin> {
     let newline: &[u8] = if newline { b"\n" } else { b"" };
-    for mut part in [payload, newline] {
-        while !part.is_empty() {
-            let written = tokio::time::timeout(stall, pipe.write(part)).await.map_err(|_| Stdin::Stalled)?;
-            match written {
-                Ok(0) | Err(_) => return Err(Stdin::Closed),
-                Ok(n) => part = &part[n..],
-            }
-        }
+    for part in [payload, newline] {
+        crate::bridge::write_all(pipe, part, stall).await.map_err(|e| match e.kind() {
+            std::io::ErrorKind::TimedOut => Stdin::Stalled,
+            _ => Stdin::Closed,
+        })?;
     }
     Ok(())
 }

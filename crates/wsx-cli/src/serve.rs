@@ -545,12 +545,7 @@ async fn handshake<S: Io>(server: &Server, stream: S, peer: SocketAddr) -> Optio
         };
     let uri = incoming.request().uri();
     let path = uri.path_and_query().map_or_else(|| uri.to_string(), |p| p.as_str().to_owned());
-    let route = if server.echo_everywhere { Ok(Some(Route::Echo)) } else { route(uri) };
-    let route = if server.forward.is_some() { Ok(Some(Route::Forward(None))) } else { route };
-    // --exec: the rooms stay (the demo page's chat works next to the program); every other
-    // path runs the program.
-    let rooms = uri.path() == "/hub" || uri.path().starts_with("/room/");
-    let route = if server.exec.is_some() && !rooms { Ok(Some(Route::Exec(Vec::new()))) } else { route };
+    let route = server_route(server, uri);
 
     let host_check = server.hosts.check(incoming.request().version(), incoming.request().headers());
 
@@ -672,6 +667,24 @@ async fn refuse<S: Io>(incoming: Incoming<S>, rejection: Rejection, peer: Socket
     let reason = rejection.body.trim().to_owned();
     incoming.reject(rejection).await;
     tracing::info!(%peer, path, status, reason, "refused");
+}
+
+/// What an upgrade request's path asks for on this server: its mode (`--echo`, `--forward`,
+/// `--exec`; they exclude each other) first, else [`route`].
+fn server_route(server: &Server, uri: &Uri) -> Result<Option<Route>, String> {
+    if server.echo_everywhere {
+        return Ok(Some(Route::Echo));
+    }
+    if server.forward.is_some() {
+        return Ok(Some(Route::Forward(None)));
+    }
+    // --exec: the rooms stay (the demo page's chat works next to the program); every other
+    // path runs the program.
+    let rooms = uri.path() == "/hub" || uri.path().starts_with("/room/");
+    if server.exec.is_some() && !rooms {
+        return Ok(Some(Route::Exec(Vec::new())));
+    }
+    route(uri)
 }
 
 /// The WebSocket endpoint of a path: `Ok(None)` when there is none, `Err` for bad parameters.

@@ -413,26 +413,37 @@ fn stdin_before_the_first_connection_is_queued_through_reconnect_attempts() {
     assert_eq!(run.stdout, "a\nb\nc\n", "{}", run.stderr);
 }
 
-/// The same against a server that takes a second to accept the TCP connection and answer the
-/// handshake (no --reconnect): the lines wait, none is lost.
-#[test]
-fn stdin_before_a_slow_handshake_is_queued() {
+/// A server on a thread of its own for one WebSocket connection: it starts accepting after
+/// `delay`, then `serve`s the connection.
+fn serve_one<F: std::future::Future<Output = ()>>(
+    delay: Duration,
+    serve: impl FnOnce(wsx::WebSocket<tokio::net::TcpStream>) -> F + Send + 'static,
+) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(1));
+        std::thread::sleep(delay);
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async move {
             listener.set_nonblocking(true).unwrap();
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             let (tcp, _) = listener.accept().await.unwrap();
-            let mut ws = wsx::accept(tcp).await.unwrap();
-            while let Some(Ok(msg)) = ws.recv().await {
-                if msg.is_data() && ws.send(msg).await.is_err() {
-                    break;
-                }
-            }
+            serve(wsx::accept(tcp).await.unwrap()).await;
         });
+    });
+    addr
+}
+
+/// The same against a server that takes a second to accept the TCP connection and answer the
+/// handshake (no --reconnect): the lines wait, none is lost.
+#[test]
+fn stdin_before_a_slow_handshake_is_queued() {
+    let addr = serve_one(Duration::from_secs(1), |mut ws| async move {
+        while let Some(Ok(msg)) = ws.recv().await {
+            if msg.is_data() && ws.send(msg).await.is_err() {
+                break;
+            }
+        }
     });
     let started = Instant::now();
     let run = wsx(&[&format!("ws://{addr}/")], b"first\nsecond\n");
@@ -446,21 +457,12 @@ fn stdin_before_a_slow_handshake_is_queued() {
 #[cfg(unix)]
 #[test]
 fn jsonl_writes_a_close_event_when_interrupted() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async move {
-            listener.set_nonblocking(true).unwrap();
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            let (tcp, _) = listener.accept().await.unwrap();
-            let mut ws = wsx::accept(tcp).await.unwrap();
-            // One echo, then silence: the client's close is never answered.
-            if let Some(Ok(msg)) = ws.recv().await {
-                let _ = ws.send(msg).await;
-            }
-            tokio::time::sleep(Duration::from_secs(30)).await;
-        });
+    let addr = serve_one(Duration::ZERO, |mut ws| async move {
+        // One echo, then silence: the client's close is never answered.
+        if let Some(Ok(msg)) = ws.recv().await {
+            let _ = ws.send(msg).await;
+        }
+        tokio::time::sleep(Duration::from_secs(30)).await;
     });
     let mut child = Command::new(WSX)
         .args(["connect", "--jsonl", "-n", &format!("ws://{addr}/")])

@@ -247,14 +247,20 @@ mod tests {
         assert_eq!(paint(true, RED, ""), "");
     }
 
-    #[test]
-    fn interactive_lines_go_to_the_printer() {
+    /// A printer that keeps every line it is given, and those lines.
+    fn recording_printer() -> (std::sync::Arc<Mutex<Vec<String>>>, Printer) {
         let lines = std::sync::Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();
         let printer: Printer = Box::new(move |line| {
             sink.lock().unwrap().push(line);
             Ok(())
         });
+        (lines, printer)
+    }
+
+    #[test]
+    fn interactive_lines_go_to_the_printer() {
+        let (lines, printer) = recording_printer();
         let ui =
             Ui::new(UiConfig { interactive: true, display: true, json: true, ..UiConfig::default() }, Some(printer));
         ui.text("hi\x1b[2J").unwrap();
@@ -270,12 +276,7 @@ mod tests {
 
     #[test]
     fn interactive_hex_dumps_are_indented_under_the_marker() {
-        let lines = std::sync::Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        let printer: Printer = Box::new(move |line| {
-            sink.lock().unwrap().push(line);
-            Ok(())
-        });
+        let (lines, printer) = recording_printer();
         let ui =
             Ui::new(UiConfig { interactive: true, display: true, hex: true, ..UiConfig::default() }, Some(printer));
         ui.binary(b"\x00hi").unwrap();

@@ -63,13 +63,14 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use wsx::origin::{OriginPolicy, Scheme};
 use wsx::proto::deflate::DeflateConfig;
-use wsx::proto::handshake::check_request;
+use wsx::proto::handshake::{check_request, UpgradeRequest};
 use wsx::{
     Accept, CloseCode, CloseFrame, Incoming, Message, Rejection, ServerConfig, State, WebSocket, WebSocketConfig,
 };
 
 mod exec;
 mod forward;
+mod h2;
 mod host;
 mod http;
 mod tls;
@@ -255,6 +256,14 @@ struct Server {
 }
 
 impl Server {
+    /// The connection settings of a route: room members have their own message size limit.
+    fn websocket_config(&self, route: &Route) -> &WebSocketConfig {
+        match route {
+            Route::Room(_) | Route::Hub => &self.room_websocket,
+            _ => &self.config.websocket,
+        }
+    }
+
     /// The scheme of this server's own pages, for the same-origin check.
     fn scheme(&self) -> Scheme {
         if self.tls.is_some() {
@@ -474,6 +483,9 @@ async fn tcp_connection(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, s
     Box::pin(async move {
         let timeout = server.config.websocket.proto.handshake_timeout;
         match tokio::time::timeout(timeout, wsx::tls::accept(&acceptor, tcp)).await {
+            Ok(Ok(stream)) if stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                h2::connection(server, stream, peer, shutdown).await
+            }
             Ok(Ok(stream)) => connection(server, stream, peer, shutdown).await,
             Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
             Err(_) => tracing::info!(%peer, "TLS handshake not done within {timeout:?}"),
@@ -483,11 +495,38 @@ async fn tcp_connection(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, s
 }
 
 /// Serves one connection: a plain HTTP answer, a refused handshake, or a WebSocket.
-async fn connection<S: Io>(server: Arc<Server>, stream: S, peer: SocketAddr, mut shutdown: watch::Receiver<bool>) {
+async fn connection<S: Io>(server: Arc<Server>, stream: S, peer: SocketAddr, shutdown: watch::Receiver<bool>) {
     let started = Instant::now();
     // The handshake's state lives in its own allocation, freed before the connection's life.
-    let Some((mut ws, route, path, _permit)) = Box::pin(handshake(&server, stream, peer)).await else { return };
-    tracing::info!(%peer, path, protocol = ws.protocol(), "open");
+    let Some((ws, route, path, permits)) = Box::pin(handshake(&server, stream, peer)).await else { return };
+    let opened = Opened { route, path, permits, peer, started, http2: None };
+    websocket(server, ws, opened, shutdown).await;
+}
+
+/// What the server knows of a WebSocket it has accepted.
+struct Opened {
+    route: Route,
+    /// The request target (path and query), for the log.
+    path: String,
+    /// Its places under the limits, held for its life.
+    permits: Permits,
+    peer: SocketAddr,
+    /// When its connection (or, over HTTP/2, its stream) arrived.
+    started: Instant,
+    /// Over HTTP/2: the number of the connection that carries it (see [`h2`]).
+    http2: Option<u64>,
+}
+
+/// Runs an accepted WebSocket on its route until it ends; logs its opening and its end.
+async fn websocket<S: Io>(
+    server: Arc<Server>,
+    mut ws: WebSocket<S>,
+    opened: Opened,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let Opened { route, path, permits: _permits, peer, started, http2 } = opened;
+    let http = if http2.is_some() { "2" } else { "1.1" };
+    tracing::info!(%peer, path, protocol = ws.protocol(), http, conn = http2, "open");
     let outcome = match route {
         Route::Echo => echo(&mut ws, &mut shutdown, None).await,
         Route::Close(frame, after) => echo(&mut ws, &mut shutdown, Some((frame, after))).await,
@@ -553,16 +592,16 @@ async fn handshake<S: Io>(server: &Server, stream: S, peer: SocketAddr) -> Optio
         let (stream, request, _) = incoming.into_parts();
         let response = match host_check {
             Ok(()) => http::respond(&server.site, &request, !matches!(route, Ok(None))).await,
-            Err(rejection) => http::Response::text(rejection.status, rejection.body),
+            Err(rejection) => http::text(rejection.status, rejection.body),
         };
-        let status = response.status.as_u16();
+        let status = response.status().as_u16();
         let written = tokio::time::timeout(HTTP_TIMEOUT, http::write(stream, request.method(), response)).await;
         let error = match written {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e.to_string()),
             Err(_) => Some("timed out".to_owned()),
         };
-        tracing::info!(%peer, method = %request.method(), path, status, error, "http");
+        tracing::info!(%peer, method = %request.method(), path, status, error, http = "1.1", "http");
         return None;
     }
 
@@ -577,28 +616,60 @@ async fn handshake<S: Io>(server: &Server, stream: S, peer: SocketAddr) -> Optio
             return None;
         }
     };
-    let host = incoming.request().headers().get(::http::header::HOST).and_then(|h| h.to_str().ok());
+    let Admitted { route, protocol, permits } = match admit(server, incoming.request(), &upgrade, route, peer).await {
+        Ok(admitted) => admitted,
+        Err(rejection) => {
+            refuse(incoming, rejection, peer, &path).await;
+            return None;
+        }
+    };
+    let accept = Accept { protocol, headers: HeaderMap::new() };
+    match incoming.accept(&upgrade, accept, server.websocket_config(&route)).await {
+        Ok(ws) => Some((ws, route, path, permits)),
+        Err(e) => {
+            tracing::info!(%peer, path, error = %e, "handshake failed");
+            None
+        }
+    }
+}
+
+/// A WebSocket request the server takes: its route, the subprotocol selected, its places under
+/// the limits.
+struct Admitted {
+    route: Route,
+    protocol: Option<String>,
+    permits: Permits,
+}
+
+/// Decides whether to take a valid WebSocket request (HTTP/1.1 upgrade or HTTP/2 extended
+/// CONNECT, its `Host` already checked): its `Origin`, its route, the subprotocol, the limits;
+/// with `--forward`, the connection to the target; with `--exec`, a place for the program.
+/// `Err` is the refusal to answer with.
+async fn admit(
+    server: &Server,
+    request: &::http::Request<()>,
+    upgrade: &UpgradeRequest,
+    route: Result<Option<Route>, String>,
+    peer: SocketAddr,
+) -> Result<Admitted, Rejection> {
+    // Over HTTP/2 the server's name is the `:authority`.
+    let host = request.headers().get(::http::header::HOST).and_then(|h| h.to_str().ok());
+    let host = host.or_else(|| request.uri().authority().map(|a| a.as_str()));
     if let Err(rejection) = server.origins.check(upgrade.origin.as_deref(), host, server.scheme()) {
         let origin = upgrade.origin.as_deref().unwrap_or_default().trim();
         let body = format!(
             "origin {origin:?} may not open a WebSocket here: only pages served by this server may \
              (start wsx serve with --origin {origin} to allow it)\n"
         );
-        refuse(incoming, Rejection::new(rejection.status, body), peer, &path).await;
-        return None;
+        return Err(Rejection::new(rejection.status, body));
     }
     let route = match route {
         Ok(Some(route)) => route,
         Ok(None) => {
             let body = "no WebSocket endpoint here: try /echo, /room/NAME, /hub or /close?code=4000&reason=bye\n";
-            refuse(incoming, Rejection::new(StatusCode::NOT_FOUND, body), peer, &path).await;
-            return None;
+            return Err(Rejection::new(StatusCode::NOT_FOUND, body));
         }
-        Err(message) => {
-            let rejection = Rejection::new(StatusCode::BAD_REQUEST, format!("{message}\n"));
-            refuse(incoming, rejection, peer, &path).await;
-            return None;
-        }
+        Err(message) => return Err(Rejection::new(StatusCode::BAD_REQUEST, format!("{message}\n"))),
     };
     let offered = |p: &&str| upgrade.protocols.iter().any(|o| o == p);
     let protocol = match route {
@@ -606,59 +677,27 @@ async fn handshake<S: Io>(server: &Server, stream: S, peer: SocketAddr) -> Optio
         _ => server.protocols.iter().map(String::as_str).find(offered).map(str::to_owned),
     };
     // Over a per-address limit: 429 with when to come back.
-    let per_ip = match server.per_ip.check(peer.ip(), std::time::Instant::now()) {
-        Ok(permit) => permit,
-        Err(refusal) => {
-            refuse(incoming, refusal.rejection(), peer, &path).await;
-            return None;
-        }
-    };
+    let per_ip = server.per_ip.check(peer.ip(), std::time::Instant::now()).map_err(|refusal| refusal.rejection())?;
     // Over --max-connections: 503, come back in a second. The permit lives as long as the
     // connection.
     let permit = match &server.limit {
         None => None,
-        Some(limit) => match limit.try_acquire() {
-            Some(permit) => Some(permit),
-            None => {
-                refuse(incoming, limit.rejection(Duration::from_secs(1)), peer, &path).await;
-                return None;
-            }
-        },
+        Some(limit) => Some(limit.try_acquire().ok_or_else(|| limit.rejection(Duration::from_secs(1)))?),
     };
     // --forward: connect to the target first; if it cannot be reached, 502.
     let route = match (route, &server.forward) {
-        (Route::Forward(None), Some(target)) => match forward::connect(target, peer).await {
-            Ok(tcp) => Route::Forward(Some(tcp)),
-            Err(rejection) => {
-                refuse(incoming, rejection, peer, &path).await;
-                return None;
-            }
-        },
+        (Route::Forward(None), Some(target)) => Route::Forward(Some(forward::connect(target, peer).await?)),
         (route, _) => route,
     };
     // --exec: a place under --exec-max (else 503), and the program's variables.
     let (route, exec_permit) = match (route, &server.exec) {
-        (Route::Exec(_), Some(exec)) => match exec.try_acquire() {
-            Ok(permit) => (Route::Exec(exec.env(incoming.request(), peer, protocol.as_deref())), permit),
-            Err(rejection) => {
-                refuse(incoming, rejection, peer, &path).await;
-                return None;
-            }
-        },
+        (Route::Exec(_), Some(exec)) => {
+            let permit = exec.try_acquire()?;
+            (Route::Exec(exec.env(request, peer, protocol.as_deref())), permit)
+        }
         (route, _) => (route, None),
     };
-    let accept = Accept { protocol, headers: HeaderMap::new() };
-    let config = match route {
-        Route::Room(_) | Route::Hub => &server.room_websocket,
-        _ => &server.config.websocket,
-    };
-    match incoming.accept(&upgrade, accept, config).await {
-        Ok(ws) => Some((ws, route, path, (permit, per_ip, exec_permit))),
-        Err(e) => {
-            tracing::info!(%peer, path, error = %e, "handshake failed");
-            None
-        }
-    }
+    Ok(Admitted { route, protocol, permits: (permit, per_ip, exec_permit) })
 }
 
 /// Answers an upgrade request with an HTTP error and closes; logs it.

@@ -16,11 +16,13 @@
 //! case-insensitively, with a trailing dot ignored. Anything else is answered with
 //! `421 Misdirected Request` and a body naming the option that allows it. A request without
 //! `Host` is a `400 Bad Request` for HTTP/1.1 (RFC 9112 §3.2), as is one with several `Host`
-//! headers; an HTTP/1.0 request may omit it (no browser does, so nothing was rebound).
+//! headers; an HTTP/1.0 request may omit it (no browser does, so nothing was rebound). Over
+//! HTTP/2 the name is the request's `:authority` (RFC 9113 §8.3.1), checked the same way; a
+//! `Host` header, when an HTTP/2 client sends one too, is checked as well.
 
 use std::net::IpAddr;
 
-use http::{HeaderMap, StatusCode, Version};
+use http::{HeaderMap, HeaderValue, StatusCode, Version};
 use wsx::Rejection;
 
 /// The host names the server answers to besides IP addresses and `localhost`.
@@ -52,6 +54,24 @@ impl HostPolicy {
     /// Checks a request's `Host` header(s): `Ok` when the server answers to it, else the
     /// refusal to send (400 for a missing, repeated or malformed `Host`, 421 for another name).
     pub fn check(&self, version: Version, headers: &HeaderMap) -> Result<(), Rejection> {
+        self.check_request(version, headers, None)
+    }
+
+    /// [`check`](Self::check) with the request's `:authority` (an HTTP/2 request's target,
+    /// `uri.authority()`), which must name this server too, and stands for `Host` when there is
+    /// none.
+    pub fn check_request(
+        &self,
+        version: Version,
+        headers: &HeaderMap,
+        authority: Option<&http::uri::Authority>,
+    ) -> Result<(), Rejection> {
+        if let Some(authority) = authority {
+            self.check_value(&HeaderValue::from_str(authority.as_str()).map_err(|_| malformed())?)?;
+            if !headers.contains_key(http::header::HOST) {
+                return Ok(());
+            }
+        }
         let mut values = headers.get_all(http::header::HOST).iter();
         let (value, more) = (values.next(), values.next().is_some());
         if more {
@@ -63,12 +83,15 @@ impl HostPolicy {
             }
             return Err(Rejection::new(StatusCode::BAD_REQUEST, "missing Host header\n"));
         };
+        self.check_value(value)
+    }
+
+    /// Checks one `Host` value.
+    fn check_value(&self, value: &HeaderValue) -> Result<(), Rejection> {
         if self.any {
             return Ok(());
         }
-        let Some(host) = value.to_str().ok().and_then(host_of) else {
-            return Err(Rejection::new(StatusCode::BAD_REQUEST, "malformed Host header\n"));
-        };
+        let Some(host) = value.to_str().ok().and_then(host_of) else { return Err(malformed()) };
         if self.allows(host) {
             return Ok(());
         }
@@ -92,6 +115,10 @@ impl HostPolicy {
         let name = normalize_name(host);
         name == "localhost" || self.names.contains(&name)
     }
+}
+
+fn malformed() -> Rejection {
+    Rejection::new(StatusCode::BAD_REQUEST, "malformed Host header\n")
 }
 
 /// The host part of a `Host` value (`name`, `1.2.3.4` or `[v6]`, then an optional `:port`),
@@ -129,6 +156,32 @@ mod tests {
             headers.append(http::header::HOST, h.parse().unwrap());
         }
         p.check(Version::HTTP_11, &headers).map_err(|r| r.status)
+    }
+
+    /// Over HTTP/2 the `:authority` names the server: checked alone, or with a `Host` (both
+    /// must pass).
+    #[test]
+    fn http2_authority() {
+        let p = HostPolicy::new(&["myhost.lan"], false).unwrap();
+        let check2 = |authority: &str, host: Option<&str>| {
+            let mut headers = HeaderMap::new();
+            if let Some(h) = host {
+                headers.insert(http::header::HOST, h.parse().unwrap());
+            }
+            let authority: http::uri::Authority = authority.parse().unwrap();
+            p.check_request(Version::HTTP_2, &headers, Some(&authority)).map_err(|r| r.status)
+        };
+        assert_eq!(check2("localhost:8443", None), Ok(()));
+        assert_eq!(check2("myhost.lan", None), Ok(()));
+        assert_eq!(check2("evil.example:8443", None), Err(StatusCode::MISDIRECTED_REQUEST));
+        assert_eq!(check2("localhost", Some("evil.example")), Err(StatusCode::MISDIRECTED_REQUEST));
+        assert_eq!(check2("evil.example", Some("localhost")), Err(StatusCode::MISDIRECTED_REQUEST));
+        assert_eq!(check2("127.0.0.1", Some("127.0.0.1")), Ok(()));
+        // No `:authority` and no `Host`: refused as over HTTP/1.1.
+        assert_eq!(
+            p.check_request(Version::HTTP_2, &HeaderMap::new(), None).map_err(|r| r.status),
+            Err(StatusCode::BAD_REQUEST)
+        );
     }
 
     #[test]

@@ -1,15 +1,19 @@
 //! Plain HTTP answers on the WebSocket port: the demo page, static files (`--static DIR`) and
-//! the errors, for requests that are not WebSocket upgrades.
+//! the errors, for requests that are not WebSocket upgrades. [`respond`] builds the answer, the
+//! same over HTTP/1.1 and HTTP/2; files are served by tower-http's `ServeFile` (HEAD, `Range`,
+//! `If-Modified-Since` and the other conditional requests) once [`resolve_static`] has decided,
+//! by this server's own rules, which file a path names.
 //!
-//! Every answer carries `Content-Length` and `Connection: close`, and the connection is closed
-//! after it (no keep-alive): a request body is never read, and a client is never left waiting.
+//! Over HTTP/1.1 ([`write`]) every answer carries `Connection: close`, and the connection is
+//! closed after it (no keep-alive): a request body is never read, and a client is never left
+//! waiting. Over HTTP/2 (see `serve/h2.rs`) hyper writes it on the request's stream.
 //!
 //! | request                                   | answer                                    |
 //! |-------------------------------------------|-------------------------------------------|
 //! | `GET /` (no `index.html` in `--static`)   | 200, the demo page                        |
-//! | `GET /path` of a file under `--static`    | 200, the file, `Content-Type` by extension|
+//! | `GET /path` of a file under `--static`    | 200 (206 for a `Range`, 304 when unchanged), the file, `Content-Type` by extension |
 //! | `GET /dir` of a directory                 | 301 to `/dir/` (one leading `/`), which serves its `index.html` |
-//! | `GET` on a WebSocket endpoint             | 426 Upgrade Required                      |
+//! | `GET` on a WebSocket endpoint             | 426 Upgrade Required (over HTTP/2 without the `Upgrade` header, which HTTP/2 forbids) |
 //! | `..`, `.`, `\`, NUL or bad `%` escapes    | 400                                       |
 //! | anything else (also dot files, symlinks leading out of `DIR`) | 404                   |
 //! | a method other than GET/HEAD on something that exists | 405 with `Allow`              |
@@ -17,9 +21,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bytes::BytesMut;
-use http::{Method, Request, StatusCode};
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderValue};
+use http::{Method, Request, StatusCode, Version};
+use http_body::Body as _;
+use http_body_util::{BodyExt as _, Full};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tower::ServiceExt as _;
 
 /// The demo page served at `/`: one self-contained HTML file.
 pub const DEMO_HTML: &str = include_str!("../../assets/demo.html");
@@ -35,44 +43,37 @@ pub struct Site {
     pub static_root: Option<PathBuf>,
 }
 
-/// A response to write.
-#[derive(Debug)]
-pub struct Response {
-    /// The status.
-    pub status: StatusCode,
-    headers: Vec<(&'static str, String)>,
-    body: Body,
+/// The body of a plain HTTP answer: bytes in memory, or a file read as it is sent.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// A plain HTTP answer.
+pub type Response = http::Response<Body>;
+
+/// A `text/plain` answer.
+pub fn text(status: StatusCode, body: impl Into<String>) -> Response {
+    let mut response = bytes_response(status, Bytes::from(body.into()));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
 }
 
-#[derive(Debug)]
-enum Body {
-    Bytes(Vec<u8>),
-    Static(&'static [u8]),
-    File(tokio::fs::File, u64),
+/// A body of these bytes.
+pub fn full(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
 }
 
-impl Response {
-    /// A `text/plain` answer.
-    pub fn text(status: StatusCode, body: impl Into<String>) -> Self {
-        Self {
-            status,
-            headers: vec![("Content-Type", "text/plain; charset=utf-8".into())],
-            body: Body::Bytes(body.into().into_bytes()),
-        }
-    }
+/// An answer with this body and, so far, only its `Content-Length`.
+fn bytes_response(status: StatusCode, body: Bytes) -> Response {
+    let mut response = http::Response::new(full(body));
+    *response.status_mut() = status;
+    response
+}
 
-    fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
-        self.headers.push((name, value.into()));
-        self
+/// `response` with one more header (`value` from this server, never from a request).
+fn with_header(mut response: Response, name: header::HeaderName, value: &str) -> Response {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        response.headers_mut().insert(name, value);
     }
-
-    fn len(&self) -> u64 {
-        match &self.body {
-            Body::Bytes(b) => b.len() as u64,
-            Body::Static(b) => b.len() as u64,
-            Body::File(_, n) => *n,
-        }
-    }
+    response
 }
 
 /// Where a request path leads under the static directory.
@@ -209,9 +210,24 @@ pub fn content_type(path: &Path) -> &'static str {
     }
 }
 
-/// Builds the answer to a plain HTTP request. `websocket_endpoint`: the path is one of the
-/// server's WebSocket endpoints (answered 426 to a plain GET unless a static file shadows it).
+/// Builds the answer to a plain HTTP request, over HTTP/1.1 or HTTP/2 (`request.version()`).
+/// `websocket_endpoint`: the path is one of the server's WebSocket endpoints (answered 426 to a
+/// plain GET unless a static file shadows it).
 pub async fn respond(site: &Site, request: &Request<()>, websocket_endpoint: bool) -> Response {
+    let mut response = answer(site, request, websocket_endpoint).await;
+    response.headers_mut().insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    if request.method() == Method::HEAD {
+        // The length the GET would have, and no body (over HTTP/1.1 and HTTP/2 alike).
+        let (mut parts, body) = response.into_parts();
+        if let Some(len) = body.size_hint().exact() {
+            parts.headers.entry(header::CONTENT_LENGTH).or_insert(HeaderValue::from(len));
+        }
+        response = http::Response::from_parts(parts, full(Bytes::new()));
+    }
+    response
+}
+
+async fn answer(site: &Site, request: &Request<()>, websocket_endpoint: bool) -> Response {
     let path = request.uri().path();
     let method = request.method();
     let readable = method == Method::GET || method == Method::HEAD;
@@ -222,82 +238,98 @@ pub async fn respond(site: &Site, request: &Request<()>, websocket_endpoint: boo
         resolved = tokio::task::spawn_blocking(move || resolve_static(&root, &raw)).await.unwrap_or(Resolved::NotFound);
     }
     let found = match resolved {
-        Resolved::BadPath => return Response::text(StatusCode::BAD_REQUEST, "bad request path\n"),
+        Resolved::BadPath => return text(StatusCode::BAD_REQUEST, "bad request path\n"),
         Resolved::NotFound => false,
         Resolved::File(_) | Resolved::Redirect => true,
     };
     if !readable && (found || path == "/") {
-        return Response::text(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed here\n"))
-            .header("Allow", "GET, HEAD");
+        let response = text(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed here\n"));
+        return with_header(response, header::ALLOW, "GET, HEAD");
     }
     if !readable && websocket_endpoint {
-        return Response::text(StatusCode::METHOD_NOT_ALLOWED, "this is a WebSocket endpoint: use a WebSocket\n")
-            .header("Allow", "GET");
+        let response = text(StatusCode::METHOD_NOT_ALLOWED, "this is a WebSocket endpoint: use a WebSocket\n");
+        return with_header(response, header::ALLOW, "GET");
     }
     match resolved {
-        Resolved::File(file) => match tokio::fs::File::open(&file).await {
-            Ok(f) => {
-                let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
-                Response {
-                    status: StatusCode::OK,
-                    headers: vec![("Content-Type", content_type(&file).into())],
-                    body: Body::File(f, len),
-                }
-            }
-            Err(_) => Response::text(StatusCode::NOT_FOUND, "not found\n"),
-        },
+        Resolved::File(file) => serve_file(&file, request).await,
         Resolved::Redirect => {
             let mut location = directory_location(path);
             if let Some(q) = request.uri().query() {
                 location = format!("{location}?{q}");
             }
-            Response::text(StatusCode::MOVED_PERMANENTLY, format!("see {location}\n")).header("Location", location)
+            let response = text(StatusCode::MOVED_PERMANENTLY, format!("see {location}\n"));
+            with_header(response, header::LOCATION, &location)
         }
-        _ if readable && path == "/" => Response {
-            status: StatusCode::OK,
-            headers: vec![("Content-Type", "text/html; charset=utf-8".into()), ("Cache-Control", "no-cache".into())],
-            body: Body::Static(DEMO_HTML.as_bytes()),
-        },
+        _ if readable && path == "/" => {
+            let mut response = bytes_response(StatusCode::OK, Bytes::from_static(DEMO_HTML.as_bytes()));
+            let headers = response.headers_mut();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            response
+        }
         _ if websocket_endpoint => {
-            Response::text(StatusCode::UPGRADE_REQUIRED, "this is a WebSocket endpoint: connect with a WebSocket\n")
-                .header("Upgrade", "websocket")
+            let response =
+                text(StatusCode::UPGRADE_REQUIRED, "this is a WebSocket endpoint: connect with a WebSocket\n");
+            if request.version() >= Version::HTTP_2 {
+                // A connection-specific header, which HTTP/2 forbids: a WebSocket over HTTP/2 is
+                // an extended CONNECT (RFC 8441) instead.
+                response
+            } else {
+                with_header(response, header::UPGRADE, "websocket")
+            }
         }
-        _ => Response::text(StatusCode::NOT_FOUND, "not found\n"),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
 
-/// Writes `response` (no body for HEAD), then closes the connection: shuts down our side and
-/// reads (and drops) whatever the client still sends for a short while, so that a client whose
-/// request body we ignored gets the whole answer instead of a reset.
+/// Serves the file `resolve_static` chose with tower-http's `ServeFile`, which answers `HEAD`,
+/// `Range` and the conditional requests, with this server's content types.
+async fn serve_file(file: &Path, request: &Request<()>) -> Response {
+    // Only what the file service reads: the method, the target and the headers.
+    let mut forwarded = Request::new(());
+    *forwarded.method_mut() = request.method().clone();
+    *forwarded.uri_mut() = request.uri().clone();
+    *forwarded.headers_mut() = request.headers().clone();
+    let response = match tower_http::services::ServeFile::new(file).oneshot(forwarded).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    };
+    let (mut parts, body) = response.into_parts();
+    if parts.headers.contains_key(header::CONTENT_TYPE) {
+        parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type(file)));
+    }
+    http::Response::from_parts(parts, body.boxed_unsync())
+}
+
+/// Writes `response` over HTTP/1.1 (no body for HEAD), then closes the connection: shuts down
+/// our side and reads (and drops) whatever the client still sends for a short while, so that a
+/// client whose request body we ignored gets the whole answer instead of a reset.
 pub async fn write<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     method: &Method,
     response: Response,
 ) -> std::io::Result<()> {
-    let mut head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Length: {}\r\nConnection: close\r\nX-Content-Type-Options: nosniff\r\n",
-        response.status.as_u16(),
-        response.status.canonical_reason().unwrap_or(""),
-        response.len()
-    );
-    for (name, value) in &response.headers {
-        head.push_str(name);
-        head.push_str(": ");
-        head.push_str(value);
-        head.push_str("\r\n");
+    let (parts, mut body) = response.into_parts();
+    let mut head = format!("HTTP/1.1 {} {}\r\n", parts.status.as_u16(), parts.status.canonical_reason().unwrap_or(""))
+        .into_bytes();
+    if !parts.headers.contains_key(header::CONTENT_LENGTH) {
+        // Every body here has a known length (bytes, or a file's length or range).
+        let len = body.size_hint().exact().unwrap_or(0);
+        head.extend_from_slice(format!("content-length: {len}\r\n").as_bytes());
     }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).await?;
+    head.extend_from_slice(b"connection: close\r\n");
+    for (name, value) in &parts.headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    stream.write_all(&head).await?;
     if method != Method::HEAD {
-        match response.body {
-            Body::Bytes(b) => stream.write_all(&b).await?,
-            Body::Static(b) => stream.write_all(b).await?,
-            Body::File(f, len) => {
-                let copied = tokio::io::copy(&mut f.take(len), &mut stream).await?;
-                if copied != len {
-                    // The file shrank under us: the promised length cannot be kept.
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
-                }
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                stream.write_all(&data).await?;
             }
         }
     }

@@ -1,6 +1,8 @@
 //! TLS for `wsx serve`: `--tls-cert FILE --tls-key FILE`, or `--tls-self-signed` for
 //! development. With either, the port speaks only TLS: the demo page over https, WebSockets
 //! over wss. A plain-HTTP request to it gets a `400` that says to use https:// or wss://.
+//! The port offers ALPN `h2` and `http/1.1` (`--no-http2`: `http/1.1` only); a connection that
+//! chose `h2` is served by [`super::h2`].
 
 use std::path::PathBuf;
 
@@ -27,6 +29,11 @@ pub struct TlsArgs {
     /// Require a client certificate issued by a CA in this PEM file (mutual TLS).
     #[arg(long, value_name = "FILE")]
     tls_client_ca: Option<PathBuf>,
+    /// Do not offer HTTP/2 on the TLS port (ALPN http/1.1 only). By default the port offers
+    /// h2 and http/1.1: over h2 it serves the same pages and files, and takes WebSockets as
+    /// extended CONNECT streams (RFC 8441) on the page's own connection.
+    #[arg(long)]
+    pub no_http2: bool,
 }
 
 /// The acceptor the options ask for, if any.
@@ -50,6 +57,9 @@ pub fn acceptor(args: &TlsArgs) -> anyhow::Result<Option<TlsAcceptor>> {
         }
         None => tls,
     };
+    // In the server's order of preference: h2 when the client offers it.
+    let alpn: &[&[u8]] = if args.no_http2 { &[b"http/1.1"] } else { &[b"h2", b"http/1.1"] };
+    let tls = tls.alpn_protocols(alpn.iter().map(|p| p.to_vec()).collect());
     Ok(Some(tls.acceptor()?))
 }
 

@@ -45,8 +45,14 @@
 //! - **Shutdown**: SIGINT (Ctrl-C) or SIGTERM closes every connection with 1001 and waits up to
 //!   2 s for the closing handshakes, then exits 0.
 //!
-//! One log line per connection when it opens (`open`: peer, path, protocol) and when it ends
-//! (`closed`: peer, path, code, who closed first, duration in ms), and one per plain HTTP request.
+//! - **HTTP/2**: with TLS the port offers ALPN `h2` and `http/1.1` (`--no-http2`: `http/1.1`
+//!   only). Over h2 ([`h2`]) the same pages and files are served, and WebSockets arrive as
+//!   extended CONNECT streams (RFC 8441) on the same routes, admitted by the same [`admit`].
+//!
+//! One log line per connection when it opens (`open`: peer, path, protocol, `http` version and,
+//! over HTTP/2, the connection's number `conn`) and when it ends (`closed`: peer, path, code, who
+//! closed first, duration in ms), and one per plain HTTP request (`http`, with `http` and `conn`
+//! too).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -100,6 +106,9 @@ Endpoints (all on one port):
   anything else                      a --static file, or 404
 Subprotocols: the server selects the first of its --subprotocol list (default chat.v1, echo.v1)
 that the client offered (wsx.hub.v1 on /hub).
+With --tls-cert/--tls-key or --tls-self-signed the port speaks https and wss, over HTTP/2
+(WebSockets as extended CONNECT streams, RFC 8441, as Chromium and Firefox open them) and
+HTTP/1.1; --no-http2 keeps it to HTTP/1.1.
 Rooms live in this process, or, with --bus redis://HOST:PORT[/DB] (or WSX_BUS), are shared by
 every wsx serve connected to that Redis server (docs/hub.md).
 Instead of the endpoints, every WebSocket path can be (plain HTTP stays as above):

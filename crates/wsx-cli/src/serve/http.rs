@@ -4,7 +4,7 @@
 //! `If-Modified-Since` and the other conditional requests) once [`resolve_static`] has decided,
 //! by this server's own rules, which file a path names.
 //!
-//! Over HTTP/1.1 ([`write`]) every answer carries `Connection: close`, and the connection is
+//! Over HTTP/1.1 ([`write()`]) every answer carries `Connection: close`, and the connection is
 //! closed after it (no keep-alive): a request body is never read, and a client is never left
 //! waiting. Over HTTP/2 (see `serve/h2.rs`) hyper writes it on the request's stream.
 //!

@@ -58,8 +58,12 @@
 //! abnormally: `recv` returns [`Error::Io`] (an `io::ErrorKind::ConnectionReset` naming the
 //! reason and which side reset the stream) or [`Error::AbnormalClosure`], both close code 1006.
 //!
+//! The server side, on the `h2` crate directly, is [`server`]; on hyper, [`wsx::hyper`](crate::hyper).
+//!
 //! Not here yet: proxies (the connection is a direct TCP connection), and falling back to
 //! HTTP/1.1 in [`ClientBuilder`](crate::ClientBuilder).
+
+pub mod server;
 
 use std::io;
 use std::pin::Pin;

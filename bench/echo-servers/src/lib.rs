@@ -129,7 +129,19 @@ pub fn tls_config(
     cert: &std::path::Path,
     key: &std::path::Path,
 ) -> Result<Arc<wsx::tls::rustls::ServerConfig>, String> {
-    wsx::tls::ServerTls::from_pem_files(cert, key).and_then(|tls| tls.build()).map_err(|e| format!("TLS: {e}"))
+    tls_config_alpn(cert, key, &[b"http/1.1"])
+}
+
+/// [`tls_config`] offering these ALPN protocols.
+pub fn tls_config_alpn(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    alpn: &[&[u8]],
+) -> Result<Arc<wsx::tls::rustls::ServerConfig>, String> {
+    wsx::tls::ServerTls::from_pem_files(cert, key)
+        .map(|tls| tls.alpn_protocols(alpn.iter().map(|p| p.to_vec()).collect()))
+        .and_then(|tls| tls.build())
+        .map_err(|e| format!("TLS: {e}"))
 }
 
 /// Runs a plain-TCP echo server: parses the command line, builds the runtime, binds, and hands
@@ -141,7 +153,7 @@ where
     Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: Display + 'static,
 {
-    run(server, false, move |tcp, _| handle(tcp))
+    run(server, None, move |tcp, _| handle(tcp))
 }
 
 /// As [`serve`], for a server with a TLS variant: `handle` also gets the acceptor when the
@@ -152,10 +164,22 @@ where
     Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: Display + 'static,
 {
-    run(server, true, handle)
+    run(server, Some(&[b"http/1.1"]), handle)
 }
 
-fn run<F, Fut, E>(server: &'static str, tls_ok: bool, handle: F) -> ExitCode
+/// As [`serve_tls`], with these ALPN protocols offered (in the server's order of preference)
+/// instead of `http/1.1` alone: `echo-wsx-h2` offers `h2` first.
+pub fn serve_tls_alpn<F, Fut, E>(server: &'static str, alpn: &'static [&'static [u8]], handle: F) -> ExitCode
+where
+    F: Fn(TcpStream, Option<TlsAcceptor>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: Display + 'static,
+{
+    run(server, Some(alpn), handle)
+}
+
+/// `alpn`: the ALPN protocols of a server with a TLS variant (`None`: no TLS variant).
+fn run<F, Fut, E>(server: &'static str, alpn: Option<&'static [&'static [u8]]>, handle: F) -> ExitCode
 where
     F: Fn(TcpStream, Option<TlsAcceptor>) -> Fut + Send + 'static,
     Fut: Future<Output = Result<(), E>> + Send + 'static,
@@ -171,11 +195,11 @@ where
     };
     let acceptor = match &opts.tls {
         None => None,
-        Some(_) if !tls_ok => {
+        Some(_) if alpn.is_none() => {
             eprintln!("{server}: this server has no TLS variant (only echo-wsx and echo-tungstenite do)");
             return ExitCode::from(2);
         }
-        Some((cert, key)) => match tls_config(cert, key) {
+        Some((cert, key)) => match tls_config_alpn(cert, key, alpn.unwrap_or(&[b"http/1.1"])) {
             Ok(config) => Some(TlsAcceptor::from(config)),
             Err(e) => {
                 eprintln!("{server}: {e}");

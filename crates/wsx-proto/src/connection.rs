@@ -1038,6 +1038,67 @@ impl Connection {
         Ok(())
     }
 
+    /// Queues a binary message whose payload is `parts` one after the other, copied from the
+    /// borrowed slices into the output (masked, or compressed when permessage-deflate is on and
+    /// worth it): the same bytes [`send`](Self::send) writes for
+    /// `Message::Binary(parts.concat())`, without building that `Bytes`. For a message assembled
+    /// from pieces kept elsewhere (a header and a body, say); a large server message held in
+    /// `Bytes` is cheaper through `send`, which queues it without a copy. Same state rules and
+    /// errors as `send`.
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use wsx_proto::{Config, Connection, Message};
+    ///
+    /// let now = Instant::now();
+    /// let mut a = Connection::server(Config::default(), now);
+    /// let mut b = Connection::server(Config::default(), now);
+    /// a.send_binary_parts(&[b"head:", b"body"]).unwrap();
+    /// b.send(Message::binary(&b"head:body"[..])).unwrap();
+    /// assert_eq!(a.pending_output(), b.pending_output());
+    /// ```
+    pub fn send_binary_parts(&mut self, parts: &[&[u8]]) -> Result<(), Error> {
+        self.send_parts(OpCode::Binary, parts.iter().copied())
+    }
+
+    /// [`send_binary_parts`](Self::send_binary_parts) for a text message: `parts` one after
+    /// the other (each valid UTF-8, so the whole is).
+    pub fn send_text_parts(&mut self, parts: &[&str]) -> Result<(), Error> {
+        self.send_parts(OpCode::Text, parts.iter().map(|p| p.as_bytes()))
+    }
+
+    fn send_parts<'a, I>(&mut self, opcode: OpCode, parts: I) -> Result<(), Error>
+    where
+        I: Iterator<Item = &'a [u8]> + Clone,
+    {
+        if self.state != State::Open {
+            return Err(UsageError::NotOpen(self.state).into());
+        }
+        self.check_not_fragmenting()?;
+        let len: usize = parts.clone().map(<[u8]>::len).sum();
+        if self.deflate.is_some() {
+            // The compressor takes one slice: join them (compression allocates anyway).
+            let mut joined = BytesMut::with_capacity(len);
+            parts.for_each(|p| joined.extend_from_slice(p));
+            self.write_message(opcode, joined.freeze());
+            return Ok(());
+        }
+        let mask = self.mask_keys.as_mut().map(|k| k.next_key());
+        let header = FrameHeader::new(opcode, len as u64, mask);
+        let mut head = [0u8; MAX_HEADER_LEN];
+        let head_len = header.encode(&mut head);
+        let tail = self.out.tail_mut();
+        tail.reserve(head_len + len);
+        tail.extend_from_slice(&head[..head_len]);
+        let start = tail.len();
+        parts.for_each(|p| tail.extend_from_slice(p));
+        if let Some(key) = mask {
+            apply_mask(&mut tail[start..], key, 0);
+        }
+        self.out.commit(head_len + len);
+        Ok(())
+    }
+
     fn check_not_fragmenting(&self) -> Result<(), Error> {
         if self.sending_fragmented {
             return Err(UsageError::Fragmentation("a fragmented message is in progress").into());

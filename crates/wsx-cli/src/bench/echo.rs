@@ -8,7 +8,7 @@ use clap::Args;
 use wsx::proto::deflate::DeflateConfig;
 use wsx::{ClientBuilder, MaybeTlsStream, Message, WebSocketConfig};
 
-use super::payload::{Mismatch, Payloads, Reuse};
+use super::payload::{Mismatch, Payloads};
 use super::report::{Report, Stats};
 use super::wire::{Io, Wire};
 use super::{
@@ -209,15 +209,13 @@ async fn worker(plan: Arc<Plan>, mut thread: Thread) {
             }
         });
     }
-    // The messages of this thread's connections are built in each other's released buffers.
-    let reuse = Arc::new(plan.payloads.reuse());
     for (id, conn) in open {
-        let (plan, stats, reuse) = (plan.clone(), stats.clone(), reuse.clone());
+        let (plan, stats) = (plan.clone(), stats.clone());
         // The hard deadline: the run, the wait for the last echoes, the closing handshake.
         let hard = start + plan.warmup + plan.duration + plan.timeout + Duration::from_secs(3);
         running.spawn(async move {
             // Bounded by `hard` (checked by its own timer, not a wrapper polled per read).
-            drive(conn, id, &plan, start, hard, &stats, &reuse).await;
+            drive(conn, id, &plan, start, hard, &stats).await;
             lock(&stats).closed += 1;
         });
     }
@@ -283,14 +281,12 @@ async fn drive(
     start: Instant,
     hard: Instant,
     stats: &Mutex<Stats>,
-    reuse: &Reuse,
 ) {
     let payloads = &plan.payloads;
     let window = (plan.warmup.as_nanos() as u64, (plan.warmup + plan.duration).as_nanos() as u64);
     let in_window = |sched: u64| sched >= window.0 && sched < window.1;
     let end = start + plan.warmup + plan.duration;
     let since_start = |at: Instant| at.saturating_duration_since(start).as_nanos() as u64;
-    let message = |seq: u64, sched: u64| payloads.message(payloads.make_reusing(reuse, seq, sched));
     let fail = |kind: String| lock(stats).error(kind, 1);
     let proto_kind = |e: wsx::proto::Error| run_error_kind(&wsx::Error::from(e));
 
@@ -307,7 +303,7 @@ async fn drive(
     if plan.schedule.is_none() {
         let now = since_start(last_progress);
         for _ in 0..plan.depth {
-            if let Err(e) = wire.send(message(next_seq, now)) {
+            if let Err(e) = wire.send_payload(payloads, next_seq, now) {
                 fail(proto_kind(e));
                 return;
             }
@@ -345,7 +341,7 @@ async fn drive(
                             if start + Duration::from_nanos(sched) > now || start + Duration::from_nanos(sched) >= end {
                                 break;
                             }
-                            if let Err(e) = wire.send(message(next_seq, sched)) {
+                            if let Err(e) = wire.send_payload(payloads, next_seq, sched) {
                                 fail(proto_kind(e));
                                 return;
                             }
@@ -455,7 +451,7 @@ async fn drive(
                     }
                     if sending && plan.schedule.is_none() && next_seq.saturating_sub(expected) < plan.depth as u64 {
                         // Closed loop: the next message leaves with this read's replies.
-                        if let Err(e) = wire.send(message(next_seq, at_ns)) {
+                        if let Err(e) = wire.send_payload(payloads, next_seq, at_ns) {
                             fail(proto_kind(e));
                             return;
                         }

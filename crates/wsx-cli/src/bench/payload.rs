@@ -21,18 +21,13 @@ pub const TEXT_HEADER: usize = 40;
 const MAX_VARIANTS: usize = 16;
 const MAX_VARIANT_BYTES: usize = 4 << 20;
 
-/// Per-thread buffers for [`Payloads::make_reusing`].
-#[derive(Debug)]
-pub struct Reuse {
-    slots: std::sync::Mutex<Vec<Option<Bytes>>>,
-}
-
 /// The messages of a run: their type, size and filler variants.
 #[derive(Debug)]
 pub struct Payloads {
     text: bool,
     size: usize,
-    fillers: Vec<Vec<u8>>,
+    /// JSON-like ASCII, so valid text too.
+    fillers: Vec<String>,
 }
 
 /// Why an echo was refused.
@@ -62,7 +57,8 @@ impl Payloads {
         let fit = (MAX_VARIANT_BYTES / body.max(1)).clamp(1, MAX_VARIANTS);
         // The largest power of two that fits (see `filler`).
         let variants = 1 << fit.ilog2();
-        let fillers = (0..variants).map(|v| json_filler(body, v as u64)).collect();
+        let fillers =
+            (0..variants).map(|v| String::from_utf8_lossy(&json_filler(body, v as u64)).into_owned()).collect();
         Ok(Self { text, size, fillers })
     }
 
@@ -71,33 +67,23 @@ impl Payloads {
         let (head, len) = self.header(seq, sched_ns);
         let mut out = BytesMut::with_capacity(self.size);
         out.put_slice(&head[..len]);
-        out.put_slice(self.filler(seq));
+        out.put_slice(self.filler(seq).as_bytes());
         out.freeze()
     }
 
-    /// [`make`](Self::make), reusing the buffer of the last message with the same filler when
-    /// nothing holds it any more (the connection copied it into its output when it framed and
-    /// masked it): only the header is written, not the filler, and nothing is allocated. A
-    /// message still held elsewhere is left alone and a new one is made.
-    pub fn make_reusing(&self, reuse: &Reuse, seq: u64, sched_ns: u64) -> Bytes {
-        let variant = self.variant(seq);
-        let mut slots = reuse.slots.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(Ok(mut buf)) = slots[variant].take().map(Bytes::try_into_mut) {
-            let (head, len) = self.header(seq, sched_ns);
-            buf[..len].copy_from_slice(&head[..len]);
-            let message = buf.freeze();
-            slots[variant] = Some(message.clone());
-            return message;
+    /// Queues the message with this sequence number and scheduled time on `conn`, framed (and
+    /// masked) straight from its header and its filler: no message is built, nothing is
+    /// allocated (the same bytes as sending [`make`](Self::make)'s message).
+    pub fn send(&self, conn: &mut wsx::proto::Connection, seq: u64, sched_ns: u64) -> Result<(), wsx::proto::Error> {
+        let (head, len) = self.header(seq, sched_ns);
+        let filler = self.filler(seq);
+        if self.text {
+            // Hex digits: ASCII.
+            let head = std::str::from_utf8(&head[..len]).unwrap_or_default();
+            conn.send_text_parts(&[head, filler])
+        } else {
+            conn.send_binary_parts(&[&head[..len], filler.as_bytes()])
         }
-        let message = self.make(seq, sched_ns);
-        slots[variant] = Some(message.clone());
-        message
-    }
-
-    /// Buffers for [`make_reusing`](Self::make_reusing): at most one message per filler variant
-    /// (4 MiB in all at most), for the connections of one thread.
-    pub fn reuse(&self) -> Reuse {
-        Reuse { slots: std::sync::Mutex::new(vec![None; self.fillers.len()]) }
     }
 
     /// The header: sequence, schedule and checksum, as 20 raw bytes or 40 hex digits.
@@ -117,8 +103,8 @@ impl Payloads {
         }
     }
 
-    /// A message of the run's type carrying `data` (from [`make`](Self::make) or
-    /// [`make_reusing`](Self::make_reusing): text data is ASCII).
+    /// A message of the run's type carrying `data` (from [`make`](Self::make): text data is
+    /// ASCII).
     pub fn message(&self, data: Bytes) -> wsx::Message {
         if self.text {
             wsx::Message::Text(wsx::Utf8Bytes::try_from(data).unwrap_or_else(|_| wsx::Utf8Bytes::from("")))
@@ -159,13 +145,13 @@ impl Payloads {
         if checksum(seq, sched) != sum {
             return Err(Mismatch::Header);
         }
-        if body != self.filler(seq) {
+        if body != self.filler(seq).as_bytes() {
             return Err(Mismatch::Body { seq });
         }
         Ok((seq, sched))
     }
 
-    fn filler(&self, seq: u64) -> &[u8] {
+    fn filler(&self, seq: u64) -> &str {
         &self.fillers[self.variant(seq)]
     }
 
@@ -271,25 +257,38 @@ mod tests {
         }
     }
 
+    /// `send` queues the very bytes of sending `make`'s message, for both types (and for a
+    /// client, masked with the same keys).
     #[test]
-    fn reused_buffers_carry_the_new_header_and_never_change_a_held_message() {
+    fn send_frames_what_make_builds() {
         for text in [false, true] {
             let p = Payloads::new(300, text).unwrap();
-            let reuse = p.reuse();
-            let variants = p.fillers.len() as u64;
-            let first = p.make_reusing(&reuse, 5, 50);
-            assert_eq!(p.check(text, &first), Ok((5, 50)));
-            // Still held: the next message of the same variant must not overwrite it.
-            let second = p.make_reusing(&reuse, 5 + variants, 60);
-            assert_eq!(p.check(text, &first), Ok((5, 50)), "a held message was changed");
-            assert_eq!(p.check(text, &second), Ok((5 + variants, 60)));
-            let at = second.as_ptr();
-            drop((first, second));
-            // Released: the buffer is reused in place, with the new header.
-            let third = p.make_reusing(&reuse, 5 + 2 * variants, 70);
-            assert_eq!(third.as_ptr(), at, "the released buffer was not reused");
-            assert_eq!(p.check(text, &third), Ok((5 + 2 * variants, 70)));
-            assert_eq!(third, p.make(5 + 2 * variants, 70));
+            let keys = || {
+                let mut n = 0u8;
+                move || {
+                    n = n.wrapping_add(1);
+                    [n, 2, 3, 4]
+                }
+            };
+            let now = std::time::Instant::now();
+            let config = wsx::proto::Config::default();
+            let mut a = wsx::proto::Connection::client(config.clone(), now, keys());
+            let mut b = wsx::proto::Connection::client(config, now, keys());
+            for seq in [5, 6, 5 + p.fillers.len() as u64] {
+                p.send(&mut a, seq, seq * 10).unwrap();
+                b.send(p.message(p.make(seq, seq * 10))).unwrap();
+            }
+            let drain = |c: &mut wsx::proto::Connection| {
+                let out = c.output();
+                let mut v = Vec::new();
+                while bytes::Buf::has_remaining(out) {
+                    let chunk = bytes::Buf::chunk(out).to_vec();
+                    bytes::Buf::advance(out, chunk.len());
+                    v.extend(chunk);
+                }
+                v
+            };
+            assert_eq!(drain(&mut a), drain(&mut b), "text {text}");
         }
     }
 
@@ -306,6 +305,7 @@ mod tests {
     fn filler_compresses_like_json_not_like_zeros() {
         use std::io::Write as _;
         let data = json_filler(64 * 1024, 3);
+        assert!(std::str::from_utf8(&data).is_ok());
         assert!(data.is_ascii() && data.starts_with(b"{\"id\":"));
         let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
         z.write_all(&data).unwrap();

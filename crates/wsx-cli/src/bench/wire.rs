@@ -75,9 +75,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         }
     }
 
-    /// Queues a message (framed, masked, compressed when negotiated) for the next write.
-    pub fn send(&mut self, message: Message) -> Result<(), wsx::proto::Error> {
-        self.conn.send(message)
+    /// Queues the run's message `seq`, scheduled at `sched_ns`, framed straight from its header
+    /// and filler ([`Payloads::send`](super::payload::Payloads::send)).
+    pub fn send_payload(
+        &mut self,
+        payloads: &super::payload::Payloads,
+        seq: u64,
+        sched_ns: u64,
+    ) -> Result<(), wsx::proto::Error> {
+        payloads.send(&mut self.conn, seq, sched_ns)
     }
 
     /// Whether permessage-deflate was negotiated.

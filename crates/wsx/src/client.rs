@@ -15,6 +15,13 @@ use crate::rng::{handshake_key, OsRandom};
 use crate::server::read_head;
 use crate::{Error, MaybeTlsStream, WebSocket, WebSocketConfig};
 
+/// The rustls configuration of a `wss://` connection (uninhabited without TLS, where `wss://`
+/// fails before connecting).
+#[cfg(feature = "tls")]
+type RustlsConfig = std::sync::Arc<rustls::ClientConfig>;
+#[cfg(not(feature = "tls"))]
+type RustlsConfig = std::convert::Infallible;
+
 /// How a `wss://` connection sets up TLS.
 #[cfg(feature = "tls")]
 #[derive(Debug, Clone, Default)]
@@ -58,6 +65,27 @@ pub struct ClientBuilder {
     proxy: ProxyConfig,
     #[cfg(feature = "tls")]
     tls: TlsSetting,
+    #[cfg(feature = "http2")]
+    http2: Http2Settings,
+}
+
+/// What [`ClientBuilder::http2`] and its siblings set.
+#[cfg(feature = "http2")]
+#[derive(Debug, Clone, Default)]
+struct Http2Settings {
+    mode: crate::h2::Http2Mode,
+    fallback: crate::h2::Http2Fallback,
+    config: crate::h2::Http2Config,
+}
+
+/// Where `connect` goes, for a second connection (the HTTP/1.1 fallback).
+#[cfg_attr(not(feature = "http2"), allow(dead_code))]
+struct Target {
+    host: String,
+    port: u16,
+    scheme: &'static str,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
 }
 
 impl ClientBuilder {
@@ -71,7 +99,69 @@ impl ClientBuilder {
             proxy: ProxyConfig::default(),
             #[cfg(feature = "tls")]
             tls: TlsSetting::Default,
+            #[cfg(feature = "http2")]
+            http2: Http2Settings::default(),
         }
+    }
+
+    /// Whether to carry the WebSocket over HTTP/2 (RFC 8441; feature `http2`). Default
+    /// [`Http2Mode::Off`](crate::h2::Http2Mode::Off): HTTP/1.1 only.
+    ///
+    /// With [`Http2Mode::Prefer`](crate::h2::Http2Mode::Prefer), a `wss://` connection offers
+    /// ALPN `h2,http/1.1` (through the proxy's tunnel too: TLS runs end to end), waits for the
+    /// server's SETTINGS within the handshake timeout, and opens the WebSocket as an extended
+    /// CONNECT stream when the server enabled it; it continues as HTTP/1.1 on the same
+    /// connection when the server chose `http/1.1` (or no protocol), and opens a new HTTP/1.1
+    /// connection when the server chose `h2` without enabling WebSockets on it (see
+    /// [`http2_fallback`](Self::http2_fallback)). `ws://` stays HTTP/1.1 unless the mode is
+    /// [`Http2Mode::Only`](crate::h2::Http2Mode::Only) (h2c with prior knowledge).
+    ///
+    /// Over HTTP/2 the WebSocket's stream is [`MaybeTlsStream::Http2`] and the response's
+    /// version is `HTTP/2.0`; the response's extensions say which way it went
+    /// ([`Http2Outcome`](crate::h2::Http2Outcome)). The HTTP/2 connection carries this one
+    /// WebSocket and ends with it (for several WebSockets on one connection, see
+    /// [`crate::h2`]).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), wsx::Error> {
+    /// use wsx::h2::{Http2Mode, Http2Outcome};
+    ///
+    /// let (ws, response) = wsx::ClientBuilder::new("wss://example.com/feed")
+    ///     .http2(Http2Mode::Prefer)
+    ///     .connect()
+    ///     .await?;
+    /// match response.extensions().get::<Http2Outcome>() {
+    ///     Some(Http2Outcome::Http2 { stream_id }) => println!("HTTP/2, stream {stream_id}"),
+    ///     _ => println!("HTTP/1.1"),
+    /// }
+    /// assert_eq!(ws.get_ref().is_http2(), response.version() == http::Version::HTTP_2);
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "http2")]
+    pub fn http2(mut self, mode: crate::h2::Http2Mode) -> Self {
+        self.http2.mode = mode;
+        self
+    }
+
+    /// What [`Http2Mode::Prefer`](crate::h2::Http2Mode::Prefer) does when the server chose
+    /// `h2` by ALPN but did not advertise `SETTINGS_ENABLE_CONNECT_PROTOCOL`: open a new
+    /// HTTP/1.1 connection ([`Http2Fallback::Http1`](crate::h2::Http2Fallback::Http1), the
+    /// default) or fail with [`HandshakeError::ConnectProtocolDisabled`]
+    /// ([`Http2Fallback::Fail`](crate::h2::Http2Fallback::Fail)).
+    #[cfg(feature = "http2")]
+    pub fn http2_fallback(mut self, fallback: crate::h2::Http2Fallback) -> Self {
+        self.http2.fallback = fallback;
+        self
+    }
+
+    /// The HTTP/2 connection's windows and send buffer (see
+    /// [`Http2Config`](crate::h2::Http2Config); its `handshake_timeout` is not used here: the
+    /// builder's [`handshake_timeout`](Self::handshake_timeout) bounds the whole `connect`).
+    /// Checked by `connect` ([`Error::Config`]) when HTTP/2 is on.
+    #[cfg(feature = "http2")]
+    pub fn http2_config(mut self, config: crate::h2::Http2Config) -> Self {
+        self.http2.config = config;
+        self
     }
 
     /// TLS settings for `wss://`: trust roots, extra CAs, a client certificate (see
@@ -221,6 +311,10 @@ impl ClientBuilder {
     pub async fn connect(self) -> Result<(WebSocket<MaybeTlsStream>, Response<()>), Error> {
         self.check_headers()?;
         self.config.proto.validate()?;
+        #[cfg(feature = "http2")]
+        if self.http2.mode != crate::h2::Http2Mode::Off {
+            self.http2.config.validate()?;
+        }
         let uri = parse_url(&self.url)?;
         let secure = match uri.scheme_str() {
             Some("wss") => true,
@@ -231,27 +325,110 @@ impl ClientBuilder {
         let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
         let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
         #[cfg(feature = "tls")]
-        let tls = if secure { Some(self.rustls_config().await?) } else { None };
+        let tls: Option<RustlsConfig> = if secure { Some(self.rustls_config().await?) } else { None };
         #[cfg(not(feature = "tls"))]
-        if secure {
-            return Err(crate::TlsError::NotBuiltIn.into());
-        }
+        let tls: Option<RustlsConfig> = if secure { return Err(crate::TlsError::NotBuiltIn.into()) } else { None };
         let timeout = self.config.proto.handshake_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
+        let scheme = if secure { "wss" } else { "ws" };
+        let target = Target { host, port, scheme, deadline, timeout };
         let fut = async move {
-            let limits = &self.config.proto.handshake;
-            let scheme = if secure { "wss" } else { "ws" };
-            let tcp = proxy::connect(&self.proxy, scheme, &host, port, limits, deadline, timeout).await?;
-            #[cfg(feature = "tls")]
+            let tcp = self.tcp(&target).await?;
+            #[cfg(feature = "http2")]
+            if self.http2.mode != crate::h2::Http2Mode::Off {
+                return self.connect_http2(tcp, tls, &target, &uri).await;
+            }
             let stream = match tls {
-                Some(config) => MaybeTlsStream::Tls(Box::new(crate::tls::connect(config, &host, tcp).await?)),
+                #[cfg(feature = "tls")]
+                Some(config) => MaybeTlsStream::Tls(Box::new(crate::tls::connect(config, &target.host, tcp).await?)),
+                #[cfg(not(feature = "tls"))]
+                Some(never) => match never {},
                 None => MaybeTlsStream::Plain(tcp),
             };
-            #[cfg(not(feature = "tls"))]
-            let stream = MaybeTlsStream::Plain(tcp);
             self.handshake_on(stream, &uri).await
         };
         tokio::time::timeout_at(deadline, fut).await.map_err(|_| Error::HandshakeTimeout(timeout))?
+    }
+
+    /// The TCP connection to `target`, directly or through the proxy.
+    async fn tcp(&self, target: &Target) -> Result<tokio::net::TcpStream, Error> {
+        let limits = &self.config.proto.handshake;
+        proxy::connect(&self.proxy, target.scheme, &target.host, target.port, limits, target.deadline, target.timeout)
+            .await
+    }
+
+    /// `connect` with an [`Http2Mode`](crate::h2::Http2Mode) other than `Off`, once `tcp` is
+    /// connected (see [`http2`](Self::http2) for the rules).
+    #[cfg(feature = "http2")]
+    async fn connect_http2(
+        self,
+        tcp: tokio::net::TcpStream,
+        tls: Option<RustlsConfig>,
+        target: &Target,
+        uri: &Uri,
+    ) -> Result<(WebSocket<MaybeTlsStream>, Response<()>), Error> {
+        use crate::h2::{Http2Connection, Http2Mode, Http2Outcome};
+        let peer = tcp.peer_addr().ok();
+        let only = self.http2.mode == Http2Mode::Only;
+        let Some(tls) = tls else {
+            if !only {
+                return with_outcome(self.handshake_on(MaybeTlsStream::Plain(tcp), uri).await, Http2Outcome::Http1);
+            }
+            let h2 = Http2Connection::start(tcp, &self.http2.config, Some(false)).await?.with_peer_addr(peer);
+            return self.open_http2(h2).await;
+        };
+        #[cfg(not(feature = "tls"))]
+        {
+            let _ = target; // only the TLS fallback reconnects
+            match tls {}
+        }
+        #[cfg(feature = "tls")]
+        {
+            use crate::tls::{ALPN_H2, ALPN_HTTP1};
+            let offer = if only { vec![ALPN_H2.to_vec()] } else { vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()] };
+            let stream = crate::tls::connect(with_alpn(&tls, offer), &target.host, tcp).await?;
+            let alpn = stream.get_ref().1.alpn_protocol();
+            if alpn != Some(ALPN_H2) {
+                if only {
+                    let chosen = alpn.map(|a| String::from_utf8_lossy(a).into_owned());
+                    return Err(crate::h2::Http2Error::NotNegotiated(chosen).into());
+                }
+                tracing::debug!("the server chose HTTP/1.1 by ALPN");
+                let stream = MaybeTlsStream::Tls(Box::new(stream));
+                return with_outcome(self.handshake_on(stream, uri).await, Http2Outcome::Http1);
+            }
+            match Http2Connection::start(stream, &self.http2.config, Some(true)).await {
+                Ok(h2) => self.open_http2(h2.with_peer_addr(peer)).await,
+                Err(Error::Handshake(HandshakeError::ConnectProtocolDisabled))
+                    if !only && self.http2.fallback == crate::h2::Http2Fallback::Http1 =>
+                {
+                    tracing::debug!(
+                        "the server chose h2 without SETTINGS_ENABLE_CONNECT_PROTOCOL: a new HTTP/1.1 connection"
+                    );
+                    let tcp = self.tcp(target).await?;
+                    let stream =
+                        crate::tls::connect(with_alpn(&tls, vec![ALPN_HTTP1.to_vec()]), &target.host, tcp).await?;
+                    let stream = MaybeTlsStream::Tls(Box::new(stream));
+                    with_outcome(self.handshake_on(stream, uri).await, Http2Outcome::Http1Fallback)
+                }
+                Err(e) => Err(e),
+            }
+        }
+    }
+
+    /// Opens the WebSocket on `h2`, which carries it alone.
+    #[cfg(feature = "http2")]
+    async fn open_http2(
+        self,
+        h2: crate::h2::Http2Connection,
+    ) -> Result<(WebSocket<MaybeTlsStream>, Response<()>), Error> {
+        let (ws, mut response) =
+            h2.open_as(&self.url, self.request, &self.config, |stream| MaybeTlsStream::Http2(Box::new(stream))).await?;
+        if let Some(stream) = ws.get_ref().http2_stream() {
+            let outcome = crate::h2::Http2Outcome::Http2 { stream_id: stream.stream_id() };
+            response.extensions_mut().insert(outcome);
+        }
+        Ok((ws, response))
     }
 
     /// The rustls configuration for a `wss://` connection.
@@ -365,6 +542,26 @@ async fn read_error_body<S: AsyncRead + Unpin>(
     })
     .await;
     body.freeze()
+}
+
+/// `result`'s response with `outcome` in its extensions.
+#[cfg(feature = "http2")]
+fn with_outcome(
+    result: Result<(WebSocket<MaybeTlsStream>, Response<()>), Error>,
+    outcome: crate::h2::Http2Outcome,
+) -> Result<(WebSocket<MaybeTlsStream>, Response<()>), Error> {
+    result.map(|(ws, mut response)| {
+        response.extensions_mut().insert(outcome);
+        (ws, response)
+    })
+}
+
+/// A copy of `config` offering the ALPN protocols `alpn`.
+#[cfg(all(feature = "http2", feature = "tls"))]
+fn with_alpn(config: &RustlsConfig, alpn: Vec<Vec<u8>>) -> RustlsConfig {
+    let mut config = (**config).clone();
+    config.alpn_protocols = alpn;
+    std::sync::Arc::new(config)
 }
 
 fn parse_url(url: &str) -> Result<Uri, Error> {

@@ -60,12 +60,18 @@
 //!
 //! The server side, on the `h2` crate directly, is [`server`]; on hyper, [`wsx::hyper`](crate::hyper).
 //!
-//! Not here yet: proxies (the connection is a direct TCP connection), and falling back to
-//! HTTP/1.1 in [`ClientBuilder`](crate::ClientBuilder).
+//! # From `ClientBuilder`
+//!
+//! [`ClientBuilder::http2`](crate::ClientBuilder::http2) makes `connect()` try HTTP/2 first
+//! ([`Http2Mode`]), through the builder's proxy if it has one, and fall back to HTTP/1.1 as
+//! [`Http2Fallback`] says; the response's extensions carry an [`Http2Outcome`] saying which
+//! protocol carried the WebSocket. [`connect`] and `connect_tls` here connect directly (no
+//! proxy); use `ClientBuilder` for one WebSocket through a proxy.
 
 pub mod server;
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -106,12 +112,78 @@ pub struct Http2Config {
     pub max_send_buffer: usize,
     /// How long the HTTP/2 handshake may take, the server's SETTINGS included (and the TCP and
     /// TLS handshakes in [`connect`] and `connect_tls`). Default 10 s; above 0.
+    /// [`ClientBuilder`](crate::ClientBuilder) does not use it: its own handshake timeout
+    /// bounds its whole `connect`.
     pub handshake_timeout: Duration,
 }
 
 /// The largest HTTP/2 flow-control window, 2^31 − 1 bytes (RFC 9113 §6.9.1): the most
 /// [`Http2Config::stream_window`] and [`Http2Config::connection_window`] may be.
 pub const MAX_WINDOW: u32 = (1 << 31) - 1;
+
+/// Whether [`ClientBuilder::connect`](crate::ClientBuilder::connect) uses HTTP/2 (set with
+/// [`ClientBuilder::http2`](crate::ClientBuilder::http2)).
+///
+/// | mode | `wss://` | `ws://` |
+/// | --- | --- | --- |
+/// | `Off` (default) | ALPN `http/1.1`, HTTP/1.1 | HTTP/1.1 |
+/// | `Prefer` | ALPN `h2,http/1.1`: the server's choice (see below) | HTTP/1.1 (no h2c: a cleartext server would not expect HTTP/2 unasked) |
+/// | `Only` | ALPN `h2`; anything else is [`Http2Error::NotNegotiated`] | HTTP/2 with prior knowledge (h2c) |
+///
+/// With `Prefer`, when the server chooses `h2` the client waits for its SETTINGS (within
+/// the builder's handshake timeout): if they enable the extended CONNECT protocol
+/// (`SETTINGS_ENABLE_CONNECT_PROTOCOL`, RFC 8441), the WebSocket is a stream of that
+/// connection; if not, [`Http2Fallback`] decides (a new HTTP/1.1 connection by default). When
+/// the server chooses `http/1.1`, or no protocol, the WebSocket is an HTTP/1.1 upgrade on
+/// that same TLS connection. With `Only`, a server without the setting is
+/// [`HandshakeError::ConnectProtocolDisabled`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Http2Mode {
+    /// HTTP/1.1 only.
+    #[default]
+    Off,
+    /// HTTP/2 for `wss://` when the server offers it by ALPN and accepts WebSockets on it;
+    /// HTTP/1.1 otherwise, and always for `ws://`.
+    Prefer,
+    /// HTTP/2 only: ALPN `h2` for `wss://`, prior knowledge (h2c) for `ws://`. Never falls back.
+    Only,
+}
+
+/// What [`Http2Mode::Prefer`] does when the server chose `h2` by ALPN but did not enable the
+/// extended CONNECT protocol (set with
+/// [`ClientBuilder::http2_fallback`](crate::ClientBuilder::http2_fallback)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Http2Fallback {
+    /// Close that connection and open a new one (TCP, through the proxy if any, and TLS with
+    /// ALPN `http/1.1` only) for an HTTP/1.1 upgrade. The default: a browser does the same.
+    #[default]
+    Http1,
+    /// Fail with [`HandshakeError::ConnectProtocolDisabled`] (one connection, no second try).
+    Fail,
+}
+
+/// Which protocol carried a WebSocket that
+/// [`ClientBuilder::connect`](crate::ClientBuilder::connect) opened with an [`Http2Mode`]
+/// other than `Off`: in the extensions of the response it returns
+/// (`response.extensions().get::<Http2Outcome>()`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Http2Outcome {
+    /// HTTP/2: the WebSocket is the extended CONNECT stream with this id
+    /// (`MaybeTlsStream::Http2`; the response's version is `HTTP/2.0`).
+    Http2 {
+        /// The HTTP/2 stream's id.
+        stream_id: u32,
+    },
+    /// HTTP/1.1 on the same connection: the server chose `http/1.1` by ALPN (or no protocol),
+    /// or the URL is `ws://` with [`Http2Mode::Prefer`].
+    Http1,
+    /// HTTP/1.1 on a second connection: the server chose `h2` but did not enable the extended
+    /// CONNECT protocol ([`Http2Fallback::Http1`]).
+    Http1Fallback,
+}
 
 impl Http2Config {
     /// Checks that the settings can be used: windows from 1 to [`MAX_WINDOW`], a send buffer
@@ -174,6 +246,8 @@ pub struct Http2Connection {
     /// then takes `wss://` URLs only, or `ws://` only. `None` after `handshake` on a stream
     /// the caller made.
     secure: Option<bool>,
+    /// The TCP peer's address, when we made the connection (through a proxy: the proxy's).
+    peer_addr: Option<SocketAddr>,
 }
 
 /// Opens an HTTP/2 connection to the server of `url` for WebSockets: `ws://` over TCP with
@@ -195,7 +269,8 @@ pub async fn connect(url: &str, config: &Http2Config) -> Result<Http2Connection,
         }
         within(config.handshake_timeout, async {
             let tcp = target.tcp().await?;
-            Http2Connection::start(tcp, config, Some(false)).await
+            let peer = tcp.peer_addr().ok();
+            Ok(Http2Connection::start(tcp, config, Some(false)).await?.with_peer_addr(peer))
         })
         .await
     }
@@ -225,7 +300,8 @@ pub async fn connect_tls(
     };
     within(config.handshake_timeout, async {
         let tcp = target.tcp().await?;
-        match rustls_config {
+        let peer = tcp.peer_addr().ok();
+        let connection = match rustls_config {
             None => Http2Connection::start(tcp, config, Some(false)).await,
             Some(rustls_config) => {
                 let stream = crate::tls::connect(rustls_config, &target.host, tcp).await?;
@@ -236,7 +312,8 @@ pub async fn connect_tls(
                 }
                 Http2Connection::start(stream, config, Some(true)).await
             }
-        }
+        };
+        Ok(connection?.with_peer_addr(peer))
     })
     .await
 }
@@ -297,7 +374,9 @@ impl Http2Connection {
         within(config.handshake_timeout, Self::start(io, config, None)).await
     }
 
-    async fn start<S>(io: S, config: &Http2Config, secure: Option<bool>) -> Result<Self, Error>
+    /// [`handshake`](Self::handshake) without the timeout (the caller's bounds it), for a
+    /// connection we made: `secure` says whether it is over TLS.
+    pub(crate) async fn start<S>(io: S, config: &Http2Config, secure: Option<bool>) -> Result<Self, Error>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -324,7 +403,13 @@ impl Http2Connection {
         if !send.is_extended_connect_protocol_enabled() {
             return Err(HandshakeError::ConnectProtocolDisabled.into());
         }
-        Ok(Self { send, secure })
+        Ok(Self { send, secure, peer_addr: None })
+    }
+
+    /// Records the TCP peer's address, for [`Http2Stream::peer_addr`].
+    pub(crate) fn with_peer_addr(mut self, peer_addr: Option<SocketAddr>) -> Self {
+        self.peer_addr = peer_addr;
+        self
     }
 
     /// Whether the server has advertised `SETTINGS_ENABLE_CONNECT_PROTOCOL` (it has, for a
@@ -358,6 +443,18 @@ impl Http2Connection {
         request: ClientRequestConfig,
         config: &WebSocketConfig,
     ) -> Result<(WebSocket<Http2Stream>, Response<()>), Error> {
+        self.open_as(url, request, config, |stream| stream).await
+    }
+
+    /// [`open`](Self::open), with the stream wrapped by `wrap` (into a `MaybeTlsStream`, for
+    /// `ClientBuilder`).
+    pub(crate) async fn open_as<T: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        url: &str,
+        request: ClientRequestConfig,
+        config: &WebSocketConfig,
+        wrap: fn(Http2Stream) -> T,
+    ) -> Result<(WebSocket<T>, Response<()>), Error> {
         config.proto.validate()?;
         let uri: Uri = url.parse().map_err(|e| Error::InvalidUrl(format!("{url}: {e}")))?;
         let wants_tls = match uri.scheme_str() {
@@ -384,14 +481,15 @@ impl Http2Connection {
         }
         let handshake = ConnectHandshake::new(&uri, request)?;
         let timeout = config.proto.handshake_timeout;
-        within(timeout, self.open_stream(handshake, config)).await
+        within(timeout, self.open_stream(handshake, config, wrap)).await
     }
 
-    async fn open_stream(
+    async fn open_stream<T: AsyncRead + AsyncWrite + Unpin>(
         &self,
         handshake: ConnectHandshake,
         config: &WebSocketConfig,
-    ) -> Result<(WebSocket<Http2Stream>, Response<()>), Error> {
+        wrap: fn(Http2Stream) -> T,
+    ) -> Result<(WebSocket<T>, Response<()>), Error> {
         let mut send = self.send.clone().ready().await.map_err(h2_error)?;
         if !send.is_extended_connect_protocol_enabled() {
             return Err(HandshakeError::ConnectProtocolDisabled.into());
@@ -431,9 +529,13 @@ impl Http2Connection {
                 }
             }
         }
-        let stream = Http2Stream::new(send_stream, body);
-        let ws = WebSocket::from_parts(stream, conn, BytesMut::new(), outcome.protocol, outcome.extensions);
-        Ok((ws, outcome.response))
+        let mut stream = Http2Stream::new(send_stream, body);
+        stream.secure = self.secure;
+        stream.peer_addr = self.peer_addr;
+        let ws = WebSocket::from_parts(wrap(stream), conn, BytesMut::new(), outcome.protocol, outcome.extensions);
+        let mut response = outcome.response;
+        *response.version_mut() = http::Version::HTTP_2;
+        Ok((ws, response))
     }
 }
 
@@ -474,16 +576,34 @@ pub struct Http2Stream {
     pending: Bytes,
     /// END_STREAM has been sent.
     ended: bool,
+    /// Whether the connection is over TLS, when we made it.
+    secure: Option<bool>,
+    /// The connection's TCP peer, when we made it.
+    peer_addr: Option<SocketAddr>,
 }
 
 impl Http2Stream {
     fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
-        Self { send, recv, pending: Bytes::new(), ended: false }
+        Self { send, recv, pending: Bytes::new(), ended: false, secure: None, peer_addr: None }
     }
 
     /// The HTTP/2 stream's id (odd: the client opened it).
     pub fn stream_id(&self) -> u32 {
         self.send.stream_id().into()
+    }
+
+    /// Whether the HTTP/2 connection is over TLS: `Some` when wsx made the connection
+    /// ([`connect`], `connect_tls`, [`ClientBuilder`](crate::ClientBuilder)), `None` after
+    /// [`Http2Connection::handshake`] on a stream of the caller's.
+    pub fn is_tls(&self) -> Option<bool> {
+        self.secure
+    }
+
+    /// The address of the HTTP/2 connection's TCP peer (through a proxy, the proxy's), when
+    /// wsx made the connection; `None` after [`Http2Connection::handshake`]. The TCP stream
+    /// itself belongs to the connection's task, shared by all its streams.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer_addr
     }
 }
 

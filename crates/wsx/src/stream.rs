@@ -1,6 +1,8 @@
-//! [`MaybeTlsStream`]: the transport of a client connection, TCP or TLS over TCP.
+//! [`MaybeTlsStream`]: the transport of a client connection: TCP, TLS over TCP, or (feature
+//! `http2`) a stream of an HTTP/2 connection.
 
 use std::io::IoSlice;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -8,8 +10,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// The stream under a client's [`WebSocket`](crate::WebSocket): plain TCP for `ws://`, TLS for
-/// `wss://` (the TCP stream may be a tunnel through a proxy). Reads and writes go straight to
-/// the variant; vectored writes stay vectored.
+/// `wss://` (the TCP stream may be a tunnel through a proxy), or an HTTP/2 stream when
+/// [`ClientBuilder::http2`](crate::ClientBuilder::http2) is on and the server accepted the
+/// WebSocket over HTTP/2. Reads and writes go straight to the variant; vectored writes stay
+/// vectored.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum MaybeTlsStream {
@@ -19,31 +23,80 @@ pub enum MaybeTlsStream {
     /// not pay for it).
     #[cfg(feature = "tls")]
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// An extended CONNECT stream (RFC 8441) of an HTTP/2 connection, over TLS for `wss://`
+    /// (or h2c with [`Http2Mode::Only`](crate::h2::Http2Mode::Only) for `ws://`). The TCP and
+    /// TLS streams belong to the connection's task, which lives as long as this stream.
+    #[cfg(feature = "http2")]
+    Http2(Box<crate::h2::Http2Stream>),
 }
 
 impl MaybeTlsStream {
-    /// The TCP stream underneath (for its addresses and socket options).
-    pub fn tcp(&self) -> &TcpStream {
+    /// The TCP stream underneath (for its addresses and socket options); `None` over HTTP/2,
+    /// whose TCP connection belongs to the connection's task (see
+    /// [`peer_addr`](Self::peer_addr)).
+    pub fn tcp(&self) -> Option<&TcpStream> {
         match self {
-            Self::Plain(tcp) => tcp,
+            Self::Plain(tcp) => Some(tcp),
             #[cfg(feature = "tls")]
-            Self::Tls(tls) => tls.get_ref().0,
+            Self::Tls(tls) => Some(tls.get_ref().0),
+            #[cfg(feature = "http2")]
+            Self::Http2(_) => None,
+        }
+    }
+
+    /// The address of the TCP peer: the server's, or the proxy's when the connection goes
+    /// through one. Over HTTP/2, the address recorded when the connection was made.
+    pub fn peer_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            #[cfg(feature = "http2")]
+            Self::Http2(h2) => h2.peer_addr().ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::NotFound, "the HTTP/2 connection's peer address is not known")
+            }),
+            other => match other.tcp() {
+                Some(tcp) => tcp.peer_addr(),
+                None => Err(std::io::ErrorKind::NotConnected.into()),
+            },
         }
     }
 
     /// Whether the connection is encrypted.
     pub fn is_tls(&self) -> bool {
-        !matches!(self, Self::Plain(_))
+        match self {
+            Self::Plain(_) => false,
+            #[cfg(feature = "tls")]
+            Self::Tls(_) => true,
+            #[cfg(feature = "http2")]
+            Self::Http2(h2) => h2.is_tls() == Some(true),
+        }
     }
 
     /// The TLS session (negotiated version, cipher suite, ALPN, the server's certificates), for
-    /// `wss://`.
+    /// `wss://` over HTTP/1.1; `None` over HTTP/2 (the session belongs to the connection's
+    /// task).
     #[cfg(feature = "tls")]
     pub fn tls_session(&self) -> Option<&rustls::ClientConnection> {
         match self {
             Self::Tls(tls) => Some(tls.get_ref().1),
-            Self::Plain(_) => None,
+            _ => None,
         }
+    }
+
+    /// The HTTP/2 stream carrying the WebSocket (its id, its connection's peer), when it is one.
+    #[cfg(feature = "http2")]
+    pub fn http2_stream(&self) -> Option<&crate::h2::Http2Stream> {
+        match self {
+            Self::Http2(h2) => Some(h2),
+            _ => None,
+        }
+    }
+
+    /// Whether the WebSocket is carried by an HTTP/2 stream (always `false` without the
+    /// feature `http2`).
+    pub fn is_http2(&self) -> bool {
+        #[cfg(feature = "http2")]
+        return matches!(self, Self::Http2(_));
+        #[cfg(not(feature = "http2"))]
+        false
     }
 }
 
@@ -53,6 +106,8 @@ macro_rules! each {
             MaybeTlsStream::Plain($s) => $e,
             #[cfg(feature = "tls")]
             MaybeTlsStream::Tls($s) => $e,
+            #[cfg(feature = "http2")]
+            MaybeTlsStream::Http2($s) => $e,
         }
     };
 }
@@ -81,6 +136,8 @@ impl AsyncWrite for MaybeTlsStream {
             Self::Plain(s) => s.is_write_vectored(),
             #[cfg(feature = "tls")]
             Self::Tls(s) => s.is_write_vectored(),
+            #[cfg(feature = "http2")]
+            Self::Http2(s) => s.is_write_vectored(),
         }
     }
 

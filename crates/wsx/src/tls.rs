@@ -102,7 +102,7 @@ pub fn provider() -> Arc<CryptoProvider> {
         .clone()
 }
 
-const ALPN_HTTP1: &[u8] = b"http/1.1";
+pub(crate) const ALPN_HTTP1: &[u8] = b"http/1.1";
 /// The ALPN name of HTTP/2 over TLS (RFC 9113 §3.2).
 #[cfg(feature = "http2")]
 pub(crate) const ALPN_H2: &[u8] = b"h2";

@@ -39,7 +39,7 @@ async fn round_trip(ws: &mut WebSocket<MaybeTlsStream>) {
 
 /// The port of the client's TCP peer: the proxy's when tunnelled, the server's when direct.
 fn peer_port(ws: &WebSocket<MaybeTlsStream>) -> u16 {
-    ws.get_ref().tcp().peer_addr().expect("peer_addr").port()
+    ws.get_ref().peer_addr().expect("peer_addr").port()
 }
 
 /// Connects to `target` through `proxy` (a URL) and returns the error, which must be a proxy error.

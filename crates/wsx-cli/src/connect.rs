@@ -31,6 +31,7 @@ use anyhow::{bail, Context as _};
 use bytes::Bytes;
 use clap::Args;
 use tokio::sync::{mpsc, Notify};
+use wsx::h2::{Http2Mode, Http2Outcome};
 use wsx::proto::deflate::DeflateConfig;
 use wsx::tls::ClientTls;
 use wsx::MaybeTlsStream;
@@ -250,6 +251,19 @@ pub struct ConnectArgs {
     /// Connect directly, ignoring the proxy environment variables.
     #[arg(long)]
     no_proxy: bool,
+    /// wss://: carry the WebSocket over HTTP/2 (RFC 8441) when the server allows it.
+    ///
+    /// Offers ALPN h2 and http/1.1. If the server chooses h2 and advertises
+    /// SETTINGS_ENABLE_CONNECT_PROTOCOL, the WebSocket is an extended CONNECT stream of that
+    /// connection; if it chooses h2 without the setting, wsx opens a new connection for HTTP/1.1;
+    /// if it chooses http/1.1, the same connection goes on as HTTP/1.1. -v says which. Through a
+    /// proxy too (TLS runs inside the tunnel). ws:// URLs stay HTTP/1.1 (see --http2-only).
+    #[arg(long, conflicts_with = "http2_only")]
+    http2: bool,
+    /// HTTP/2 or nothing: wss:// offers ALPN h2 only, ws:// speaks HTTP/2 in cleartext with prior
+    /// knowledge (h2c); a server without WebSockets over HTTP/2 is an error (exit status 1).
+    #[arg(long)]
+    http2_only: bool,
     /// Reconnect after an abnormal end or a transient refusal, with backoff.
     ///
     /// Reconnects when the connection ends without a closing handshake (1006: dropped, no pong,
@@ -452,6 +466,11 @@ fn builder(args: &ConnectArgs, url: &str) -> anyhow::Result<ClientBuilder> {
     }
     if args.no_proxy {
         builder = builder.no_proxy();
+    }
+    if args.http2 {
+        builder = builder.http2(Http2Mode::Prefer);
+    } else if args.http2_only {
+        builder = builder.http2(Http2Mode::Only);
     }
     let mut config = WebSocketConfig::default();
     config.proto.max_message_size = args.max_message_size;
@@ -868,10 +887,16 @@ fn announce(
         }
         ui.note(Kind::Plain, &head);
     }
+    let stream = ws.get_ref().http2_stream().map(|s| s.stream_id());
+    if args.verbose {
+        ui.note(Kind::Info, &carried_by(stream, response.extensions().get::<Http2Outcome>()));
+    }
     ui.note_event(&Event::Open {
         url,
         protocol: ws.protocol(),
         extensions: ws.extensions(),
+        http: if stream.is_some() { "2" } else { "1.1" },
+        stream,
         response: (args.include || args.verbose).then_some(response),
     });
     if interactive || args.verbose || reconnected {
@@ -887,6 +912,20 @@ fn announce(
         if interactive && !reconnected {
             ui.note(Kind::Plain, "type a message and Enter to send it; /help lists the commands; Ctrl-D closes");
         }
+    }
+}
+
+/// The line of `-v` that says which protocol carried the WebSocket: HTTP/2 (with the stream's
+/// id) or HTTP/1.1, and why HTTP/1.1 when HTTP/2 was asked for.
+fn carried_by(stream: Option<u32>, outcome: Option<&Http2Outcome>) -> String {
+    match (stream, outcome) {
+        (Some(id), _) => format!("connected over HTTP/2 (extended CONNECT, stream {id})"),
+        (None, Some(Http2Outcome::Http1Fallback)) => "connected over HTTP/1.1 (fallback: the server chose HTTP/2 \
+             but does not accept WebSockets over it (no SETTINGS_ENABLE_CONNECT_PROTOCOL), so a new \
+             connection was opened)"
+            .to_owned(),
+        (None, Some(_)) => "connected over HTTP/1.1 (the server did not choose HTTP/2)".to_owned(),
+        (None, None) => "connected over HTTP/1.1".to_owned(),
     }
 }
 

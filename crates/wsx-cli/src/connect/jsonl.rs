@@ -43,8 +43,10 @@ JSON lines (--jsonl):
   stdout has one JSON object per line for every event, nothing else; the human-readable status
   lines still go to stderr. Every object has \"type\" and \"ts\" (RFC 3339, UTC, milliseconds,
   e.g. \"2026-11-30T13:52:10.123Z\"); durations are milliseconds, binary data is base64.
-    open       url, protocol (string|null), extensions (string|null); with -i or -v also
-               status (101) and headers (object: lower-case name -> value)
+    open       url, protocol (string|null), extensions (string|null), http (\"1.1\"|\"2\": the
+               HTTP version that carried the WebSocket), stream (the HTTP/2 stream id|null);
+               with -i or -v also status (101; 200 over HTTP/2) and headers (object:
+               lower-case name -> value)
     text       data (string)
     binary     data (base64), length (bytes)
     ping, pong direction (\"sent\"|\"received\"), data (base64), text (the payload if UTF-8, else
@@ -85,6 +87,10 @@ pub enum Event<'a> {
         url: &'a str,
         protocol: Option<&'a str>,
         extensions: Option<&'a str>,
+        /// The HTTP version that carried the WebSocket: `"1.1"` or `"2"`.
+        http: &'static str,
+        /// The HTTP/2 stream's id.
+        stream: Option<u32>,
         /// The response (with `-i`/`-v`).
         response: Option<&'a http::Response<()>>,
     },
@@ -133,9 +139,14 @@ impl<'a> Event<'a> {
     pub fn to_line(&self, now: chrono::DateTime<chrono::Utc>) -> String {
         let ts = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let (kind, fields): (&str, Vec<(&str, Value)>) = match self {
-            Event::Open { url, protocol, extensions, response } => {
-                let mut fields =
-                    vec![("url", json!(url)), ("protocol", json!(protocol)), ("extensions", json!(extensions))];
+            Event::Open { url, protocol, extensions, http, stream, response } => {
+                let mut fields = vec![
+                    ("url", json!(url)),
+                    ("protocol", json!(protocol)),
+                    ("extensions", json!(extensions)),
+                    ("http", json!(http)),
+                    ("stream", json!(stream)),
+                ];
                 if let Some(response) = response {
                     fields.push(("status", json!(response.status().as_u16())));
                     fields.push(("headers", headers(response.headers())));

@@ -132,8 +132,12 @@ fn check_event(line: &str) -> Value {
             assert!(string("url").starts_with("ws://"), "{line}");
             string_or_null("protocol");
             string_or_null("extensions");
+            let http = string("http");
+            assert!(http == "1.1" || http == "2", "{line}");
+            number_or_null("stream");
+            assert_eq!(http == "2", obj.get("stream").is_some_and(Value::is_number), "{line}");
             if let Some(status) = obj.get("status") {
-                assert_eq!(status.as_u64(), Some(101), "{line}");
+                assert_eq!(status.as_u64(), Some(if http == "2" { 200 } else { 101 }), "{line}");
                 assert!(obj.get("headers").is_some_and(Value::is_object), "{line}");
             }
         }

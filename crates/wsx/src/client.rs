@@ -374,8 +374,8 @@ impl ClientBuilder {
             if !only {
                 return with_outcome(self.handshake_on(MaybeTlsStream::Plain(tcp), uri).await, Http2Outcome::Http1);
             }
-            let h2 = Http2Connection::start(tcp, &self.http2.config, Some(false)).await?.with_peer_addr(peer);
-            return self.open_http2(h2).await;
+            let h2 = Http2Connection::start_owned(tcp, &self.http2.config, Some(false)).await?;
+            return self.open_http2(h2, peer).await;
         };
         #[cfg(not(feature = "tls"))]
         {
@@ -397,8 +397,8 @@ impl ClientBuilder {
                 let stream = MaybeTlsStream::Tls(Box::new(stream));
                 return with_outcome(self.handshake_on(stream, uri).await, Http2Outcome::Http1);
             }
-            match Http2Connection::start(stream, &self.http2.config, Some(true)).await {
-                Ok(h2) => self.open_http2(h2.with_peer_addr(peer)).await,
+            match Http2Connection::start_owned(stream, &self.http2.config, Some(true)).await {
+                Ok(h2) => self.open_http2(h2, peer).await,
                 Err(Error::Handshake(HandshakeError::ConnectProtocolDisabled))
                     if !only && self.http2.fallback == crate::h2::Http2Fallback::Http1 =>
                 {
@@ -420,10 +420,16 @@ impl ClientBuilder {
     #[cfg(feature = "http2")]
     async fn open_http2(
         self,
-        h2: crate::h2::Http2Connection,
+        (h2, task): (crate::h2::Http2Connection, tokio::task::JoinHandle<()>),
+        peer: Option<std::net::SocketAddr>,
     ) -> Result<(WebSocket<MaybeTlsStream>, Response<()>), Error> {
-        let (ws, mut response) =
-            h2.open_as(&self.url, self.request, &self.config, |stream| MaybeTlsStream::Http2(Box::new(stream))).await?;
+        let h2 = h2.with_peer_addr(peer);
+        let wrap = move |mut stream: crate::h2::Http2Stream| {
+            // This WebSocket is the connection's only user: closing it closes the connection.
+            stream.own_connection(task);
+            MaybeTlsStream::Http2(Box::new(stream))
+        };
+        let (ws, mut response) = h2.open_as(&self.url, self.request, &self.config, wrap).await?;
         if let Some(stream) = ws.get_ref().http2_stream() {
             let outcome = crate::h2::Http2Outcome::Http2 { stream_id: stream.stream_id() };
             response.extensions_mut().insert(outcome);

@@ -70,6 +70,7 @@
 
 pub mod server;
 
+use std::future::Future as _;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -380,6 +381,20 @@ impl Http2Connection {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        Ok(Self::start_owned(io, config, secure).await?.0)
+    }
+
+    /// [`start`](Self::start), and the connection's task, which ends once the connection is
+    /// closed and everything queued is written (for a WebSocket that is the connection's only
+    /// user: [`Http2Stream::own_connection`]).
+    pub(crate) async fn start_owned<S>(
+        io: S,
+        config: &Http2Config,
+        secure: Option<bool>,
+    ) -> Result<(Self, tokio::task::JoinHandle<()>), Error>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let (send, mut connection) = h2::client::Builder::new()
             .initial_window_size(config.stream_window)
             .initial_connection_window_size(config.connection_window)
@@ -389,7 +404,7 @@ impl Http2Connection {
             .await
             .map_err(h2_error)?;
         let ping = connection.ping_pong();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "HTTP/2 connection ended");
             }
@@ -403,7 +418,7 @@ impl Http2Connection {
         if !send.is_extended_connect_protocol_enabled() {
             return Err(HandshakeError::ConnectProtocolDisabled.into());
         }
-        Ok(Self { send, secure, peer_addr: None })
+        Ok((Self { send, secure, peer_addr: None }, task))
     }
 
     /// Records the TCP peer's address, for [`Http2Stream::peer_addr`].
@@ -453,7 +468,7 @@ impl Http2Connection {
         url: &str,
         request: ClientRequestConfig,
         config: &WebSocketConfig,
-        wrap: fn(Http2Stream) -> T,
+        wrap: impl FnOnce(Http2Stream) -> T,
     ) -> Result<(WebSocket<T>, Response<()>), Error> {
         config.proto.validate()?;
         let uri: Uri = url.parse().map_err(|e| Error::InvalidUrl(format!("{url}: {e}")))?;
@@ -488,7 +503,7 @@ impl Http2Connection {
         &self,
         handshake: ConnectHandshake,
         config: &WebSocketConfig,
-        wrap: fn(Http2Stream) -> T,
+        wrap: impl FnOnce(Http2Stream) -> T,
     ) -> Result<(WebSocket<T>, Response<()>), Error> {
         let mut send = self.send.clone().ready().await.map_err(h2_error)?;
         if !send.is_extended_connect_protocol_enabled() {
@@ -570,8 +585,10 @@ const MAX_WRITE_RESERVE: usize = 1 << 20;
 /// the shutdown resets the stream (RST_STREAM CANCEL).
 #[derive(Debug)]
 pub struct Http2Stream {
-    send: SendStream<Bytes>,
-    recv: RecvStream,
+    /// `None` once a stream that owns its connection has shut down (see `own_connection`).
+    send: Option<SendStream<Bytes>>,
+    recv: Option<RecvStream>,
+    id: u32,
     /// A DATA frame's bytes not read yet.
     pending: Bytes,
     /// END_STREAM has been sent.
@@ -580,16 +597,37 @@ pub struct Http2Stream {
     secure: Option<bool>,
     /// The connection's TCP peer, when we made it.
     peer_addr: Option<SocketAddr>,
+    /// The connection's task, when this stream is the connection's only user: the shutdown
+    /// then closes the connection and waits for this task, so that END_STREAM and GOAWAY are
+    /// written before the shutdown returns (a program that exits right after `close` would
+    /// otherwise end the TCP connection with them unsent).
+    connection_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Http2Stream {
     fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
-        Self { send, recv, pending: Bytes::new(), ended: false, secure: None, peer_addr: None }
+        let id = send.stream_id().into();
+        Self {
+            send: Some(send),
+            recv: Some(recv),
+            id,
+            pending: Bytes::new(),
+            ended: false,
+            secure: None,
+            peer_addr: None,
+            connection_task: None,
+        }
+    }
+
+    /// Makes this stream the owner of its connection, whose task is `task` (see
+    /// `connection_task`).
+    pub(crate) fn own_connection(&mut self, task: tokio::task::JoinHandle<()>) {
+        self.connection_task = Some(task);
     }
 
     /// The HTTP/2 stream's id (odd: the client opened it).
     pub fn stream_id(&self) -> u32 {
-        self.send.stream_id().into()
+        self.id
     }
 
     /// Whether the HTTP/2 connection is over TLS: `Some` when wsx made the connection
@@ -655,8 +693,11 @@ fn reset(reason: h2::Reason) -> io::Error {
 impl AsyncRead for Http2Stream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        let Some(recv) = this.recv.as_mut() else {
+            return Poll::Ready(Ok(())); // shut down, after the end of the peer's side
+        };
         while this.pending.is_empty() {
-            match ready!(this.recv.poll_data(cx)) {
+            match ready!(recv.poll_data(cx)) {
                 None => return Poll::Ready(Ok(())),
                 Some(Ok(data)) => this.pending = data,
                 Some(Err(e)) => return Poll::Ready(Err(stream_error(e))),
@@ -667,7 +708,7 @@ impl AsyncRead for Http2Stream {
         this.pending.advance(n);
         // The window opens again as the WebSocket takes the bytes: a stream nobody reads keeps
         // its window shut, and the server stops sending on it.
-        let _ = this.recv.flow_control().release_capacity(n);
+        let _ = recv.flow_control().release_capacity(n);
         Poll::Ready(Ok(()))
     }
 }
@@ -678,18 +719,19 @@ impl AsyncWrite for Http2Stream {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        if this.ended {
-            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-        }
+        let send = match this.send.as_mut() {
+            Some(send) if !this.ended => send,
+            _ => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+        };
         // Ask for room for this write (on top of what h2 still buffers), then wait for some.
-        this.send.reserve_capacity(buf.len().min(MAX_WRITE_RESERVE));
-        while this.send.capacity() == 0 {
-            match ready!(this.send.poll_capacity(cx)) {
+        send.reserve_capacity(buf.len().min(MAX_WRITE_RESERVE));
+        while send.capacity() == 0 {
+            match ready!(send.poll_capacity(cx)) {
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Poll::Ready(Err(stream_error(e))),
                 None => {
                     // The stream can no longer send: reset by the peer, or the connection is gone.
-                    return Poll::Ready(Err(match this.send.poll_reset(cx) {
+                    return Poll::Ready(Err(match send.poll_reset(cx) {
                         Poll::Ready(Ok(reason)) => reset(reason),
                         Poll::Ready(Err(e)) => stream_error(e),
                         Poll::Pending => {
@@ -699,8 +741,8 @@ impl AsyncWrite for Http2Stream {
                 }
             }
         }
-        let n = this.send.capacity().min(buf.len());
-        this.send.send_data(Bytes::copy_from_slice(&buf[..n]), false).map_err(stream_error)?;
+        let n = send.capacity().min(buf.len());
+        send.send_data(Bytes::copy_from_slice(&buf[..n]), false).map_err(stream_error)?;
         Poll::Ready(Ok(n))
     }
 
@@ -709,13 +751,24 @@ impl AsyncWrite for Http2Stream {
         Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if !this.ended {
             this.ended = true;
-            // The release of any capacity still reserved, and END_STREAM.
-            this.send.reserve_capacity(0);
-            this.send.send_data(Bytes::new(), true).map_err(stream_error)?;
+            if let Some(send) = this.send.as_mut() {
+                // The release of any capacity still reserved, and END_STREAM.
+                send.reserve_capacity(0);
+                send.send_data(Bytes::new(), true).map_err(stream_error)?;
+            }
+        }
+        if let Some(task) = this.connection_task.as_mut() {
+            // The connection's only user lets go of it: h2 then sends GOAWAY, writes what is
+            // queued (END_STREAM included) and ends the task. The caller bounds the wait (the
+            // WebSocket's close timeout).
+            this.send = None;
+            this.recv = None;
+            let _ = ready!(Pin::new(task).poll(cx));
+            this.connection_task = None;
         }
         Poll::Ready(Ok(()))
     }

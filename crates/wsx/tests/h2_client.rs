@@ -330,3 +330,66 @@ async fn h2_through_an_http_connect_proxy() {
     })
     .await;
 }
+
+/// A WebSocket from `ClientBuilder` is its HTTP/2 connection's only user: once `close` returns,
+/// END_STREAM (and the connection's end) has been written, even if the program stops right
+/// after. The client runs on a runtime of its own that is dropped as soon as `close` returns;
+/// a raw h2 server (h2c) echoes the close frame, ends its side, and must then see END_STREAM,
+/// not a reset or a connection cut short.
+#[tokio::test]
+async fn close_writes_end_stream_before_it_returns() {
+    deadline(async {
+        let (listener, addr) = common::listen().await;
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let mut conn = h2::server::Builder::new()
+                .enable_connect_protocol()
+                .handshake::<_, bytes::Bytes>(tcp)
+                .await
+                .expect("h2");
+            let (request, mut respond) = conn.accept().await.expect("a request").expect("request");
+            // Drive the connection; its end (the client's GOAWAY and EOF) is the task's result.
+            let driver = tokio::spawn(async move { while let Some(Ok(_)) = conn.accept().await {} });
+            let mut body = request.into_body();
+            let mut stream = respond.send_response(Response::new(()), false).expect("200");
+            let mut buf = bytes::BytesMut::new();
+            let mut echoed = false;
+            let end = loop {
+                match body.data().await {
+                    Some(Ok(chunk)) => {
+                        let _ = body.flow_control().release_capacity(chunk.len());
+                        buf.extend_from_slice(&chunk);
+                        // The client's masked close frame, whole: echo its code, end our side.
+                        let want = 2 + 4 + usize::from(buf.get(1).map_or(0x7f, |b| b & 0x7f));
+                        if !echoed && buf.len() >= want {
+                            echoed = true;
+                            assert_eq!(buf[0], 0x88, "a close frame");
+                            let mut close = vec![0x88, 2];
+                            close.extend_from_slice(&4001u16.to_be_bytes());
+                            stream.send_data(bytes::Bytes::from(close), true).expect("close echo and END_STREAM");
+                        }
+                    }
+                    Some(Err(e)) => break Err(e),
+                    None => break Ok(()),
+                }
+            };
+            let _ = driver.await;
+            end
+        });
+        let url = format!("ws://{addr}/");
+        let client = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            runtime.block_on(async {
+                let (mut ws, _) =
+                    ClientBuilder::new(url).no_proxy().http2(Http2Mode::Only).connect().await.expect("connect");
+                let echo = ws.close(CloseCode(4001), "bye").await.expect("close");
+                assert_eq!(echo.map(|f| u16::from(f.code)), Some(4001));
+            });
+            // The runtime, and any task of the connection's left in it, is dropped here.
+        });
+        tokio::task::spawn_blocking(move || client.join()).await.expect("join").expect("client thread");
+        let end = within(Duration::from_secs(5), "the server's view", server).await.expect("server");
+        end.expect("END_STREAM from the client, not a reset or a cut connection");
+    })
+    .await;
+}

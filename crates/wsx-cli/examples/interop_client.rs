@@ -3,8 +3,10 @@
 //! every echo byte for byte.
 //!
 //! Usage: `interop_client URL [--deflate | --no-deflate] [--expect-deflate] [--cacert FILE]
-//! [--untrusted-cacert FILE] [--plain-refused-url URL2]`
+//! [--untrusted-cacert FILE] [--plain-refused-url URL2] [--http2]`
 //!
+//! - `--http2`: every WebSocket must be carried by HTTP/2 (RFC 8441; `Http2Mode::Only`: ALPN
+//!   `h2` for `wss://`, prior knowledge for `ws://`), each on a stream of its own connection.
 //! - `--deflate` offers permessage-deflate (default: `--no-deflate`, no offer).
 //! - `--expect-deflate`: the server must accept it; without it, no extension may be agreed.
 //! - `--cacert FILE`: for a `wss://` URL (required there): trust only the CA certificates of
@@ -29,6 +31,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use wsx::h2::Http2Mode;
 use wsx::proto::deflate::DeflateConfig;
 use wsx::tls::ClientTls;
 use wsx::{ClientBuilder, CloseCode, Message, TlsError, WebSocket, WebSocketConfig};
@@ -49,7 +52,7 @@ const CLOSE_COMMAND: &str = "close 4002 bye from server";
 const SERVER_PING: &[u8] = b"ping from server";
 
 const USAGE: &str = "usage: interop_client URL [--deflate | --no-deflate] [--expect-deflate] [--cacert FILE] \
-                     [--untrusted-cacert FILE] [--plain-refused-url URL2]";
+                     [--untrusted-cacert FILE] [--plain-refused-url URL2] [--http2]";
 
 #[derive(Debug)]
 struct Args {
@@ -59,6 +62,7 @@ struct Args {
     cacert: Option<PathBuf>,
     untrusted_cacert: Option<PathBuf>,
     plain_refused_url: Option<String>,
+    http2: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -68,6 +72,7 @@ fn parse_args() -> Result<Args, String> {
     let mut cacert = None;
     let mut untrusted_cacert = None;
     let mut plain_refused_url = None;
+    let mut http2 = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
@@ -78,6 +83,7 @@ fn parse_args() -> Result<Args, String> {
             "--cacert" => cacert = Some(PathBuf::from(value("--cacert")?)),
             "--untrusted-cacert" => untrusted_cacert = Some(PathBuf::from(value("--untrusted-cacert")?)),
             "--plain-refused-url" => plain_refused_url = Some(value("--plain-refused-url")?),
+            "--http2" => http2 = true,
             a if a.starts_with("--") => return Err(format!("unknown option {a}")),
             a if url.is_none() => url = Some(a.to_owned()),
             a => return Err(format!("unexpected argument {a}")),
@@ -92,7 +98,7 @@ fn parse_args() -> Result<Args, String> {
     if !tls && (cacert.is_some() || untrusted_cacert.is_some() || plain_refused_url.is_some()) {
         return Err(format!("--cacert, --untrusted-cacert and --plain-refused-url need a wss:// URL, not {url}"));
     }
-    Ok(Args { url, deflate, expect_deflate, cacert, untrusted_cacert, plain_refused_url })
+    Ok(Args { url, deflate, expect_deflate, cacert, untrusted_cacert, plain_refused_url, http2 })
 }
 
 /// A client configuration that trusts only the CA certificates of `file`.
@@ -250,8 +256,10 @@ struct Run {
     args: Args,
     /// Payloads of the pings the server sent us.
     server_pings: Vec<Bytes>,
-    /// The TLS version and cipher suite of the last connection, for `wss://`.
+    /// The TLS version and cipher suite of the last connection, for `wss://` over HTTP/1.1.
     tls: Option<String>,
+    /// The HTTP/2 stream of the last WebSocket, with `--http2`.
+    http2: Option<String>,
 }
 
 impl Run {
@@ -259,7 +267,7 @@ impl Run {
     /// certificate as signed by an unknown issuer. Returns what happened, for the summary.
     async fn untrusted_ca_refused(&self, ca: &std::path::Path) -> Check<String> {
         let what = format!("a connection trusting only --untrusted-cacert {}", ca.display());
-        let connect = ClientBuilder::new(&self.args.url).tls(trust_only("--untrusted-cacert", ca)?).connect();
+        let connect = self.builder().tls(trust_only("--untrusted-cacert", ca)?).connect();
         match tokio::time::timeout(REFUSAL_DEADLINE, connect).await {
             Err(_) => Err(format!("{what}: neither refused nor connected in {REFUSAL_DEADLINE:?}")),
             Ok(Ok(_)) => Err(format!("{what}: connected: the server's certificate was not verified")),
@@ -279,10 +287,20 @@ impl Run {
         }
     }
 
+    /// A builder for the URL: HTTP/2 only with `--http2`.
+    fn builder(&self) -> ClientBuilder {
+        let builder = ClientBuilder::new(&self.args.url);
+        if self.args.http2 {
+            builder.http2(Http2Mode::Only)
+        } else {
+            builder
+        }
+    }
+
     async fn connect(&mut self) -> Check<Ws> {
         let mut config = WebSocketConfig::default();
         config.deflate = self.args.deflate.then(DeflateConfig::default);
-        let mut builder = ClientBuilder::new(&self.args.url).config(config);
+        let mut builder = self.builder().config(config);
         if let Some(ca) = &self.args.cacert {
             builder = builder.tls(trust_only("--cacert", ca)?);
         }
@@ -294,6 +312,15 @@ impl Run {
                 self.args.url,
                 if ws.get_ref().is_tls() { "TLS" } else { "not TLS" }
             ));
+        }
+        match (self.args.http2, ws.get_ref().http2_stream()) {
+            (true, Some(stream)) => {
+                let over = if want_tls { "TLS with ALPN h2" } else { "h2c" };
+                self.http2 = Some(format!("HTTP/2 ({over}, extended CONNECT, stream {})", stream.stream_id()));
+            }
+            (true, None) => return Err(format!("connect to {}: not carried by HTTP/2", self.args.url)),
+            (false, Some(_)) => return Err(format!("connect to {}: carried by HTTP/2 unasked", self.args.url)),
+            (false, None) => {}
         }
         if let Some(session) = ws.get_ref().tls_session() {
             let version = session.protocol_version().map_or("no version".into(), |v| format!("{v:?}"));
@@ -460,7 +487,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut run = Run { args, server_pings: Vec::new(), tls: None };
+    let mut run = Run { args, server_pings: Vec::new(), tls: None, http2: None };
     let result = async {
         // The refusals first: a peer server counts only the connections that got through.
         let mut refusals = Vec::new();
@@ -472,10 +499,11 @@ async fn main() -> ExitCode {
         }
         let (extensions, echoed) = run.first_connection().await?;
         run.second_connection().await?;
-        // Nothing to add for ws://: the line stays what it was before TLS.
-        let tls = match &run.tls {
-            Some(session) => {
-                let parts: Vec<String> = std::iter::once(format!("TLS: {session}")).chain(refusals).collect();
+        // Nothing to add for ws:// over HTTP/1.1: the line stays what it was before TLS.
+        let carrier = run.tls.as_ref().map(|session| format!("TLS: {session}")).or(run.http2.clone());
+        let tls = match carrier {
+            Some(carrier) => {
+                let parts: Vec<String> = std::iter::once(carrier).chain(refusals).collect();
                 format!("; {}", parts.join(", "))
             }
             None => String::new(),

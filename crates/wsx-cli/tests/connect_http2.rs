@@ -1,9 +1,11 @@
 //! `wsx connect --http2` against an HTTP/2 server (hyper's, with the extended CONNECT protocol
 //! enabled or not, over TLS offering ALPN h2 and http/1.1): `-v` and `--jsonl` say which
-//! protocol carried the WebSocket, and a fallback to HTTP/1.1 is said.
+//! protocol carried the WebSocket, and a fallback to HTTP/1.1 is said. And end to end against
+//! `wsx serve` over HTTP/2, whose log says how the WebSocket arrived.
 
 #[path = "../../wsx/tests/common/certs.rs"]
 mod certs;
+mod common;
 
 use std::convert::Infallible;
 use std::io::Write as _;
@@ -196,4 +198,26 @@ fn http2_falls_back_to_http1_and_says_so() {
     let run = wsx(&["--http2-only", "--no-proxy", "--cacert", &ca, &url], b"");
     assert_eq!(run.code, Some(1), "{}", run.stderr);
     assert!(run.stderr.contains("SETTINGS_ENABLE_CONNECT_PROTOCOL"), "{}", run.stderr);
+}
+
+/// `wsx connect --http2` against `wsx serve --tls-self-signed` (h2 on its TLS port): the
+/// WebSocket is stream 1 for the client and `http="2"` for the server, and closes with 1000;
+/// with `wsx serve --no-http2` the same command connects over HTTP/1.1 on the same connection.
+#[test]
+fn http2_against_wsx_serve() {
+    let server = common::Server::start(&["--tls-self-signed"]);
+    let url = format!("wss://{}/echo", server.addr);
+    let run = wsx(&["--http2", "--no-proxy", "-k", "-v", &url], b"to wsx serve over h2\n");
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(run.stdout, "to wsx serve over h2\n");
+    assert!(run.stderr.contains("connected over HTTP/2 (extended CONNECT, stream 1)"), "{}", run.stderr);
+    server.expect_log(&["open", "path=\"/echo\"", "http=\"2\""]);
+    server.expect_log(&["closed", "code=1000"]);
+
+    let server = common::Server::start(&["--tls-self-signed", "--no-http2"]);
+    let url = format!("wss://{}/echo", server.addr);
+    let run = wsx(&["--http2", "--no-proxy", "-k", "-v", &url], b"over HTTP/1.1\n");
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(run.stderr.contains("connected over HTTP/1.1 (the server did not choose HTTP/2)"), "{}", run.stderr);
+    server.expect_log(&["open", "path=\"/echo\"", "http=\"1.1\""]);
 }

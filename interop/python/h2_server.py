@@ -249,8 +249,6 @@ class Server:
             return self.refuse(conn, event.stream_id, 501, f":protocol {protocol} is not implemented")
         if fields.get("sec-websocket-version") != ["13"]:
             return self.refuse(conn, event.stream_id, 400, "sec-websocket-version must be 13")
-        if "sec-websocket-extensions" in fields:
-            pass  # no extension is accepted: the 200 names none
         self.count += 1
         ws = WebSocketStream(self, conn, event.stream_id, f"WebSocket {self.count}")
         streams[event.stream_id] = ws

@@ -63,6 +63,9 @@ Examples:
       TLS with a private CA (besides the system's roots) and a client certificate.
   wsx connect --proxy http://user:password@proxy.corp:3128 wss://host/feed
       Through an HTTP proxy (CONNECT); socks5h://host:1080 for a SOCKS5 proxy.
+  wsx connect --http2 -v wss://host/feed
+      The WebSocket as a stream of an HTTP/2 connection (RFC 8441) when the server allows it,
+      else HTTP/1.1; -v says which protocol carried it.
   wsx connect -r --preamble '{\"op\":\"subscribe\"}' wss://host/feed
       Stay connected: after a drop, a restart (1012) or a 5xx, reconnect with backoff and
       subscribe again.

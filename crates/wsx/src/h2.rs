@@ -583,6 +583,11 @@ const MAX_WRITE_RESERVE: usize = 1 << 20;
 /// (the peer's window, and at most [`Http2Config::max_send_buffer`] buffered in h2) and copies
 /// as much of its bytes as that capacity allows; shutdown sends END_STREAM. Dropping it before
 /// the shutdown resets the stream (RST_STREAM CANCEL).
+///
+/// A stream that [`ClientBuilder`](crate::ClientBuilder) opened is its connection's only user:
+/// its shutdown also closes the connection (GOAWAY) and returns once that is written, which
+/// waits for the peer to take the bytes (the WebSocket bounds it by its close timeout; bound it
+/// yourself when you shut the stream down directly).
 #[derive(Debug)]
 pub struct Http2Stream {
     /// `None` once a stream that owns its connection has shut down (see `own_connection`).

@@ -129,7 +129,7 @@ pub const MAX_WINDOW: u32 = (1 << 31) - 1;
 /// | --- | --- | --- |
 /// | `Off` (default) | ALPN `http/1.1`, HTTP/1.1 | HTTP/1.1 |
 /// | `Prefer` | ALPN `h2,http/1.1`: the server's choice (see below) | HTTP/1.1 (no h2c: a cleartext server would not expect HTTP/2 unasked) |
-/// | `Only` | ALPN `h2`; anything else is [`Http2Error::NotNegotiated`] | HTTP/2 with prior knowledge (h2c) |
+/// | `Only` | ALPN `h2`; no protocol chosen is [`Http2Error::NotNegotiated`] (a server with ALPN but not `h2` refuses the TLS handshake: `Error::Tls`) | HTTP/2 with prior knowledge (h2c) |
 ///
 /// With `Prefer`, when the server chooses `h2` the client waits for its SETTINGS (within
 /// the builder's handshake timeout): if they enable the extended CONNECT protocol

@@ -393,3 +393,46 @@ async fn close_writes_end_stream_before_it_returns() {
     })
     .await;
 }
+
+/// Dropping a `ClientBuilder` WebSocket over HTTP/2 without its close handshake resets its
+/// stream (RST_STREAM CANCEL), as for `Http2Connection::open`, and the connection then ends.
+#[tokio::test]
+async fn dropping_the_websocket_resets_its_stream_and_ends_the_connection() {
+    deadline(async {
+        let (listener, addr) = common::listen().await;
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let mut conn = h2::server::Builder::new()
+                .enable_connect_protocol()
+                .handshake::<_, bytes::Bytes>(tcp)
+                .await
+                .expect("h2");
+            let (request, mut respond) = conn.accept().await.expect("a request").expect("request");
+            let driver = tokio::spawn(async move { while let Some(Ok(_)) = conn.accept().await {} });
+            let _stream = respond.send_response(Response::new(()), false).expect("200");
+            let mut body = request.into_body();
+            let end = loop {
+                match body.data().await {
+                    Some(Ok(chunk)) => {
+                        let _ = body.flow_control().release_capacity(chunk.len());
+                    }
+                    Some(Err(e)) => break Some(e),
+                    None => break None,
+                }
+            };
+            within(Duration::from_secs(5), "the connection's end", driver).await.expect("driver");
+            end
+        });
+        let (ws, _) = ClientBuilder::new(format!("ws://{addr}/"))
+            .no_proxy()
+            .http2(Http2Mode::Only)
+            .connect()
+            .await
+            .expect("connect");
+        drop(ws);
+        let end = within(Duration::from_secs(5), "the server's view", server).await.expect("server");
+        let reason = end.and_then(|e| e.reason());
+        assert_eq!(reason, Some(h2::Reason::CANCEL), "expected RST_STREAM CANCEL");
+    })
+    .await;
+}

@@ -38,7 +38,7 @@ fn compressed_when_deflate_is_on_and_read_back_whole() {
     let config = DeflateConfig::default();
     let offer = config.client_offer();
     let (params, response) = config.server_negotiate(std::slice::from_ref(&offer)).expect("negotiated");
-    assert_eq!(config.client_accept(&response).unwrap(), Some(params.clone()));
+    assert_eq!(config.client_accept(&response).unwrap(), Some(params));
     let mut p = Pair::default();
     p.client.conn.set_deflate(PerMessageDeflate::new(&params, false, config.level, config.compression_threshold));
     p.server.conn.set_deflate(PerMessageDeflate::new(&params, true, config.level, config.compression_threshold));

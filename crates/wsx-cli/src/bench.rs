@@ -179,6 +179,12 @@ pub struct Common {
     /// wss://: do not verify the server's certificate (development only).
     #[arg(short = 'k', long)]
     insecure: bool,
+    /// WebSockets over HTTP/2 (RFC 8441 extended CONNECT): `wss://` with ALPN h2, `ws://` as
+    /// h2c; a server that does not take them fails the connection (no fallback to HTTP/1.1).
+    /// Each WebSocket has its own HTTP/2 connection, unless `bench echo
+    /// --streams-per-connection` shares them.
+    #[arg(long)]
+    http2: bool,
     /// The server's process id (same machine): report its CPU time per message (or handshake)
     /// and its memory (resident set) from /proc. Several, comma separated (the nodes of a
     /// cluster, their broker): their sums.
@@ -243,7 +249,23 @@ impl Common {
         config.proto.handshake_timeout = self.timeout;
         config.proto.close_timeout = Duration::from_secs(2).min(self.timeout);
         config.proto.write_timeout = Some(self.timeout);
+        if self.http2 {
+            b = b.http2(wsx::h2::Http2Mode::Only);
+        }
         Ok(b.config(config).tls(self.tls()?))
+    }
+
+    /// The request settings of `builder` for a WebSocket opened on a shared HTTP/2 connection
+    /// (`bench echo --streams-per-connection`): the headers and subprotocols given.
+    fn request_config(&self) -> anyhow::Result<wsx::proto::handshake::ClientRequestConfig> {
+        let mut request = wsx::proto::handshake::ClientRequestConfig::default();
+        for (name, value) in crate::connect::parse_headers(&self.headers)? {
+            let name = http::HeaderName::from_bytes(name.as_bytes()).context("--header")?;
+            let value = http::HeaderValue::from_str(&value).context("--header")?;
+            request.headers.append(name, value);
+        }
+        request.protocols = self.subprotocols.clone();
+        Ok(request)
     }
 
     /// When connection `id` (of all the run's, counted from 0) should start opening, after the
@@ -665,6 +687,7 @@ mod tests {
             subprotocols: Vec::new(),
             cacert: None,
             insecure: false,
+            http2: false,
             server_pid: Vec::new(),
             json: None,
             fail_if: Vec::new(),

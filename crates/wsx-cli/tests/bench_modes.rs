@@ -434,3 +434,33 @@ fn echo_counts_messages_it_never_sent_without_losing_count_of_its_own() {
         assert_eq!(out.status.code(), Some(1));
     }
 }
+
+/// `bench echo --http2 --streams-per-connection`: 40 WebSockets as streams of two HTTP/2
+/// connections to `wsx serve` over TLS (the server's log counts 20 per connection), every echo
+/// checked; without the flag, each WebSocket has a connection of its own.
+#[test]
+fn echo_over_http2_shares_connections() {
+    let server = Server::start(&["--tls-self-signed", "--echo"]);
+    let url = format!("wss://localhost:{}/", server.addr.port());
+    let args = ["-k", "--http2", "--streams-per-connection", "20", "--conns", "40", "--size", "200"];
+    let (out, j) = bench("echo", &url, &[&args[..], &["--depth", "2", "--duration", "1", "--warmup", "0.2"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(num(&j, &["messages"]) > 100.0, "{j}");
+    assert_eq!(num(&j, &["error_count"]), 0.0, "{j}");
+    let per_conn = |log: &[String]| {
+        let mut counts = std::collections::BTreeMap::new();
+        for line in log.iter().filter(|l| l.contains(" open ") && l.contains("http=\"2\"")) {
+            let conn = line.split("conn=").nth(1).and_then(|s| s.split_whitespace().next()).unwrap_or("").to_owned();
+            *counts.entry(conn).or_insert(0) += 1;
+        }
+        counts.into_values().collect::<Vec<usize>>()
+    };
+    assert_eq!(per_conn(&server.log.lock().unwrap()), [20, 20]);
+
+    let server = Server::start(&["--tls-self-signed", "--echo"]);
+    let url = format!("wss://localhost:{}/", server.addr.port());
+    let (out, _) =
+        bench("echo", &url, &["-k", "--http2", "--conns", "3", "--size", "200", "--duration", "0.5", "--warmup", "0"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(per_conn(&server.log.lock().unwrap()), [1, 1, 1]);
+}

@@ -29,6 +29,11 @@ pub struct EchoArgs {
     /// Open loop: messages per second in total, on a fixed schedule spread over the connections.
     #[arg(short = 'r', long)]
     rate: Option<f64>,
+    /// With --http2: WebSockets per HTTP/2 connection, each its own stream (e.g. --conns 1000
+    /// --streams-per-connection 1000: one connection carries them all). Default 1: a connection
+    /// each.
+    #[arg(long, default_value_t = 1, requires = "http2", value_name = "N")]
+    streams_per_connection: usize,
     #[command(flatten)]
     payload: PayloadArgs,
     #[command(flatten)]
@@ -72,7 +77,20 @@ pub fn run(args: EchoArgs) -> anyhow::Result<std::process::ExitCode> {
             bail!("--rate must be a positive number of messages per second");
         }
     }
+    if args.streams_per_connection == 0 {
+        bail!("--streams-per-connection must be at least 1");
+    }
     let threads = args.common.threads.min(args.conns);
+    let shared_h2 = match args.streams_per_connection {
+        1 => None,
+        per_connection => Some(SharedH2 {
+            url: url.clone(),
+            tls: args.common.tls()?,
+            request: args.common.request_config()?,
+            per_connection,
+            timeout: args.common.timeout,
+        }),
+    };
     let raw = match args.raw {
         false => None,
         true => {
@@ -84,6 +102,8 @@ pub fn run(args: EchoArgs) -> anyhow::Result<std::process::ExitCode> {
     };
     let plan = Arc::new(Plan {
         builder: args.common.builder(&url, config(&args, size))?,
+        config: config(&args, size),
+        shared_h2,
         raw,
         payloads: args.payload.payloads()?,
         depth: args.depth,
@@ -131,9 +151,49 @@ pub fn run(args: EchoArgs) -> anyhow::Result<std::process::ExitCode> {
     super::finish(&report, &args.common)
 }
 
+/// `--streams-per-connection`: WebSockets opened as streams of shared HTTP/2 connections.
+struct SharedH2 {
+    url: String,
+    tls: wsx::tls::ClientTls,
+    request: wsx::proto::handshake::ClientRequestConfig,
+    per_connection: usize,
+    timeout: Duration,
+}
+
+impl SharedH2 {
+    /// A new HTTP/2 connection to the server, its SETTINGS in, within the timeout.
+    async fn connect(&self) -> Result<wsx::h2::Http2Connection, wsx::Error> {
+        let mut config = wsx::h2::Http2Config::default();
+        config.handshake_timeout = self.timeout;
+        if self.url.starts_with("wss://") {
+            wsx::h2::connect_tls(&self.url, &self.tls, &config).await
+        } else {
+            wsx::h2::connect(&self.url, &config).await
+        }
+    }
+
+    /// A WebSocket on `h2`, as the `MaybeTlsStream` the rest of the generator drives.
+    async fn open(
+        &self,
+        h2: &wsx::h2::Http2Connection,
+        config: &WebSocketConfig,
+    ) -> Result<Wire<MaybeTlsStream>, wsx::Error> {
+        let (ws, _) = h2.open(&self.url, self.request.clone(), config).await?;
+        let protocol = ws.protocol().map(str::to_owned);
+        let extensions = ws.extensions().map(str::to_owned);
+        let (stream, conn, leftover) = ws.into_parts();
+        let ws =
+            wsx::WebSocket::from_parts(MaybeTlsStream::Http2(Box::new(stream)), conn, leftover, protocol, extensions);
+        Ok(Wire::new(ws))
+    }
+}
+
 /// What every connection task needs to know.
 struct Plan {
     builder: ClientBuilder,
+    /// The connection settings (for WebSockets on shared HTTP/2 connections).
+    config: WebSocketConfig,
+    shared_h2: Option<SharedH2>,
     /// `--raw`: the byte echo's address, and the connection settings.
     raw: Option<(String, WebSocketConfig)>,
     payloads: Payloads,
@@ -161,14 +221,28 @@ async fn worker(plan: Arc<Plan>, mut thread: Thread) {
     let stats = thread.stats.clone();
     let opened = Instant::now();
     let mut connecting = tokio::task::JoinSet::new();
-    for id in (thread.index..plan.conns).step_by(thread.threads) {
+    // --streams-per-connection: this thread's WebSockets share HTTP/2 connections, made by the
+    // first of each group to need one (a failed one fails its whole group).
+    let mine = (thread.index..plan.conns).step_by(thread.threads).count();
+    let group_count = plan.shared_h2.as_ref().map_or(0, |h2| mine.div_ceil(h2.per_connection));
+    let groups: Arc<Vec<tokio::sync::OnceCell<Result<wsx::h2::Http2Connection, String>>>> =
+        Arc::new((0..group_count).map(|_| tokio::sync::OnceCell::new()).collect());
+    for (position, id) in (thread.index..plan.conns).step_by(thread.threads).enumerate() {
         let plan = plan.clone();
+        let groups = groups.clone();
         let at = opened + plan.common.connect_delay(id);
         connecting.spawn(async move {
             tokio::time::sleep_until(at.into()).await;
-            let conn = match &plan.raw {
-                None => plan.builder.clone().connect().await.map(|(ws, _)| Wire::new(ws)),
-                Some((addr, config)) => {
+            let conn = match (&plan.raw, &plan.shared_h2) {
+                (None, Some(shared)) => {
+                    let group = &groups[position / shared.per_connection];
+                    match group.get_or_init(|| async { shared.connect().await.map_err(|e| e.to_string()) }).await {
+                        Ok(h2) => shared.open(h2, &plan.config).await,
+                        Err(e) => Err(wsx::Error::Io(std::io::Error::other(e.clone()))),
+                    }
+                }
+                (None, None) => plan.builder.clone().connect().await.map(|(ws, _)| Wire::new(ws)),
+                (Some((addr, config)), _) => {
                     let connecting = super::raw::connect(addr, config);
                     match tokio::time::timeout(plan.timeout, connecting).await {
                         Ok(Ok(wire)) => Ok(wire),

@@ -850,3 +850,76 @@ async fn handshake_rate_per_ip_refuses_with_429() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     drop(connect_from(&server, "127.0.0.1").await);
 }
+
+/// Every answer carries `X-Content-Type-Options: nosniff`, the refusals of the Host check too;
+/// a 304 has no `Content-Length` (RFC 9110 §8.6); a Range gets its 206.
+#[test]
+fn answer_headers_nosniff_304_and_ranges() {
+    let tmp = TempDir::new("headers");
+    write(&tmp.0.join("site/a.txt"), b"0123456789abcdef");
+    let server = Server::start(&["--static", tmp.0.join("site").to_str().unwrap()]);
+    let a = server.addr;
+    let misdirected = raw(a, b"GET / HTTP/1.1\r\nHost: evil.example\r\n\r\n");
+    assert_eq!(misdirected.status, 421);
+    let no_host = raw(a, b"GET / HTTP/1.1\r\n\r\n");
+    assert_eq!(no_host.status, 400);
+    for answer in [&misdirected, &no_host, &get(a, "GET", "/"), &get(a, "GET", "/nope"), &get(a, "GET", "/a.txt")] {
+        assert_eq!(answer.header("x-content-type-options"), Some("nosniff"), "{}", answer.head);
+    }
+    let whole = get(a, "GET", "/a.txt");
+    let modified = whole.header("last-modified").expect("last-modified").to_owned();
+    let request = format!("GET /a.txt HTTP/1.1\r\nHost: {a}\r\nIf-Modified-Since: {modified}\r\n\r\n");
+    let unchanged = raw(a, request.as_bytes());
+    assert_eq!(unchanged.status, 304, "{}", unchanged.head);
+    assert_eq!(unchanged.header("content-length"), None, "{}", unchanged.head);
+    assert!(unchanged.body.is_empty());
+    let request = format!("GET /a.txt HTTP/1.1\r\nHost: {a}\r\nRange: bytes=2-5\r\n\r\n");
+    let range = raw(a, request.as_bytes());
+    assert_eq!((range.status, range.text().as_str()), (206, "2345"), "{}", range.head);
+    assert_eq!(range.header("content-range"), Some("bytes 2-5/16"));
+}
+
+/// A file that grows while it is sent: the answer holds exactly the length its head promised
+/// (the framing stays right).
+#[test]
+fn a_file_changing_while_sent_keeps_the_framing() {
+    let tmp = TempDir::new("growing");
+    let file = tmp.0.join("site/log.txt");
+    write(&file, &vec![b'a'; 8 << 20]);
+    let server = Server::start(&["--static", tmp.0.join("site").to_str().unwrap()]);
+    let mut tcp = TcpStream::connect(server.addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    tcp.write_all(format!("GET /log.txt HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr).as_bytes()).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tcp.read(&mut buf).unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(head.contains("content-length: 8388608"), "{head}");
+    // The head is out; the file grows by 1 MiB before the rest is read.
+    std::fs::OpenOptions::new().append(true).open(&file).unwrap().write_all(&vec![b'b'; 1 << 20]).unwrap();
+    let head_end = head.find("\r\n\r\n").unwrap() + 4;
+    let mut body = buf[head_end..n].to_vec();
+    tcp.read_to_end(&mut body).unwrap();
+    assert_eq!(body.len(), 8 << 20, "the body is the promised 8 MiB");
+    assert!(body.iter().all(|&b| b == b'a'));
+}
+
+/// A file that shrinks while it is sent: the answer ends short (the connection closes before
+/// the promised length) and the log says why.
+#[test]
+fn a_file_shrinking_while_sent_ends_short() {
+    let tmp = TempDir::new("shrinking");
+    let file = tmp.0.join("site/big.bin");
+    write(&file, &vec![7u8; 64 << 20]);
+    let server = Server::start(&["--static", tmp.0.join("site").to_str().unwrap()]);
+    let mut tcp = TcpStream::connect(server.addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    tcp.write_all(format!("GET /big.bin HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr).as_bytes()).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tcp.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("content-length: 67108864"));
+    std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(1 << 20).unwrap();
+    let mut body = Vec::new();
+    let _ = tcp.read_to_end(&mut body);
+    assert!(body.len() < 64 << 20, "{} bytes", body.len());
+    server.expect_log(&["http", "path=\"/big.bin\"", "shrank"]);
+}

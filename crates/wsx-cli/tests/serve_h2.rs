@@ -372,3 +372,43 @@ async fn sigterm_closes_h2_websockets_with_1001() {
     let status = tokio::task::spawn_blocking(move || server.wait(Duration::from_secs(5))).await.unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// The open file descriptors of a process.
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// A client that keeps its window closed cannot hold answers (and their files) for ever: plain
+/// answers and a refusal it does not take within `--http-timeout` drop its connection, and the
+/// files are closed.
+#[tokio::test]
+async fn answers_a_client_does_not_take_drop_the_connection() {
+    let site = TempDir::new("stall");
+    std::fs::write(site.0.join("big.bin"), vec![1u8; 1 << 20]).unwrap();
+    let server = Server::start(&["--tls-self-signed", "--static", site.0.to_str().unwrap(), "--http-timeout", "2"]);
+    let (addr, pid) = (server.addr, server.child.id());
+    let before = fds(pid);
+    let (stream, _) = tls(addr, &[b"h2"]).await;
+    let (send, conn) = h2::client::Builder::new().initial_window_size(0).handshake::<_, Bytes>(stream).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let mut bodies = Vec::new();
+    for _ in 0..20 {
+        let (response, _) = send.send_request(get(addr, "/big.bin", &[]), true).unwrap();
+        send = send.ready().await.unwrap();
+        bodies.push(within(5, "head", response).await.unwrap());
+    }
+    // A refusal too (no sec-websocket-version: 400), its body also held back.
+    let (refused, _) = send.send_request(connect(addr, "/echo", Some("websocket"), &[]), false).unwrap();
+    assert_eq!(within(5, "refusal", refused).await.unwrap().status(), StatusCode::BAD_REQUEST);
+    assert!(fds(pid) >= before + 20, "the 20 files are open while their answers wait");
+    let started = Instant::now();
+    let _ = within(10, "the connection dropped", conn).await;
+    assert!(started.elapsed() >= Duration::from_millis(1500), "dropped early: {:?}", started.elapsed());
+    server.expect_log(&["dropping the HTTP/2 connection", "an answer not taken in time"]);
+    let end = Instant::now() + Duration::from_secs(3);
+    while fds(pid) > before && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(fds(pid) <= before, "files left open: {} > {before}", fds(pid));
+}

@@ -38,7 +38,9 @@
 //! - **Environment**: a clean one (CGI/1.1 and websocketd's names): `PATH`, `HOME`, `LANG`,
 //!   `LC_ALL`, `LC_CTYPE`, `TZ`, `LD_LIBRARY_PATH` and `TMPDIR` when the server has them, plus
 //!   `GATEWAY_INTERFACE=CGI/1.1`, `SERVER_SOFTWARE`, `SERVER_NAME` and `SERVER_PORT` (from the
-//!   `Host` header, else the listening port), `SERVER_PROTOCOL`, `REQUEST_METHOD=GET`,
+//!   `Host` header, over HTTP/2 from `:authority`, else the listening port), `SERVER_PROTOCOL`
+//!   (`HTTP/1.1`, or `HTTP/2.0` for an extended CONNECT), `REQUEST_METHOD` (`GET`, or `CONNECT`
+//!   over HTTP/2), `HTTP_HOST` over HTTP/2 too (from `:authority`),
 //!   `REQUEST_URI` (path and query as sent), `SCRIPT_NAME=/` and `PATH_INFO` (the decoded path)
 //!   as websocketd sets them for a single program, `QUERY_STRING`, `REMOTE_ADDR`, `REMOTE_PORT`,
 //!   `HTTPS=on` with TLS, `WEBSOCKET_PROTOCOL` (the selected subprotocol, empty for none), and
@@ -222,7 +224,9 @@ impl Exec {
         let mut env: Env = Vec::with_capacity(24 + request.headers().len());
         let mut set = |name: &str, value: &[u8]| env.push((OsString::from(name), os_string(value)));
         let uri = request.uri();
-        let host = request.headers().get(::http::header::HOST).map(|h| h.as_bytes()).or(uri.host().map(str::as_bytes));
+        // Over HTTP/2 the name (and port) come from `:authority` (there is no `Host`).
+        let authority = uri.authority().map(|a| a.as_str().as_bytes());
+        let host = request.headers().get(::http::header::HOST).map(|h| h.as_bytes()).or(authority);
         let (name, port) = split_host(host.unwrap_or_default());
         let port = port.map_or_else(|| self.port.to_string(), str::to_owned);
         set("GATEWAY_INTERFACE", b"CGI/1.1");
@@ -264,6 +268,12 @@ impl Exec {
             }
             let var = format!("HTTP_{}", name.as_str().to_ascii_uppercase().replace('-', "_"));
             set(&var, &value);
+        }
+        if !request.headers().contains_key(::http::header::HOST) {
+            if let Some(authority) = authority {
+                // As a CGI program expects it: `:authority` is HTTP/2's `Host`.
+                set("HTTP_HOST", authority);
+            }
         }
         env
     }

@@ -15,13 +15,17 @@
 //! - **Bounds**: at most [`MAX_STREAMS`] streams at once; each stream's receive window is
 //!   [`STREAM_WINDOW`] and the connection's [`CONNECTION_WINDOW`], so one WebSocket whose
 //!   application stops reading holds its own window and not the other streams'; hyper buffers at
-//!   most 400 KiB of output per stream. A plain answer must be sent within 60 s. Keepalive pings
-//!   (`--ping-interval`, `--ping-timeout`) find a vanished client. A connection on which nothing
-//!   is open is closed (GOAWAY) after [`IDLE_TIMEOUT`], or after the handshake timeout when it
-//!   has not sent its first request.
+//!   most [`MAX_SEND_BUFFER`] of output per stream. A plain answer (or refusal) the client does
+//!   not take within `--http-timeout` (60 s) drops the connection (the connection's loop keeps the deadlines:
+//!   hyper waits for window without polling the body, so a body cannot time itself out).
+//!   Keepalive pings (`--ping-interval`, `--ping-timeout`) find a vanished client. A
+//!   connection on which nothing is open is closed (GOAWAY) after [`IDLE_TIMEOUT`], or after
+//!   the handshake timeout when it has not sent its first request; its streams then have
+//!   10 s to end.
 //! - **Shutdown**: GOAWAY, every WebSocket closed with 1001 (as over HTTP/1.1); the connection
-//!   ends when its streams have.
+//!   ends when its streams have (within 10 s; the server's own 2 s grace comes first).
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -31,7 +35,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use std::future::Future as _;
 
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt as _;
@@ -42,7 +45,7 @@ use tokio::task::JoinSet;
 use wsx::hyper::{is_websocket_request, rejection_response, Upgrade};
 use wsx::{Accept, Rejection};
 
-use super::{admit, http, server_route, websocket, Admitted, Io, Opened, Server, HTTP_TIMEOUT};
+use super::{admit, http, server_route, websocket, Admitted, Io, Opened, Server};
 
 /// The most streams (requests and WebSockets) a client may have open at once on a connection.
 pub const MAX_STREAMS: u32 = 256;
@@ -54,22 +57,33 @@ pub const STREAM_WINDOW: u32 = 256 * 1024;
 pub const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 /// How long a connection with nothing open stays open.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Output hyper buffers per stream beyond what the client's window lets out (hyper's default
+/// is 400 KiB; a WebSocket has its own 1 MiB high-water mark on top).
+pub const MAX_SEND_BUFFER: usize = 64 * 1024;
 
 /// Numbers the HTTP/2 connections, for the log.
 static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 
 /// What the requests of a connection tell its loop.
 enum Event {
-    /// A plain request arrived (its answer is being sent until [`Event::Answered`]).
-    Request,
-    /// A plain answer has been sent, or given up.
-    Answered,
+    /// A plain answer (or a refusal) with this number is being sent, and must be sent by this
+    /// deadline.
+    Answering(u64, tokio::time::Instant),
+    /// That answer has been sent, or given up (its body dropped).
+    Answered(u64),
     /// An accepted WebSocket, to run once hyper has sent its `200`.
     WebSocket(Pin<Box<dyn std::future::Future<Output = ()> + Send>>),
 }
 
+/// How long a connection that said GOAWAY may take to end its streams (hyper waits for them):
+/// a client that keeps a window closed cannot hold it open.
+const GOAWAY_GRACE: Duration = Duration::from_secs(10);
+
 /// Serves an HTTP/2 connection over TLS until the client ends it, it is idle, or the server
-/// shuts down (then: GOAWAY, and the WebSockets are closed with 1001).
+/// shuts down (then: GOAWAY, and the WebSockets are closed with 1001). A plain answer the
+/// client does not take within `--http-timeout` ends the connection: hyper has no way to
+/// reset one stream from here, and it would otherwise hold that stream (and its file) for
+/// ever.
 pub(super) async fn connection<S: Io>(
     server: Arc<Server>,
     stream: S,
@@ -79,12 +93,14 @@ pub(super) async fn connection<S: Io>(
     let id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(%peer, conn = id, "HTTP/2 connection");
     let (events, mut inbox) = mpsc::unbounded_channel();
+    let answers = Arc::new(AtomicU64::new(0));
     let service = {
         let server = server.clone();
         let shutdown = shutdown.clone();
         hyper::service::service_fn(move |request| {
-            let (server, events, shutdown) = (server.clone(), events.clone(), shutdown.clone());
-            async move { Ok::<_, Infallible>(answer(server, request, peer, id, events, shutdown).await) }
+            let (server, shutdown) = (server.clone(), shutdown.clone());
+            let tracker = Tracker { events: events.clone(), next: answers.clone(), within: server.http_timeout };
+            async move { Ok::<_, Infallible>(answer(server, request, peer, id, tracker, shutdown).await) }
         })
     };
     let proto = &server.config.websocket.proto;
@@ -95,6 +111,7 @@ pub(super) async fn connection<S: Io>(
         .max_concurrent_streams(MAX_STREAMS)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_send_buf_size(MAX_SEND_BUFFER)
         .max_header_list_size(u32::try_from(proto.handshake.max_head_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(proto.keepalive_interval)
         .keep_alive_timeout(proto.keepalive_timeout);
@@ -102,13 +119,23 @@ pub(super) async fn connection<S: Io>(
     tokio::pin!(conn);
 
     let mut websockets = JoinSet::new();
-    let mut answering = 0usize;
+    // The answers being sent, by number (numbers and deadlines grow together: the first is
+    // the most urgent).
+    let mut answering: BTreeMap<u64, tokio::time::Instant> = BTreeMap::new();
     let mut served_any = false;
     let idle = tokio::time::sleep(proto.handshake_timeout);
     tokio::pin!(idle);
-    let mut going_away = false;
+    let far = || tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+    let overdue = tokio::time::sleep_until(far());
+    tokio::pin!(overdue);
+    let mut going_away: Option<tokio::time::Instant> = None;
     loop {
-        let open = answering > 0 || !websockets.is_empty();
+        let open = !answering.is_empty() || !websockets.is_empty();
+        // The next deadline: the oldest answer's, or the end of the GOAWAY grace.
+        let next = answering.values().next().copied().into_iter().chain(going_away).min();
+        if overdue.deadline() != next.unwrap_or_else(far) {
+            overdue.as_mut().reset(next.unwrap_or_else(far));
+        }
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
@@ -118,8 +145,12 @@ pub(super) async fn connection<S: Io>(
             }
             Some(event) = inbox.recv() => {
                 match event {
-                    Event::Request => answering += 1,
-                    Event::Answered => answering = answering.saturating_sub(1),
+                    Event::Answering(n, deadline) => {
+                        answering.insert(n, deadline);
+                    }
+                    Event::Answered(n) => {
+                        answering.remove(&n);
+                    }
                     Event::WebSocket(run) => {
                         websockets.spawn(run);
                     }
@@ -130,20 +161,43 @@ pub(super) async fn connection<S: Io>(
             Some(_) = websockets.join_next(), if !websockets.is_empty() => {
                 idle.as_mut().reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
             }
-            () = &mut idle, if !open && !going_away => {
+            () = &mut overdue => {
+                let why = if answering.is_empty() { "streams not ended after GOAWAY" } else { "an answer not taken in time" };
+                tracing::info!(%peer, conn = id, why, streams = answering.len() + websockets.len(), "dropping the HTTP/2 connection");
+                break;
+            }
+            () = &mut idle, if !open && going_away.is_none() => {
                 let why = if served_any { "idle" } else { "no request within the handshake timeout" };
                 tracing::debug!(%peer, conn = id, why, "closing the HTTP/2 connection");
-                going_away = true;
+                going_away = Some(tokio::time::Instant::now() + GOAWAY_GRACE);
                 conn.as_mut().graceful_shutdown();
             }
-            _ = shutdown.changed(), if !going_away => {
-                going_away = true;
+            _ = shutdown.changed(), if going_away.is_none() => {
+                going_away = Some(tokio::time::Instant::now() + GOAWAY_GRACE);
                 conn.as_mut().graceful_shutdown();
             }
         }
     }
     // The connection is gone: its WebSockets' streams fail, and their tasks end.
     while websockets.join_next().await.is_some() {}
+}
+
+/// Numbers the answers of a connection and tells its loop when each starts and ends.
+struct Tracker {
+    events: mpsc::UnboundedSender<Event>,
+    next: Arc<AtomicU64>,
+    within: Duration,
+}
+
+impl Tracker {
+    /// `response` with its body tracked: the loop holds the connection to `--http-timeout` for
+    /// it.
+    fn track(&self, response: http::Response) -> http::Response {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let _ = self.events.send(Event::Answering(n, tokio::time::Instant::now() + self.within));
+        let events = self.events.clone();
+        response.map(|body| Tracked { body, n, events }.boxed_unsync())
+    }
 }
 
 /// Answers one request of the connection: plain HTTP, a refusal, or a WebSocket's `200` (the
@@ -153,7 +207,7 @@ async fn answer(
     request: hyper::Request<RequestBody>,
     peer: SocketAddr,
     id: u64,
-    events: mpsc::UnboundedSender<Event>,
+    tracker: Tracker,
     shutdown: watch::Receiver<bool>,
 ) -> http::Response {
     let started = Instant::now();
@@ -171,15 +225,14 @@ async fn answer(
         let status = response.status().as_u16();
         let method = request.method();
         tracing::info!(%peer, %method, path, status, http = "2", conn = id, "http");
-        let _ = events.send(Event::Request);
-        return response.map(|body| Deadline::new(body, HTTP_TIMEOUT, events).boxed_unsync());
+        return tracker.track(response);
     }
 
     let refuse = |rejection: Rejection| {
         let status = rejection.status.as_u16();
         let reason = rejection.body.trim().to_owned();
         tracing::info!(%peer, path, status, reason, http = "2", conn = id, "refused");
-        rejection_response(&rejection).map(|body| http::full(Bytes::from(body)))
+        tracker.track(http::with_nosniff(rejection_response(&rejection).map(|body| http::full(Bytes::from(body)))))
     };
     if let Err(rejection) = host_check {
         return refuse(rejection);
@@ -205,7 +258,7 @@ async fn answer(
             Err(e) => tracing::info!(%peer, path = opened.path, error = %e, http = "2", conn = id, "handshake failed"),
         }
     };
-    let _ = events.send(Event::WebSocket(Box::pin(run)));
+    let _ = tracker.events.send(Event::WebSocket(Box::pin(run)));
     response.map(|()| http::full(Bytes::new()))
 }
 
@@ -219,28 +272,21 @@ fn head_only(parts: &::http::request::Parts) -> ::http::Request<()> {
     request
 }
 
-/// A plain answer's body with a deadline: a client that does not take it (keeps its stream's
-/// window closed) within the time gets the stream reset instead of holding it for ever. Tells
-/// the connection's loop when the answer is done.
-struct Deadline {
+/// A plain answer's body that tells the connection's loop when it is done (sent, or dropped
+/// by hyper).
+struct Tracked {
     body: http::Body,
-    timer: Pin<Box<tokio::time::Sleep>>,
+    n: u64,
     events: mpsc::UnboundedSender<Event>,
 }
 
-impl Deadline {
-    fn new(body: http::Body, within: Duration, events: mpsc::UnboundedSender<Event>) -> Self {
-        Self { body, timer: Box::pin(tokio::time::sleep(within)), events }
-    }
-}
-
-impl Drop for Deadline {
+impl Drop for Tracked {
     fn drop(&mut self) {
-        let _ = self.events.send(Event::Answered);
+        let _ = self.events.send(Event::Answered(self.n));
     }
 }
 
-impl http_body::Body for Deadline {
+impl http_body::Body for Tracked {
     type Data = Bytes;
     type Error = std::io::Error;
 
@@ -248,12 +294,6 @@ impl http_body::Body for Deadline {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        if self.timer.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Some(Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "the client took too long to read the answer",
-            ))));
-        }
         Pin::new(&mut self.body).poll_frame(cx)
     }
 

@@ -53,7 +53,19 @@ pub type Response = http::Response<Body>;
 pub fn text(status: StatusCode, body: impl Into<String>) -> Response {
     let mut response = bytes_response(status, Bytes::from(body.into()));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    with_nosniff(response)
+}
+
+/// `response` with `X-Content-Type-Options: nosniff` (every answer of this server has it).
+pub fn with_nosniff<B>(mut response: http::Response<B>) -> http::Response<B> {
+    response.headers_mut().insert("x-content-type-options", HeaderValue::from_static("nosniff"));
     response
+}
+
+/// Whether an answer with this status has no body, and so no `Content-Length` unless it is
+/// the length a GET would have (RFC 9110 §8.6: 1xx, 204 and 304 send none).
+fn bodiless(status: StatusCode) -> bool {
+    status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED
 }
 
 /// A body of these bytes.
@@ -214,9 +226,8 @@ pub fn content_type(path: &Path) -> &'static str {
 /// `websocket_endpoint`: the path is one of the server's WebSocket endpoints (answered 426 to a
 /// plain GET unless a static file shadows it).
 pub async fn respond(site: &Site, request: &Request<()>, websocket_endpoint: bool) -> Response {
-    let mut response = answer(site, request, websocket_endpoint).await;
-    response.headers_mut().insert("x-content-type-options", HeaderValue::from_static("nosniff"));
-    if request.method() == Method::HEAD {
+    let mut response = with_nosniff(answer(site, request, websocket_endpoint).await);
+    if request.method() == Method::HEAD && !bodiless(response.status()) {
         // The length the GET would have, and no body (over HTTP/1.1 and HTTP/2 alike).
         let (mut parts, body) = response.into_parts();
         if let Some(len) = body.size_hint().exact() {
@@ -248,7 +259,9 @@ async fn answer(site: &Site, request: &Request<()>, websocket_endpoint: bool) ->
     }
     if !readable && websocket_endpoint {
         let response = text(StatusCode::METHOD_NOT_ALLOWED, "this is a WebSocket endpoint: use a WebSocket\n");
-        return with_header(response, header::ALLOW, "GET");
+        // Over HTTP/2 a WebSocket opens with CONNECT (RFC 8441), over HTTP/1.1 with a GET.
+        let allow = if request.version() >= Version::HTTP_2 { "CONNECT" } else { "GET" };
+        return with_header(response, header::ALLOW, allow);
     }
     match resolved {
         Resolved::File(file) => serve_file(&file, request).await,
@@ -298,7 +311,62 @@ async fn serve_file(file: &Path, request: &Request<()>) -> Response {
     if parts.headers.contains_key(header::CONTENT_TYPE) {
         parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type(file)));
     }
-    http::Response::from_parts(parts, body.boxed_unsync())
+    // The length the head promised (the file's, or the range's), and not a byte more or less:
+    // a file that grows or shrinks while it is sent must not break the framing.
+    let promised = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    let body = match promised {
+        Some(len) if !bodiless(parts.status) => Exact { body: body.boxed_unsync(), remaining: len }.boxed_unsync(),
+        _ => body.boxed_unsync(),
+    };
+    http::Response::from_parts(parts, body)
+}
+
+/// A body cut to the `remaining` bytes its head promised: what comes beyond is dropped, and an
+/// end before them is an error (the connection is then closed, not left short).
+struct Exact {
+    body: Body,
+    remaining: u64,
+}
+
+impl http_body::Body for Exact {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        use std::task::Poll;
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        match std::task::ready!(std::pin::Pin::new(&mut self.body).poll_frame(cx)) {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(mut data) => {
+                    if data.len() as u64 > self.remaining {
+                        data.truncate(self.remaining as usize);
+                    }
+                    self.remaining -= data.len() as u64;
+                    Poll::Ready(Some(Ok(http_body::Frame::data(data))))
+                }
+                // Trailers: a file has none; nothing to count.
+                Err(frame) => Poll::Ready(Some(Ok(frame))),
+            },
+            Some(Err(e)) => Poll::Ready(Some(Err(e))),
+            None => Poll::Ready(Some(Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the file shrank while it was being sent",
+            )))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining)
+    }
 }
 
 /// Writes `response` over HTTP/1.1 (no body for HEAD), then closes the connection: shuts down
@@ -309,10 +377,13 @@ pub async fn write<S: AsyncRead + AsyncWrite + Unpin>(
     method: &Method,
     response: Response,
 ) -> std::io::Result<()> {
-    let (parts, mut body) = response.into_parts();
+    let (mut parts, mut body) = with_nosniff(response).into_parts();
+    if bodiless(parts.status) {
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
     let mut head = format!("HTTP/1.1 {} {}\r\n", parts.status.as_u16(), parts.status.canonical_reason().unwrap_or(""))
         .into_bytes();
-    if !parts.headers.contains_key(header::CONTENT_LENGTH) {
+    if !parts.headers.contains_key(header::CONTENT_LENGTH) && !bodiless(parts.status) {
         // Every body here has a known length (bytes, or a file's length or range).
         let len = body.size_hint().exact().unwrap_or(0);
         head.extend_from_slice(format!("content-length: {len}\r\n").as_bytes());

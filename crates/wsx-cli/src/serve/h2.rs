@@ -48,7 +48,7 @@ use wsx::{Accept, Rejection};
 use super::{admit, http, server_route, websocket, Admitted, Io, Opened, Server};
 
 /// The most streams (requests and WebSockets) a client may have open at once on a connection.
-pub const MAX_STREAMS: u32 = 256;
+pub const MAX_STREAMS: u32 = 1024;
 /// Each stream's receive window: the most a WebSocket's client can have sent that its endpoint
 /// has not read yet.
 pub const STREAM_WINDOW: u32 = 256 * 1024;

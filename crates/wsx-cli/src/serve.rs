@@ -152,8 +152,9 @@ pub struct ServeArgs {
     /// accepted read rate is 1 MiB over this time (60 s: about 17 KiB/s).
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     slow_reader_timeout: u64,
-    /// The longest a plain HTTP answer (the page, a file, an error) may take to be sent; over
-    /// HTTP/2 a client that has not taken one by then loses its connection.
+    /// The longest a plain HTTP answer (the page, a file, an error) may take to be sent over
+    /// HTTP/1.1; over HTTP/2, the longest the client may take none of an answer (it then loses
+    /// its connection: one stream cannot be cut alone).
     #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
     http_timeout: u64,
     /// Serve the files of this directory to plain HTTP requests (`/` serves its index.html if

@@ -412,3 +412,54 @@ async fn answers_a_client_does_not_take_drop_the_connection() {
     }
     assert!(fds(pid) <= before, "files left open: {} > {before}", fds(pid));
 }
+
+/// When the server drops a connection (an answer not taken in time), the connection really
+/// closes, even with a quiet WebSocket on it and no keepalive pings to end that one.
+#[tokio::test]
+async fn a_dropped_connection_closes_with_its_websockets() {
+    let server = Server::start(&["--tls-self-signed", "--http-timeout", "1", "--ping-interval", "0"]);
+    let addr = server.addr;
+    let (stream, _) = tls(addr, &[b"h2"]).await;
+    let (send, conn) = h2::client::Builder::new().initial_window_size(0).handshake::<_, Bytes>(stream).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let v13 = [("sec-websocket-version", "13")];
+    let (ws, _ws_stream) = send.send_request(connect(addr, "/echo", Some("websocket"), &v13), false).unwrap();
+    assert_eq!(within(5, "the WebSocket's 200", ws).await.unwrap().status(), StatusCode::OK);
+    send = send.ready().await.unwrap();
+    // The page's answer waits behind the closed window.
+    let (page, _) = send.send_request(get(addr, "/", &[]), true).unwrap();
+    let _page = within(5, "page head", page).await.unwrap();
+    server.expect_log(&["dropping the HTTP/2 connection"]);
+    let _ = within(5, "the server closes the TCP connection it dropped", conn).await;
+    server.expect_log(&["closed", "path=\"/echo\""]);
+}
+
+/// A download that keeps moving is not cut at `--http-timeout`: each piece the client takes
+/// moves the deadline on. 1 MiB through a 64 KiB window read every 150 ms takes about 2.4 s,
+/// more than twice the 1 s timeout.
+#[tokio::test]
+async fn a_slow_but_steady_download_is_not_cut() {
+    let site = TempDir::new("steady");
+    let content: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 241) as u8).collect();
+    std::fs::write(site.0.join("big.bin"), &content).unwrap();
+    let server = Server::start(&["--tls-self-signed", "--static", site.0.to_str().unwrap(), "--http-timeout", "1"]);
+    let addr = server.addr;
+    let (stream, _) = tls(addr, &[b"h2"]).await;
+    let (send, conn) =
+        h2::client::Builder::new().initial_window_size(64 * 1024).handshake::<_, Bytes>(stream).await.unwrap();
+    tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let (response, _) = send.send_request(get(addr, "/big.bin", &[]), true).unwrap();
+    let mut body = within(5, "head", response).await.unwrap().into_body();
+    let started = Instant::now();
+    let mut got = Vec::new();
+    while let Some(chunk) = within(5, "a chunk", body.data()).await {
+        let chunk = chunk.expect("the download was not cut");
+        tokio::time::sleep(Duration::from_millis(150 * chunk.len() as u64 / (64 * 1024))).await;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        got.extend_from_slice(&chunk);
+    }
+    assert!(got == content, "{} bytes of {}", got.len(), content.len());
+    assert!(started.elapsed() > Duration::from_secs(2), "not slow enough to test: {:?}", started.elapsed());
+}

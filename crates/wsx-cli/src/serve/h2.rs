@@ -15,9 +15,10 @@
 //! - **Bounds**: at most [`MAX_STREAMS`] streams at once; each stream's receive window is
 //!   [`STREAM_WINDOW`] and the connection's [`CONNECTION_WINDOW`], so one WebSocket whose
 //!   application stops reading holds its own window and not the other streams'; hyper buffers at
-//!   most [`MAX_SEND_BUFFER`] of output per stream. A plain answer (or refusal) the client does
-//!   not take within `--http-timeout` (60 s) drops the connection (the connection's loop keeps the deadlines:
-//!   hyper waits for window without polling the body, so a body cannot time itself out).
+//!   most [`MAX_SEND_BUFFER`] of output per stream. A plain answer (or refusal) of which the
+//!   client takes nothing for `--http-timeout` (60 s) drops the connection (the connection's
+//!   loop keeps the deadlines, which each piece taken moves on: hyper waits for window without
+//!   polling the body, so a body cannot time itself out).
 //!   Keepalive pings (`--ping-interval`, `--ping-timeout`) find a vanished client. A
 //!   connection on which nothing is open is closed (GOAWAY) after [`IDLE_TIMEOUT`], or after
 //!   the handshake timeout when it has not sent its first request; its streams then have
@@ -25,7 +26,7 @@
 //! - **Shutdown**: GOAWAY, every WebSocket closed with 1001 (as over HTTP/1.1); the connection
 //!   ends when its streams have (within 10 s; the server's own 2 s grace comes first).
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -66,8 +67,8 @@ static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 
 /// What the requests of a connection tell its loop.
 enum Event {
-    /// A plain answer (or a refusal) with this number is being sent, and must be sent by this
-    /// deadline.
+    /// A plain answer (or a refusal) with this number is being sent, and must make progress by
+    /// this deadline (sent again, with a later one, as the client takes it).
     Answering(u64, tokio::time::Instant),
     /// That answer has been sent, or given up (its body dropped).
     Answered(u64),
@@ -80,8 +81,8 @@ enum Event {
 const GOAWAY_GRACE: Duration = Duration::from_secs(10);
 
 /// Serves an HTTP/2 connection over TLS until the client ends it, it is idle, or the server
-/// shuts down (then: GOAWAY, and the WebSockets are closed with 1001). A plain answer the
-/// client does not take within `--http-timeout` ends the connection: hyper has no way to
+/// shuts down (then: GOAWAY, and the WebSockets are closed with 1001). A plain answer of which
+/// the client takes nothing for `--http-timeout` ends the connection: hyper has no way to
 /// reset one stream from here, and it would otherwise hold that stream (and its file) for
 /// ever.
 pub(super) async fn connection<S: Io>(
@@ -92,6 +93,8 @@ pub(super) async fn connection<S: Io>(
 ) {
     let id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(%peer, conn = id, "HTTP/2 connection");
+    // Unbounded, but bounded in practice: each event belongs to a stream hyper admitted (at
+    // most MAX_STREAMS at once), and the loop drains it on every turn.
     let (events, mut inbox) = mpsc::unbounded_channel();
     let answers = Arc::new(AtomicU64::new(0));
     let service = {
@@ -115,26 +118,30 @@ pub(super) async fn connection<S: Io>(
         .max_header_list_size(u32::try_from(proto.handshake.max_head_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(proto.keepalive_interval)
         .keep_alive_timeout(proto.keepalive_timeout);
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
+    // Boxed, so that it can be dropped before the WebSockets are waited for: dropping it fails
+    // every stream at once (h2 does I/O only while the connection is polled).
+    let mut conn = Box::pin(builder.serve_connection(TokioIo::new(stream), service));
 
     let mut websockets = JoinSet::new();
-    // The answers being sent, by number (numbers and deadlines grow together: the first is
-    // the most urgent).
-    let mut answering: BTreeMap<u64, tokio::time::Instant> = BTreeMap::new();
+    // The answers being sent, by number, with their deadlines (moved on as they progress).
+    let mut answering: HashMap<u64, tokio::time::Instant> = HashMap::new();
     let mut served_any = false;
     let idle = tokio::time::sleep(proto.handshake_timeout);
     tokio::pin!(idle);
-    let far = || tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
-    let overdue = tokio::time::sleep_until(far());
+    let overdue = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(overdue);
+    let mut overdue_at: Option<tokio::time::Instant> = None;
     let mut going_away: Option<tokio::time::Instant> = None;
     loop {
         let open = !answering.is_empty() || !websockets.is_empty();
         // The next deadline: the oldest answer's, or the end of the GOAWAY grace.
-        let next = answering.values().next().copied().into_iter().chain(going_away).min();
-        if overdue.deadline() != next.unwrap_or_else(far) {
-            overdue.as_mut().reset(next.unwrap_or_else(far));
+        // At most MAX_STREAMS entries: a scan per turn is cheap next to the turn's own work.
+        let next = answering.values().min().copied().into_iter().chain(going_away).min();
+        if next != overdue_at {
+            overdue_at = next;
+            if let Some(at) = next {
+                overdue.as_mut().reset(at);
+            }
         }
         tokio::select! {
             result = conn.as_mut() => {
@@ -161,7 +168,7 @@ pub(super) async fn connection<S: Io>(
             Some(_) = websockets.join_next(), if !websockets.is_empty() => {
                 idle.as_mut().reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
             }
-            () = &mut overdue => {
+            () = &mut overdue, if overdue_at.is_some() => {
                 let why = if answering.is_empty() { "streams not ended after GOAWAY" } else { "an answer not taken in time" };
                 tracing::info!(%peer, conn = id, why, streams = answering.len() + websockets.len(), "dropping the HTTP/2 connection");
                 break;
@@ -178,7 +185,9 @@ pub(super) async fn connection<S: Io>(
             }
         }
     }
-    // The connection is gone: its WebSockets' streams fail, and their tasks end.
+    // The connection is gone (ended, or dropped here): its WebSockets' streams fail, and their
+    // tasks end.
+    drop(conn);
     while websockets.join_next().await.is_some() {}
 }
 
@@ -196,7 +205,8 @@ impl Tracker {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let _ = self.events.send(Event::Answering(n, tokio::time::Instant::now() + self.within));
         let events = self.events.clone();
-        response.map(|body| Tracked { body, n, events }.boxed_unsync())
+        let within = self.within;
+        response.map(|body| Tracked { body, n, events, within }.boxed_unsync())
     }
 }
 
@@ -278,6 +288,9 @@ struct Tracked {
     body: http::Body,
     n: u64,
     events: mpsc::UnboundedSender<Event>,
+    /// Each piece the client takes moves the deadline this far on: a download that keeps
+    /// moving is not cut (hyper polls the body only when the client's window has room).
+    within: Duration,
 }
 
 impl Drop for Tracked {
@@ -294,7 +307,12 @@ impl http_body::Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &polled {
+            // Before this answer's `Answered` (same sender, in order): never revives it.
+            let _ = self.events.send(Event::Answering(self.n, tokio::time::Instant::now() + self.within));
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -237,7 +237,7 @@ impl Common {
 
     /// A client for `url` with the headers, subprotocols, TLS settings and timeouts given;
     /// `config` is the mode's connection settings (buffers, permessage-deflate).
-    fn builder(&self, url: &str, mut config: WebSocketConfig) -> anyhow::Result<ClientBuilder> {
+    fn builder(&self, url: &str, config: WebSocketConfig) -> anyhow::Result<ClientBuilder> {
         let mut b = ClientBuilder::new(url);
         for (name, value) in crate::connect::parse_headers(&self.headers)? {
             b = b.header(&name, &value);
@@ -245,14 +245,19 @@ impl Common {
         for p in &self.subprotocols {
             b = b.protocol(p);
         }
-        // Set here, not with `ClientBuilder::handshake_timeout`: `config()` replaces the whole config.
-        config.proto.handshake_timeout = self.timeout;
-        config.proto.close_timeout = Duration::from_secs(2).min(self.timeout);
-        config.proto.write_timeout = Some(self.timeout);
         if self.http2 {
             b = b.http2(wsx::h2::Http2Mode::Only);
         }
-        Ok(b.config(config).tls(self.tls()?))
+        Ok(b.config(self.timeouts(config)).tls(self.tls()?))
+    }
+
+    /// `config` with the run's `--timeout` as its handshake and write timeouts (and a close
+    /// timeout of at most 2 s): for every connection, whoever opens it.
+    fn timeouts(&self, mut config: WebSocketConfig) -> WebSocketConfig {
+        config.proto.handshake_timeout = self.timeout;
+        config.proto.close_timeout = Duration::from_secs(2).min(self.timeout);
+        config.proto.write_timeout = Some(self.timeout);
+        config
     }
 
     /// The request settings of `builder` for a WebSocket opened on a shared HTTP/2 connection

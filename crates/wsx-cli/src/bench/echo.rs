@@ -30,8 +30,10 @@ pub struct EchoArgs {
     #[arg(short = 'r', long)]
     rate: Option<f64>,
     /// With --http2: WebSockets per HTTP/2 connection, each its own stream (e.g. --conns 1000
-    /// --streams-per-connection 1000: one connection carries them all). Default 1: a connection
-    /// each.
+    /// --streams-per-connection 1000: one connection per generator thread carries them all).
+    /// Default 1: a connection each. A server allows some number of streams per connection
+    /// (SETTINGS_MAX_CONCURRENT_STREAMS: wsx serve 1,024, hyper 200 by default); WebSockets
+    /// beyond it wait for a free stream and fail at --timeout.
     #[arg(long, default_value_t = 1, requires = "http2", value_name = "N")]
     streams_per_connection: usize,
     #[command(flatten)]
@@ -40,7 +42,7 @@ pub struct EchoArgs {
     common: Common,
     /// The ceiling: drive a plain TCP byte echo (no handshake; our masked frames come back as
     /// they were sent and are unmasked on the way in). For `scripts/bench-servers`.
-    #[arg(long, hide = true)]
+    #[arg(long, hide = true, conflicts_with = "http2")]
     raw: bool,
     /// Testing the generator itself: block each generator thread this long once a second (a
     /// stand-in for a GC pause or a descheduled thread), to check that open loop charges the
@@ -102,7 +104,7 @@ pub fn run(args: EchoArgs) -> anyhow::Result<std::process::ExitCode> {
     };
     let plan = Arc::new(Plan {
         builder: args.common.builder(&url, config(&args, size))?,
-        config: config(&args, size),
+        config: args.common.timeouts(config(&args, size)),
         shared_h2,
         raw,
         payloads: args.payload.payloads()?,
@@ -225,6 +227,7 @@ async fn worker(plan: Arc<Plan>, mut thread: Thread) {
     // first of each group to need one (a failed one fails its whole group).
     let mine = (thread.index..plan.conns).step_by(thread.threads).count();
     let group_count = plan.shared_h2.as_ref().map_or(0, |h2| mine.div_ceil(h2.per_connection));
+    // A group's failure is kept as its kind (refused, TLS, timeout, …), counted for every member.
     let groups: Arc<Vec<tokio::sync::OnceCell<Result<wsx::h2::Http2Connection, String>>>> =
         Arc::new((0..group_count).map(|_| tokio::sync::OnceCell::new()).collect());
     for (position, id) in (thread.index..plan.conns).step_by(thread.threads).enumerate() {
@@ -236,18 +239,27 @@ async fn worker(plan: Arc<Plan>, mut thread: Thread) {
             let conn = match (&plan.raw, &plan.shared_h2) {
                 (None, Some(shared)) => {
                     let group = &groups[position / shared.per_connection];
-                    match group.get_or_init(|| async { shared.connect().await.map_err(|e| e.to_string()) }).await {
-                        Ok(h2) => shared.open(h2, &plan.config).await,
-                        Err(e) => Err(wsx::Error::Io(std::io::Error::other(e.clone()))),
+                    match group
+                        .get_or_init(|| async { shared.connect().await.map_err(|e| connect_error_kind(&e)) })
+                        .await
+                    {
+                        Ok(h2) => shared.open(h2, &plan.config).await.map_err(|e| connect_error_kind(&e)),
+                        Err(kind) => Err(kind.clone()),
                     }
                 }
-                (None, None) => plan.builder.clone().connect().await.map(|(ws, _)| Wire::new(ws)),
+                (None, None) => plan
+                    .builder
+                    .clone()
+                    .connect()
+                    .await
+                    .map(|(ws, _)| Wire::new(ws))
+                    .map_err(|e| connect_error_kind(&e)),
                 (Some((addr, config)), _) => {
                     let connecting = super::raw::connect(addr, config);
                     match tokio::time::timeout(plan.timeout, connecting).await {
                         Ok(Ok(wire)) => Ok(wire),
-                        Ok(Err(e)) => Err(wsx::Error::Io(e)),
-                        Err(_) => Err(wsx::Error::HandshakeTimeout(plan.timeout)),
+                        Ok(Err(e)) => Err(connect_error_kind(&wsx::Error::Io(e))),
+                        Err(_) => Err(connect_error_kind(&wsx::Error::HandshakeTimeout(plan.timeout))),
                     }
                 }
             };
@@ -266,7 +278,7 @@ async fn worker(plan: Arc<Plan>, mut thread: Thread) {
                 drop(s);
                 open.push((id, conn));
             }
-            Err(e) => lock(&stats).connect_error(connect_error_kind(&e)),
+            Err(kind) => lock(&stats).connect_error(kind),
         }
     }
     let Some(start) = thread.start().await else { return };

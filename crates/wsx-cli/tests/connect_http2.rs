@@ -7,47 +7,20 @@
 mod certs;
 mod common;
 
-use std::convert::Infallible;
+#[path = "../../wsx/tests/common/h2_echo.rs"]
+mod h2_echo;
+
+use h2_echo::{echo, h2_service};
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use http::{Request, Response};
-use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
-use wsx::hyper::{rejection_response, Upgrade};
-use wsx::{WebSocket, WebSocketConfig};
 
 const WSX: &str = env!("CARGO_BIN_EXE_wsx");
-
-async fn echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut ws: WebSocket<S>) {
-    while let Some(Ok(msg)) = ws.recv().await {
-        if msg.is_data() && ws.send(msg).await.is_err() {
-            break;
-        }
-    }
-}
-
-async fn h2_service(mut request: Request<Incoming>) -> Result<Response<String>, Infallible> {
-    let upgrade = match Upgrade::new(&mut request) {
-        Ok(upgrade) => upgrade,
-        Err(rejection) => return Ok(rejection_response(&rejection)),
-    };
-    match upgrade.accept(wsx::Accept::default(), &WebSocketConfig::default()) {
-        Ok((response, upgrading)) => {
-            tokio::spawn(async move {
-                if let Ok(ws) = upgrading.await {
-                    echo(ws).await;
-                }
-            });
-            Ok(response.map(|()| String::new()))
-        }
-        Err(rejection) => Ok(rejection_response(&rejection)),
-    }
-}
 
 /// A TLS echo server on 127.0.0.1 with a certificate for `localhost`, offering ALPN h2 and
 /// http/1.1 (h2 with the extended CONNECT protocol when `connect_protocol`), on a thread of its

@@ -13,19 +13,20 @@ mod common;
 #[path = "common/proxies.rs"]
 mod proxies;
 
-use std::convert::Infallible;
+#[path = "common/h2_echo.rs"]
+mod h2_echo;
+
+use h2_echo::{echo, h2_service};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::{deadline, within};
-use http::{Request, Response, Version};
-use hyper::body::Incoming;
+use http::{Response, Version};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::mpsc;
 use wsx::h2::{Http2Fallback, Http2Mode, Http2Outcome};
-use wsx::hyper::{rejection_response, Upgrade};
-use wsx::{ClientBuilder, CloseCode, Error, HandshakeError, MaybeTlsStream, Message, WebSocket, WebSocketConfig};
+use wsx::{ClientBuilder, CloseCode, Error, HandshakeError, MaybeTlsStream, Message, WebSocket};
 
 /// What the server saw of one TLS connection.
 #[derive(Debug, PartialEq, Eq)]
@@ -51,33 +52,6 @@ const BOTH: &[&[u8]] = &[b"h2", b"http/1.1"];
 impl Default for Setup {
     fn default() -> Self {
         Self { alpn: BOTH, connect_protocol: true, silent: false }
-    }
-}
-
-/// Echoes data messages until the WebSocket ends.
-async fn echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut ws: WebSocket<S>) {
-    while let Some(Ok(msg)) = ws.recv().await {
-        if msg.is_data() && ws.send(msg).await.is_err() {
-            break;
-        }
-    }
-}
-
-async fn h2_service(mut request: Request<Incoming>) -> Result<Response<String>, Infallible> {
-    let upgrade = match Upgrade::new(&mut request) {
-        Ok(upgrade) => upgrade,
-        Err(rejection) => return Ok(rejection_response(&rejection)),
-    };
-    match upgrade.accept(wsx::Accept::default(), &WebSocketConfig::default()) {
-        Ok((response, upgrading)) => {
-            tokio::spawn(async move {
-                if let Ok(ws) = upgrading.await {
-                    echo(ws).await;
-                }
-            });
-            Ok(response.map(|()| String::new()))
-        }
-        Err(rejection) => Ok(rejection_response(&rejection)),
     }
 }
 

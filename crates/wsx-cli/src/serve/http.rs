@@ -298,12 +298,7 @@ async fn answer(site: &Site, request: &Request<()>, websocket_endpoint: bool) ->
 /// Serves the file `resolve_static` chose with tower-http's `ServeFile`, which answers `HEAD`,
 /// `Range` and the conditional requests, with this server's content types.
 async fn serve_file(file: &Path, request: &Request<()>) -> Response {
-    // Only what the file service reads: the method, the target and the headers.
-    let mut forwarded = Request::new(());
-    *forwarded.method_mut() = request.method().clone();
-    *forwarded.uri_mut() = request.uri().clone();
-    *forwarded.headers_mut() = request.headers().clone();
-    let response = match tower_http::services::ServeFile::new(file).oneshot(forwarded).await {
+    let response = match tower_http::services::ServeFile::new(file).oneshot(request.clone()).await {
         Ok(response) => response,
         Err(never) => match never {},
     };

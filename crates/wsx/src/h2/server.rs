@@ -103,26 +103,15 @@ impl Http2Upgrade {
     }
 }
 
-/// Sends a refusal: its head, then its body with END_STREAM (a few hundred bytes at most, which
-/// h2 queues whatever the window).
+/// Sends a refusal: its head (as [`rejection_response`](crate::hyper::rejection_response)
+/// builds it for hyper), then its body with END_STREAM (a few hundred bytes at most, which h2
+/// queues whatever the window).
 fn send_rejection(respond: &mut SendResponse<Bytes>, rejection: &Rejection) -> Result<(), Error> {
-    let mut response = Response::new(());
-    *response.status_mut() = rejection.status;
-    for (name, value) in &rejection.headers {
-        if name == http::header::CONTENT_LENGTH || name == http::header::CONNECTION {
-            continue;
-        }
-        response.headers_mut().append(name.clone(), value.clone());
-    }
-    if !response.headers().contains_key(http::header::CONTENT_TYPE) {
-        response
-            .headers_mut()
-            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
-    }
-    let empty = rejection.body.is_empty();
-    let mut send = respond.send_response(response, empty).map_err(h2_error)?;
+    let (head, body) = crate::hyper::rejection_response(rejection).into_parts();
+    let empty = body.is_empty();
+    let mut send = respond.send_response(Response::from_parts(head, ()), empty).map_err(h2_error)?;
     if !empty {
-        send.send_data(Bytes::from(rejection.body.clone()), true).map_err(h2_error)?;
+        send.send_data(Bytes::from(body), true).map_err(h2_error)?;
     }
     Ok(())
 }

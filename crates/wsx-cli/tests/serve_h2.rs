@@ -463,3 +463,32 @@ async fn a_slow_but_steady_download_is_not_cut() {
     assert!(got == content, "{} bytes of {}", got.len(), content.len());
     assert!(started.elapsed() > Duration::from_secs(2), "not slow enough to test: {:?}", started.elapsed());
 }
+
+/// A client that vanishes (its TCP connection gone, no close frames, no GOAWAY): every
+/// WebSocket it had on the connection ends on the server, as an abnormal closure.
+#[tokio::test]
+async fn a_vanished_client_ends_its_websockets() {
+    let server = Server::start(&["--tls-self-signed"]);
+    let addr = server.addr;
+    let (stream, _) = tls(addr, &[b"h2"]).await;
+    let (send, conn) = h2::client::handshake(stream).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let v13 = [("sec-websocket-version", "13")];
+    let mut streams = Vec::new();
+    for path in ["/echo?a", "/room/gone"] {
+        let (response, stream) = send.send_request(connect(addr, path, Some("websocket"), &v13), false).unwrap();
+        assert_eq!(within(5, "200", response).await.unwrap().status(), StatusCode::OK);
+        streams.push(stream);
+        send = send.ready().await.unwrap();
+    }
+    server.expect_log(&[" open ", "path=\"/room/gone\""]);
+    // Gone: the task driving the connection (and with it the socket) is dropped.
+    conn.abort();
+    let _ = conn.await;
+    drop((send, streams));
+    for path in ["path=\"/echo?a\"", "path=\"/room/gone\""] {
+        let line = server.expect_log(&["closed", path]);
+        assert!(line.contains("code=1006"), "{line}");
+    }
+}

@@ -38,7 +38,7 @@ use crate::deflate::{DeflateError, PerMessageDeflate};
 use crate::error::{Error, LimitError, ProtocolError, TimeoutError, UsageError};
 use crate::frame::{CloseCode, FrameHeader, OpCode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
 use crate::mask::apply_mask;
-use crate::message::{CloseFrame, Message, Utf8Bytes};
+use crate::message::{CloseFrame, Message, MessageRef, Utf8Bytes};
 use crate::outbuf::OutBuf;
 use crate::prepared::PreparedMessage;
 use crate::stream::{Chunk, StreamEvent};
@@ -307,6 +307,9 @@ pub struct Connection {
     /// The pong owed for the newest ping, held back while output is over the high-water mark
     /// (older unanswered pings need none); written at the next [`Connection::output`].
     held_pong: Option<Bytes>,
+    /// Bytes at the front of the caller's read buffer that [`Connection::read_ref`] has lent
+    /// out and not yet removed (removed at the next read, one `advance` for a run of them).
+    lent: usize,
 }
 
 impl std::fmt::Debug for Connection {
@@ -350,6 +353,7 @@ impl Connection {
             close_deadline: None,
             pings_sent: 0,
             held_pong: None,
+            lent: 0,
         }
     }
 
@@ -455,6 +459,7 @@ impl Connection {
     /// A message that [`read_chunk`](Self::read_chunk) has started handing out must be finished
     /// with `read_chunk`: until then this returns a [`UsageError`] and changes nothing.
     pub fn read_event(&mut self, buf: &mut BytesMut, now: Instant) -> Result<Option<Message>, Error> {
+        self.settle_lent(buf);
         if self.state == State::Closed {
             buf.clear();
             return Ok(None);
@@ -492,6 +497,18 @@ impl Connection {
     }
 
     fn read_event_inner(&mut self, buf: &mut BytesMut, now: Instant) -> Result<Option<Message>, Error> {
+        if let Some((text, header_len, len)) = self.whole_small_frame(buf, now) {
+            if text && crate::utf8::validate(&buf[header_len..header_len + len]).is_err() {
+                return Err(ProtocolError::InvalidUtf8.into());
+            }
+            buf.advance(header_len);
+            let payload = buf.split_to(len).freeze();
+            return Ok(Some(if text {
+                Message::Text(Utf8Bytes::from_bytes_unchecked(payload))
+            } else {
+                Message::Binary(payload)
+            }));
+        }
         loop {
             if !self.start_frame(buf, now)? {
                 return Ok(None);
@@ -522,6 +539,117 @@ impl Connection {
             };
             if let Some(event) = event {
                 return Ok(Some(event));
+            }
+        }
+    }
+
+    /// Removes from the front of `buf` what [`read_ref`](Self::read_ref) lent out last.
+    #[inline]
+    fn settle_lent(&mut self, buf: &mut BytesMut) {
+        if self.lent > 0 {
+            buf.advance(self.lent.min(buf.len()));
+            self.lent = 0;
+        }
+    }
+
+    /// The common case in one step: a final, uncompressed text or binary frame under 64 KiB,
+    /// wholly at the front of `buf`, with no message in progress. Returns whether it is text,
+    /// the header's length and the payload's, the payload unmasked in place (its UTF-8 is the
+    /// caller's to check). `None` sends everything else (other frames, partial ones, anything
+    /// over a limit or against the rules) the general way, which checks and reports it; the
+    /// result is the same either way, only quicker here.
+    #[inline]
+    fn whole_small_frame(&mut self, buf: &mut [u8], now: Instant) -> Option<(bool, usize, usize)> {
+        if self.frame.is_some() || self.message.is_some() || self.state == State::Closed {
+            return None;
+        }
+        let [b0, b1, ..] = *buf else {
+            return None;
+        };
+        // FIN set, RSV1-3 clear, text (0x1) or binary (0x2).
+        let text = match b0 {
+            0x81 => true,
+            0x82 => false,
+            _ => return None,
+        };
+        let masked = b1 & 0x80 != 0;
+        if masked != (self.role == Role::Server) {
+            return None;
+        }
+        let (len, mut header_len) = match b1 & 0x7F {
+            127 => return None,
+            126 => {
+                let b = buf.get(2..4)?;
+                (usize::from(u16::from_be_bytes([b[0], b[1]])), 4)
+            }
+            n => (usize::from(n), 2),
+        };
+        let key = if masked {
+            let k = buf.get(header_len..header_len + 4)?;
+            header_len += 4;
+            Some([k[0], k[1], k[2], k[3]])
+        } else {
+            None
+        };
+        if len > self.config.max_frame_size || len > self.config.max_message_size || buf.len() - header_len < len {
+            return None;
+        }
+        self.note_received(now);
+        if let Some(key) = key {
+            apply_mask(&mut buf[header_len..header_len + len], key, 0);
+        }
+        Some((text, header_len, len))
+    }
+
+    /// [`read_event`](Self::read_event) without taking ownership where it can: a whole text
+    /// or binary message sent in one frame is lent straight out of `buf`, unmasked and checked
+    /// ([`MessageRef::Text`] / [`MessageRef::Binary`]), with no [`Bytes`] made for it; every
+    /// other event (control frames, fragmented or compressed messages, large frames) comes as
+    /// [`MessageRef::Owned`], as `read_event` returns it. Same checks, limits and replies.
+    ///
+    /// A lent message's bytes stay at the front of `buf` until the next read call on this
+    /// connection (`read_ref`, `read_event` or `read_chunk`) removes them, a run of them at
+    /// once. Between calls, only append to `buf` (read into it); it must be the same buffer.
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use bytes::{Buf, BytesMut};
+    /// use wsx_proto::{Config, Connection, Message, MessageRef};
+    ///
+    /// let now = Instant::now();
+    /// let mut client = Connection::client(Config::default(), now, || [1, 2, 3, 4]);
+    /// let mut server = Connection::server(Config::default(), now);
+    /// client.send(Message::text("hello")).unwrap();
+    /// client.send(Message::binary(&b"\x01\x02"[..])).unwrap();
+    /// let out = client.output();
+    /// let mut buf = BytesMut::from(&out.copy_to_bytes(out.remaining())[..]);
+    ///
+    /// assert_eq!(server.read_ref(&mut buf, now).unwrap(), Some(MessageRef::Text("hello")));
+    /// assert_eq!(server.read_ref(&mut buf, now).unwrap(), Some(MessageRef::Binary(&[1, 2])));
+    /// assert_eq!(server.read_ref(&mut buf, now).unwrap(), None);
+    /// assert!(buf.is_empty());
+    /// ```
+    pub fn read_ref<'b>(&mut self, buf: &'b mut BytesMut, now: Instant) -> Result<Option<MessageRef<'b>>, Error> {
+        let lent = self.lent.min(buf.len());
+        let Some((text, header_len, len)) = self.whole_small_frame(&mut buf[lent..], now) else {
+            return Ok(self.read_event(buf, now)?.map(MessageRef::Owned));
+        };
+        let start = lent + header_len;
+        self.lent = start + len;
+        let buf: &'b BytesMut = buf;
+        let payload = &buf[start..start + len];
+        if !text {
+            return Ok(Some(MessageRef::Binary(payload)));
+        }
+        match simdutf8::basic::from_utf8(payload) {
+            Ok(text) => Ok(Some(MessageRef::Text(text))),
+            Err(_) => {
+                // `buf` cannot be cleared through a shared borrow: what is left is dropped at
+                // the next read, which finds the connection closed.
+                self.lent = 0;
+                let err = ProtocolError::InvalidUtf8.into();
+                self.fail(&err);
+                Err(err)
             }
         }
     }
@@ -571,6 +699,7 @@ impl Connection {
     /// assert!(chunks > 1);
     /// ```
     pub fn read_chunk(&mut self, buf: &mut BytesMut, now: Instant) -> Result<Option<StreamEvent>, Error> {
+        self.settle_lent(buf);
         if self.state == State::Closed {
             buf.clear();
             return Ok(None);
@@ -1089,7 +1218,7 @@ impl Connection {
         let head_len = header.encode(&mut head);
         let tail = self.out.tail_mut();
         tail.reserve(head_len + len);
-        tail.extend_from_slice(&head[..head_len]);
+        put_header(tail, &head, head_len);
         let start = tail.len();
         parts.for_each(|p| tail.extend_from_slice(p));
         if let Some(key) = mask {
@@ -1197,7 +1326,7 @@ impl Connection {
         let head_len = header.encode(&mut head);
         let zero_copy = mask.is_none() && payload.len() >= OutBuf::ZERO_COPY_THRESHOLD;
         let tail = self.out.tail_mut();
-        tail.extend_from_slice(&head[..head_len]);
+        put_header(tail, &head, head_len);
         if zero_copy {
             self.out.commit(head_len);
             self.out.push_chunk(payload);
@@ -1301,4 +1430,17 @@ fn check_control(payload: &[u8]) -> Result<(), Error> {
         return Err(UsageError::ControlFrameTooLong.into());
     }
     Ok(())
+}
+
+/// Appends the first `n` bytes of an encoded header. The usual lengths are copied as
+/// constants (a few moves where a call to `memcpy` would cost more than the bytes).
+#[inline]
+fn put_header(tail: &mut BytesMut, head: &[u8; MAX_HEADER_LEN], n: usize) {
+    match n {
+        2 => tail.extend_from_slice(&head[..2]),
+        4 => tail.extend_from_slice(&head[..4]),
+        6 => tail.extend_from_slice(&head[..6]),
+        8 => tail.extend_from_slice(&head[..8]),
+        _ => tail.extend_from_slice(&head[..n]),
+    }
 }

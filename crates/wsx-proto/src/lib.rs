@@ -62,7 +62,7 @@ pub mod utf8;
 pub use connection::{Config, ConfigError, Connection, MaskKeySource, Role, State};
 pub use error::{Error, LimitError, ProtocolError, TimeoutError, UsageError};
 pub use frame::{CloseCode, FrameHeader, OpCode};
-pub use message::{CloseFrame, Message, Utf8Bytes};
+pub use message::{CloseFrame, Message, MessageRef, Utf8Bytes};
 pub use outbuf::OutBuf;
 pub use prepared::PreparedMessage;
 pub use stream::{Chunk, StreamEvent};

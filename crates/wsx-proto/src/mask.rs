@@ -20,9 +20,6 @@
 //! `unsafe` in the crate is `Utf8Bytes::as_str`.
 #![allow(unsafe_code)]
 
-/// Below this length the byte-at-a-time loop is used directly.
-const SMALL_LEN: usize = 16;
-
 /// Minimum length at which the AVX2 path is worth its setup cost.
 #[cfg(target_arch = "x86_64")]
 const AVX2_MIN_LEN: usize = 64;
@@ -34,16 +31,24 @@ const AVX2_MIN_LEN: usize = 64;
 /// `key[(offset + i) % 4]`. Use `offset = 0` for a whole payload.
 ///
 /// Applying the same mask twice restores the original bytes.
+#[inline]
 pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
     // From here on the key is rotated so that `buf[0]` uses `key[0]`.
     let key = rotate_key(key, offset);
-    if buf.len() < SMALL_LEN {
-        mask_bytes(buf, key);
+    // Short payloads (most messages) are masked in line, longer ones out of line.
+    #[cfg(target_arch = "x86_64")]
+    if buf.len() >= AVX2_MIN_LEN {
+        mask_long(buf, key);
         return;
     }
+    mask_words(buf, key);
+}
 
-    #[cfg(target_arch = "x86_64")]
-    if buf.len() >= AVX2_MIN_LEN && std::is_x86_feature_detected!("avx2") {
+/// [`apply_mask`] for payloads of at least [`AVX2_MIN_LEN`] bytes.
+#[cfg(target_arch = "x86_64")]
+#[inline(never)]
+fn mask_long(buf: &mut [u8], key: [u8; 4]) {
+    if std::is_x86_feature_detected!("avx2") {
         // SAFETY: AVX2 support was just checked at run time (the macro caches
         // the CPUID result, so this is a cheap load after the first call).
         unsafe { avx2::mask(buf, key) };
@@ -68,8 +73,9 @@ pub fn apply_mask_bytewise(buf: &mut [u8], key: [u8; 4], offset: usize) {
 /// position `offset`.
 #[inline]
 fn rotate_key(key: [u8; 4], offset: usize) -> [u8; 4] {
-    let r = offset % 4;
-    [key[r], key[(r + 1) % 4], key[(r + 2) % 4], key[(r + 3) % 4]]
+    // Little-endian: byte `r` moves to the front when the word turns right by `8 r` bits.
+    let r = (offset % 4) as u32;
+    u32::from_le_bytes(key).rotate_right(8 * r).to_le_bytes()
 }
 
 /// Portable path: XORs 8 bytes at a time with a 64-bit key. `key` must
@@ -84,8 +90,18 @@ fn mask_words(buf: &mut [u8], key: [u8; 4]) {
         let masked = u64::from_ne_bytes(word) ^ wide;
         chunk.copy_from_slice(&masked.to_ne_bytes());
     }
-    // Every chunk is a multiple of 4 bytes, so the tail starts at key phase 0.
-    mask_bytes(chunks.into_remainder(), key);
+    // Every chunk is a multiple of 4 bytes, so the tail starts at key phase 0: at most one
+    // 4-byte word, then at most 3 single bytes.
+    let rest = chunks.into_remainder();
+    let rest = if rest.len() >= 4 {
+        let (word, tail) = rest.split_at_mut(4);
+        let masked = u32::from_ne_bytes([word[0], word[1], word[2], word[3]]) ^ u32::from_ne_bytes(key);
+        word.copy_from_slice(&masked.to_ne_bytes());
+        tail
+    } else {
+        rest
+    };
+    mask_bytes(rest, key);
 }
 
 /// Simple loop for short inputs and tails. `key` must already be rotated so

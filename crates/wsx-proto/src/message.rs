@@ -198,6 +198,18 @@ impl Message {
     }
 }
 
+/// An event from [`Connection::read_ref`](crate::Connection::read_ref): a whole data message
+/// lent from the read buffer, or any other event, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessageRef<'a> {
+    /// A whole text message (valid UTF-8), still in the read buffer.
+    Text(&'a str),
+    /// A whole binary message, still in the read buffer.
+    Binary(&'a [u8]),
+    /// Any other event, as [`read_event`](crate::Connection::read_event) returns it.
+    Owned(Message),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

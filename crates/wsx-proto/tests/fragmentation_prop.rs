@@ -10,7 +10,7 @@ use common::{drain, encode_frame, feed_all, parse_frames, Rng};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use wsx_proto::frame::{FrameHeader, OpCode};
-use wsx_proto::{Config, Connection, Error, Message, State, Utf8Bytes};
+use wsx_proto::{Config, Connection, Error, Message, MessageRef, State, Utf8Bytes};
 
 /// The original message: text with multibyte characters, or binary.
 #[derive(Debug, Clone)]
@@ -53,6 +53,38 @@ fn feed_chunked(
         loop {
             match conn.read_event(&mut buf, now) {
                 Ok(Some(ev)) => results.push(Ok(ev)),
+                Ok(None) => break,
+                Err(e) => {
+                    results.push(Err(e));
+                    break;
+                }
+            }
+        }
+    }
+    results
+}
+
+/// [`feed_chunked`] through [`Connection::read_ref`], each lent message copied out as it comes.
+fn feed_chunked_ref(
+    conn: &mut Connection,
+    wire: &[u8],
+    max_chunk: usize,
+    seed: u64,
+    now: Instant,
+) -> Vec<Result<Message, Error>> {
+    let mut rng = Rng::new(seed);
+    let mut buf = BytesMut::new();
+    let mut results = Vec::new();
+    let mut rest = wire;
+    while !rest.is_empty() {
+        let n = rng.chunk_len(max_chunk).min(rest.len());
+        buf.extend_from_slice(&rest[..n]);
+        rest = &rest[n..];
+        loop {
+            match conn.read_ref(&mut buf, now) {
+                Ok(Some(MessageRef::Text(t))) => results.push(Ok(Message::text(t.to_owned()))),
+                Ok(Some(MessageRef::Binary(b))) => results.push(Ok(Message::binary(b.to_vec()))),
+                Ok(Some(MessageRef::Owned(m))) => results.push(Ok(m)),
                 Ok(None) => break,
                 Err(e) => {
                     results.push(Err(e));
@@ -200,6 +232,30 @@ proptest! {
         prop_assert_eq!(chunked.state(), whole.state());
         // Same replies, byte for byte (pongs, echoed close or failure close).
         prop_assert_eq!(drain(&mut chunked), drain(&mut whole));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Borrowed reads see what owned reads see: the same messages, errors, replies and state,
+    /// however the bytes arrive (whole frames take the lending path, the rest the general one).
+    #[test]
+    fn read_ref_matches_read_event(
+        frames in any_frames(),
+        max_chunk in prop_oneof![1usize..30, 200usize..2000],
+        seed: u64,
+    ) {
+        let wire: Vec<u8> = frames.iter().flat_map(|f| f.encode()).collect();
+        let now = Instant::now();
+        let config = small_limits();
+        let mut owned = Connection::server(config.clone(), now);
+        let mut lent = Connection::server(config, now);
+        let expected = feed_whole(&mut owned, &wire, now);
+        let got = feed_chunked_ref(&mut lent, &wire, max_chunk, seed, now);
+        prop_assert_eq!(&got, &expected);
+        prop_assert_eq!(lent.state(), owned.state());
+        prop_assert_eq!(drain(&mut lent), drain(&mut owned));
     }
 }
 

@@ -51,21 +51,33 @@ fn fork_generation() -> u64 {
     0
 }
 
-/// Fills `out` (at most [`BLOCK`] bytes) with random bytes from this thread's block.
-fn fill(out: &mut [u8]) {
+/// `N` (at most [`BLOCK`]) random bytes from this thread's block. The length is a constant,
+/// so taking a masking key is a 4-byte load, not a copy of unknown length.
+#[inline]
+fn take<const N: usize>() -> [u8; N] {
     let generation = fork_generation();
     POOL.with_borrow_mut(|pool| {
-        if pool.pos + out.len() > BLOCK || pool.generation != generation {
-            pool.generation = generation;
-            if let Err(e) = getrandom::fill(&mut pool.buf) {
-                // No secure randomness means we cannot mask safely: refuse to go on.
-                panic!("the operating system's random number generator failed: {e}");
-            }
-            pool.pos = 0;
+        if pool.pos + N > BLOCK || pool.generation != generation {
+            pool.refill(generation);
         }
-        out.copy_from_slice(&pool.buf[pool.pos..pool.pos + out.len()]);
-        pool.pos += out.len();
-    });
+        let mut out = [0; N];
+        out.copy_from_slice(&pool.buf[pool.pos..pool.pos + N]);
+        pool.pos += N;
+        out
+    })
+}
+
+impl Pool {
+    /// A fresh block from the OS, drawn in fork generation `generation`.
+    #[cold]
+    fn refill(&mut self, generation: u64) {
+        self.generation = generation;
+        if let Err(e) = getrandom::fill(&mut self.buf) {
+            // No secure randomness means we cannot mask safely: refuse to go on.
+            panic!("the operating system's random number generator failed: {e}");
+        }
+        self.pos = 0;
+    }
 }
 
 /// A client connection's source of masking keys: the calling thread's block of OS randomness
@@ -79,18 +91,15 @@ impl OsRandom {
 }
 
 impl wsx_proto::MaskKeySource for OsRandom {
+    #[inline]
     fn next_key(&mut self) -> [u8; 4] {
-        let mut k = [0; 4];
-        fill(&mut k);
-        k
+        take()
     }
 }
 
 /// 16 random bytes for a Sec-WebSocket-Key.
 pub(crate) fn handshake_key() -> [u8; 16] {
-    let mut k = [0; 16];
-    fill(&mut k);
-    k
+    take()
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use clap::Args;
 use wsx::proto::deflate::DeflateConfig;
+use wsx::proto::MessageRef;
 use wsx::{ClientBuilder, MaybeTlsStream, Message, WebSocketConfig};
 
 use super::payload::{Mismatch, Payloads};
@@ -486,24 +487,24 @@ async fn drive(
                 let at_ns = since_start(at);
                 let mut got = 0;
                 loop {
-                    let msg = match wire.next(at) {
-                        Ok(Some(msg)) => msg,
+                    // The check's verdict is all that outlives the lent message.
+                    let checked = match wire.next(at) {
+                        Ok(Some(MessageRef::Text(t))) => payloads.check(true, t.as_bytes()),
+                        Ok(Some(MessageRef::Binary(b))) => payloads.check(false, b),
+                        Ok(Some(MessageRef::Owned(Message::Text(t)))) => payloads.check(true, t.as_bytes()),
+                        Ok(Some(MessageRef::Owned(Message::Binary(b)))) => payloads.check(false, &b),
+                        Ok(Some(MessageRef::Owned(Message::Close(frame)))) => {
+                            fail(close_kind(frame));
+                            clean_end = false;
+                            break;
+                        }
+                        Ok(Some(_)) => continue,
                         Ok(None) => break,
                         Err(e) => {
                             fail(proto_kind(e));
                             clean_end = false;
                             break;
                         }
-                    };
-                    let (text, data) = match msg {
-                        Message::Text(t) => (true, t.into_bytes()),
-                        Message::Binary(b) => (false, b),
-                        Message::Close(frame) => {
-                            fail(close_kind(frame));
-                            clean_end = false;
-                            break;
-                        }
-                        _ => continue,
                     };
                     got += 1;
                     if next_seq == expected {
@@ -512,7 +513,7 @@ async fn drive(
                         fail("unexpected message".into());
                         continue;
                     }
-                    match payloads.check(text, &data) {
+                    match checked {
                         Ok((seq, sched)) if seq == expected => {
                             expected += 1;
                             if in_window(sched) {

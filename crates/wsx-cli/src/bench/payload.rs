@@ -134,13 +134,17 @@ impl Payloads {
                 _ => return Err(Mismatch::Header),
             }
         } else {
-            let mut word = [0u8; 8];
-            let mut n = |r: std::ops::Range<usize>| {
-                word = [0; 8];
-                word[..r.len()].copy_from_slice(&head[r]);
-                u64::from_le_bytes(word)
+            // `head` is exactly BINARY_HEADER (20) bytes: fixed-size reads, no copies.
+            let Some((seq, rest)) = head.split_first_chunk::<8>() else {
+                return Err(Mismatch::Header);
             };
-            (n(0..8), n(8..16), n(16..20) as u32)
+            let Some((sched, rest)) = rest.split_first_chunk::<8>() else {
+                return Err(Mismatch::Header);
+            };
+            let Some((sum, _)) = rest.split_first_chunk::<4>() else {
+                return Err(Mismatch::Header);
+            };
+            (u64::from_le_bytes(*seq), u64::from_le_bytes(*sched), u32::from_le_bytes(*sum))
         };
         if checksum(seq, sched) != sum {
             return Err(Mismatch::Header);

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use bytes::{Buf as _, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
-use wsx::proto::{CloseCode, CloseFrame, Connection, Message, State};
+use wsx::proto::{CloseCode, CloseFrame, Connection, MessageRef, State};
 use wsx::WebSocket;
 
 /// Bytes asked of the stream per read: the size starts at the least, doubles (up to the most)
@@ -97,11 +97,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     }
 
     /// The next complete message in what has been read (pings are answered by the core),
-    /// `None` when more bytes are needed.
-    pub fn next(&mut self, now: Instant) -> Result<Option<Message>, wsx::proto::Error> {
+    /// `None` when more bytes are needed. A message in one frame is lent from the read buffer
+    /// ([`Connection::read_ref`]): the generator checks each echo where it landed.
+    pub fn next(&mut self, now: Instant) -> Result<Option<MessageRef<'_>>, wsx::proto::Error> {
         match &mut self.decoder {
-            Some(decoder) => decoder.read_event(&mut self.buf, now),
-            None => self.conn.read_event(&mut self.buf, now),
+            Some(decoder) => decoder.read_ref(&mut self.buf, now),
+            None => self.conn.read_ref(&mut self.buf, now),
         }
     }
 

@@ -83,24 +83,16 @@ fn rotate_key(key: [u8; 4], offset: usize) -> [u8; 4] {
 #[inline]
 fn mask_words(buf: &mut [u8], key: [u8; 4]) {
     let wide = u64::from_ne_bytes([key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3]]);
-    let mut chunks = buf.chunks_exact_mut(8);
-    for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        let masked = u64::from_ne_bytes(word) ^ wide;
-        chunk.copy_from_slice(&masked.to_ne_bytes());
+    let (words, rest) = buf.as_chunks_mut::<8>();
+    for word in words {
+        *word = (u64::from_ne_bytes(*word) ^ wide).to_ne_bytes();
     }
-    // Every chunk is a multiple of 4 bytes, so the tail starts at key phase 0: at most one
+    // Every word is a multiple of 4 bytes, so the tail starts at key phase 0: at most one
     // 4-byte word, then at most 3 single bytes.
-    let rest = chunks.into_remainder();
-    let rest = if rest.len() >= 4 {
-        let (word, tail) = rest.split_at_mut(4);
-        let masked = u32::from_ne_bytes([word[0], word[1], word[2], word[3]]) ^ u32::from_ne_bytes(key);
-        word.copy_from_slice(&masked.to_ne_bytes());
-        tail
-    } else {
-        rest
-    };
+    let (halves, rest) = rest.as_chunks_mut::<4>();
+    if let Some(half) = halves.first_mut() {
+        *half = (u32::from_ne_bytes(*half) ^ u32::from_ne_bytes(key)).to_ne_bytes();
+    }
     mask_bytes(rest, key);
 }
 

@@ -131,9 +131,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             if *eof {
                 return Poll::Ready(Ok(Io::Eof));
             }
-            if buf.is_empty() && buf.capacity() > 2 * MAX_READ {
-                // A large message has gone through: do not keep its buffer.
-                *buf = BytesMut::new();
+            if buf.is_empty() {
+                if buf.capacity() > 2 * MAX_READ {
+                    // A large message has gone through: do not keep its buffer.
+                    *buf = BytesMut::new();
+                } else {
+                    // Everything read has been handled: the next read lands at the start of
+                    // the allocation (moving nothing), so that each connection keeps reusing
+                    // the same few KiB rather than walking through its whole buffer, which
+                    // across many connections would not stay in cache.
+                    let _ = buf.try_reclaim(buf.capacity() + 1);
+                }
             }
             if buf.capacity() - buf.len() < *read_size / 2 {
                 buf.reserve(*read_size);

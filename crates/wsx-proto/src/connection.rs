@@ -434,6 +434,7 @@ impl Connection {
         self.message = None;
         self.ping_deadline = None;
         self.close_deadline = None;
+        self.lent = 0;
     }
 
     fn release_held_pong(&mut self) {
@@ -601,15 +602,23 @@ impl Connection {
         Some((text, header_len, len))
     }
 
-    /// [`read_event`](Self::read_event) without taking ownership where it can: a whole text
-    /// or binary message sent in one frame is lent straight out of `buf`, unmasked and checked
-    /// ([`MessageRef::Text`] / [`MessageRef::Binary`]), with no [`Bytes`] made for it; every
-    /// other event (control frames, fragmented or compressed messages, large frames) comes as
-    /// [`MessageRef::Owned`], as `read_event` returns it. Same checks, limits and replies.
+    /// [`read_event`](Self::read_event) without taking ownership where it can: a text or
+    /// binary message sent in one final, uncompressed frame of under 64 KiB, whose whole frame
+    /// is in `buf` when the call starts, is lent straight out of `buf`, unmasked and checked
+    /// ([`MessageRef::Text`] / [`MessageRef::Binary`]), with no [`Bytes`] made for it. Every
+    /// other event comes as [`MessageRef::Owned`], as `read_event` returns it: control frames,
+    /// fragmented or compressed messages, larger frames, and a frame that arrived over several
+    /// reads. The same checks, limits and replies either way.
     ///
     /// A lent message's bytes stay at the front of `buf` until the next read call on this
     /// connection (`read_ref`, `read_event` or `read_chunk`) removes them, a run of them at
-    /// once. Between calls, only append to `buf` (read into it); it must be the same buffer.
+    /// once. Between calls, only append to `buf` (read into it), and pass the same buffer:
+    /// before moving the connection to another buffer (or taking `buf` apart), call `read_ref`
+    /// until it returns `Ok(None)`, or `read_event` once, which removes what was lent.
+    ///
+    /// On an error the connection is failed as by `read_event`, except that `buf` cannot be
+    /// cleared while borrowed: what is left in it is discarded by the next read call, which
+    /// finds the connection closed.
     ///
     /// ```
     /// use std::time::Instant;

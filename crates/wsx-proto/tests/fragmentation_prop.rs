@@ -257,6 +257,33 @@ proptest! {
         prop_assert_eq!(lent.state(), owned.state());
         prop_assert_eq!(drain(&mut lent), drain(&mut owned));
     }
+
+    /// The same in the client role: the server's frames unmasked (and the one the fault
+    /// "unmasked" masked instead, which a client must refuse), byte-at-a-time reads included.
+    #[test]
+    fn read_ref_matches_read_event_in_the_client_role(
+        frames in any_frames(),
+        max_chunk in prop_oneof![1usize..3, 1usize..30, 200usize..2000],
+        seed: u64,
+    ) {
+        let wire: Vec<u8> = frames
+            .into_iter()
+            .map(|mut f| {
+                f.key = if f.key.is_some() { None } else { Some([9, 8, 7, 6]) };
+                f
+            })
+            .flat_map(|f| f.encode())
+            .collect();
+        let now = Instant::now();
+        let config = small_limits();
+        let mut owned = Connection::client(config.clone(), now, common::counting_keys());
+        let mut lent = Connection::client(config, now, common::counting_keys());
+        let expected = feed_whole(&mut owned, &wire, now);
+        let got = feed_chunked_ref(&mut lent, &wire, max_chunk, seed, now);
+        prop_assert_eq!(&got, &expected);
+        prop_assert_eq!(lent.state(), owned.state());
+        prop_assert_eq!(drain(&mut lent), drain(&mut owned));
+    }
 }
 
 fn small_limits() -> Config {

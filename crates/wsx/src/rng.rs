@@ -55,6 +55,7 @@ fn fork_generation() -> u64 {
 /// so taking a masking key is a 4-byte load, not a copy of unknown length.
 #[inline]
 fn take<const N: usize>() -> [u8; N] {
+    const { assert!(N <= BLOCK) };
     let generation = fork_generation();
     POOL.with_borrow_mut(|pool| {
         if pool.pos + N > BLOCK || pool.generation != generation {
@@ -71,11 +72,12 @@ impl Pool {
     /// A fresh block from the OS, drawn in fork generation `generation`.
     #[cold]
     fn refill(&mut self, generation: u64) {
-        self.generation = generation;
         if let Err(e) = getrandom::fill(&mut self.buf) {
-            // No secure randomness means we cannot mask safely: refuse to go on.
+            // No secure randomness means we cannot mask safely: refuse to go on. The block is
+            // left marked stale, so a caught panic cannot let its old bytes be used.
             panic!("the operating system's random number generator failed: {e}");
         }
+        self.generation = generation;
         self.pos = 0;
     }
 }

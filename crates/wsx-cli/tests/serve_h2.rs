@@ -253,6 +253,27 @@ async fn refusals_over_h2() {
     server.expect_log(&["refused", "status=503", "http=\"2\""]);
 }
 
+/// A CONNECT with more header fields than the handshake allows gets 431 before admission: at
+/// `--max-connections` it is still 431 (admission would say 503), so it spent no place, token
+/// or backend connection.
+#[tokio::test]
+async fn an_oversized_head_is_refused_before_admission() {
+    let server = Server::start(&["--tls-self-signed", "--max-connections", "1"]);
+    let addr = server.addr;
+    let mut send = raw_h2(addr).await;
+    let names: Vec<String> = (0..70).map(|i| format!("x-h{i:02}")).collect();
+    let mut headers = vec![("sec-websocket-version", "13")];
+    headers.extend(names.iter().map(|n| (n.as_str(), "v")));
+    let h2 = ws_h2(addr).await;
+    let _only = open(&h2, addr, "/echo").await;
+    let (parts, body) = raw_request(&mut send, connect(addr, "/echo", Some("websocket"), &headers)).await;
+    assert_eq!(parts.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "{}", String::from_utf8_lossy(&body));
+    // Within the limit, the same request meets admission: the one place is taken.
+    let (parts, _) = raw_request(&mut send, connect(addr, "/echo", Some("websocket"), &headers[..60])).await;
+    assert_eq!(parts.status, StatusCode::SERVICE_UNAVAILABLE);
+    server.expect_log(&["refused", "status=431", "http=\"2\""]);
+}
+
 /// `--no-http2`: the port offers http/1.1 only, and a WebSocket over it still works.
 #[tokio::test]
 async fn no_http2_offers_http1_only() {

@@ -311,6 +311,24 @@ impl Upgrade {
         &self.upgrade
     }
 
+    /// The `431` that [`accept`](Self::accept) would answer for a head over `limits` (too many
+    /// header fields, or too many bytes), without accepting anything: a server that spends
+    /// something on admission (a rate-limit token, a connection to a backend) checks this
+    /// first, so that an oversized request costs it nothing.
+    pub fn check_head(&self, limits: &handshake::HandshakeLimits) -> Result<(), Rejection> {
+        let too_large = if self.header_count > limits.max_headers {
+            Some(HandshakeError::TooManyHeaders { limit: limits.max_headers })
+        } else if self.head_bytes > limits.max_head_bytes {
+            Some(HandshakeError::HeadTooLarge { limit: limits.max_head_bytes })
+        } else {
+            None
+        };
+        match too_large.and_then(|e| e.to_rejection()) {
+            Some(rejection) => Err(rejection),
+            None => Ok(()),
+        }
+    }
+
     /// Accepts the upgrade with the subprotocol and extra headers of `accept` and the limits,
     /// timers and compression of `config`: returns the `101 Switching Protocols` response (for
     /// an HTTP/2 extended `CONNECT`, `200 OK`), which the service must return, and the [`Upgrading`] that becomes the connection once
@@ -321,17 +339,7 @@ impl Upgrade {
     /// [`Config::validate`](wsx_proto::Config::validate) (logged at `error` level with the
     /// reason) or for a subprotocol the client did not offer.
     pub fn accept(self, accept: Accept, config: &WebSocketConfig) -> Result<(Response<()>, Upgrading), Rejection> {
-        let limits = &config.proto.handshake;
-        let too_large = if self.header_count > limits.max_headers {
-            Some(HandshakeError::TooManyHeaders { limit: limits.max_headers })
-        } else if self.head_bytes > limits.max_head_bytes {
-            Some(HandshakeError::HeadTooLarge { limit: limits.max_head_bytes })
-        } else {
-            None
-        };
-        if let Some(rejection) = too_large.and_then(|e| e.to_rejection()) {
-            return Err(rejection);
-        }
+        self.check_head(&config.proto.handshake)?;
         let Answer { response, conn, protocol, extensions } =
             answer(&self.upgrade, accept, config).map_err(|refusal| {
                 if let Error::Config(e) = &refusal.error {

@@ -251,6 +251,11 @@ async fn answer(
         Ok(upgrade) => upgrade,
         Err(rejection) => return refuse(rejection),
     };
+    // An oversized head is refused before admission spends anything on it (a per-IP token, a
+    // connection to the --forward target).
+    if let Err(rejection) = upgrade.check_head(&server.config.websocket.proto.handshake) {
+        return refuse(rejection);
+    }
     let request = head_only(&parts);
     let Admitted { route, protocol, permits } = match admit(&server, &request, upgrade.request(), route, peer).await {
         Ok(admitted) => admitted,

@@ -42,26 +42,7 @@ fn feed_chunked(
     seed: u64,
     now: Instant,
 ) -> Vec<Result<Message, Error>> {
-    let mut rng = Rng::new(seed);
-    let mut buf = BytesMut::new();
-    let mut results = Vec::new();
-    let mut rest = wire;
-    while !rest.is_empty() {
-        let n = rng.chunk_len(max_chunk).min(rest.len());
-        buf.extend_from_slice(&rest[..n]);
-        rest = &rest[n..];
-        loop {
-            match conn.read_event(&mut buf, now) {
-                Ok(Some(ev)) => results.push(Ok(ev)),
-                Ok(None) => break,
-                Err(e) => {
-                    results.push(Err(e));
-                    break;
-                }
-            }
-        }
-    }
-    results
+    feed_chunked_with(conn, wire, max_chunk, seed, |conn, buf| conn.read_event(buf, now))
 }
 
 /// [`feed_chunked`] through [`Connection::read_ref`], each lent message copied out as it comes.
@@ -72,6 +53,23 @@ fn feed_chunked_ref(
     seed: u64,
     now: Instant,
 ) -> Vec<Result<Message, Error>> {
+    feed_chunked_with(conn, wire, max_chunk, seed, |conn, buf| {
+        Ok(conn.read_ref(buf, now)?.map(|event| match event {
+            MessageRef::Text(t) => Message::text(t.to_owned()),
+            MessageRef::Binary(b) => Message::binary(b.to_vec()),
+            MessageRef::Owned(m) => m,
+        }))
+    })
+}
+
+/// The loop of [`feed_chunked`], with `read` for the read call.
+fn feed_chunked_with(
+    conn: &mut Connection,
+    wire: &[u8],
+    max_chunk: usize,
+    seed: u64,
+    read: impl Fn(&mut Connection, &mut BytesMut) -> Result<Option<Message>, Error>,
+) -> Vec<Result<Message, Error>> {
     let mut rng = Rng::new(seed);
     let mut buf = BytesMut::new();
     let mut results = Vec::new();
@@ -81,10 +79,8 @@ fn feed_chunked_ref(
         buf.extend_from_slice(&rest[..n]);
         rest = &rest[n..];
         loop {
-            match conn.read_ref(&mut buf, now) {
-                Ok(Some(MessageRef::Text(t))) => results.push(Ok(Message::text(t.to_owned()))),
-                Ok(Some(MessageRef::Binary(b))) => results.push(Ok(Message::binary(b.to_vec()))),
-                Ok(Some(MessageRef::Owned(m))) => results.push(Ok(m)),
+            match read(conn, &mut buf) {
+                Ok(Some(ev)) => results.push(Ok(ev)),
                 Ok(None) => break,
                 Err(e) => {
                     results.push(Err(e));

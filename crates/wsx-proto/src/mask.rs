@@ -110,7 +110,7 @@ fn mask_bytes(buf: &mut [u8], key: [u8; 4]) {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use core::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm256_storeu_si256, _mm256_xor_si256};
+    use core::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm256_set1_epi32, _mm256_storeu_si256, _mm256_xor_si256};
 
     /// AVX2 path: XORs 32 bytes at a time. `key` must already be rotated so
     /// that `buf[0]` uses `key[0]`.
@@ -120,14 +120,9 @@ mod avx2 {
     /// The CPU must support AVX2.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn mask(buf: &mut [u8], key: [u8; 4]) {
-        let mut key_bytes = [0u8; 32];
-        for (i, b) in key_bytes.iter_mut().enumerate() {
-            *b = key[i % 4];
-        }
-        // SAFETY: `key_bytes` is 32 readable bytes; `loadu` has no alignment
-        // requirement; AVX2 is enabled for this function and the caller
-        // guarantees the CPU supports it.
-        let key_vec = unsafe { _mm256_loadu_si256(key_bytes.as_ptr().cast::<__m256i>()) };
+        // The key in each 32-bit lane: x86 is little-endian, so each lane's bytes in memory are
+        // `key` in order.
+        let key_vec = _mm256_set1_epi32(i32::from_le_bytes(key));
 
         let mut chunks = buf.chunks_exact_mut(32);
         for chunk in &mut chunks {

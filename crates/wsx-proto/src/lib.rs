@@ -20,7 +20,9 @@
 //! - [`deflate`]: permessage-deflate (RFC 7692) negotiation and per-message compression;
 //! - [`Connection`]: the state machine for either role after the handshake;
 //! - [`prepared`]: [`PreparedMessage`], a message encoded and compressed once for many connections.
-//! - [`stream`]: receiving a large message as a stream of chunks ([`Connection::read_chunk`]).
+//! - [`stream`]: receiving a large message as a stream of chunks ([`Connection::read_chunk`]);
+//! - [`MessageRef`]: a small message lent from the read buffer, not copied out of it
+//!   ([`Connection::read_ref`]), for callers that only look at it.
 //!
 //! # Quick start: a client and a server in memory
 //!

@@ -219,15 +219,9 @@ proptest! {
     ) {
         let wire: Vec<u8> = frames.iter().flat_map(|f| f.encode()).collect();
         let now = Instant::now();
-        let config = small_limits();
-        let mut whole = Connection::server(config.clone(), now);
-        let mut chunked = Connection::server(config, now);
-        let expected = feed_whole(&mut whole, &wire, now);
-        let got = feed_chunked(&mut chunked, &wire, max_chunk, seed, now);
-        prop_assert_eq!(&got, &expected);
-        prop_assert_eq!(chunked.state(), whole.state());
-        // Same replies, byte for byte (pongs, echoed close or failure close).
-        prop_assert_eq!(drain(&mut chunked), drain(&mut whole));
+        agrees_with_whole_feed(|| Connection::server(small_limits(), now), &wire, now, |conn| {
+            feed_chunked(conn, &wire, max_chunk, seed, now)
+        })?;
     }
 }
 
@@ -244,14 +238,9 @@ proptest! {
     ) {
         let wire: Vec<u8> = frames.iter().flat_map(|f| f.encode()).collect();
         let now = Instant::now();
-        let config = small_limits();
-        let mut owned = Connection::server(config.clone(), now);
-        let mut lent = Connection::server(config, now);
-        let expected = feed_whole(&mut owned, &wire, now);
-        let got = feed_chunked_ref(&mut lent, &wire, max_chunk, seed, now);
-        prop_assert_eq!(&got, &expected);
-        prop_assert_eq!(lent.state(), owned.state());
-        prop_assert_eq!(drain(&mut lent), drain(&mut owned));
+        agrees_with_whole_feed(|| Connection::server(small_limits(), now), &wire, now, |conn| {
+            feed_chunked_ref(conn, &wire, max_chunk, seed, now)
+        })?;
     }
 
     /// The same in the client role: the server's frames unmasked (and the one the fault
@@ -271,15 +260,32 @@ proptest! {
             .flat_map(|f| f.encode())
             .collect();
         let now = Instant::now();
-        let config = small_limits();
-        let mut owned = Connection::client(config.clone(), now, common::counting_keys());
-        let mut lent = Connection::client(config, now, common::counting_keys());
-        let expected = feed_whole(&mut owned, &wire, now);
-        let got = feed_chunked_ref(&mut lent, &wire, max_chunk, seed, now);
-        prop_assert_eq!(&got, &expected);
-        prop_assert_eq!(lent.state(), owned.state());
-        prop_assert_eq!(drain(&mut lent), drain(&mut owned));
+        agrees_with_whole_feed(
+            || Connection::client(small_limits(), now, common::counting_keys()),
+            &wire,
+            now,
+            |conn| feed_chunked_ref(conn, &wire, max_chunk, seed, now),
+        )?;
     }
+}
+
+/// Feeds `wire` whole to one connection made by `make` and through `feed` to another: both give
+/// the same events and errors, end in the same state and queue the same replies, byte for byte
+/// (pongs, an echoed close or a failure's close).
+fn agrees_with_whole_feed(
+    make: impl Fn() -> Connection,
+    wire: &[u8],
+    now: Instant,
+    feed: impl FnOnce(&mut Connection) -> Vec<Result<Message, Error>>,
+) -> Result<(), TestCaseError> {
+    let mut whole = make();
+    let mut other = make();
+    let expected = feed_whole(&mut whole, wire, now);
+    let got = feed(&mut other);
+    prop_assert_eq!(&got, &expected);
+    prop_assert_eq!(other.state(), whole.state());
+    prop_assert_eq!(drain(&mut other), drain(&mut whole));
+    Ok(())
 }
 
 fn small_limits() -> Config {

@@ -460,6 +460,12 @@ impl Connection {
     /// A message that [`read_chunk`](Self::read_chunk) has started handing out must be finished
     /// with `read_chunk`: until then this returns a [`UsageError`] and changes nothing.
     pub fn read_event(&mut self, buf: &mut BytesMut, now: Instant) -> Result<Option<Message>, Error> {
+        self.read_owned(buf, now, true)
+    }
+
+    /// [`read_event`](Self::read_event); `try_whole` false skips the whole-frame step, for
+    /// [`read_ref`](Self::read_ref), which has just found that it does not apply.
+    fn read_owned(&mut self, buf: &mut BytesMut, now: Instant, try_whole: bool) -> Result<Option<Message>, Error> {
         self.settle_lent(buf);
         if self.state == State::Closed {
             buf.clear();
@@ -468,7 +474,7 @@ impl Connection {
         if self.message.as_ref().is_some_and(|m| m.streaming) {
             return Err(UsageError::Fragmentation("read_event called while read_chunk is streaming a message").into());
         }
-        let result = self.read_event_inner(buf, now);
+        let result = self.read_event_inner(buf, now, try_whole);
         self.fail_on_error(buf, result)
     }
 
@@ -497,8 +503,13 @@ impl Connection {
         Ok(true)
     }
 
-    fn read_event_inner(&mut self, buf: &mut BytesMut, now: Instant) -> Result<Option<Message>, Error> {
-        if let Some((text, header_len, len)) = self.whole_small_frame(buf, now) {
+    fn read_event_inner(
+        &mut self,
+        buf: &mut BytesMut,
+        now: Instant,
+        try_whole: bool,
+    ) -> Result<Option<Message>, Error> {
+        if let Some((text, header_len, len)) = try_whole.then(|| self.whole_small_frame(buf, now)).flatten() {
             if text && crate::utf8::validate(&buf[header_len..header_len + len]).is_err() {
                 return Err(ProtocolError::InvalidUtf8.into());
             }
@@ -641,7 +652,8 @@ impl Connection {
     pub fn read_ref<'b>(&mut self, buf: &'b mut BytesMut, now: Instant) -> Result<Option<MessageRef<'b>>, Error> {
         let lent = self.lent.min(buf.len());
         let Some((text, header_len, len)) = self.whole_small_frame(&mut buf[lent..], now) else {
-            return Ok(self.read_event(buf, now)?.map(MessageRef::Owned));
+            // After the lent bytes are removed, `buf` starts where that attempt looked.
+            return Ok(self.read_owned(buf, now, false)?.map(MessageRef::Owned));
         };
         let start = lent + header_len;
         self.lent = start + len;
@@ -1227,7 +1239,7 @@ impl Connection {
         let head_len = header.encode(&mut head);
         let tail = self.out.tail_mut();
         tail.reserve(head_len + len);
-        put_header(tail, &head, head_len);
+        tail.extend_from_slice(&head[..head_len]);
         let start = tail.len();
         parts.for_each(|p| tail.extend_from_slice(p));
         if let Some(key) = mask {
@@ -1335,7 +1347,7 @@ impl Connection {
         let head_len = header.encode(&mut head);
         let zero_copy = mask.is_none() && payload.len() >= OutBuf::ZERO_COPY_THRESHOLD;
         let tail = self.out.tail_mut();
-        put_header(tail, &head, head_len);
+        tail.extend_from_slice(&head[..head_len]);
         if zero_copy {
             self.out.commit(head_len);
             self.out.push_chunk(payload);
@@ -1439,17 +1451,4 @@ fn check_control(payload: &[u8]) -> Result<(), Error> {
         return Err(UsageError::ControlFrameTooLong.into());
     }
     Ok(())
-}
-
-/// Appends the first `n` bytes of an encoded header. The usual lengths are copied as
-/// constants (a few moves where a call to `memcpy` would cost more than the bytes).
-#[inline]
-fn put_header(tail: &mut BytesMut, head: &[u8; MAX_HEADER_LEN], n: usize) {
-    match n {
-        2 => tail.extend_from_slice(&head[..2]),
-        4 => tail.extend_from_slice(&head[..4]),
-        6 => tail.extend_from_slice(&head[..6]),
-        8 => tail.extend_from_slice(&head[..8]),
-        _ => tail.extend_from_slice(&head[..n]),
-    }
 }

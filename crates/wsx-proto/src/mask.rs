@@ -84,8 +84,8 @@ fn rotate_key(key: [u8; 4], offset: usize) -> [u8; 4] {
 fn mask_words(buf: &mut [u8], key: [u8; 4]) {
     // The key twice over, built as integers (a byte at a time costs more than the masking of
     // a short payload).
-    let half = u64::from(u32::from_ne_bytes(key));
-    let wide = half | (half << 32);
+    let narrow = u32::from_ne_bytes(key);
+    let wide = u64::from(narrow) | (u64::from(narrow) << 32);
     let (words, rest) = buf.as_chunks_mut::<8>();
     for word in words {
         *word = (u64::from_ne_bytes(*word) ^ wide).to_ne_bytes();
@@ -94,7 +94,7 @@ fn mask_words(buf: &mut [u8], key: [u8; 4]) {
     // 4-byte word, then at most 3 single bytes.
     let (halves, rest) = rest.as_chunks_mut::<4>();
     if let Some(half) = halves.first_mut() {
-        *half = (u32::from_ne_bytes(*half) ^ u32::from_ne_bytes(key)).to_ne_bytes();
+        *half = (u32::from_ne_bytes(*half) ^ narrow).to_ne_bytes();
     }
     mask_bytes(rest, key);
 }

@@ -30,6 +30,7 @@
 //! frame is unmasked and (for text) UTF-8-checked as it arrives, so an invalid text message fails
 //! at its first bad byte and a frame is never buffered beyond what arrived.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -70,7 +71,7 @@ pub enum State {
 /// Limits and timers: every limit of a connection, its opening handshake included, in one place.
 /// Every field has a safe default (see each field for the trade-off); [`Config::validate`]
 /// checks that they fit together.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Config {
     /// The largest frame payload accepted. Default 16 MiB. A frame declaring more is refused with
@@ -284,19 +285,23 @@ const STREAM_INFLATED_CHUNK: usize = 64 * 1024;
 /// The WebSocket connection state machine for one role. See the [module docs](self).
 pub struct Connection {
     role: Role,
-    config: Config,
+    /// Shared: many connections made with the same settings can hold one copy (see the
+    /// constructors), which matters when an idle connection is counted in bytes.
+    config: Arc<Config>,
     state: State,
     out: OutBuf,
     mask_keys: Option<Box<dyn MaskKeySource>>,
     frame: Option<PartialFrame>,
-    message: Option<PartialMessage>,
+    /// Boxed, as `close_received`: rare (a fragmented or compressed message under way), so a
+    /// pointer while absent keeps an idle connection small.
+    message: Option<Box<PartialMessage>>,
     utf8: Utf8Validator,
     /// permessage-deflate state, when negotiated.
     deflate: Option<Box<PerMessageDeflate>>,
     /// A fragmented message we are sending: `Some(is_text)`.
     sending_fragmented: bool,
     close_sent: bool,
-    close_received: Option<Option<CloseFrame>>,
+    close_received: Option<Box<Option<CloseFrame>>>,
     last_received: Instant,
     ping_deadline: Option<Instant>,
     /// Where our last keepalive ping ends in the output stream ([`OutBuf::written`] counts):
@@ -306,7 +311,8 @@ pub struct Connection {
     pings_sent: u64,
     /// The pong owed for the newest ping, held back while output is over the high-water mark
     /// (older unanswered pings need none); written at the next [`Connection::output`].
-    held_pong: Option<Bytes>,
+    /// (Boxed: rare, and a pointer while absent.)
+    held_pong: Option<Box<Bytes>>,
     /// Bytes at the front of the caller's read buffer that [`Connection::read_ref`] has lent
     /// out and not yet removed (removed at the next read, one `advance` for a run of them).
     lent: usize,
@@ -325,15 +331,26 @@ impl std::fmt::Debug for Connection {
 impl Connection {
     /// A server-side connection, open, as of `now`.
     pub fn server(config: Config, now: Instant) -> Self {
+        Self::new(Role::Server, Arc::new(config), now, None)
+    }
+
+    /// A server-side connection with settings that many connections share: a server with many
+    /// idle connections saves a copy of the [`Config`] in each.
+    pub fn server_shared(config: Arc<Config>, now: Instant) -> Self {
         Self::new(Role::Server, config, now, None)
     }
 
     /// A client-side connection, open, as of `now`, masking with keys from `mask_keys`.
     pub fn client(config: Config, now: Instant, mask_keys: impl MaskKeySource + 'static) -> Self {
+        Self::new(Role::Client, Arc::new(config), now, Some(Box::new(mask_keys)))
+    }
+
+    /// A client-side connection with shared settings, as [`Connection::server_shared`].
+    pub fn client_shared(config: Arc<Config>, now: Instant, mask_keys: impl MaskKeySource + 'static) -> Self {
         Self::new(Role::Client, config, now, Some(Box::new(mask_keys)))
     }
 
-    fn new(role: Role, config: Config, now: Instant, mask_keys: Option<Box<dyn MaskKeySource>>) -> Self {
+    fn new(role: Role, config: Arc<Config>, now: Instant, mask_keys: Option<Box<dyn MaskKeySource>>) -> Self {
         Self {
             role,
             config,
@@ -390,7 +407,7 @@ impl Connection {
 
     /// The peer's close frame, once it arrived: `Some(None)` for a close without a status code.
     pub fn close_received(&self) -> Option<&Option<CloseFrame>> {
-        self.close_received.as_ref()
+        self.close_received.as_deref()
     }
 
     /// Whether both close frames were exchanged: the closing handshake completed cleanly.
@@ -439,7 +456,7 @@ impl Connection {
 
     fn release_held_pong(&mut self) {
         if let Some(payload) = self.held_pong.take() {
-            self.write_frame(OpCode::Pong, true, payload);
+            self.write_frame(OpCode::Pong, true, *payload);
         }
     }
 
@@ -757,7 +774,7 @@ impl Connection {
             }
             // A data frame: its message may have been started by `read_event` (or, for a first
             // frame, not be recorded yet).
-            let m = self.message.get_or_insert_with(|| PartialMessage::new(text, false, 0));
+            let m = self.message.get_or_insert_with(|| Box::new(PartialMessage::new(text, false, 0)));
             m.streaming = true;
             if available > done {
                 self.note_received(now);
@@ -954,7 +971,7 @@ impl Connection {
                 return Err(LimitError::MessageTooLarge { limit: self.config.max_message_size }.into());
             }
             if compressed && self.message.is_none() {
-                self.message = Some(PartialMessage::new(text, true, 0));
+                self.message = Some(Box::new(PartialMessage::new(text, true, 0)));
             }
         }
         // Both limits above are usize, so the length fits.
@@ -971,7 +988,7 @@ impl Connection {
                 // a ping flood from a peer that does not read costs at most one pong.
                 if self.state != State::Closed {
                     if self.held_pong.is_some() || self.is_output_full() {
-                        self.held_pong = Some(payload.clone());
+                        self.held_pong = Some(Box::new(payload.clone()));
                     } else {
                         self.write_frame(OpCode::Pong, true, payload.clone());
                     }
@@ -989,7 +1006,7 @@ impl Connection {
                 }
             }
             OpCode::Text | OpCode::Binary => {
-                let mut m = PartialMessage::new(h.opcode == OpCode::Text, false, 1);
+                let mut m = Box::new(PartialMessage::new(h.opcode == OpCode::Text, false, 1));
                 m.data.extend_from_slice(&payload);
                 self.message = Some(m);
                 Ok(None)
@@ -1061,7 +1078,7 @@ impl Connection {
                 None => self.write_close(None, ""),
             }
         }
-        self.close_received = Some(frame.clone());
+        self.close_received = Some(Box::new(frame.clone()));
         self.state = State::Closed;
         self.close_deadline = None;
         self.frame = None;

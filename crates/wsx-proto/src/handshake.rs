@@ -111,7 +111,7 @@ pub fn generate_key(random: [u8; 16]) -> String {
 }
 
 /// Bounds on an HTTP head received from the peer.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HandshakeLimits {
     /// Largest accepted head (request or status line, header lines and the
     /// terminating empty line), in bytes. Default: 16 KiB.

@@ -495,7 +495,7 @@ impl ClientBuilder {
             }
             Err(e) => return Err(e.into()),
         };
-        let mut conn = Connection::client(self.config.proto.clone(), now(), OsRandom::new());
+        let mut conn = Connection::client_shared(self.config.shared_proto(), now(), OsRandom::new());
         if let Some(deflate) = &self.config.deflate {
             let answer = outcome.extensions.as_deref().unwrap_or("");
             if let Some(params) =

@@ -527,7 +527,7 @@ impl Http2Connection {
                 return Err(e.into());
             }
         };
-        let mut conn = Connection::client(config.proto.clone(), now(), OsRandom::new());
+        let mut conn = Connection::client_shared(config.shared_proto(), now(), OsRandom::new());
         if let Some(deflate) = &config.deflate {
             let answer = outcome.extensions.as_deref().unwrap_or("");
             match deflate.client_accept(answer) {

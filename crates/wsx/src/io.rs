@@ -52,6 +52,12 @@ const MIN_READ: usize = 256;
 const MAX_READ: usize = 64 * 1024;
 /// An empty read buffer larger than this is released rather than kept while idle.
 const KEEP_IDLE_BUFFER: usize = 64 * 1024;
+/// An empty read buffer up to this size is released when a read finds nothing to read and
+/// nothing arrived since the last such read (see `ReadState::waiting`), so an idle connection
+/// holds none (idle memory is counted per connection) while a busy one keeps its buffer and
+/// allocates nothing per message. Larger ones (a connection carrying large messages) are kept
+/// up to [`KEEP_IDLE_BUFFER`].
+const RELEASE_WAITING_BUFFER: usize = 4 * 1024;
 /// About the most one poll of a split reader's `recv` reads before it yields (waking itself; the
 /// last read may take up to [`MAX_READ`] more): a large message arriving fast is read and
 /// inflated over several polls, so the writer, which waits for the same lock, gets its turn.
@@ -153,7 +159,8 @@ impl Timer {
 struct ReadState {
     buf: BytesMut,
     /// An event to hand out once our pending output (the close echo) has been written.
-    stash: Option<Message>,
+    /// Boxed: rare, and a pointer while absent keeps an idle connection small.
+    stash: Option<Box<Message>>,
     /// The timer armed for the connection's next deadline, or the wind-down's.
     timer: Timer,
     /// When a closed connection stops waiting for its output and for the peer to close the
@@ -166,6 +173,8 @@ struct ReadState {
     /// How much room the next read gets: doubles when a read fills it, halves when reads stay
     /// small.
     read_size: usize,
+    /// Bytes arrived since the last read that found nothing (see [`ReadState::waiting`]).
+    fresh: bool,
 }
 
 impl ReadState {
@@ -181,8 +190,20 @@ impl ReadState {
         }
     }
 
+    /// A read found nothing to read. If nothing has arrived since the last time (a connection
+    /// woken by a timer, or waiting for its first message after the handshake), an empty small
+    /// buffer is given back while we wait; a connection in the middle of an exchange keeps its
+    /// buffer, so steady traffic allocates nothing.
+    fn waiting(&mut self) {
+        if !self.fresh && self.buf.is_empty() && self.buf.capacity() <= RELEASE_WAITING_BUFFER {
+            self.buf = BytesMut::new();
+        }
+        self.fresh = false;
+    }
+
     /// Adapts the read size to a read of `n` bytes into `room` bytes of space.
     fn after_read(&mut self, n: usize, room: usize) {
+        self.fresh = true;
         if n >= room {
             self.read_size = (self.read_size * 2).min(MAX_READ);
         } else if n < self.read_size / 4 {
@@ -469,7 +490,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
                     self.read.stash = Some(ev);
                     return Poll::Pending;
                 }
-                return Poll::Ready(Some(Ok(E::from_close(ev))));
+                return Poll::Ready(Some(Ok(E::from_close(*ev))));
             }
             if self.conn.state() == State::Closed {
                 if let Some(err) = self.write.failure.take() {
@@ -482,7 +503,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
             self.read.partial = matches!(event, Ok(None));
             match event.map(|ev| ev.map(E::into_close)) {
                 Ok(Some(Ok(close))) => {
-                    self.read.stash = Some(close);
+                    self.read.stash = Some(Box::new(close));
                     continue;
                 }
                 Ok(Some(Err(ev))) => {
@@ -565,6 +586,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
                             continue;
                         }
                     }
+                    self.read.waiting();
                     return Poll::Pending;
                 }
             }
@@ -634,5 +656,57 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
         self.read.buf = BytesMut::new();
         self.read.timer = Timer::default();
         Poll::Ready(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A client frame: masked binary `payload` (short).
+    fn masked(payload: &[u8]) -> Vec<u8> {
+        let key = [1, 2, 3, 4];
+        let mut frame = vec![0x82, 0x80 | payload.len() as u8];
+        frame.extend_from_slice(&key);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        frame
+    }
+
+    /// One poll of `recv`, whatever it gives.
+    async fn recv<S: AsyncRead + AsyncWrite + Unpin>(core: &mut Core<S>) -> Poll<Option<Result<Message, Error>>> {
+        std::future::poll_fn(|cx| Poll::Ready(core.poll_recv(cx, None))).await
+    }
+
+    /// An idle connection holds no read buffer; one in the middle of an exchange keeps it, so
+    /// that steady traffic allocates nothing (tests/alloc.rs counts that).
+    #[tokio::test]
+    async fn the_read_buffer_is_given_back_only_when_idle() {
+        let (ours, mut peer) = tokio::io::duplex(4096);
+        let mut core = Core::new(ours, Connection::server(wsx_proto::Config::default(), now()), BytesMut::new());
+
+        // Waiting for the first message: nothing held.
+        assert!(recv(&mut core).await.is_pending());
+        assert_eq!(core.read.buf.capacity(), 0);
+
+        // A message arrives: it is read, and the next read, which finds nothing, keeps the buffer.
+        peer.write_all(&masked(b"hello")).await.unwrap();
+        match recv(&mut core).await {
+            Poll::Ready(Some(Ok(Message::Binary(b)))) => assert_eq!(&b[..], b"hello"),
+            other => panic!("{other:?}"),
+        }
+        assert!(recv(&mut core).await.is_pending());
+        assert!(core.read.buf.capacity() > 0, "a busy connection's buffer was released");
+
+        // Woken again with nothing new (a timer, say): now it is idle, and the buffer goes.
+        assert!(recv(&mut core).await.is_pending());
+        assert_eq!(core.read.buf.capacity(), 0);
+
+        // And it reads on as before.
+        peer.write_all(&masked(b"again")).await.unwrap();
+        match recv(&mut core).await {
+            Poll::Ready(Some(Ok(Message::Binary(b)))) => assert_eq!(&b[..], b"again"),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -247,7 +247,7 @@ pub(crate) fn answer(upgrade: &UpgradeRequest, accept: Accept, config: &WebSocke
             return Err(Refusal { rejection, error });
         }
     }
-    let mut conn = Connection::server(config.proto.clone(), now());
+    let mut conn = Connection::server_shared(config.shared_proto(), now());
     let mut extensions = None;
     if let Some(deflate) = &config.deflate {
         if let Some((params, answer)) = deflate.server_negotiate(&upgrade.extensions) {

@@ -133,22 +133,36 @@ fn poll_write_out<W: AsyncWrite + Unpin>(
 }
 
 /// A deadline armed on a tokio timer, re-armed in place.
+///
+/// Re-armed lazily: a deadline that moves later (the keepalive's, pushed back by every frame
+/// received) leaves the timer where it is, and when it fires early it is moved to the deadline
+/// of the moment. Moving a tokio timer takes the timer wheel's lock; a busy connection would
+/// otherwise do it after every read.
 #[derive(Default)]
 struct Timer(Option<Pin<Box<Sleep>>>);
 
 impl Timer {
-    /// Arms the timer for `deadline`; returns true if it has already passed.
+    /// Arms the timer for `deadline` (or leaves it armed earlier); returns true if `deadline`
+    /// has passed.
     fn poll(&mut self, cx: &mut Context<'_>, deadline: Instant) -> bool {
         let deadline = tokio::time::Instant::from_std(deadline);
         let timer = match &mut self.0 {
             Some(t) => {
-                if t.deadline() != deadline {
+                if t.deadline() > deadline {
                     t.as_mut().reset(deadline);
                 }
                 t
             }
             None => self.0.insert(Box::pin(tokio::time::sleep_until(deadline))),
         };
+        if timer.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        if timer.deadline() == deadline || tokio::time::Instant::now() >= deadline {
+            return true;
+        }
+        // Fired for an earlier deadline that has since moved: wait for this one.
+        timer.as_mut().reset(deadline);
         timer.as_mut().poll(cx).is_ready()
     }
 }

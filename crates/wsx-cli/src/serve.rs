@@ -54,6 +54,7 @@
 //! closed first, duration in ms), and one per plain HTTP request (`http`, with `http` and `conn`
 //! too).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -66,7 +67,7 @@ use clap::Args;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio_util::either::Either;
 use wsx::origin::{OriginPolicy, Scheme};
 use wsx::proto::deflate::DeflateConfig;
 use wsx::proto::handshake::{check_request, UpgradeRequest};
@@ -79,6 +80,7 @@ mod forward;
 mod h2;
 mod host;
 mod http;
+mod loops;
 mod tls;
 
 use host::HostPolicy;
@@ -122,6 +124,10 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: SocketAddr,
+    /// Event-loop threads (0: one per core this process may run on). Each is a single-threaded
+    /// runtime that serves its share of the connections, dealt round robin, from start to end.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    threads: usize,
     /// Echo every text and binary message back, on every path (no rooms).
     #[arg(long)]
     echo: bool,
@@ -390,14 +396,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         http_timeout: Duration::from_secs(args.http_timeout),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let mut tasks = JoinSet::new();
+    let threads = match args.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let mut loops = loops::Loops::start(threads).context("cannot start the event loops")?;
     let addr = listener.local_addr()?;
     let mode = if args.echo { "echo on every path" } else { "demo, /echo, /room/{name}, /hub, /close" };
     let mode = if args.forward.is_some() { "forward every path to the --forward target" } else { mode };
     let mode =
         if server.exec.is_some() { "/room/{name} and /hub, and the --exec program on every other path" } else { mode };
     let scheme = if server.tls.is_some() { "https" } else { "http" };
-    tracing::info!(%addr, mode, "wsx serve listening on {scheme}://{addr}/");
+    tracing::info!(%addr, mode, threads, "wsx serve listening on {scheme}://{addr}/");
 
     // Accept failures in a row (out of file descriptors, typically): logged once per episode.
     let mut failing: u64 = 0;
@@ -409,13 +419,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                         tracing::info!(failures = failing, "accepting connections again");
                         failing = 0;
                     }
-                    tasks.spawn(tcp_connection(server.clone(), tcp, peer, shutdown_rx.clone()));
+                    let (server, shutdown) = (server.clone(), shutdown_rx.clone());
+                    loops.spawn(tcp, move |tcp| tcp_connection(server, tcp, peer, shutdown));
                 }
                 Err(e) => {
                     if failing == 0 {
                         tracing::warn!(
                             error = %e,
-                            connections = tasks.len(),
+                            connections = loops.live(),
                             "accept failed; retrying every 50 ms until connections end"
                         );
                     }
@@ -424,26 +435,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                if let Err(e) = done {
-                    tracing::warn!(error = %e, "connection task failed");
-                }
-            }
             name = signals.recv() => break name,
         }
     };
     drop(listener);
     tracing::info!(
         signal,
-        connections = tasks.len(),
+        connections = loops.live(),
         too_slow = server.hub.registry().lagged(),
         "shutting down: closing every connection with 1001"
     );
     let _ = shutdown_tx.send(true);
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async { while tasks.join_next().await.is_some() {} }).await;
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, loops.drained()).await;
     if drained.is_err() {
-        tracing::info!(connections = tasks.len(), "grace period over: dropping the connections left");
-        tasks.abort_all();
+        // Returning drops them: this thread's runtime ends with `main`, the other loops stop
+        // when `loops` is dropped.
+        tracing::info!(connections = loops.live(), "grace period over: dropping the connections left");
     }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
@@ -489,13 +496,19 @@ trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for S {}
 
 /// Serves one TCP connection: with `--tls-*`, the TLS handshake first (bounded by the handshake
-/// timeout), then [`connection`].
-async fn tcp_connection(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, shutdown: watch::Receiver<bool>) {
+/// timeout), then [`connection`]. The future of a plain connection is [`connection`]'s itself,
+/// with no layer of its own around it: an idle connection's memory is mostly this future.
+fn tcp_connection(
+    server: Arc<Server>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+) -> impl Future<Output = ()> + Send {
     let _ = tcp.set_nodelay(true);
-    let Some(acceptor) = server.tls.clone() else { return connection(server, tcp, peer, shutdown).await };
+    let Some(acceptor) = server.tls.clone() else { return Either::Left(connection(server, tcp, peer, shutdown)) };
     // Boxed: a TLS connection's state (its stream is larger than a TCP socket) must not make
-    // every plain connection's task as large; idle connections are counted in bytes.
-    Box::pin(async move {
+    // every plain connection's task as large.
+    Either::Right(Box::pin(async move {
         let timeout = server.config.websocket.proto.handshake_timeout;
         match tokio::time::timeout(timeout, wsx::tls::accept(&acceptor, tcp)).await {
             Ok(Ok(stream)) if stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
@@ -505,17 +518,24 @@ async fn tcp_connection(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, s
             Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
             Err(_) => tracing::info!(%peer, "TLS handshake not done within {timeout:?}"),
         }
-    })
-    .await
+    }))
 }
 
 /// Serves one connection: a plain HTTP answer, a refused handshake, or a WebSocket.
-async fn connection<S: Io>(server: Arc<Server>, stream: S, peer: SocketAddr, shutdown: watch::Receiver<bool>) {
-    let started = Instant::now();
-    // The handshake's state lives in its own allocation, freed before the connection's life.
-    let Some((ws, route, path, permits)) = Box::pin(handshake(&server, stream, peer)).await else { return };
-    let opened = Opened { route, path, permits, peer, started, http2: None };
-    websocket(server, ws, opened, shutdown).await;
+#[allow(clippy::manual_async_fn, reason = "an async fn would store its arguments twice")]
+fn connection<S: Io>(
+    server: Arc<Server>,
+    stream: S,
+    peer: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let started = Instant::now();
+        // The handshake's state lives in its own allocation, freed before the connection's life.
+        let Some((ws, route, path, permits)) = Box::pin(handshake(&server, stream, peer)).await else { return };
+        let opened = Opened { route, path, permits, peer, started, http2: None };
+        websocket(server, ws, opened, shutdown).await;
+    }
 }
 
 /// What the server knows of a WebSocket it has accepted.
@@ -523,7 +543,7 @@ struct Opened {
     route: Route,
     /// The request target (path and query), for the log.
     path: String,
-    /// Its places under the limits, held for its life.
+    /// Its places under the limits, held for its life (released when this is dropped).
     permits: Permits,
     peer: SocketAddr,
     /// When its connection (or, over HTTP/2, its stream) arrived.
@@ -533,49 +553,64 @@ struct Opened {
 }
 
 /// Runs an accepted WebSocket on its route until it ends; logs its opening and its end.
-async fn websocket<S: Io>(
+///
+/// An `async move` block over the arguments rather than an `async fn`: an `async fn` moves its
+/// arguments into locals, and its future keeps both places, so the `WebSocket` (the bulk of an
+/// idle connection's task) would be stored twice.
+#[allow(clippy::manual_async_fn, reason = "an async fn would store its arguments twice")]
+fn websocket<S: Io>(
     server: Arc<Server>,
     mut ws: WebSocket<S>,
     opened: Opened,
     mut shutdown: watch::Receiver<bool>,
-) {
-    let Opened { route, path, permits: _permits, peer, started, http2 } = opened;
-    let http = if http2.is_some() { "2" } else { "1.1" };
-    tracing::info!(%peer, path, protocol = ws.protocol(), http, conn = http2, "open");
-    let outcome = match route {
-        Route::Echo => echo(&mut ws, &mut shutdown, None).await,
-        Route::Close(frame, after) => echo(&mut ws, &mut shutdown, Some((frame, after))).await,
-        Route::Room(name) => {
-            let shutdown = async move {
-                let _ = shutdown.wait_for(|&down| down).await;
-            };
-            Box::pin(wsx_hub::session::raw_member(&mut ws, &server.hub, &name, shutdown)).await.into()
+) -> impl Future<Output = ()> + Send {
+    async move {
+        {
+            // Scoped: locals that live across the awaits below would grow the task.
+            let (peer, conn) = (opened.peer, opened.http2);
+            let http = if conn.is_some() { "2" } else { "1.1" };
+            tracing::info!(%peer, path = opened.path, protocol = ws.protocol(), http, conn, "open");
         }
-        Route::Hub => {
-            let shutdown = async move {
-                let _ = shutdown.wait_for(|&down| down).await;
-            };
-            Box::pin(wsx_hub::session::hub_member(&mut ws, &server.hub, shutdown)).await.into()
-        }
-        Route::Forward(tcp) => match (tcp, &server.forward) {
-            (Some(tcp), Some(target)) => {
+        let outcome = match opened.route {
+            Route::Echo => echo(&mut ws, &mut shutdown).await,
+            // Boxed, as every mode but the plain echo: a mode's state must not make every
+            // connection's task (and idle connection) larger.
+            Route::Close(frame, after) => Box::pin(close_after(&mut ws, &mut shutdown, frame, after)).await,
+            Route::Room(name) => {
                 let shutdown = async move {
                     let _ = shutdown.wait_for(|&down| down).await;
                 };
-                let write_timeout = server.config.websocket.proto.write_timeout;
-                // Boxed, as the --exec arm: a mode's large future must not make every
-                // connection's task (and idle connection) larger.
-                Box::pin(forward::bridge(ws, tcp, target, peer, write_timeout, shutdown)).await
+                Box::pin(wsx_hub::session::raw_member(&mut ws, &server.hub, &name, shutdown)).await.into()
             }
-            _ => Outcome { error: Some("no connection to the forward target".to_owned()), ..Outcome::default() },
-        },
-        Route::Exec(env) => match &server.exec {
-            Some(exec) => Box::pin(exec.run(ws, env, peer, shutdown)).await,
-            None => Outcome { error: Some("no --exec program".to_owned()), ..Outcome::default() },
-        },
-    };
-    let ms = started.elapsed().as_millis() as u64;
-    tracing::info!(%peer, path, code = outcome.code, by = outcome.by, ms, error = outcome.error.as_deref(), "closed");
+            Route::Hub => {
+                let shutdown = async move {
+                    let _ = shutdown.wait_for(|&down| down).await;
+                };
+                Box::pin(wsx_hub::session::hub_member(&mut ws, &server.hub, shutdown)).await.into()
+            }
+            Route::Forward(tcp) => match (tcp, &server.forward) {
+                (Some(tcp), Some(target)) => {
+                    let shutdown = async move {
+                        let _ = shutdown.wait_for(|&down| down).await;
+                    };
+                    let write_timeout = server.config.websocket.proto.write_timeout;
+                    Box::pin(forward::bridge(ws, tcp, target, opened.peer, write_timeout, shutdown)).await
+                }
+                _ => Outcome { error: Some("no connection to the forward target".to_owned()), ..Outcome::default() },
+            },
+            Route::Exec(env) => match &server.exec {
+                Some(exec) => Box::pin(exec.run(ws, env, opened.peer, shutdown)).await,
+                None => Outcome { error: Some("no --exec program".to_owned()), ..Outcome::default() },
+            },
+        };
+        let ms = opened.started.elapsed().as_millis() as u64;
+        let (path, error) = (opened.path, outcome.error.as_deref());
+        // Named, so that the block owns them from the start: a closure or block captures only
+        // the fields it uses, and a field it never used would be dropped when it was made.
+        drop(opened.permits);
+        let peer = opened.peer;
+        tracing::info!(%peer, path, code = outcome.code, by = outcome.by, ms, error, "closed");
+    }
 }
 
 /// An accepted WebSocket: its route, its path, and its place under `--max-connections`.
@@ -831,23 +866,82 @@ impl Outcome {
     }
 }
 
+/// What an echo does with what `recv` returned.
+enum Step {
+    /// Feed this data message back.
+    Feed(Message),
+    /// Nothing to send; receive on.
+    Next,
+    /// The connection has ended.
+    End,
+}
+
+impl Outcome {
+    /// Notes a close or an error that `recv` returned; a data message is to be echoed.
+    fn step(&mut self, msg: Option<Result<Message, wsx::Error>>) -> Step {
+        match msg {
+            None => return Step::End,
+            Some(Ok(Message::Close(frame))) => self.peer_closed(frame),
+            Some(Ok(msg)) if msg.is_data() => return Step::Feed(msg),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => self.failed(e),
+        }
+        Step::Next
+    }
+}
+
 fn going_away() -> CloseFrame {
     CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down")
 }
 
-/// Echoes every data message; with `close_after`, closes with that frame after that long.
-async fn echo<S: Io>(
-    ws: &mut WebSocket<S>,
-    shutdown: &mut watch::Receiver<bool>,
-    close_after: Option<(CloseFrame, Duration)>,
-) -> Outcome {
+/// Echoes every data message until the connection ends (closing it with 1001 at shutdown).
+///
+/// This is what an idle `--echo` connection waits in, so its state is kept small: the
+/// outcome, a `recv` and the shutdown signal.
+async fn echo<S: Io>(ws: &mut WebSocket<S>, shutdown: &mut watch::Receiver<bool>) -> Outcome {
     let mut out = Outcome::default();
-    let deadline = close_after.as_ref().map_or(Duration::from_secs(86400 * 365), |(_, after)| *after);
-    let timer = tokio::time::sleep(deadline);
-    tokio::pin!(timer);
-    let mut pending_close = close_after.map(|(frame, _)| frame);
     loop {
         let msg = tokio::select! {
+            // Messages first: the shutdown signal is polled (and its waiter registered, under
+            // a lock) only when no message is ready, once per batch rather than per message.
+            biased;
+            msg = ws.recv() => msg,
+            _ = shutdown.changed(), if !out.closing => {
+                // Boxed: once per connection, and its state would grow every idle one.
+                Box::pin(out.close(ws, going_away())).await;
+                continue;
+            }
+        };
+        match out.step(msg) {
+            // Fed, not sent: the replies to a batch of messages leave in one write when `recv`
+            // has handled the batch.
+            Step::Feed(msg) => {
+                if let Err(e) = ws.feed(msg).await {
+                    out.failed(e);
+                    break;
+                }
+            }
+            Step::Next => {}
+            Step::End => break,
+        }
+    }
+    out
+}
+
+/// `/close`: echoes as [`echo`] does, and closes with `frame` after `after`.
+async fn close_after<S: Io>(
+    ws: &mut WebSocket<S>,
+    shutdown: &mut watch::Receiver<bool>,
+    frame: CloseFrame,
+    after: Duration,
+) -> Outcome {
+    let mut out = Outcome::default();
+    let timer = tokio::time::sleep(after);
+    tokio::pin!(timer);
+    let mut pending_close = Some(frame);
+    loop {
+        let msg = tokio::select! {
+            biased;
             msg = ws.recv() => msg,
             () = &mut timer, if pending_close.is_some() => {
                 let frame = pending_close.take().expect("guarded");
@@ -859,19 +953,17 @@ async fn echo<S: Io>(
                 continue;
             }
         };
-        match msg {
-            None => break,
-            Some(Ok(Message::Close(frame))) => out.peer_closed(frame),
-            Some(Ok(msg)) if msg.is_data() => {
-                // Fed, not sent: the replies to a batch of messages leave in one write when
-                // `recv` has handled the batch.
+        match out.step(msg) {
+            // Fed, not sent: the replies to a batch of messages leave in one write when `recv`
+            // has handled the batch.
+            Step::Feed(msg) => {
                 if let Err(e) = ws.feed(msg).await {
                     out.failed(e);
                     break;
                 }
             }
-            Some(Ok(_)) => {}
-            Some(Err(e)) => out.failed(e),
+            Step::Next => {}
+            Step::End => break,
         }
     }
     out
@@ -894,14 +986,15 @@ mod tests {
     /// What an idle HTTP/1.1 connection's task holds is mostly its future: measured here so
     /// that a change that grows it shows (idle memory per connection is a benchmark figure).
     /// The modes' and the rooms' sessions are boxed, so an echo connection's task is the size
-    /// of the echo session; it was 5,344 B (release) before they were, 3,056 B after.
+    /// of the echo session: 5,344 B (release) before they were, 3,056 B after, 1,216 B once
+    /// the session stopped storing its arguments twice and the protocol settings were shared.
     #[test]
     fn connection_futures_stay_small() {
         let plain = future_size(tcp_connection);
         let session = future_size(websocket::<TcpStream>);
         eprintln!("tcp_connection future {plain} B, websocket::<TcpStream> {session} B");
-        // Debug builds measure about 40 B more than release ones.
-        assert!(plain <= 3_200, "the task of a plain connection grew to {plain} B");
+        // Debug builds measure somewhat more than release ones.
+        assert!(plain <= 1_400, "the task of a plain connection grew to {plain} B");
     }
 
     fn route_of(target: &str) -> Result<Option<Route>, String> {

@@ -522,19 +522,80 @@ fn tcp_connection(
 }
 
 /// Serves one connection: a plain HTTP answer, a refused handshake, or a WebSocket.
-#[allow(clippy::manual_async_fn, reason = "an async fn would store its arguments twice")]
 fn connection<S: Io>(
     server: Arc<Server>,
     stream: S,
     peer: SocketAddr,
     shutdown: watch::Receiver<bool>,
 ) -> impl Future<Output = ()> + Send {
-    async move {
-        let started = Instant::now();
-        // The handshake's state lives in its own allocation, freed before the connection's life.
-        let Some((ws, route, path, permits)) = Box::pin(handshake(&server, stream, peer)).await else { return };
-        let opened = Opened { route, path, permits, peer, started, http2: None };
-        websocket(server, ws, opened, shutdown).await;
+    let started = Instant::now();
+    // The handshake's state lives in its own allocation, freed before the connection's life.
+    let handshake = Box::pin({
+        let server = server.clone();
+        async move {
+            let (ws, route, path, permits) = handshake(&server, stream, peer).await?;
+            Some((ws, Opened { route, path, permits, peer, started, http2: None }))
+        }
+    });
+    Phases::Handshake { handshake, next: Some((server, shutdown)), session: websocket::<S> }
+}
+
+/// The type of [`websocket`], for [`Phases`].
+type SessionFn<S, W> = fn(Arc<Server>, WebSocket<S>, Opened, watch::Receiver<bool>) -> W;
+
+pin_project_lite::pin_project! {
+    /// A connection's future: its handshake, then its WebSocket's session. What an `async`
+    /// block awaiting one then the other would be, without the block's own copies of the
+    /// arguments kept beside the session for its whole life (an idle connection's memory is
+    /// mostly this future).
+    #[project = PhasesProj]
+    enum Phases<S, H, W> {
+        Handshake {
+            #[pin]
+            handshake: H,
+            // What the session needs besides the handshake's result (taken when it starts).
+            next: Option<(Arc<Server>, watch::Receiver<bool>)>,
+            session: SessionFn<S, W>,
+        },
+        Session {
+            #[pin]
+            session: W,
+        },
+        Done,
+    }
+}
+
+impl<S, H, W> Future for Phases<S, H, W>
+where
+    H: Future<Output = Option<(WebSocket<S>, Opened)>>,
+    W: Future<Output = ()>,
+{
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        use std::task::{ready, Poll};
+        loop {
+            match self.as_mut().project() {
+                PhasesProj::Handshake { handshake, next, session } => {
+                    let (upgraded, make) = (ready!(handshake.poll(cx)), *session);
+                    match (upgraded, next.take()) {
+                        (Some((ws, opened)), Some((server, shutdown))) => {
+                            self.set(Phases::Session { session: make(server, ws, opened, shutdown) });
+                        }
+                        _ => {
+                            self.set(Phases::Done);
+                            return Poll::Ready(());
+                        }
+                    }
+                }
+                PhasesProj::Session { session } => {
+                    ready!(session.poll(cx));
+                    self.set(Phases::Done);
+                    return Poll::Ready(());
+                }
+                PhasesProj::Done => return Poll::Ready(()),
+            }
+        }
     }
 }
 
@@ -986,15 +1047,16 @@ mod tests {
     /// What an idle HTTP/1.1 connection's task holds is mostly its future: measured here so
     /// that a change that grows it shows (idle memory per connection is a benchmark figure).
     /// The modes' and the rooms' sessions are boxed, so an echo connection's task is the size
-    /// of the echo session: 5,344 B (release) before they were, 3,056 B after, 1,216 B once
-    /// the session stopped storing its arguments twice and the protocol settings were shared.
+    /// of the echo session: 5,344 B (release) before they were, 3,056 B after, 1,040 B once
+    /// the layers stopped storing their arguments twice and the protocol settings were shared
+    /// (`docs/performance-notes.md`).
     #[test]
     fn connection_futures_stay_small() {
         let plain = future_size(tcp_connection);
         let session = future_size(websocket::<TcpStream>);
         eprintln!("tcp_connection future {plain} B, websocket::<TcpStream> {session} B");
         // Debug builds measure somewhat more than release ones.
-        assert!(plain <= 1_400, "the task of a plain connection grew to {plain} B");
+        assert!(plain <= 1_100, "the task of a plain connection grew to {plain} B");
     }
 
     fn route_of(target: &str) -> Result<Option<Route>, String> {

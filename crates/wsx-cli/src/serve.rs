@@ -1000,9 +1000,11 @@ async fn close_after<S: Io>(
     let timer = tokio::time::sleep(after);
     tokio::pin!(timer);
     let mut pending_close = Some(frame);
+    // Not `biased` as `echo` is: under a client that never pauses, `recv` would use up the
+    // task's cooperative budget, the timer (budgeted too) would never be seen ready, and the
+    // scheduled close would never go out.
     loop {
         let msg = tokio::select! {
-            biased;
             msg = ws.recv() => msg,
             () = &mut timer, if pending_close.is_some() => {
                 let frame = pending_close.take().expect("guarded");

@@ -292,8 +292,9 @@ pub struct Connection {
     out: OutBuf,
     mask_keys: Option<Box<dyn MaskKeySource>>,
     frame: Option<PartialFrame>,
-    /// Boxed, as `close_received`: rare (a fragmented or compressed message under way), so a
-    /// pointer while absent keeps an idle connection small.
+    /// Boxed, as `close_received`: a pointer while absent keeps an idle connection small. A
+    /// fragmented or compressed message under way pays one small allocation for it (beside the
+    /// inflating or reassembly it needs anyway).
     message: Option<Box<PartialMessage>>,
     utf8: Utf8Validator,
     /// permessage-deflate state, when negotiated.

@@ -36,13 +36,15 @@ impl WebSocketConfig {
             static LAST: std::cell::RefCell<Option<std::sync::Arc<wsx_proto::Config>>> =
                 const { std::cell::RefCell::new(None) };
         }
-        LAST.with(|last| {
+        // A thread whose thread-locals are being torn down gets a copy of its own.
+        LAST.try_with(|last| {
             let mut last = last.borrow_mut();
             match &*last {
                 Some(shared) if **shared == self.proto => shared.clone(),
                 _ => last.insert(std::sync::Arc::new(self.proto.clone())).clone(),
             }
         })
+        .unwrap_or_else(|_| std::sync::Arc::new(self.proto.clone()))
     }
 }
 

@@ -949,6 +949,25 @@ impl Outcome {
         }
         Step::Next
     }
+
+    /// Handles what `recv` returned ([`step`](Self::step)), feeding a data message back (not
+    /// sent: the replies to a batch of messages leave in one write when `recv` has handled the
+    /// batch); false once the connection has ended. Not an `async fn`, which would keep the
+    /// message twice in the echo's state.
+    fn echo<'a, S: Io>(
+        &'a mut self,
+        ws: &'a mut WebSocket<S>,
+        msg: Option<Result<Message, wsx::Error>>,
+    ) -> impl Future<Output = bool> + Send + 'a {
+        let step = self.step(msg);
+        async move {
+            match step {
+                Step::Feed(msg) => ws.feed(msg).await.map_err(|e| self.failed(e)).is_ok(),
+                Step::Next => true,
+                Step::End => false,
+            }
+        }
+    }
 }
 
 fn going_away() -> CloseFrame {
@@ -973,17 +992,8 @@ async fn echo<S: Io>(ws: &mut WebSocket<S>, shutdown: &mut watch::Receiver<bool>
                 continue;
             }
         };
-        match out.step(msg) {
-            // Fed, not sent: the replies to a batch of messages leave in one write when `recv`
-            // has handled the batch.
-            Step::Feed(msg) => {
-                if let Err(e) = ws.feed(msg).await {
-                    out.failed(e);
-                    break;
-                }
-            }
-            Step::Next => {}
-            Step::End => break,
+        if !out.echo(ws, msg).await {
+            break;
         }
     }
     out
@@ -1016,17 +1026,8 @@ async fn close_after<S: Io>(
                 continue;
             }
         };
-        match out.step(msg) {
-            // Fed, not sent: the replies to a batch of messages leave in one write when `recv`
-            // has handled the batch.
-            Step::Feed(msg) => {
-                if let Err(e) = ws.feed(msg).await {
-                    out.failed(e);
-                    break;
-                }
-            }
-            Step::Next => {}
-            Step::End => break,
+        if !out.echo(ws, msg).await {
+            break;
         }
     }
     out

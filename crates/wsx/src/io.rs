@@ -692,6 +692,19 @@ mod tests {
         std::future::poll_fn(|cx| Poll::Ready(core.poll_recv(cx, None))).await
     }
 
+    /// The peer sends `payload`; one poll of `recv` must return it.
+    async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(
+        core: &mut Core<S>,
+        peer: &mut tokio::io::DuplexStream,
+        payload: &[u8],
+    ) {
+        peer.write_all(&masked(payload)).await.unwrap();
+        match recv(core).await {
+            Poll::Ready(Some(Ok(Message::Binary(b)))) => assert_eq!(&b[..], payload),
+            other => panic!("{other:?}"),
+        }
+    }
+
     /// An idle connection holds no read buffer; one in the middle of an exchange keeps it, so
     /// that steady traffic allocates nothing (tests/alloc.rs counts that).
     #[tokio::test]
@@ -704,11 +717,7 @@ mod tests {
         assert_eq!(core.read.buf.capacity(), 0);
 
         // A message arrives: it is read, and the next read, which finds nothing, keeps the buffer.
-        peer.write_all(&masked(b"hello")).await.unwrap();
-        match recv(&mut core).await {
-            Poll::Ready(Some(Ok(Message::Binary(b)))) => assert_eq!(&b[..], b"hello"),
-            other => panic!("{other:?}"),
-        }
+        round_trip(&mut core, &mut peer, b"hello").await;
         assert!(recv(&mut core).await.is_pending());
         assert!(core.read.buf.capacity() > 0, "a busy connection's buffer was released");
 
@@ -717,10 +726,6 @@ mod tests {
         assert_eq!(core.read.buf.capacity(), 0);
 
         // And it reads on as before.
-        peer.write_all(&masked(b"again")).await.unwrap();
-        match recv(&mut core).await {
-            Poll::Ready(Some(Ok(Message::Binary(b)))) => assert_eq!(&b[..], b"again"),
-            other => panic!("{other:?}"),
-        }
+        round_trip(&mut core, &mut peer, b"again").await;
     }
 }

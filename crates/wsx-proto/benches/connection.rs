@@ -1,5 +1,6 @@
 //! Benchmarks of the whole data path through a server [`Connection`]: masked client frames in,
-//! messages out (`read_event`), and messages in, frames out (`send` + draining `output()`).
+//! messages out (`read_event`), and messages in, frames out (`send` + draining `output()`); and a
+//! client's masked sending.
 //!
 //! Run with `cargo bench -p wsx-proto --bench connection` (add `-- --quick` for a fast pass).
 //! Throughput is counted in wire bytes (headers included). See `docs/benchmarks-codepaths.md`.
@@ -134,9 +135,51 @@ fn send(c: &mut Criterion) {
     group.finish();
 }
 
+/// A client's sending: every payload masked as it is queued (`send`, and `send_binary_parts`
+/// with a header and a body, as a load generator frames its messages).
+fn send_client(c: &mut Criterion) {
+    let now = Instant::now();
+    let mut group = c.benchmark_group("send_client");
+    for (count, size) in CASES {
+        let msgs = messages(count, size, false);
+        let mut rng = Rng::new(3);
+        let keys = move || {
+            let k = rng.next_u64().to_le_bytes();
+            [k[0], k[1], k[2], k[3]]
+        };
+        let mut client = Connection::client(Config::default(), now, keys);
+        for m in &msgs {
+            client.send(m.clone()).expect("send");
+        }
+        let wire_len = drain(client.output());
+        group.throughput(Throughput::Bytes(wire_len as u64));
+        group.bench_function(BenchmarkId::new("send", format!("{count}x{}", size_label(size))), |b| {
+            b.iter(|| {
+                for m in &msgs {
+                    client.send(m.clone()).expect("send");
+                }
+                drain(client.output())
+            });
+        });
+        let body = random_bytes(size.saturating_sub(20), 1);
+        group.bench_function(BenchmarkId::new("parts", format!("{count}x{}", size_label(size))), |b| {
+            b.iter(|| {
+                for i in 0..count as u64 {
+                    let mut head = [0u8; 16];
+                    head[..8].copy_from_slice(&i.to_le_bytes());
+                    head[8..].copy_from_slice(&(!i).to_le_bytes());
+                    client.send_binary_parts(&[&head, &[0; 4], &body]).expect("send");
+                }
+                drain(client.output())
+            });
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = common::config();
-    targets = receive, send
+    targets = receive, send, send_client
 }
 criterion_main!(benches);

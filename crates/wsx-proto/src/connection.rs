@@ -38,7 +38,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use crate::deflate::{DeflateError, PerMessageDeflate};
 use crate::error::{Error, LimitError, ProtocolError, TimeoutError, UsageError};
 use crate::frame::{CloseCode, FrameHeader, OpCode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
-use crate::mask::apply_mask;
+use crate::mask::{apply_mask, extend_masked_frame};
 use crate::message::{CloseFrame, Message, MessageRef, Utf8Bytes};
 use crate::outbuf::OutBuf;
 use crate::prepared::PreparedMessage;
@@ -1256,14 +1256,20 @@ impl Connection {
         let mut head = [0u8; MAX_HEADER_LEN];
         let head_len = header.encode(&mut head);
         let tail = self.out.tail_mut();
-        tail.reserve(head_len + len);
-        tail.extend_from_slice(&head[..head_len]);
-        let start = tail.len();
-        parts.for_each(|p| tail.extend_from_slice(p));
-        if let Some(key) = mask {
-            apply_mask(&mut tail[start..], key, 0);
+        match mask {
+            Some(key) => {
+                let before = tail.len();
+                extend_masked_frame(tail, &head, head_len, parts, len, key);
+                let added = tail.len() - before;
+                self.out.commit(added);
+            }
+            None => {
+                tail.reserve(head_len + len);
+                tail.extend_from_slice(&head[..head_len]);
+                parts.for_each(|p| tail.extend_from_slice(p));
+                self.out.commit(head_len + len);
+            }
         }
-        self.out.commit(head_len + len);
         Ok(())
     }
 
@@ -1363,18 +1369,19 @@ impl Connection {
         header.rsv1 = rsv1;
         let mut head = [0u8; MAX_HEADER_LEN];
         let head_len = header.encode(&mut head);
-        let zero_copy = mask.is_none() && payload.len() >= OutBuf::ZERO_COPY_THRESHOLD;
         let tail = self.out.tail_mut();
-        tail.extend_from_slice(&head[..head_len]);
-        if zero_copy {
-            self.out.commit(head_len);
-            self.out.push_chunk(payload);
-            return;
-        }
-        let start = tail.len();
-        tail.extend_from_slice(&payload);
-        if let Some(key) = mask {
-            apply_mask(&mut tail[start..], key, 0);
+        match mask {
+            Some(key) => extend_masked_frame(tail, &head, head_len, [&payload[..]], payload.len(), key),
+            None if payload.len() >= OutBuf::ZERO_COPY_THRESHOLD => {
+                tail.extend_from_slice(&head[..head_len]);
+                self.out.commit(head_len);
+                self.out.push_chunk(payload);
+                return;
+            }
+            None => {
+                tail.extend_from_slice(&head[..head_len]);
+                tail.extend_from_slice(&payload);
+            }
         }
         self.out.commit(head_len + payload.len());
     }

@@ -58,6 +58,100 @@ fn mask_long(buf: &mut [u8], key: [u8; 4]) {
     mask_words(buf, key);
 }
 
+/// Appends a whole masked frame to `out`: `head` (its encoded header, the first `head_len`
+/// bytes), then `parts` one after another as one payload of `len` bytes masked with `key`.
+///
+/// Each payload byte is read, XORed and written once, rather than copied and then masked in
+/// place (a second pass over the output): a client must mask every byte it sends, so its
+/// payloads are copied anyway. One reservation and one length update per frame.
+pub fn extend_masked_frame<'a>(
+    out: &mut bytes::BytesMut,
+    head: &[u8; crate::frame::MAX_HEADER_LEN],
+    head_len: usize,
+    parts: impl IntoIterator<Item = &'a [u8]>,
+    len: usize,
+    key: [u8; 4],
+) {
+    let head_len = head_len.min(head.len());
+    let end = head_len + len;
+    out.reserve(end.max(head.len()));
+    let spare = out.spare_capacity_mut();
+    assert!(spare.len() >= end.max(head.len()));
+    let base = spare.as_mut_ptr().cast::<u8>();
+    // The whole 14-byte array (two word moves, not a copy of variable length): the bytes after
+    // `head_len` are overwritten by the payload or left in the spare capacity.
+    // SAFETY: `base` has room for `head.len()` bytes (asserted) and does not overlap `head`.
+    unsafe { base.copy_from_nonoverlapping(head.as_ptr(), head.len()) };
+    let mut at = head_len;
+    for part in parts {
+        if part.is_empty() {
+            continue;
+        }
+        // Bounded by the length declared, whatever the parts turn out to be.
+        let part = &part[..part.len().min(end - at)];
+        // SAFETY: `base + at` has room for `part.len()` bytes (just bounded) and does not
+        // overlap `part` (a shared borrow, while `out` is borrowed exclusively).
+        unsafe { mask_copy(base.add(at), part, rotate_key(key, at - head_len)) };
+        at += part.len();
+    }
+    // SAFETY: the first `at` bytes of the spare capacity were all written above.
+    unsafe { out.set_len(out.len() + at) };
+}
+
+/// Writes `src` XOR `key` (already rotated for `src[0]`) to `dst`: 32 bytes at a time with
+/// AVX2 when the CPU has it and the input is long enough, else 8.
+///
+/// # Safety
+///
+/// `dst` must be valid for writes of `src.len()` bytes and must not overlap `src`.
+#[inline]
+unsafe fn mask_copy(dst: *mut u8, src: &[u8], key: [u8; 4]) {
+    #[cfg(target_arch = "x86_64")]
+    if src.len() >= AVX2_MIN_LEN && std::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 support was just checked (the macro caches the CPUID result); the rest
+        // is the caller's promise.
+        unsafe { avx2::mask_copy(dst, src, key) };
+        return;
+    }
+    // SAFETY: the caller's promise.
+    unsafe { mask_copy_words(dst, src, key) };
+}
+
+/// Writes `src` XOR `key` (already rotated for `src[0]`) to `dst`, 8 bytes at a time.
+///
+/// # Safety
+///
+/// `dst` must be valid for writes of `src.len()` bytes and must not overlap `src`.
+#[inline]
+unsafe fn mask_copy_words(dst: *mut u8, src: &[u8], key: [u8; 4]) {
+    let narrow = u32::from_ne_bytes(key);
+    let wide = u64::from(narrow) | (u64::from(narrow) << 32);
+    let (words, rest) = src.as_chunks::<8>();
+    let mut at = dst;
+    for word in words {
+        // SAFETY: `at` stays within the `src.len()` bytes the caller vouches for (one word per
+        // word of `src`); unaligned writes need no alignment.
+        unsafe {
+            at.cast::<[u8; 8]>().write_unaligned((u64::from_ne_bytes(*word) ^ wide).to_ne_bytes());
+            at = at.add(8);
+        }
+    }
+    // Words are multiples of 4 bytes: the tail starts at key phase 0, with at most one 4-byte
+    // step, then at most 3 single bytes.
+    let (halves, rest) = rest.as_chunks::<4>();
+    if let Some(half) = halves.first() {
+        // SAFETY: as above: the next 4 bytes of `dst`.
+        unsafe {
+            at.cast::<[u8; 4]>().write_unaligned((u32::from_ne_bytes(*half) ^ narrow).to_ne_bytes());
+            at = at.add(4);
+        }
+    }
+    for (i, byte) in rest.iter().enumerate() {
+        // SAFETY: as above: the last `rest.len()` bytes of `dst`.
+        unsafe { at.add(i).write(byte ^ key[i & 3]) };
+    }
+}
+
 /// Masks or unmasks `buf` in place with `key`, one byte at a time.
 ///
 /// Same contract as [`apply_mask`] (byte `i` is XORed with
@@ -135,6 +229,31 @@ mod avx2 {
         // Chunks are multiples of 4 bytes, so the key phase is unchanged.
         super::mask_words(chunks.into_remainder(), key);
     }
+
+    /// [`mask`] from `src` into `dst`: 32 bytes at a time, each read and written once.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX2; `dst` must be valid for writes of `src.len()` bytes and must
+    /// not overlap `src`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn mask_copy(dst: *mut u8, src: &[u8], key: [u8; 4]) {
+        let key_vec = _mm256_set1_epi32(i32::from_le_bytes(key));
+        let (chunks, rest) = src.as_chunks::<32>();
+        let mut at = dst;
+        for chunk in chunks {
+            // SAFETY: `chunk` is 32 readable bytes; `at` is within the bytes the caller vouches
+            // for (one chunk per chunk of `src`); `loadu`/`storeu` need no alignment.
+            unsafe {
+                let v = _mm256_xor_si256(_mm256_loadu_si256(chunk.as_ptr().cast::<__m256i>()), key_vec);
+                _mm256_storeu_si256(at.cast::<__m256i>(), v);
+                at = at.add(32);
+            }
+        }
+        // Whole chunks are multiples of 4 bytes: the key phase is unchanged.
+        // SAFETY: the rest of `dst`, as long as `rest`.
+        unsafe { super::mask_copy_words(at, rest, key) };
+    }
 }
 
 #[cfg(test)]
@@ -180,6 +299,62 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn masked_copies_match_the_oracle_at_every_length_and_alignment() {
+        let key = [0xde, 0xad, 0xbe, 0xef];
+        let head = [0u8; crate::frame::MAX_HEADER_LEN];
+        let data: Vec<u8> = (0..300u32).map(|i| (i * 7 + 3) as u8).collect();
+        for start in 0..4 {
+            for len in [0, 1, 3, 4, 7, 8, 9, 31, 32, 33, 63, 64, 65, 100, 127, 128, 129, 296] {
+                for split in 0..8.min(len + 1) {
+                    // The second part starts at payload offset `split`: every key phase.
+                    let src = &data[start..start + len];
+                    let mut out = bytes::BytesMut::from(&b"head"[..]);
+                    extend_masked_frame(&mut out, &head, 0, [&src[..split], &src[split..]], len, key);
+                    let mut want = src.to_vec();
+                    apply_mask_bytewise(&mut want, key, 0);
+                    assert_eq!(&out[..4], b"head", "len {len} split {split}");
+                    assert_eq!(&out[4..], &want[..], "start {start} len {len} split {split}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn masked_frames_are_the_header_then_the_parts_masked_as_one_payload() {
+        let key = [0x37, 0xfa, 0x21, 0x3d];
+        let data: Vec<u8> = (0..300u32).map(|i| (i * 13 + 5) as u8).collect();
+        for head_len in [2, 6, 8, 14] {
+            for split in [0, 1, 3, 5, 64, 100] {
+                for len in [0, 4, 7, 40, 99, 200, 299] {
+                    let split = split.min(len);
+                    let head: [u8; crate::frame::MAX_HEADER_LEN] = std::array::from_fn(|i| 0xa0 + i as u8);
+                    let mut out = bytes::BytesMut::from(&b"xy"[..]);
+                    let parts = [&data[..split], &data[split..len]];
+                    extend_masked_frame(&mut out, &head, head_len, parts, len, key);
+                    let mut want = b"xy".to_vec();
+                    want.extend_from_slice(&head[..head_len]);
+                    let mut payload = data[..len].to_vec();
+                    apply_mask_bytewise(&mut payload, key, 0);
+                    want.extend_from_slice(&payload);
+                    assert_eq!(&out[..], &want[..], "head {head_len} split {split} len {len}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_masked_frame_never_writes_past_its_declared_length() {
+        // Parts longer than the length given are cut there (a frame whose header says 10 bytes
+        // carries 10), never written past the room reserved for it.
+        let mut out = bytes::BytesMut::new();
+        let head = [0u8; crate::frame::MAX_HEADER_LEN];
+        let long = vec![7u8; 1000];
+        extend_masked_frame(&mut out, &head, 2, [&long[..], &long[..]], 10, [0; 4]);
+        assert_eq!(out.len(), 12);
+        assert_eq!(&out[2..], &[7u8; 10][..]);
     }
 
     #[test]

@@ -37,7 +37,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use bytes::BytesMut;
+use bytes::{Buf as _, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Sleep;
 use wsx_proto::error::TimeoutError;
@@ -118,14 +118,27 @@ impl RecvEvent for StreamEvent {
     }
 }
 
-/// Writes some of `out`: a vectored write when the transport supports it (so large payloads
-/// queued as their own chunks leave without a copy), otherwise the first chunk.
-fn poll_write_out<W: AsyncWrite + Unpin>(
+/// Writes some of a protocol core's pending output to `w`, as [`WebSocket`](crate::WebSocket)
+/// does: for a driver that runs a [`wsx_proto::Connection`] over a tokio stream itself.
+///
+/// A plain write when the output is one piece (the usual case: small frames are encoded back
+/// to back), else a vectored write when the transport supports it (so large payloads queued as
+/// their own chunks leave without a copy), otherwise the first chunk. On a socket a plain write
+/// is `send(2)`, which costs the kernel less than `writev(2)` with one buffer. Returns the
+/// bytes written (never 0: a write of nothing is [`io::ErrorKind::WriteZero`]); call it again
+/// while [`OutBuf`](wsx_proto::OutBuf) has bytes left.
+pub fn poll_write_out<W: AsyncWrite + Unpin>(
     w: &mut W,
     cx: &mut Context<'_>,
     out: &mut wsx_proto::OutBuf,
 ) -> Poll<io::Result<usize>> {
-    let n = std::task::ready!(tokio_util::io::poll_write_buf(Pin::new(w), cx, out))?;
+    let n = if out.chunk().len() == out.remaining() {
+        let n = std::task::ready!(Pin::new(w).poll_write(cx, out.chunk()))?;
+        out.advance(n);
+        n
+    } else {
+        std::task::ready!(tokio_util::io::poll_write_buf(Pin::new(w), cx, out))?
+    };
     if n == 0 {
         return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
     }
@@ -727,5 +740,67 @@ mod tests {
 
         // And it reads on as before.
         round_trip(&mut core, &mut peer, b"again").await;
+    }
+    /// Records how it was written to: plain writes and vectored writes (with their buffers).
+    #[derive(Default)]
+    struct Writes {
+        plain: usize,
+        vectored: Vec<usize>,
+        bytes: Vec<u8>,
+    }
+
+    impl AsyncWrite for Writes {
+        fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            self.plain += 1;
+            self.bytes.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            self.vectored.push(bufs.len());
+            let mut n = 0;
+            for b in bufs {
+                self.bytes.extend_from_slice(b);
+                n += b.len();
+            }
+            Poll::Ready(Ok(n))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Output in one piece goes out in a plain write (`send(2)` on a socket); output in several
+    /// (a large payload queued without a copy) in a vectored one, and nothing is lost either way.
+    #[tokio::test]
+    async fn one_piece_is_a_plain_write_and_several_a_vectored_one() {
+        let mut conn = Connection::server(wsx_proto::Config::default(), now());
+        let mut w = Writes::default();
+        conn.send(Message::binary(&b"small"[..])).unwrap();
+        conn.send(Message::text("frames")).unwrap();
+        let n = std::future::poll_fn(|cx| poll_write_out(&mut w, cx, conn.output())).await.unwrap();
+        assert_eq!((w.plain, w.vectored.len()), (1, 0));
+        assert_eq!(n, 7 + 8);
+        assert!(conn.output().is_empty());
+
+        let big = vec![7u8; 64 * 1024];
+        conn.send(Message::binary(big.clone())).unwrap();
+        let mut sent = 0;
+        while !conn.output().is_empty() {
+            sent += std::future::poll_fn(|cx| poll_write_out(&mut w, cx, conn.output())).await.unwrap();
+        }
+        assert_eq!(w.plain, 1, "a header and a separate payload were written one by one");
+        assert!(w.vectored.first().is_some_and(|&bufs| bufs >= 2), "{:?}", w.vectored);
+        assert_eq!(sent, 10 + big.len());
+        assert_eq!(&w.bytes[w.bytes.len() - big.len()..], &big[..]);
     }
 }

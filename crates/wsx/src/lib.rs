@@ -57,6 +57,7 @@ mod websocket;
 
 pub use client::{connect, ClientBuilder};
 pub use error::{Error, ErrorKind};
+pub use io::poll_write_out;
 pub use server::{accept, accept_with, accept_with_async, Accept, Incoming, ServerConfig};
 pub use split::{ReuniteError, WsReader, WsWriter};
 pub use stream::MaybeTlsStream;

@@ -113,8 +113,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             let Self { stream, conn, buf, eof, read_size, unflushed, .. } = self;
             let out = conn.output();
             while out.has_remaining() {
-                match tokio_util::io::poll_write_buf(Pin::new(&mut *stream), cx, out) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                match wsx::poll_write_out(&mut *stream, cx, out) {
                     Poll::Ready(Ok(_)) => *unflushed = true,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => break,

@@ -311,9 +311,16 @@ async fn worker(plan: Arc<Plan>, mut thread: Thread) {
 
 /// A connection's samples, handed to its thread's [`Stats`] in batches (a few per second, and
 /// when dropped, also when the connection's future is cancelled) rather than one lock per echo.
+///
+/// Latencies are kept as runs of equal values: the echoes of one read share its clock reading,
+/// and in closed loop the messages one read released share their send time, so a read's worth
+/// of samples is usually one run, recorded into the histogram once with its count.
 struct Local<'a> {
     stats: &'a Mutex<Stats>,
-    latency: Vec<u64>,
+    /// (latency, how many echoes had it), in arrival order.
+    latency: Vec<(u64, u64)>,
+    /// Latency samples in `latency`, counting each run's length.
+    samples: u64,
     lag: Vec<u64>,
     echoes: u64,
     flushed_at: Instant,
@@ -324,8 +331,23 @@ impl<'a> Local<'a> {
     const EVERY: Duration = Duration::from_millis(100);
 
     fn new(stats: &'a Mutex<Stats>) -> Self {
-        let v = || Vec::with_capacity(Self::BATCH);
-        Self { stats, latency: v(), lag: v(), echoes: 0, flushed_at: Instant::now() }
+        Self {
+            stats,
+            latency: Vec::with_capacity(Self::BATCH),
+            samples: 0,
+            lag: Vec::with_capacity(Self::BATCH),
+            echoes: 0,
+            flushed_at: Instant::now(),
+        }
+    }
+
+    /// One echo's latency.
+    fn latency(&mut self, ns: u64) {
+        self.samples += 1;
+        match self.latency.last_mut() {
+            Some((value, count)) if *value == ns => *count += 1,
+            _ => self.latency.push((ns, 1)),
+        }
     }
 
     fn maybe_flush(&mut self, now: Instant) {
@@ -338,9 +360,9 @@ impl<'a> Local<'a> {
     fn flush(&mut self) {
         let mut s = lock(self.stats);
         s.seen += std::mem::take(&mut self.echoes);
-        s.msgs += self.latency.len() as u64;
-        for ns in self.latency.drain(..) {
-            s.record_latency(ns);
+        s.msgs += std::mem::take(&mut self.samples);
+        for (ns, n) in self.latency.drain(..) {
+            s.record_latency_n(ns, n);
         }
         for ns in self.lag.drain(..) {
             s.record_lag(ns);
@@ -517,7 +539,7 @@ async fn drive(
                         Ok((seq, sched)) if seq == expected => {
                             expected += 1;
                             if in_window(sched) {
-                                local.latency.push(at_ns.saturating_sub(sched));
+                                local.latency(at_ns.saturating_sub(sched));
                             }
                         }
                         Ok((seq, _)) => {
@@ -562,4 +584,28 @@ async fn drive(
     drop(local);
     // Close politely, within the close timeout; the result no longer matters.
     wire.close((Instant::now() + plan.timeout).min(hard + plan.timeout)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Equal latencies in a row are kept as one run and recorded with their count: every sample
+    /// reaches the histogram, in the right bucket, however they were grouped.
+    #[test]
+    fn latency_runs_record_every_sample() {
+        let stats = Mutex::new(Stats::default());
+        let mut local = Local::new(&stats);
+        for ns in [5_000, 5_000, 5_000, 7_000, 5_000, 1_000_000] {
+            local.latency(ns);
+        }
+        assert_eq!(local.latency, vec![(5_000, 3), (7_000, 1), (5_000, 1), (1_000_000, 1)]);
+        drop(local);
+        let s = lock(&stats);
+        assert_eq!(s.msgs, 6);
+        assert_eq!(s.latency.len(), 6);
+        assert_eq!(s.latency.count_between(4_990, 5_010), 4);
+        assert_eq!(s.latency.count_between(6_990, 7_010), 1);
+        assert_eq!(s.latency.max(), s.latency.highest_equivalent(1_000_000));
+    }
 }

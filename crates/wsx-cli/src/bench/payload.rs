@@ -74,15 +74,16 @@ impl Payloads {
     /// Queues the message with this sequence number and scheduled time on `conn`, framed (and
     /// masked) straight from its header and its filler: no message is built, nothing is
     /// allocated (the same bytes as sending [`make`](Self::make)'s message).
+    #[inline]
     pub fn send(&self, conn: &mut wsx::proto::Connection, seq: u64, sched_ns: u64) -> Result<(), wsx::proto::Error> {
-        let (head, len) = self.header(seq, sched_ns);
         let filler = self.filler(seq);
         if self.text {
+            let (head, len) = self.header(seq, sched_ns);
             // Hex digits: ASCII.
             let head = std::str::from_utf8(&head[..len]).unwrap_or_default();
             conn.send_text_parts(&[head, filler])
         } else {
-            conn.send_binary_parts(&[&head[..len], filler.as_bytes()])
+            conn.send_binary_parts(&[&binary_header(seq, sched_ns), filler.as_bytes()])
         }
     }
 
@@ -96,9 +97,7 @@ impl Payloads {
             put_hex(&mut head[32..40], u64::from(sum));
             (head, TEXT_HEADER)
         } else {
-            head[..8].copy_from_slice(&seq.to_le_bytes());
-            head[8..16].copy_from_slice(&sched_ns.to_le_bytes());
-            head[16..20].copy_from_slice(&sum.to_le_bytes());
+            head[..BINARY_HEADER].copy_from_slice(&binary_header(seq, sched_ns));
             (head, BINARY_HEADER)
         }
     }
@@ -119,6 +118,7 @@ impl Payloads {
     }
 
     /// Checks an echo; returns its sequence number and scheduled time.
+    #[inline]
     pub fn check(&self, text: bool, data: &[u8]) -> Result<(u64, u64), Mismatch> {
         if text != self.text {
             return Err(Mismatch::Type);
@@ -163,6 +163,16 @@ impl Payloads {
         // A power of two: a mask, not a division, per message.
         (seq & (self.fillers.len() as u64 - 1)) as usize
     }
+}
+
+/// A binary message's header: sequence, schedule and their checksum, little-endian.
+#[inline]
+fn binary_header(seq: u64, sched_ns: u64) -> [u8; BINARY_HEADER] {
+    let mut head = [0u8; BINARY_HEADER];
+    head[..8].copy_from_slice(&seq.to_le_bytes());
+    head[8..16].copy_from_slice(&sched_ns.to_le_bytes());
+    head[16..].copy_from_slice(&checksum(seq, sched_ns).to_le_bytes());
+    head
 }
 
 /// `value` as lower-case hex digits filling `out` (16 digits for a whole u64).

@@ -101,6 +101,11 @@ impl Stats {
         self.latency.saturating_record(ns.max(1));
     }
 
+    /// Records `n` latency samples of the same value.
+    pub fn record_latency_n(&mut self, ns: u64, n: u64) {
+        self.latency.saturating_record_n(ns.max(1), n);
+    }
+
     /// Records a generator-lag sample.
     pub fn record_lag(&mut self, ns: u64) {
         self.lag.saturating_record(ns.max(1));

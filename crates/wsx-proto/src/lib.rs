@@ -44,8 +44,8 @@
 //! assert_eq!(event, Some(Message::text("hello")));
 //! ```
 #![deny(missing_docs)]
-// `unsafe` lives in two places only, each allowing it for itself: `mask` (SIMD) and
-// `Utf8Bytes::as_str` (no second UTF-8 check).
+// `unsafe` lives in two places only, each allowing it for itself: `mask` (SIMD, and the
+// masking copy into a buffer's spare capacity) and `Utf8Bytes::as_str` (no second UTF-8 check).
 #![deny(unsafe_code)]
 
 pub mod connection;

@@ -16,7 +16,8 @@
 //! time) on 32 bytes at a time. [`apply_mask_bytewise`] is the simple
 //! reference version, used as the test oracle and as a benchmark baseline.
 //!
-//! This module uses `unsafe` for the AVX2 intrinsics, behind the safe API; the only other
+//! This module uses `unsafe` for the AVX2 intrinsics and for the masking copy's writes into a
+//! buffer's spare capacity ([`extend_masked_frame`]), behind the safe API; the only other
 //! `unsafe` in the crate is `Utf8Bytes::as_str`.
 #![allow(unsafe_code)]
 
@@ -64,6 +65,11 @@ fn mask_long(buf: &mut [u8], key: [u8; 4]) {
 /// Each payload byte is read, XORed and written once, rather than copied and then masked in
 /// place (a second pass over the output): a client must mask every byte it sends, so its
 /// payloads are copied anyway. One reservation and one length update per frame.
+///
+/// # Panics
+///
+/// If `parts` hold fewer than `len` bytes (bytes beyond `len` are left out), or if the frame's
+/// length overflows `usize`.
 pub fn extend_masked_frame<'a>(
     out: &mut bytes::BytesMut,
     head: &[u8; crate::frame::MAX_HEADER_LEN],
@@ -73,7 +79,9 @@ pub fn extend_masked_frame<'a>(
     key: [u8; 4],
 ) {
     let head_len = head_len.min(head.len());
-    let end = head_len + len;
+    let Some(end) = head_len.checked_add(len) else {
+        panic!("a frame of {len} payload bytes does not fit in memory");
+    };
     out.reserve(end.max(head.len()));
     let spare = out.spare_capacity_mut();
     assert!(spare.len() >= end.max(head.len()));
@@ -96,6 +104,9 @@ pub fn extend_masked_frame<'a>(
     }
     // SAFETY: the first `at` bytes of the spare capacity were all written above.
     unsafe { out.set_len(out.len() + at) };
+    // After the write: a frame whose parts fell short of `len` must not go out as if whole
+    // (its header promises `len` bytes). Callers compute `len` from the same parts.
+    assert_eq!(at, end, "the parts of a frame were shorter than its declared length");
 }
 
 /// Writes `src` XOR `key` (already rotated for `src[0]`) to `dst`: 32 bytes at a time with
@@ -355,6 +366,21 @@ mod tests {
         extend_masked_frame(&mut out, &head, 2, [&long[..], &long[..]], 10, [0; 4]);
         assert_eq!(out.len(), 12);
         assert_eq!(&out[2..], &[7u8; 10][..]);
+    }
+
+    #[test]
+    #[should_panic(expected = "does not fit in memory")]
+    fn a_frame_length_that_overflows_is_refused() {
+        let mut out = bytes::BytesMut::new();
+        let big = vec![0u8; 1 << 16];
+        extend_masked_frame(&mut out, &[0; crate::frame::MAX_HEADER_LEN], 14, [&big[..]], usize::MAX - 1, [1; 4]);
+    }
+
+    #[test]
+    #[should_panic(expected = "shorter than its declared length")]
+    fn parts_short_of_the_declared_length_are_refused() {
+        let mut out = bytes::BytesMut::new();
+        extend_masked_frame(&mut out, &[0; crate::frame::MAX_HEADER_LEN], 2, [&b"abc"[..]], 10, [1; 4]);
     }
 
     #[test]

@@ -118,20 +118,27 @@ impl RecvEvent for StreamEvent {
     }
 }
 
-/// Writes some of a protocol core's pending output to `w`, as [`WebSocket`](crate::WebSocket)
-/// does: for a driver that runs a [`wsx_proto::Connection`] over a tokio stream itself.
+/// Writes some of a protocol core's pending output to `w`, the way
+/// [`WebSocket`](crate::WebSocket) writes: for a driver that runs a [`wsx_proto::Connection`]
+/// over a tokio stream itself.
 ///
 /// A plain write when the output is one piece (the usual case: small frames are encoded back
 /// to back), else a vectored write when the transport supports it (so large payloads queued as
 /// their own chunks leave without a copy), otherwise the first chunk. On a socket a plain write
-/// is `send(2)`, which costs the kernel less than `writev(2)` with one buffer. Returns the
-/// bytes written (never 0: a write of nothing is [`io::ErrorKind::WriteZero`]); call it again
-/// while [`OutBuf`](wsx_proto::OutBuf) has bytes left.
+/// is `send(2)`, which costs the kernel less than `writev(2)` with one buffer.
+///
+/// Returns the bytes written: 0 only when there was nothing to write; a stream that takes
+/// nothing of a non-empty output is [`io::ErrorKind::WriteZero`]. Call it again while the
+/// [`OutBuf`](wsx_proto::OutBuf) has bytes left. It does not flush: a stream that buffers
+/// (TLS) needs `poll_flush` once the output is written.
 pub fn poll_write_out<W: AsyncWrite + Unpin>(
     w: &mut W,
     cx: &mut Context<'_>,
     out: &mut wsx_proto::OutBuf,
 ) -> Poll<io::Result<usize>> {
+    if out.is_empty() {
+        return Poll::Ready(Ok(0));
+    }
     let n = if out.chunk().len() == out.remaining() {
         let n = std::task::ready!(Pin::new(w).poll_write(cx, out.chunk()))?;
         out.advance(n);
@@ -785,6 +792,10 @@ mod tests {
     async fn one_piece_is_a_plain_write_and_several_a_vectored_one() {
         let mut conn = Connection::server(wsx_proto::Config::default(), now());
         let mut w = Writes::default();
+        // Nothing to write: no write at all, and no error.
+        let n = std::future::poll_fn(|cx| poll_write_out(&mut w, cx, conn.output())).await.unwrap();
+        assert_eq!((n, w.plain, w.vectored.len()), (0, 0, 0));
+
         conn.send(Message::binary(&b"small"[..])).unwrap();
         conn.send(Message::text("frames")).unwrap();
         let n = std::future::poll_fn(|cx| poll_write_out(&mut w, cx, conn.output())).await.unwrap();

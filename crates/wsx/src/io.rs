@@ -209,6 +209,10 @@ struct ReadState {
     read_size: usize,
     /// Bytes arrived since the last read that found nothing (see [`ReadState::waiting`]).
     fresh: bool,
+    /// When the bytes in `buf` were read: the clock reading its events are handled with (they
+    /// arrived together), taken once per read rather than once per event. Cleared when `buf`
+    /// has no whole event left, so timers are checked against a fresh reading.
+    read_at: Option<Instant>,
 }
 
 impl ReadState {
@@ -532,9 +536,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
                 }
                 return self.poll_wind_down(cx, write_waker).map(|()| None);
             }
-            let now = now();
+            let now = *self.read.read_at.get_or_insert_with(now);
             let event = E::read(&mut self.conn, &mut self.read.buf, now);
             self.read.partial = matches!(event, Ok(None));
+            if self.read.partial {
+                self.read.read_at = None;
+            }
             match event.map(|ev| ev.map(E::into_close)) {
                 Ok(Some(Ok(close))) => {
                     self.read.stash = Some(Box::new(close));
@@ -558,6 +565,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
                 }
             }
             if let Some(deadline) = self.conn.poll_timeout() {
+                let now = crate::io::now();
                 if deadline <= now {
                     if let Err(e) = self.conn.handle_timeout(now) {
                         let _ = flush!();

@@ -1051,15 +1051,19 @@ mod tests {
     /// that a change that grows it shows (idle memory per connection is a benchmark figure).
     /// The modes' and the rooms' sessions are boxed, so an echo connection's task is the size
     /// of the echo session: 5,344 B (release) before they were, 3,056 B after, 1,040 B once
-    /// the layers stopped storing their arguments twice and the protocol settings were shared
-    /// (`docs/performance-notes.md`).
+    /// the layers stopped storing their arguments twice and the protocol settings were shared,
+    /// 1,016 B with the agreed subprotocol and extensions boxed (`docs/performance-notes.md`).
+    ///
+    /// The bound is where it costs: tokio lays a task out in 128-byte lines, and a future of
+    /// up to 1,040 B makes a task of nine (1,152 B, with its header). At 1,056 B it took ten:
+    /// `wsload idle` measured 1,906 → 2,015 B per connection for those 16 bytes.
     #[test]
     fn connection_futures_stay_small() {
         let plain = future_size(tcp_connection);
         let session = future_size(websocket::<TcpStream>);
         eprintln!("tcp_connection future {plain} B, websocket::<TcpStream> {session} B");
-        // Debug builds measure somewhat more than release ones.
-        assert!(plain <= 1_100, "the task of a plain connection grew to {plain} B");
+        // Debug builds measure somewhat more than release ones (1,024 B here).
+        assert!(plain <= 1_040, "the task of a plain connection grew to {plain} B");
     }
 
     fn route_of(target: &str) -> Result<Option<Route>, String> {

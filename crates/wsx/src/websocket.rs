@@ -87,17 +87,36 @@ impl WebSocketConfig {
 /// ([`TimeoutError::SlowReader`](wsx_proto::error::TimeoutError::SlowReader)).
 pub struct WebSocket<S> {
     core: Core<S>,
-    protocol: Option<String>,
-    extensions: Option<String>,
+    /// The subprotocol and extensions agreed, boxed and only when there are any: most
+    /// connections have neither, and an idle connection's size is a benchmark figure.
+    agreed: Option<Box<Agreed>>,
     /// The upgrade request a server accepted (boxed: a pointer while absent or taken).
     request: Option<Box<http::Request<()>>>,
+}
+
+/// What the opening handshake agreed besides the WebSocket itself.
+struct Agreed {
+    protocol: Option<String>,
+    extensions: Option<String>,
+}
+
+impl Agreed {
+    /// `None` when nothing was agreed (no allocation).
+    fn boxed(protocol: Option<String>, extensions: Option<String>) -> Option<Box<Self>> {
+        (protocol.is_some() || extensions.is_some()).then(|| Box::new(Self { protocol, extensions }))
+    }
+
+    /// The subprotocol and the extensions, taken back out.
+    fn unbox(agreed: Option<Box<Self>>) -> (Option<String>, Option<String>) {
+        agreed.map_or((None, None), |a| (a.protocol, a.extensions))
+    }
 }
 
 impl<S> std::fmt::Debug for WebSocket<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebSocket")
             .field("conn", &self.core.conn)
-            .field("protocol", &self.protocol)
+            .field("protocol", &self.agreed.as_ref().and_then(|a| a.protocol.as_deref()))
             .finish_non_exhaustive()
     }
 }
@@ -113,7 +132,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         protocol: Option<String>,
         extensions: Option<String>,
     ) -> Self {
-        Self { core: Core::new(stream, conn, leftover), protocol, extensions, request: None }
+        Self { core: Core::new(stream, conn, leftover), agreed: Agreed::boxed(protocol, extensions), request: None }
     }
 
     /// Takes the connection apart: the stream, the protocol state machine, and the bytes read
@@ -361,13 +380,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     /// The subprotocol agreed in the handshake.
     pub fn protocol(&self) -> Option<&str> {
-        self.protocol.as_deref()
+        self.agreed.as_ref()?.protocol.as_deref()
     }
 
     /// The extensions agreed in the handshake (the browser's `extensions`), e.g.
     /// `permessage-deflate; client_max_window_bits=15`.
     pub fn extensions(&self) -> Option<&str> {
-        self.extensions.as_deref()
+        self.agreed.as_ref()?.extensions.as_deref()
     }
 
     /// Bytes queued and not yet written (the browser's `bufferedAmount`).
@@ -388,13 +407,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// Splits into a reader and a writer that can live in two tasks. The reader still answers
     /// pings and the peer's close by itself; [`WsReader::reunite`] puts them back together.
     pub fn split(self) -> (WsReader<S>, WsWriter<S>) {
-        split::split(self.core, self.protocol, self.extensions)
+        let (protocol, extensions) = Agreed::unbox(self.agreed);
+        split::split(self.core, protocol, extensions)
     }
 }
 
 impl<S> WebSocket<S> {
     pub(crate) fn from_core(core: Core<S>, protocol: Option<String>, extensions: Option<String>) -> Self {
-        Self { core, protocol, extensions, request: None }
+        Self { core, agreed: Agreed::boxed(protocol, extensions), request: None }
     }
 
     /// Keeps the upgrade request a server accepted, for [`request`](Self::request).

@@ -1257,19 +1257,14 @@ impl Connection {
         let head_len = header.encode(&mut head);
         let tail = self.out.tail_mut();
         match mask {
-            Some(key) => {
-                let before = tail.len();
-                extend_masked_frame(tail, &head, head_len, parts, len, key);
-                let added = tail.len() - before;
-                self.out.commit(added);
-            }
+            Some(key) => extend_masked_frame(tail, &head, head_len, parts, len, key),
             None => {
                 tail.reserve(head_len + len);
                 tail.extend_from_slice(&head[..head_len]);
                 parts.for_each(|p| tail.extend_from_slice(p));
-                self.out.commit(head_len + len);
             }
         }
+        self.out.commit(head_len + len);
         Ok(())
     }
 

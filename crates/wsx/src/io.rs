@@ -536,8 +536,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
                 }
                 return self.poll_wind_down(cx, write_waker).map(|()| None);
             }
-            let now = *self.read.read_at.get_or_insert_with(now);
-            let event = E::read(&mut self.conn, &mut self.read.buf, now);
+            let read_at = *self.read.read_at.get_or_insert_with(now);
+            let event = E::read(&mut self.conn, &mut self.read.buf, read_at);
             self.read.partial = matches!(event, Ok(None));
             if self.read.partial {
                 self.read.read_at = None;
@@ -565,7 +565,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
                 }
             }
             if let Some(deadline) = self.conn.poll_timeout() {
-                let now = crate::io::now();
+                let now = now();
                 if deadline <= now {
                     if let Err(e) = self.conn.handle_timeout(now) {
                         let _ = flush!();

@@ -319,8 +319,6 @@ struct Local<'a> {
     stats: &'a Mutex<Stats>,
     /// (latency, how many echoes had it), in arrival order.
     latency: Vec<(u64, u64)>,
-    /// Latency samples in `latency`, counting each run's length.
-    samples: u64,
     lag: Vec<u64>,
     echoes: u64,
     flushed_at: Instant,
@@ -334,7 +332,6 @@ impl<'a> Local<'a> {
         Self {
             stats,
             latency: Vec::with_capacity(Self::BATCH),
-            samples: 0,
             lag: Vec::with_capacity(Self::BATCH),
             echoes: 0,
             flushed_at: Instant::now(),
@@ -343,7 +340,6 @@ impl<'a> Local<'a> {
 
     /// One echo's latency.
     fn latency(&mut self, ns: u64) {
-        self.samples += 1;
         match self.latency.last_mut() {
             Some((value, count)) if *value == ns => *count += 1,
             _ => self.latency.push((ns, 1)),
@@ -360,8 +356,8 @@ impl<'a> Local<'a> {
     fn flush(&mut self) {
         let mut s = lock(self.stats);
         s.seen += std::mem::take(&mut self.echoes);
-        s.msgs += std::mem::take(&mut self.samples);
         for (ns, n) in self.latency.drain(..) {
+            s.msgs += n;
             s.record_latency_n(ns, n);
         }
         for ns in self.lag.drain(..) {

@@ -1368,9 +1368,7 @@ impl Connection {
         match mask {
             Some(key) => extend_masked_frame(tail, &head, head_len, [&payload[..]], payload.len(), key),
             None if payload.len() >= OutBuf::ZERO_COPY_THRESHOLD => {
-                tail.extend_from_slice(&head[..head_len]);
-                self.out.commit(head_len);
-                self.out.push_chunk(payload);
+                self.out.push_frame(&head[..head_len], payload);
                 return;
             }
             None => {

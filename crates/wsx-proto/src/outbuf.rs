@@ -1,20 +1,51 @@
 //! The bytes a connection has produced and the transport has not yet written.
 //!
 //! Small frames are encoded back to back into one contiguous buffer, so that many replies leave
-//! in one write; a large payload that needs no masking is queued as its own [`Bytes`] chunk, so
-//! that it goes out through a vectored write without being copied.
+//! in one write; a large payload that needs no masking is queued as its own [`Bytes`] chunk, its
+//! header beside it, so that it goes out through a vectored write without being copied.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
 
 use bytes::{Buf, Bytes, BytesMut};
 
+use crate::frame::MAX_HEADER_LEN;
+
+/// A piece of pending output before the tail.
+#[derive(Debug)]
+enum Chunk {
+    /// Bytes queued as they are: a large payload, a shared prepared frame, or small frames
+    /// encoded in the tail and split off it.
+    Shared(Bytes),
+    /// The header of a payload queued as a chunk of its own, kept inline (queueing a large
+    /// payload allocates nothing); `start..end` is what is left to write.
+    Head { bytes: [u8; MAX_HEADER_LEN], start: u8, end: u8 },
+}
+
+impl Chunk {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Chunk::Shared(b) => b,
+            Chunk::Head { bytes, start, end } => &bytes[usize::from(*start)..usize::from(*end)],
+        }
+    }
+
+    /// Takes `cnt` bytes (fewer than it holds) off the front.
+    fn advance(&mut self, cnt: usize) {
+        match self {
+            Chunk::Shared(b) => b.advance(cnt),
+            // Under `MAX_HEADER_LEN` bytes: fits.
+            Chunk::Head { start, .. } => *start += cnt as u8,
+        }
+    }
+}
+
 /// Pending output, readable through the [`Buf`] trait (so `tokio::io::AsyncWriteExt::write_buf`
 /// and vectored writes work on it directly).
 #[derive(Debug, Default)]
 pub struct OutBuf {
     /// Chunks that come before `tail`, oldest first.
-    chunks: VecDeque<Bytes>,
+    chunks: VecDeque<Chunk>,
     /// The buffer new small frames are encoded into.
     tail: BytesMut,
     /// Total bytes pending (chunks + tail).
@@ -65,17 +96,33 @@ impl OutBuf {
         }
     }
 
+    /// Queues a frame: its header (copied) and its payload as a chunk of its own (not copied),
+    /// after everything pending.
+    pub(crate) fn push_frame(&mut self, head: &[u8], payload: Bytes) {
+        let mut bytes = [0; MAX_HEADER_LEN];
+        bytes[..head.len()].copy_from_slice(head);
+        self.split_tail();
+        self.chunks.push_back(Chunk::Head { bytes, start: 0, end: head.len() as u8 });
+        self.len += head.len();
+        self.push_chunk(payload);
+    }
+
     /// Queues a payload as its own chunk after everything pending.
-    pub(crate) fn push_chunk(&mut self, chunk: Bytes) {
+    fn push_chunk(&mut self, chunk: Bytes) {
         if chunk.is_empty() {
             return;
         }
+        self.split_tail();
+        self.len += chunk.len();
+        self.chunks.push_back(Chunk::Shared(chunk));
+    }
+
+    /// Ends the tail's run of small frames as a chunk, so that what is queued next follows it.
+    fn split_tail(&mut self) {
         if !self.tail.is_empty() {
             let head = self.tail.split().freeze();
-            self.chunks.push_back(head);
+            self.chunks.push_back(Chunk::Shared(head));
         }
-        self.len += chunk.len();
-        self.chunks.push_back(chunk);
     }
 }
 
@@ -86,7 +133,7 @@ impl Buf for OutBuf {
 
     fn chunk(&self) -> &[u8] {
         match self.chunks.front() {
-            Some(c) => c,
+            Some(c) => c.as_slice(),
             None => &self.tail,
         }
     }
@@ -97,8 +144,8 @@ impl Buf for OutBuf {
         self.written += cnt as u64;
         while cnt > 0 {
             match self.chunks.front_mut() {
-                Some(front) if front.len() <= cnt => {
-                    cnt -= front.len();
+                Some(front) if front.as_slice().len() <= cnt => {
+                    cnt -= front.as_slice().len();
                     self.chunks.pop_front();
                 }
                 Some(front) => {
@@ -123,7 +170,7 @@ impl Buf for OutBuf {
             if n == dst.len() {
                 return n;
             }
-            dst[n] = IoSlice::new(c);
+            dst[n] = IoSlice::new(c.as_slice());
             n += 1;
         }
         if n < dst.len() && !self.tail.is_empty() {
@@ -156,5 +203,30 @@ mod tests {
         let rest = o.copy_to_bytes(5);
         assert_eq!(&rest[..], b"defgh");
         assert!(o.is_empty());
+    }
+
+    #[test]
+    fn a_frame_queued_whole_keeps_its_header_inline_and_its_payload_uncopied() {
+        let mut o = OutBuf::default();
+        o.tail_mut().extend_from_slice(b"ab");
+        o.commit(2);
+        let payload = Bytes::from(vec![7u8; 5000]);
+        o.push_frame(&[0x82, 126, 0x13, 0x88], payload.clone());
+        assert_eq!(o.remaining(), 2 + 4 + 5000);
+        let mut v = [IoSlice::new(&[]); 8];
+        let n = o.chunks_vectored(&mut v);
+        assert_eq!(n, 3, "small frames, header, payload");
+        assert_eq!(&v[1][..], [0x82, 126, 0x13, 0x88]);
+        assert_eq!(v[2].as_ptr(), payload.as_ptr(), "the payload was copied");
+        // A write that stops inside the header, then one that ends inside the payload.
+        o.advance(3);
+        assert_eq!(o.chunk(), [126, 0x13, 0x88]);
+        o.advance(2);
+        assert_eq!(o.chunk(), [0x88]);
+        o.advance(1 + 4999);
+        assert_eq!(o.chunk(), [7]);
+        o.advance(1);
+        assert!(o.is_empty());
+        assert_eq!(o.written(), 5006);
     }
 }

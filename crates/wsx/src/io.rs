@@ -46,18 +46,18 @@ use wsx_proto::{Connection, Message, PreparedMessage, Role, State, StreamEvent};
 use crate::Error;
 
 /// The room a read gets adapts to the traffic, between these bounds: an idle connection keeps
-/// a small buffer, a busy one reads up to 64 KiB at a time (the size doubles whenever a read
-/// fills it). Large frames grow the buffer as their bytes arrive, never from the declared length.
+/// a small buffer, a busy one reads up to 256 KiB at a time (the size doubles whenever a read
+/// fills it), so that a pipelined batch of large messages takes one read and leaves in one
+/// write. Large frames grow the buffer as their bytes arrive, never from the declared length.
 const MIN_READ: usize = 256;
-const MAX_READ: usize = 64 * 1024;
-/// An empty read buffer larger than this is released rather than kept while idle.
-const KEEP_IDLE_BUFFER: usize = 64 * 1024;
-/// An empty read buffer up to this size is released when a read finds nothing to read and
-/// nothing arrived since the last such read (see `ReadState::waiting`), so an idle connection
-/// holds none (idle memory is counted per connection) while a busy one keeps its buffer and
-/// allocates nothing per message. Larger ones (a connection carrying large messages) are kept
-/// up to [`KEEP_IDLE_BUFFER`].
-const RELEASE_WAITING_BUFFER: usize = 4 * 1024;
+const MAX_READ: usize = 256 * 1024;
+/// Read buffers are kept between reads while the connection is busy, so that steady traffic
+/// allocates nothing; one that grew larger than this for a large frame is released as soon as a
+/// read finds it empty and nothing more to read. All are released once the connection is idle
+/// (see `ReadState::waiting`).
+const KEEP_BUSY_BUFFER: usize = 2 * MAX_READ;
+/// Reads of at least this much recycle their buffers (see `ReadState::prepare_read`).
+const RECYCLE_FROM: usize = 64 * 1024;
 /// About the most one poll of a split reader's `recv` reads before it yields (waking itself; the
 /// last read may take up to [`MAX_READ`] more): a large message arriving fast is read and
 /// inflated over several polls, so the writer, which waits for the same lock, gets its turn.
@@ -201,14 +201,23 @@ struct ReadState {
     /// transport.
     close_wait_until: Option<Instant>,
     done: bool,
+    /// The buffer before this one, whose messages may still be waiting to be written: reused
+    /// once they are gone (see [`ReadState::prepare_read`]). Boxed: a pointer while absent, and
+    /// the box itself is reused.
+    spare: Option<Box<BytesMut>>,
     /// The last `read_event` found no complete event: `buf` holds only part of a frame, whose
     /// header the connection may already have consumed (so `buf` need not start with a header).
     partial: bool,
     /// How much room the next read gets: doubles when a read fills it, halves when reads stay
-    /// small.
-    read_size: usize,
-    /// Bytes arrived since the last read that found nothing (see [`ReadState::waiting`]).
+    /// small. (A `u32` beside the flags: an idle connection's size is a benchmark figure.)
+    read_size: u32,
+    /// Bytes arrived or left since the last read that found nothing (see
+    /// [`ReadState::waiting`]).
     fresh: bool,
+    /// `buf` grew past [`KEEP_BUSY_BUFFER`] for a large frame: given back once it is empty. (An
+    /// empty buffer's capacity shows only the room left after the messages split off it, not
+    /// the allocation they share.)
+    large: bool,
     /// When the bytes in `buf` were read: the clock reading its events are handled with (they
     /// arrived together), taken once per read rather than once per event. Cleared when `buf`
     /// has no whole event left, so timers are checked against a fresh reading.
@@ -217,24 +226,57 @@ struct ReadState {
 
 impl ReadState {
     /// Makes room for the next read, sized by recent reads.
+    ///
+    /// Messages leave as slices of the read buffer (no copy), so a buffer whose messages still
+    /// wait to be written cannot be reused in place, and making room means a new allocation. At
+    /// 256 KiB a read, that allocation per read made the allocator hand pages back to the kernel
+    /// and fault them in again, one fault per 4 KiB read. So the buffer a read leaves behind is
+    /// kept as a spare, and the next buffer is the spare once nothing else holds it: a busy
+    /// connection alternates between two allocations.
     fn prepare_read(&mut self) {
-        if self.buf.is_empty() && self.buf.capacity() > KEEP_IDLE_BUFFER {
-            // A large message has gone through; don't keep its buffer while idle.
-            self.buf = BytesMut::new();
+        let want = (self.read_size as usize).max(MIN_READ);
+        let room = self.buf.capacity() - self.buf.len();
+        if room >= want / 2 || self.buf.try_reclaim(want) {
+            return;
         }
-        let want = self.read_size.max(MIN_READ);
-        if self.buf.capacity() - self.buf.len() < want / 2 {
+        let len = self.buf.len();
+        if want < RECYCLE_FROM || len >= want {
+            // Small reads are cheap to allocate; a frame larger than a read grows its buffer (by
+            // doubling, in place when nothing else holds it).
             self.buf.reserve(want);
+            self.large |= self.buf.capacity() > KEEP_BUSY_BUFFER;
+            return;
         }
+        if self.buf.try_reclaim(want / 2) {
+            // Nothing else holds it, and half a read fits after what it holds.
+            return;
+        }
+        // Still shared with messages not yet written: the spare if it is free again, else a new
+        // buffer. Either way the unread bytes (the beginning of a frame, shorter than a read)
+        // move over, and the old buffer becomes the spare.
+        let mut spare = self.spare.take().unwrap_or_default();
+        if !spare.try_reclaim(len + want / 2) {
+            *spare = BytesMut::with_capacity(len + want);
+        }
+        spare.extend_from_slice(&self.buf);
+        std::mem::swap(&mut self.buf, &mut spare);
+        spare.clear();
+        self.spare = Some(spare);
     }
 
-    /// A read found nothing to read. If nothing has arrived since the last time (a connection
-    /// woken by a timer, or waiting for its first message after the handshake), an empty small
-    /// buffer is given back while we wait; a connection in the middle of an exchange keeps its
-    /// buffer, so steady traffic allocates nothing.
+    /// A read found nothing to read. If nothing arrived or left since the last time (a
+    /// connection woken by a timer, or waiting for its first message after the handshake), the
+    /// connection is idle: its buffers are given back while it waits. A connection in the middle
+    /// of an exchange keeps them, so steady traffic allocates nothing, unless a large message
+    /// made them larger than [`KEEP_BUSY_BUFFER`].
     fn waiting(&mut self) {
-        if !self.fresh && self.buf.is_empty() && self.buf.capacity() <= RELEASE_WAITING_BUFFER {
-            self.buf = BytesMut::new();
+        let idle = !self.fresh;
+        if idle || self.large {
+            if self.buf.is_empty() {
+                self.buf = BytesMut::new();
+                self.large = false;
+            }
+            self.spare = None;
         }
         self.fresh = false;
     }
@@ -243,9 +285,9 @@ impl ReadState {
     fn after_read(&mut self, n: usize, room: usize) {
         self.fresh = true;
         if n >= room {
-            self.read_size = (self.read_size * 2).min(MAX_READ);
-        } else if n < self.read_size / 4 {
-            self.read_size = (self.read_size / 2).max(MIN_READ);
+            self.read_size = (self.read_size * 2).min(MAX_READ as u32);
+        } else if n < self.read_size as usize / 4 {
+            self.read_size = (self.read_size / 2).max(MIN_READ as u32);
         }
     }
 }
@@ -311,7 +353,7 @@ impl<S> Core<S> {
         Self {
             stream,
             conn,
-            read: ReadState { buf, read_size: MIN_READ, ..ReadState::default() },
+            read: ReadState { buf, read_size: MIN_READ as u32, ..ReadState::default() },
             write: WriteState::default(),
         }
     }
@@ -437,6 +479,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
                 }
                 Poll::Ready(Ok(n)) => {
                     self.write.deadline = None;
+                    // Output leaving is activity too: the connection is not idle (see `waiting`).
+                    self.read.fresh = true;
                     if self.write.full_since.is_some() {
                         self.write.taken_since_full += n;
                         if self.write.taken_since_full >= self.conn.config().write_buffer_high_water {
@@ -640,6 +684,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
         self.give_up();
         self.read.done = true;
         self.read.buf = BytesMut::new();
+        self.read.spare = None;
         self.read.timer = Timer::default();
     }
 
@@ -696,6 +741,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
         }
         self.read.done = true;
         self.read.buf = BytesMut::new();
+        self.read.spare = None;
         self.read.timer = Timer::default();
         Poll::Ready(())
     }
@@ -755,6 +801,57 @@ mod tests {
 
         // And it reads on as before.
         round_trip(&mut core, &mut peer, b"again").await;
+    }
+
+    /// A buffer grown for a large frame is not kept for the next message, busy or not.
+    #[tokio::test]
+    async fn a_buffer_grown_for_a_large_frame_is_given_back_once_empty() {
+        const SIZE: usize = 1 << 20;
+        let (ours, mut peer) = tokio::io::duplex(SIZE + 64);
+        let mut core = Core::new(ours, Connection::server(wsx_proto::Config::default(), now()), BytesMut::new());
+        let key = [1, 2, 3, 4];
+        let mut frame = vec![0x82, 0x80 | 127];
+        frame.extend_from_slice(&(SIZE as u64).to_be_bytes());
+        frame.extend_from_slice(&key);
+        frame.resize(frame.len() + SIZE, 0);
+        peer.write_all(&frame).await.unwrap();
+        let message = loop {
+            if let Poll::Ready(m) = recv(&mut core).await {
+                break m;
+            }
+        };
+        assert!(matches!(message, Some(Ok(Message::Binary(ref b))) if b.len() == SIZE));
+        assert!(core.read.large);
+        drop(message);
+        // The first read that finds nothing, right after the message: busy, but too large to keep.
+        assert!(recv(&mut core).await.is_pending());
+        assert_eq!(core.read.buf.capacity(), 0);
+        round_trip(&mut core, &mut peer, b"small again").await;
+    }
+
+    /// Output leaving is activity too: a connection woken to write more of a reply, with nothing
+    /// new to read, keeps its buffer; one woken with nothing to read or write is idle.
+    #[tokio::test]
+    async fn a_connection_whose_output_is_leaving_is_not_idle() {
+        use tokio::io::AsyncReadExt;
+        let (ours, mut peer) = tokio::io::duplex(64);
+        let mut core = Core::new(ours, Connection::server(wsx_proto::Config::default(), now()), BytesMut::new());
+        round_trip(&mut core, &mut peer, b"hello").await;
+        // A reply larger than the pipe: each poll writes what the peer has made room for.
+        core.queue(Message::Binary(bytes::Bytes::from(vec![7u8; 200]))).unwrap();
+        assert!(recv(&mut core).await.is_pending());
+        let mut sink = [0u8; 64];
+        let mut taken = 0;
+        while !core.conn.output().is_empty() {
+            taken += peer.read(&mut sink).await.unwrap();
+            assert!(recv(&mut core).await.is_pending());
+            assert!(core.read.buf.capacity() > 0, "released while its output was leaving ({taken} B taken)");
+        }
+        while taken < 204 {
+            taken += peer.read(&mut sink).await.unwrap();
+        }
+        assert!(recv(&mut core).await.is_pending());
+        assert_eq!(core.read.buf.capacity(), 0);
     }
     /// Records how it was written to: plain writes and vectored writes (with their buffers).
     #[derive(Default)]

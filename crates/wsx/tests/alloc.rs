@@ -106,3 +106,73 @@ async fn large_messages_allocate_less_than_one_per_message() {
     let n = allocations(64 * 1024, 4, 200, 100).await;
     assert!(n < 100 * 4 / 2, "{n} allocations for 400 messages of 64 KiB");
 }
+
+/// A masked binary frame of `len` bytes (64 KiB and up: the 64-bit length form).
+fn masked_binary(len: usize, seed: u8) -> Vec<u8> {
+    let key = [0x11, 0x22, 0x33, 0x44];
+    let mut frame = vec![0x82, 0x80 | 127];
+    frame.extend_from_slice(&(len as u64).to_be_bytes());
+    frame.extend_from_slice(&key);
+    frame.extend((0..len).map(|i| (i as u8).wrapping_add(seed) ^ key[i % 4]));
+    frame
+}
+
+/// The pipelined shape of `scripts/bench-servers`' 64 KiB row: a peer writes batches of
+/// messages in one write and keeps two batches in flight, so that the server reads more while
+/// earlier echoes (slices of its read buffer) may still wait to be written. Its read buffers are
+/// recycled: after the warm-up, no allocation at all.
+#[tokio::test(flavor = "current_thread")]
+async fn pipelined_large_messages_reuse_their_read_buffers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SIZE: usize = 64 * 1024;
+    const BATCH: usize = 4;
+    const ROUNDS: usize = 120;
+    const MEASURED: usize = 60;
+    // Small socket buffers: the server's writes of a batch end part way, so it reads on while
+    // echoes (slices of its read buffer) still wait to be written.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_send_buffer_size(SIZE as u32).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(8).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut ws = wsx::accept(tcp).await.unwrap();
+        // `wsx serve --echo`'s loop: replies queued, a batch leaves in one write.
+        while let Some(Ok(msg)) = ws.recv().await {
+            if msg.is_data() {
+                ws.feed(msg).await.unwrap();
+            }
+        }
+    });
+    let (ws, _) = ClientBuilder::new(format!("ws://{addr}/")).connect().await.unwrap();
+    let (mut tcp, _, leftover) = ws.into_parts();
+    assert!(leftover.is_empty());
+    let batches: Vec<Vec<u8>> =
+        (0..2u8).map(|b| (0..BATCH as u8).flat_map(|i| masked_binary(SIZE, b * 16 + i)).collect()).collect();
+    // A server frame of 64 KiB: a 10-byte header, the payload unmasked.
+    let echo_len = BATCH * (10 + SIZE);
+    let mut echo = vec![0u8; echo_len];
+    tcp.write_all(&batches[0]).await.unwrap();
+    let mut counted = 0;
+    for round in 0..ROUNDS {
+        let start = allocations_so_far();
+        // The next batch goes out before this one's echoes are read: two in flight.
+        tcp.write_all(&batches[(round + 1) % 2]).await.unwrap();
+        tcp.read_exact(&mut echo).await.unwrap();
+        for i in 0..BATCH {
+            let frame = &echo[i * (10 + SIZE)..(i + 1) * (10 + SIZE)];
+            let seed = (round % 2) as u8 * 16 + i as u8;
+            assert_eq!(frame[..2], [0x82, 127], "round {round}, echo {i}");
+            assert_eq!(frame[10..14], [seed, seed.wrapping_add(1), seed.wrapping_add(2), seed.wrapping_add(3)]);
+            assert_eq!(frame[10 + SIZE - 1], ((SIZE - 1) as u8).wrapping_add(seed));
+        }
+        if round >= ROUNDS - MEASURED {
+            counted += allocations_so_far() - start;
+        }
+    }
+    tcp.read_exact(&mut echo).await.unwrap();
+    drop(tcp);
+    server.await.unwrap();
+    assert_eq!(counted, 0, "{counted} allocations for {} pipelined messages of 64 KiB", MEASURED * BATCH);
+}

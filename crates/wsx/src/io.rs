@@ -46,15 +46,16 @@ use wsx_proto::{Connection, Message, PreparedMessage, Role, State, StreamEvent};
 use crate::Error;
 
 /// The room a read gets adapts to the traffic, between these bounds: an idle connection keeps
-/// a small buffer, a busy one reads up to 256 KiB at a time (the size doubles whenever a read
+/// a small buffer, a busy one reads about 256 KiB at a time (the size doubles whenever a read
 /// fills it), so that a pipelined batch of large messages takes one read and leaves in one
 /// write. Large frames grow the buffer as their bytes arrive, never from the declared length.
 const MIN_READ: usize = 256;
 const MAX_READ: usize = 256 * 1024;
 /// Read buffers are kept between reads while the connection is busy, so that steady traffic
 /// allocates nothing; one that grew larger than this for a large frame is released as soon as a
-/// read finds it empty and nothing more to read. All are released once the connection is idle
-/// (see `ReadState::waiting`).
+/// read finds it empty and nothing more to read, or replaced by one of ordinary size once what
+/// it holds is shorter than a read. All are released once the connection is idle (see
+/// `ReadState::waiting`), and large ones when the reads become small again.
 const KEEP_BUSY_BUFFER: usize = 2 * MAX_READ;
 /// Reads of at least this much recycle their buffers (see `ReadState::prepare_read`).
 const RECYCLE_FROM: usize = 64 * 1024;
@@ -203,7 +204,7 @@ struct ReadState {
     done: bool,
     /// The buffer before this one, whose messages may still be waiting to be written: reused
     /// once they are gone (see [`ReadState::prepare_read`]). Boxed: a pointer while absent, and
-    /// the box itself is reused.
+    /// the box is reused while the connection stays busy.
     spare: Option<Box<BytesMut>>,
     /// The last `read_event` found no complete event: `buf` holds only part of a frame, whose
     /// header the connection may already have consumed (so `buf` need not start with a header).
@@ -211,8 +212,8 @@ struct ReadState {
     /// How much room the next read gets: doubles when a read fills it, halves when reads stay
     /// small. (A `u32` beside the flags: an idle connection's size is a benchmark figure.)
     read_size: u32,
-    /// Bytes arrived or left since the last read that found nothing (see
-    /// [`ReadState::waiting`]).
+    /// Bytes arrived, or output the stream had no room for left, since the last read that
+    /// found nothing (see [`ReadState::waiting`]).
     fresh: bool,
     /// `buf` grew past [`KEEP_BUSY_BUFFER`] for a large frame: given back once it is empty. (An
     /// empty buffer's capacity shows only the room left after the messages split off it, not
@@ -235,16 +236,38 @@ impl ReadState {
     /// connection alternates between two allocations.
     fn prepare_read(&mut self) {
         let want = (self.read_size as usize).max(MIN_READ);
-        let room = self.buf.capacity() - self.buf.len();
-        if room >= want / 2 || self.buf.try_reclaim(want) {
+        let len = self.buf.len();
+        if want < RECYCLE_FROM {
+            // Small reads: a burst of large ones is over. They need no spare, nor its buffer.
+            self.spare = None;
+            if len == 0 && self.buf.capacity() > 2 * RECYCLE_FROM {
+                self.buf = BytesMut::new();
+            }
+        }
+        if self.large && len < want {
+            // The frame that grew the buffer past `KEEP_BUSY_BUFFER` is done, but the buffer
+            // was never found empty: move what it holds to one of ordinary size rather than
+            // reclaim the large one for every read.
+            let mut ordinary = BytesMut::with_capacity(len + want);
+            ordinary.extend_from_slice(&self.buf);
+            self.buf = ordinary;
+            self.large = false;
+        }
+        let room = self.buf.capacity() - len;
+        if room >= want / 2 {
             return;
         }
-        let len = self.buf.len();
+        if self.buf.try_reclaim(want) {
+            return;
+        }
         if want < RECYCLE_FROM || len >= want {
             // Small reads are cheap to allocate; a frame larger than a read grows its buffer (by
-            // doubling, in place when nothing else holds it).
+            // doubling, in place when nothing else holds it), without a spare beside it.
             self.buf.reserve(want);
             self.large |= self.buf.capacity() > KEEP_BUSY_BUFFER;
+            if self.large {
+                self.spare = None;
+            }
             return;
         }
         if self.buf.try_reclaim(want / 2) {
@@ -464,6 +487,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
             self.write.full_since = Some(now());
             self.write.taken_since_full = 0;
         }
+        // A write resumed after the stream was full: the connection is busy sending, not idle
+        // (a keepalive ping written at once is not activity; see `ReadState::waiting`).
+        let resumed = self.write.blocked;
         loop {
             let progress = if self.conn.output().is_empty() {
                 Pin::new(&mut self.stream).poll_flush(wcx).map_ok(|()| 0)
@@ -479,8 +505,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
                 }
                 Poll::Ready(Ok(n)) => {
                     self.write.deadline = None;
-                    // Output leaving is activity too: the connection is not idle (see `waiting`).
-                    self.read.fresh = true;
+                    self.read.fresh |= resumed;
                     if self.write.full_since.is_some() {
                         self.write.taken_since_full += n;
                         if self.write.taken_since_full >= self.conn.config().write_buffer_high_water {
@@ -750,6 +775,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tokio::io::AsyncWriteExt;
 
     /// A client frame: masked binary `payload` (short).
@@ -823,10 +849,92 @@ mod tests {
         assert!(matches!(message, Some(Ok(Message::Binary(ref b))) if b.len() == SIZE));
         assert!(core.read.large);
         drop(message);
-        // The first read that finds nothing, right after the message: busy, but too large to keep.
+        // The next read, right after the message: busy, but the large buffer is not kept; one
+        // of ordinary size takes its place.
         assert!(recv(&mut core).await.is_pending());
-        assert_eq!(core.read.buf.capacity(), 0);
+        assert!(!core.read.large);
+        assert!(core.read.buf.capacity() <= MAX_READ, "kept a {} B buffer", core.read.buf.capacity());
         round_trip(&mut core, &mut peer, b"small again").await;
+    }
+
+    /// A masked binary frame of `payload` (any length).
+    fn masked_long(payload: &[u8]) -> Vec<u8> {
+        let key = [9, 8, 7, 6];
+        let mut frame = vec![0x82, 0x80 | 127];
+        frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+        frame.extend_from_slice(&key);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        frame
+    }
+
+    /// Reads into a new buffer while the messages of the last one are still held, with a frame
+    /// cut off at its end (its header already consumed): every byte arrives, in order.
+    #[tokio::test]
+    async fn a_frame_cut_off_by_a_read_moves_whole_into_the_next_buffer() {
+        let (ours, mut peer) = tokio::io::duplex(1 << 21);
+        let mut core = Core::new(ours, Connection::server(wsx_proto::Config::default(), now()), BytesMut::new());
+        core.read.read_size = MAX_READ as u32;
+        let payloads: Vec<Vec<u8>> = (0..6u8)
+            .map(|m| (0..64 * 1024 + 7).map(|i| (i as u8).wrapping_mul(31).wrapping_add(m)).collect())
+            .collect();
+        for p in &payloads {
+            peer.write_all(&masked_long(p)).await.unwrap();
+        }
+        let mut held = Vec::new();
+        while held.len() < payloads.len() {
+            match recv(&mut core).await {
+                Poll::Ready(Some(Ok(Message::Binary(b)))) => held.push(b),
+                Poll::Pending => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        for (i, (got, sent)) in held.iter().zip(&payloads).enumerate() {
+            assert!(got[..] == sent[..], "message {i} differs");
+        }
+        assert!(core.read.spare.is_some(), "the reads never needed a second buffer");
+    }
+
+    /// A keepalive ping written at once is not activity: a connection woken only to ping is
+    /// idle, and gives its buffer back.
+    #[tokio::test]
+    async fn a_keepalive_ping_does_not_keep_a_connection_busy() {
+        let (ours, mut peer) = tokio::io::duplex(4096);
+        let mut config = wsx_proto::Config::default();
+        config.keepalive_interval = Some(Duration::from_millis(20));
+        let mut core = Core::new(ours, Connection::server(config, now()), BytesMut::new());
+        round_trip(&mut core, &mut peer, b"hello").await;
+        assert!(recv(&mut core).await.is_pending());
+        assert!(core.read.buf.capacity() > 0);
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let written = core.conn.output().written();
+        assert!(recv(&mut core).await.is_pending());
+        assert!(core.conn.output().written() > written, "no ping was written");
+        assert_eq!(core.read.buf.capacity(), 0, "kept its buffer after a wake that only pinged");
+    }
+
+    /// After large messages, small ones: the large buffers are not kept for them.
+    #[tokio::test]
+    async fn buffers_shrink_back_when_large_messages_stop() {
+        let (ours, mut peer) = tokio::io::duplex(1 << 21);
+        let mut core = Core::new(ours, Connection::server(wsx_proto::Config::default(), now()), BytesMut::new());
+        core.read.read_size = MAX_READ as u32;
+        for _ in 0..8 {
+            peer.write_all(&masked_long(&[5; 64 * 1024])).await.unwrap();
+        }
+        let mut held = Vec::new();
+        while held.len() < 8 {
+            match recv(&mut core).await {
+                Poll::Ready(Some(Ok(m))) => held.push(m),
+                Poll::Pending => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        drop(held);
+        for i in 0..40u8 {
+            round_trip(&mut core, &mut peer, &[i; 11]).await;
+        }
+        assert!(core.read.spare.is_none(), "small traffic kept the spare");
+        assert!(core.read.buf.capacity() <= 64 * 1024, "small traffic kept a {} B buffer", core.read.buf.capacity());
     }
 
     /// Output leaving is activity too: a connection woken to write more of a reply, with nothing

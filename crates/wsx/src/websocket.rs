@@ -188,8 +188,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// first with `first`, the last with `fin`; a text chunk is valid UTF-8 on its own), and
     /// [`StreamEvent::Control`] for pings (already answered), pongs and the peer's close (already
     /// echoed), between chunks when the peer sends them between fragments. An uncompressed chunk
-    /// is at most one read (256 KiB); a compressed message's chunks are about 64 KiB. The limits
-    /// apply to the whole message as with [`recv`](Self::recv) (raise
+    /// is at most one read buffer's worth (a few hundred KiB); a compressed message's chunks are
+    /// about 64 KiB. The limits apply to the whole message as with [`recv`](Self::recv) (raise
     /// [`max_message_size`](wsx_proto::Config::max_message_size) to stream larger messages); the
     /// connection holds about one read buffer meanwhile.
     ///

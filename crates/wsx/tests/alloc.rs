@@ -120,7 +120,7 @@ fn masked_binary(len: usize, seed: u8) -> Vec<u8> {
 /// The pipelined shape of `scripts/bench-servers`' 64 KiB row: a peer writes batches of
 /// messages in one write and keeps two batches in flight, so that the server reads more while
 /// earlier echoes (slices of its read buffer) may still wait to be written. Its read buffers are
-/// recycled: after the warm-up, no allocation at all.
+/// recycled: after the warm-up, (almost) no allocation.
 #[tokio::test(flavor = "current_thread")]
 async fn pipelined_large_messages_reuse_their_read_buffers() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -174,5 +174,12 @@ async fn pipelined_large_messages_reuse_their_read_buffers() {
     tcp.read_exact(&mut echo).await.unwrap();
     drop(tcp);
     server.await.unwrap();
-    assert_eq!(counted, 0, "{counted} allocations for {} pipelined messages of 64 KiB", MEASURED * BATCH);
+    // None when the echoes of one buffer have left before the next fills (the usual case);
+    // on a loaded machine a few reads find both buffers still held and allocate, correctly.
+    // Without the spare it is one a read (120 here), before the recycling 672.
+    assert!(
+        counted < MEASURED * BATCH / 3,
+        "{counted} allocations for {} pipelined messages of 64 KiB",
+        MEASURED * BATCH
+    );
 }

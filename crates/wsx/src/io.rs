@@ -792,6 +792,19 @@ mod tests {
         std::future::poll_fn(|cx| Poll::Ready(core.poll_recv(cx, None))).await
     }
 
+    /// The next message, polling `recv` (a large one takes several polls); fails rather than
+    /// spin if none comes.
+    async fn next_message<S: AsyncRead + AsyncWrite + Unpin>(core: &mut Core<S>) -> Message {
+        for _ in 0..1000 {
+            match recv(core).await {
+                Poll::Ready(Some(Ok(m))) => return m,
+                Poll::Pending => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        panic!("no message after 1000 polls");
+    }
+
     /// The peer sends `payload`; one poll of `recv` must return it.
     async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(
         core: &mut Core<S>,
@@ -835,17 +848,8 @@ mod tests {
         const SIZE: usize = 1 << 20;
         let (ours, mut peer) = tokio::io::duplex(SIZE + 64);
         let mut core = Core::new(ours, Connection::server(wsx_proto::Config::default(), now()), BytesMut::new());
-        let key = [1, 2, 3, 4];
-        let mut frame = vec![0x82, 0x80 | 127];
-        frame.extend_from_slice(&(SIZE as u64).to_be_bytes());
-        frame.extend_from_slice(&key);
-        frame.resize(frame.len() + SIZE, 0);
-        peer.write_all(&frame).await.unwrap();
-        let message = loop {
-            if let Poll::Ready(m) = recv(&mut core).await {
-                break m;
-            }
-        };
+        peer.write_all(&masked_long(&vec![0; SIZE])).await.unwrap();
+        let message: Option<Result<Message, Error>> = Some(Ok(next_message(&mut core).await));
         assert!(matches!(message, Some(Ok(Message::Binary(ref b))) if b.len() == SIZE));
         assert!(core.read.large);
         drop(message);
@@ -882,9 +886,8 @@ mod tests {
         }
         let mut held = Vec::new();
         while held.len() < payloads.len() {
-            match recv(&mut core).await {
-                Poll::Ready(Some(Ok(Message::Binary(b)))) => held.push(b),
-                Poll::Pending => {}
+            match next_message(&mut core).await {
+                Message::Binary(b) => held.push(b),
                 other => panic!("{other:?}"),
             }
         }
@@ -923,11 +926,7 @@ mod tests {
         }
         let mut held = Vec::new();
         while held.len() < 8 {
-            match recv(&mut core).await {
-                Poll::Ready(Some(Ok(m))) => held.push(m),
-                Poll::Pending => {}
-                other => panic!("{other:?}"),
-            }
+            held.push(next_message(&mut core).await);
         }
         drop(held);
         for i in 0..40u8 {

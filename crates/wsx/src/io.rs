@@ -59,6 +59,13 @@ const MAX_READ: usize = 256 * 1024;
 const KEEP_BUSY_BUFFER: usize = 2 * MAX_READ;
 /// Reads of at least this much recycle their buffers (see `ReadState::prepare_read`).
 const RECYCLE_FROM: usize = 64 * 1024;
+/// Bytes arrived: the next read that finds nothing is the end of a batch, not idleness.
+const ARRIVED: u8 = 1;
+/// The application queued output, or output that waited for room left: the next two reads that
+/// find nothing are not idleness either. Two, because a loop that waits on the peer and on a
+/// source of messages to send (a room's subscriber in a `select!`) may poll its read before
+/// it sends, in every wake: that read sees nothing new since the one after the last send.
+const SENDING: u8 = 2;
 /// About the most one poll of a split reader's `recv` reads before it yields (waking itself; the
 /// last read may take up to [`MAX_READ`] more): a large message arriving fast is read and
 /// inflated over several polls, so the writer, which waits for the same lock, gets its turn.
@@ -212,12 +219,14 @@ struct ReadState {
     /// How much room the next read gets: doubles when a read fills it, halves when reads stay
     /// small. (A `u32` beside the flags: an idle connection's size is a benchmark figure.)
     read_size: u32,
-    /// Bytes arrived, or output the stream had no room for left, since the last read that
-    /// found nothing (see [`ReadState::waiting`]).
-    fresh: bool,
-    /// `buf` grew past [`KEEP_BUSY_BUFFER`] for a large frame: given back once it is empty. (An
-    /// empty buffer's capacity shows only the room left after the messages split off it, not
-    /// the allocation they share.)
+    /// How many more reads that find nothing count as busy rather than idle (see
+    /// [`ReadState::waiting`]): [`ARRIVED`] once bytes arrive, [`SENDING`] once the application
+    /// queues output or output the stream had no room for leaves.
+    fresh: u8,
+    /// `buf` grew past [`KEEP_BUSY_BUFFER`] for a large frame: given back once it is empty at a
+    /// read that finds nothing, or moved to a buffer of ordinary size once it holds less than a
+    /// read. (An empty buffer's capacity shows only the room left after the messages split off
+    /// it, not the allocation they share.)
     large: bool,
     /// When the bytes in `buf` were read: the clock reading its events are handled with (they
     /// arrived together), taken once per read rather than once per event. Cleared when `buf`
@@ -237,17 +246,18 @@ impl ReadState {
     fn prepare_read(&mut self) {
         let want = (self.read_size as usize).max(MIN_READ);
         let len = self.buf.len();
-        if want < RECYCLE_FROM {
-            // Small reads: a burst of large ones is over. They need no spare, nor its buffer.
+        if want <= RECYCLE_FROM / 4 {
+            // Small reads (well under the recycling threshold, so a dip or two of the read size
+            // does not count): a burst of large ones is over. They need no spare, nor its buffer.
             self.spare = None;
             if len == 0 && self.buf.capacity() > 2 * RECYCLE_FROM {
                 self.buf = BytesMut::new();
             }
         }
         if self.large && len < want {
-            // The frame that grew the buffer past `KEEP_BUSY_BUFFER` is done, but the buffer
-            // was never found empty: move what it holds to one of ordinary size rather than
-            // reclaim the large one for every read.
+            // The buffer grew past `KEEP_BUSY_BUFFER` for a large frame and now holds less than
+            // a read: move what it holds to one of ordinary size rather than reclaim the large
+            // one for every read.
             let mut ordinary = BytesMut::with_capacity(len + want);
             ordinary.extend_from_slice(&self.buf);
             self.buf = ordinary;
@@ -287,13 +297,15 @@ impl ReadState {
         self.spare = Some(spare);
     }
 
-    /// A read found nothing to read. If nothing arrived or left since the last time (a
-    /// connection woken by a timer, or waiting for its first message after the handshake), the
-    /// connection is idle: its buffers are given back while it waits. A connection in the middle
-    /// of an exchange keeps them, so steady traffic allocates nothing, unless a large message
-    /// made them larger than [`KEEP_BUSY_BUFFER`].
+    /// A read found nothing to read. If nothing arrived since the last such read, and the
+    /// application queued nothing and no output that had waited for room left since the one
+    /// before (see [`SENDING`]), the connection is idle (woken by a timer, say to send a
+    /// keepalive ping, or waiting for its first message after the handshake): its buffers are
+    /// given back while it waits. A connection in the middle of an exchange keeps them, so
+    /// steady traffic allocates nothing, unless a large frame made them larger than
+    /// [`KEEP_BUSY_BUFFER`].
     fn waiting(&mut self) {
-        let idle = !self.fresh;
+        let idle = self.fresh == 0;
         if idle || self.large {
             if self.buf.is_empty() {
                 self.buf = BytesMut::new();
@@ -301,12 +313,12 @@ impl ReadState {
             }
             self.spare = None;
         }
-        self.fresh = false;
+        self.fresh = self.fresh.saturating_sub(1);
     }
 
     /// Adapts the read size to a read of `n` bytes into `room` bytes of space.
     fn after_read(&mut self, n: usize, room: usize) {
-        self.fresh = true;
+        self.fresh = self.fresh.max(ARRIVED);
         if n >= room {
             self.read_size = (self.read_size * 2).min(MAX_READ as u32);
         } else if n < self.read_size as usize / 4 {
@@ -414,6 +426,8 @@ impl<S> Core<S> {
             Message::Close(frame) => self.conn.close(frame, now())?,
             m => self.conn.send(m)?,
         }
+        // Sending is activity: a connection that mostly sends keeps its buffers (`waiting`).
+        self.read.fresh = SENDING;
         Ok(())
     }
 
@@ -424,6 +438,7 @@ impl<S> Core<S> {
             return Err(Error::Closed);
         }
         self.conn.send_prepared(message)?;
+        self.read.fresh = SENDING;
         Ok(())
     }
 
@@ -437,6 +452,7 @@ impl<S> Core<S> {
             return Err(Error::Closed);
         }
         self.conn.send_uncompressed(message)?;
+        self.read.fresh = SENDING;
         Ok(())
     }
 }
@@ -501,11 +517,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
                 Poll::Ready(Ok(0)) => {
                     self.write.deadline = None;
                     self.write.full_since = None;
+                    // A flush the stream had held (TLS, a `BufWriter`) completed.
+                    if resumed {
+                        self.read.fresh = SENDING;
+                    }
                     return Poll::Ready(Ok(()));
                 }
                 Poll::Ready(Ok(n)) => {
                     self.write.deadline = None;
-                    self.read.fresh |= resumed;
+                    if resumed {
+                        self.read.fresh = SENDING;
+                    }
                     if self.write.full_since.is_some() {
                         self.write.taken_since_full += n;
                         if self.write.taken_since_full >= self.conn.config().write_buffer_high_water {
@@ -840,6 +862,21 @@ mod tests {
 
         // And it reads on as before.
         round_trip(&mut core, &mut peer, b"again").await;
+        assert!(recv(&mut core).await.is_pending());
+
+        // A connection that mostly sends (a room's subscriber) is busy too: queued output keeps
+        // the buffer through the read after it, and through the next wake's read, which a
+        // `select!` may poll before it sends again.
+        for _ in 0..3 {
+            core.queue(Message::Binary(bytes::Bytes::from_static(b"news"))).unwrap();
+            for _ in 0..2 {
+                assert!(recv(&mut core).await.is_pending());
+                assert!(core.read.buf.capacity() > 0, "a sending connection's buffer was released");
+            }
+        }
+        // Until it stops sending.
+        assert!(recv(&mut core).await.is_pending());
+        assert_eq!(core.read.buf.capacity(), 0);
     }
 
     /// A buffer grown for a large frame is not kept for the next message, busy or not.
@@ -894,7 +931,8 @@ mod tests {
         for (i, (got, sent)) in held.iter().zip(&payloads).enumerate() {
             assert!(got[..] == sent[..], "message {i} differs");
         }
-        assert!(core.read.spare.is_some(), "the reads never needed a second buffer");
+        // The buffer the cut-off frame left: the spare, holding the first messages' allocation.
+        assert!(core.read.spare.as_ref().is_some_and(|b| b.capacity() > 0), "the reads never needed a second buffer");
     }
 
     /// A keepalive ping written at once is not activity: a connection woken only to ping is
@@ -903,16 +941,39 @@ mod tests {
     async fn a_keepalive_ping_does_not_keep_a_connection_busy() {
         let (ours, mut peer) = tokio::io::duplex(4096);
         let mut config = wsx_proto::Config::default();
-        config.keepalive_interval = Some(Duration::from_millis(20));
+        // Long enough that a stalled test thread does not see the ping due early.
+        config.keepalive_interval = Some(Duration::from_millis(500));
         let mut core = Core::new(ours, Connection::server(config, now()), BytesMut::new());
         round_trip(&mut core, &mut peer, b"hello").await;
         assert!(recv(&mut core).await.is_pending());
         assert!(core.read.buf.capacity() > 0);
-        tokio::time::sleep(Duration::from_millis(40)).await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
         let written = core.conn.output().written();
         assert!(recv(&mut core).await.is_pending());
         assert!(core.conn.output().written() > written, "no ping was written");
         assert_eq!(core.read.buf.capacity(), 0, "kept its buffer after a wake that only pinged");
+    }
+
+    /// A buffer grown for a large frame, with the next frame's beginning behind it (so it is
+    /// never empty at a pause): that beginning moves to a buffer of ordinary size, intact.
+    #[tokio::test]
+    async fn a_large_buffer_is_left_with_the_next_frame_intact() {
+        let (ours, mut peer) = tokio::io::duplex(1 << 22);
+        let mut core = Core::new(ours, Connection::server(wsx_proto::Config::default(), now()), BytesMut::new());
+        let big: Vec<u8> = (0..(1usize << 20)).map(|i| (i % 251) as u8).collect();
+        let next: Vec<u8> = (0..100_000usize).map(|i| (i % 241) as u8).collect();
+        let next_frame = masked_long(&next);
+        let mut wire = masked_long(&big);
+        wire.extend_from_slice(&next_frame[..50_000]);
+        peer.write_all(&wire).await.unwrap();
+        let Message::Binary(first) = next_message(&mut core).await else { panic!("not binary") };
+        assert!(first[..] == big[..], "the large frame was damaged");
+        assert!(recv(&mut core).await.is_pending());
+        assert!(!core.read.large, "still holding the large buffer");
+        assert!(core.read.buf.capacity() <= 50_000 + MAX_READ, "kept a {} B buffer", core.read.buf.capacity());
+        peer.write_all(&next_frame[50_000..]).await.unwrap();
+        let Message::Binary(second) = next_message(&mut core).await else { panic!("not binary") };
+        assert!(second[..] == next[..], "the frame behind the large one was damaged");
     }
 
     /// After large messages, small ones: the large buffers are not kept for them.
@@ -937,7 +998,7 @@ mod tests {
     }
 
     /// Output leaving is activity too: a connection woken to write more of a reply, with nothing
-    /// new to read, keeps its buffer; one woken with nothing to read or write is idle.
+    /// new to read, keeps its buffer; one woken twice with nothing to read or write is idle.
     #[tokio::test]
     async fn a_connection_whose_output_is_leaving_is_not_idle() {
         use tokio::io::AsyncReadExt;
@@ -957,9 +1018,14 @@ mod tests {
         while taken < 204 {
             taken += peer.read(&mut sink).await.unwrap();
         }
+        // The last write resumed: the next wake's read still counts as busy (see `SENDING`);
+        // the one after, with nothing to read or write, is idle.
+        assert!(recv(&mut core).await.is_pending());
+        assert!(core.read.buf.capacity() > 0);
         assert!(recv(&mut core).await.is_pending());
         assert_eq!(core.read.buf.capacity(), 0);
     }
+
     /// Records how it was written to: plain writes and vectored writes (with their buffers).
     #[derive(Default)]
     struct Writes {

@@ -650,6 +650,43 @@ fn a_ping_flood_from_a_client_that_never_reads_keeps_the_server_small() {
     assert!(grown < 16 << 20, "wsx serve grew by {grown} bytes while {written} bytes of pings were sent");
 }
 
+/// A client that sends messages on /echo and never reads: once the echoes fill the server's
+/// output, the server stops reading (the client's writes stall rather than the server's memory
+/// growing), and the write timeout then drops the connection.
+#[cfg(target_os = "linux")]
+#[test]
+fn an_echo_client_that_never_reads_is_stalled_then_dropped_by_the_write_timeout() {
+    let server = Server::start(&["--write-timeout", "1", "--ping-interval", "0", "--slow-reader-timeout", "0"]);
+    let mut tcp = upgraded_echo(server.addr);
+    let before = rss_bytes(server.child.id());
+    // Binary messages of 16 KiB, masked with a zero key, 64 to a write.
+    let mut message = vec![0x82, 0x80 | 126, 0x40, 0x00, 0, 0, 0, 0];
+    message.resize(message.len() + (16 << 10), 7);
+    let batch = message.repeat(64);
+    tcp.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
+    let started = Instant::now();
+    let mut written = 0usize;
+    // Until the writes stall (timed out) or the server drops the connection; 256 MiB at most.
+    let stopped = loop {
+        match tcp.write(&batch) {
+            Ok(n) if written < 256 << 20 => written += n,
+            Ok(_) => break None,
+            Err(e) => break Some(e),
+        }
+    };
+    let grown = rss_bytes(server.child.id()).saturating_sub(before);
+    assert!(
+        stopped.is_some(),
+        "the server took {written} bytes of echoes it could not send, in {:?}",
+        started.elapsed()
+    );
+    // The socket buffers both ways, the 1 MiB high-water mark and a read budget: a few MiB.
+    assert!(written < 32 << 20, "the server read {written} bytes before it stopped");
+    assert!(grown < 16 << 20, "wsx serve grew by {grown} bytes while a client sent {written} bytes and never read");
+    let line = server.expect_log(&["closed", "path=\"/echo\"", "code=1006", "peer stopped reading"]);
+    assert!(started.elapsed() < Duration::from_secs(10), "dropped after {:?}: {line}", started.elapsed());
+}
+
 /// `--subprotocol` sets what the server may select, in its own order of preference: a page that
 /// offers `['superchat', 'chat']` gets `chat` when the server prefers it, and one that offers
 /// nothing the server knows gets no subprotocol (not a failed connection).

@@ -69,7 +69,7 @@ use tokio::time::Instant;
 use wsx::limit::{ConnectionLimit, ConnectionPermit};
 use wsx::{CloseCode, CloseFrame, Message, Rejection, Utf8Bytes, WebSocket, WsWriter};
 
-use super::{Io, Outcome};
+use super::{By, Io, Outcome, Shutdown};
 
 /// The longest line of stdout a program may print in line mode (a longer one closes with 1011).
 pub const MAX_LINE: usize = 1 << 20;
@@ -285,7 +285,7 @@ impl Exec {
         ws: WebSocket<S>,
         env: Env,
         peer: SocketAddr,
-        mut shutdown: watch::Receiver<bool>,
+        mut shutdown: Shutdown,
     ) -> Outcome {
         let mut out = Outcome::default();
         let mut command = Command::new(&self.program);
@@ -306,8 +306,8 @@ impl Exec {
                 tracing::warn!(%peer, program = %self.program.display(), error = %e, "cannot start the program");
                 let mut ws = ws;
                 out.code = Some(CloseCode::INTERNAL_ERROR.0);
-                out.by = Some("server");
-                out.error = Some(format!("cannot start the program: {e}"));
+                out.by = Some(By::Server);
+                out.error = Some(format!("cannot start the program: {e}").into());
                 let _ = ws.close(CloseCode::INTERNAL_ERROR, "cannot start the program").await;
                 return out;
             }
@@ -599,7 +599,7 @@ impl Exec {
                     }
                 }
                 () = async { closing.as_mut().expect("guarded").await }, if closing.is_some() => closing = None,
-                _ = shutdown.wait_for(|d| *d), if !down => {
+                () = shutdown.down(), if !down => {
                     down = true;
                     stop(&stop_tx);
                     if !close_started {
@@ -721,7 +721,7 @@ fn start_close<S: Io>(
     out.closing = true;
     if out.code.is_none() {
         out.code = Some(frame.code.0);
-        out.by = Some("server");
+        out.by = Some(By::Server);
     }
     let mut writer = writer.clone();
     Box::pin(async move {

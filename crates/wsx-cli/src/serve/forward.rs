@@ -19,7 +19,7 @@ use ::http::StatusCode;
 use tokio::net::TcpStream;
 use wsx::{Rejection, WebSocket};
 
-use super::{Io, Outcome};
+use super::{By, Io, Outcome};
 use crate::bridge;
 
 /// How long the TCP connection to the target may take.
@@ -93,8 +93,8 @@ pub async fn bridge<S: Io>(
     );
     Outcome {
         code: report.code,
-        by: report.ended_by.map(|side| if side == bridge::Side::WebSocket { "client" } else { "server" }),
-        error: report.error,
+        by: report.ended_by.map(|side| if side == bridge::Side::WebSocket { By::Client } else { By::Server }),
+        error: report.error.map(String::into_boxed_str),
         closing: true,
     }
 }

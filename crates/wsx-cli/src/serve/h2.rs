@@ -41,12 +41,12 @@ use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming as RequestBody;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use wsx::hyper::{is_websocket_request, rejection_response, Upgrade};
 use wsx::{Accept, Rejection};
 
-use super::{admit, http, server_route, websocket, Admitted, Io, Opened, Server};
+use super::{admit, http, server_route, websocket, Admitted, Io, Opened, Server, Shutdown};
 
 /// The most streams (requests and WebSockets) a client may have open at once on a connection.
 pub const MAX_STREAMS: u32 = 1024;
@@ -85,12 +85,7 @@ const GOAWAY_GRACE: Duration = Duration::from_secs(10);
 /// the client takes nothing for `--http-timeout` ends the connection: hyper has no way to
 /// reset one stream from here, and it would otherwise hold that stream (and its file) for
 /// ever.
-pub(super) async fn connection<S: Io>(
-    server: Arc<Server>,
-    stream: S,
-    peer: SocketAddr,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub(super) async fn connection<S: Io>(server: Arc<Server>, stream: S, peer: SocketAddr, mut shutdown: Shutdown) {
     let id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(%peer, conn = id, "HTTP/2 connection");
     // Unbounded, but bounded in practice: each event belongs to a stream hyper admitted (at
@@ -179,7 +174,7 @@ pub(super) async fn connection<S: Io>(
                 going_away = Some(tokio::time::Instant::now() + GOAWAY_GRACE);
                 conn.as_mut().graceful_shutdown();
             }
-            _ = shutdown.changed(), if going_away.is_none() => {
+            () = shutdown.down(), if going_away.is_none() => {
                 going_away = Some(tokio::time::Instant::now() + GOAWAY_GRACE);
                 conn.as_mut().graceful_shutdown();
             }
@@ -218,7 +213,7 @@ async fn answer(
     peer: SocketAddr,
     id: u64,
     tracker: Tracker,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) -> http::Response {
     let started = Instant::now();
     let (mut parts, _body) = request.into_parts();
@@ -266,7 +261,9 @@ async fn answer(
         Ok(accepted) => accepted,
         Err(rejection) => return refuse(rejection),
     };
-    let opened = Opened { route, path, permits, peer, started, http2: Some(id) };
+    // Numbered from 1.
+    let opened =
+        Opened { route, path: path.into_boxed_str(), permits, peer, started, http2: std::num::NonZeroU64::new(id) };
     let run = async move {
         match upgrading.await {
             Ok(ws) => websocket(server, ws, opened, shutdown).await,

@@ -837,9 +837,11 @@ impl RequestReader {
         if !self.scan.ready(window, buf.len(), limits) {
             return Ok(None);
         }
-        let mut storage = vec![httparse::EMPTY_HEADER; limits.max_headers];
-        let mut parsed = httparse::Request::new(&mut storage);
-        let status = parsed.parse(window);
+        // Left uninitialised: the parser writes the headers it finds (64 of 32 bytes each by
+        // default, written per handshake otherwise).
+        let mut storage = Vec::with_capacity(limits.max_headers);
+        let mut parsed = httparse::Request::new(&mut []);
+        let status = parsed.parse_with_uninit_headers(window, &mut storage.spare_capacity_mut()[..limits.max_headers]);
         let head_len = match check_parse_status(status, buf.len(), limits)? {
             Some(n) => n,
             None => {
@@ -1170,9 +1172,6 @@ fn head_window<'a>(buf: &'a BytesMut, limits: &HandshakeLimits) -> &'a [u8] {
 struct HeadScan {
     /// How many bytes of the window have been searched for the end of the head.
     searched: usize,
-    /// How much of an empty line (`\n\n` or `\n\r\n`) the searched bytes end
-    /// with: 0 nothing, 1 `\n`, 2 `\n\r`.
-    partial: u8,
     /// Whether the end of the head (an empty line) is in the window.
     end_seen: bool,
     /// The window's length when the parser last found the head incomplete.
@@ -1190,25 +1189,24 @@ impl HeadScan {
     /// doubled since the parser last ran (which keeps refusing garbage early
     /// while bounding the parser's total work by about twice the head).
     fn ready(&mut self, window: &[u8], buffered: usize, limits: &HandshakeLimits) -> bool {
+        if window.is_empty() {
+            // Nothing to parse yet (the server's first try, before its first read).
+            return false;
+        }
         if window.len() < self.searched {
             // Not the buffer we saw (the caller did not only append): start over.
             self.reset();
         }
         let new = &window[self.searched..];
         self.count(new.len());
-        for &b in new {
-            if self.end_seen {
-                break;
-            }
-            self.partial = match (b, self.partial) {
-                (b'\n', 1 | 2) => {
-                    self.end_seen = true;
-                    0
-                }
-                (b'\n', _) => 1,
-                (b'\r', 1) => 2,
-                _ => 0,
-            };
+        if !self.end_seen {
+            // An empty line ends the head: a `\n` right after `\n` or `\n\r`, looked up from
+            // each new `\n` (the bytes before it may be from an earlier call: the caller only
+            // appends). `memchr` finds them a vector at a time.
+            self.end_seen = memchr::memchr_iter(b'\n', new).any(|i| {
+                let before = &window[..self.searched + i];
+                before.ends_with(b"\n") || before.ends_with(b"\n\r")
+            });
         }
         self.searched = window.len();
         let full = buffered > 0 && buffered >= limits.max_head_bytes;
@@ -1222,7 +1220,6 @@ impl HeadScan {
     /// Forgets the head (after it was read, or refused).
     fn reset(&mut self) {
         self.searched = 0;
-        self.partial = 0;
         self.end_seen = false;
         self.parsed_at = 0;
     }
@@ -2048,6 +2045,29 @@ mod tests {
         assert!(done && buf.is_empty());
         let work = c.scan.work;
         assert!(work <= 4 * head.len(), "examined {work} bytes for a head of {}", head.len());
+    }
+
+    /// The end of a head (CRLF or bare LF lines) is found wherever the reads cut it, and not
+    /// before: the empty line is looked up from each `\n`, partly in bytes of an earlier call.
+    #[test]
+    fn the_end_of_a_head_is_found_across_any_cut() {
+        let limits = limits();
+        let crlf = "GET /chat HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+        let lf = crlf.replace("\r\n", "\n");
+        let mixed = format!("{}\n\r\n", crlf.trim_end_matches("\r\n"));
+        for head in [crlf.to_owned(), lf, mixed] {
+            let head = head.as_bytes();
+            for cut in 0..head.len() {
+                let mut reader = RequestReader::new();
+                let mut buf = BytesMut::from(&head[..cut]);
+                assert!(reader.read(&mut buf, &limits).unwrap().is_none(), "complete at {cut} of {head:?}");
+                buf.extend_from_slice(&head[cut..]);
+                let request =
+                    reader.read(&mut buf, &limits).unwrap().unwrap_or_else(|| panic!("{head:?} cut at {cut}"));
+                assert!(check_request(&request).is_ok() && buf.is_empty());
+            }
+        }
     }
 
     #[test]

@@ -86,6 +86,9 @@ pub(crate) trait RecvEvent: Sized {
     fn from_close(close: Message) -> Self;
     /// Whether this is a ping (its pong is flushed when it ends a batch).
     fn is_ping(&self) -> bool;
+    /// Whether this is a ping or a pong (not a sign of an exchange under way: see
+    /// `ReadState::only_control_arrived`).
+    fn is_ping_or_pong(&self) -> bool;
 }
 
 impl RecvEvent for Message {
@@ -105,6 +108,9 @@ impl RecvEvent for Message {
     fn is_ping(&self) -> bool {
         matches!(self, Message::Ping(_))
     }
+    fn is_ping_or_pong(&self) -> bool {
+        matches!(self, Message::Ping(_) | Message::Pong(_))
+    }
 }
 
 impl RecvEvent for StreamEvent {
@@ -123,6 +129,9 @@ impl RecvEvent for StreamEvent {
     }
     fn is_ping(&self) -> bool {
         matches!(self, StreamEvent::Control(Message::Ping(_)))
+    }
+    fn is_ping_or_pong(&self) -> bool {
+        matches!(self, StreamEvent::Control(Message::Ping(_) | Message::Pong(_)))
     }
 }
 
@@ -314,6 +323,17 @@ impl ReadState {
             self.spare = None;
         }
         self.fresh = self.fresh.saturating_sub(1);
+    }
+
+    /// What arrived since the last read that found nothing was a ping or a pong, now handled,
+    /// and the buffer holds nothing more: that is no exchange under way. (The pong to our
+    /// keepalive ping arrives once per interval; counted as activity, it made every idle
+    /// connection keep a buffer from one pong to the next ping.) Output the application queued
+    /// since the last read that found nothing still counts ([`SENDING`]).
+    fn only_control_arrived(&mut self) {
+        if self.fresh == ARRIVED {
+            self.fresh = 0;
+        }
     }
 
     /// Adapts the read size to a read of `n` bytes into `room` bytes of space.
@@ -645,6 +665,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
                     // flushes here, so that its pong does not wait for the application.
                     if ev.is_ping() && self.conn.pending_output() > 0 && !self.has_buffered_frame() {
                         let _ = flush!();
+                    }
+                    if ev.is_ping_or_pong() && self.read.buf.is_empty() {
+                        self.read.only_control_arrived();
                     }
                     return Poll::Ready(Some(Ok(ev)));
                 }
@@ -995,6 +1018,36 @@ mod tests {
         }
         assert!(core.read.spare.is_none(), "small traffic kept the spare");
         assert!(core.read.buf.capacity() <= 64 * 1024, "small traffic kept a {} B buffer", core.read.buf.capacity());
+    }
+
+    /// The pong answering our keepalive ping is no exchange: the read that follows it, finding
+    /// nothing, gives the buffers back (the pong used to keep them until the next ping).
+    #[tokio::test]
+    async fn a_keepalive_pong_does_not_keep_a_connection_busy() {
+        let (ours, mut peer) = tokio::io::duplex(4096);
+        let mut core = Core::new(ours, Connection::server(wsx_proto::Config::default(), now()), BytesMut::new());
+        round_trip(&mut core, &mut peer, b"hello").await;
+        assert!(recv(&mut core).await.is_pending());
+        assert!(recv(&mut core).await.is_pending());
+        assert_eq!(core.read.buf.capacity(), 0, "idle after two empty reads");
+        // A pong alone, then nothing: idle again at once.
+        let mut pong = masked(b"keepalive");
+        pong[0] = 0x8A;
+        peer.write_all(&pong).await.unwrap();
+        match recv(&mut core).await {
+            Poll::Ready(Some(Ok(Message::Pong(p)))) => assert_eq!(&p[..], b"keepalive"),
+            other => panic!("{other:?}"),
+        }
+        assert!(recv(&mut core).await.is_pending());
+        assert_eq!(core.read.buf.capacity(), 0, "kept its buffer after a pong");
+        // A pong with a message behind it in the same read is part of an exchange.
+        let mut both = pong.clone();
+        both.extend_from_slice(&masked(b"data"));
+        peer.write_all(&both).await.unwrap();
+        assert!(matches!(recv(&mut core).await, Poll::Ready(Some(Ok(Message::Pong(_))))));
+        assert!(matches!(recv(&mut core).await, Poll::Ready(Some(Ok(Message::Binary(_))))));
+        assert!(recv(&mut core).await.is_pending());
+        assert!(core.read.buf.capacity() > 0, "a message arrived: the buffer stays for the next");
     }
 
     /// Output leaving is activity too: a connection woken to write more of a reply, with nothing

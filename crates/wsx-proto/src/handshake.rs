@@ -1189,13 +1189,13 @@ impl HeadScan {
     /// doubled since the parser last ran (which keeps refusing garbage early
     /// while bounding the parser's total work by about twice the head).
     fn ready(&mut self, window: &[u8], buffered: usize, limits: &HandshakeLimits) -> bool {
-        if window.is_empty() {
-            // Nothing to parse yet (the server's first try, before its first read).
-            return false;
-        }
         if window.len() < self.searched {
             // Not the buffer we saw (the caller did not only append): start over.
             self.reset();
+        }
+        if buffered == 0 {
+            // Nothing to parse yet (the server's first try, before its first read).
+            return false;
         }
         let new = &window[self.searched..];
         self.count(new.len());
@@ -1227,6 +1227,9 @@ impl HeadScan {
     /// The parser ran on `len` bytes and needs more.
     fn parsed_incomplete(&mut self, len: usize) {
         self.parsed_at = len.max(1);
+        // The empty line seen was not the end (blank lines before the request line, which the
+        // parser skips): search on from here, or every later call would parse the whole head.
+        self.end_seen = false;
     }
 
     #[cfg(test)]
@@ -2068,6 +2071,43 @@ mod tests {
                 assert!(check_request(&request).is_ok() && buf.is_empty());
             }
         }
+    }
+
+    /// Blank lines before the request line look like the end of a head, but the parser skips
+    /// them: the rest, trickled in, is still examined in linear work, and the head completes.
+    #[test]
+    fn blank_lines_before_a_trickled_head_do_not_make_it_quadratic() {
+        let limits = limits();
+        let lines = valid_request_lines();
+        let mut head = b"\r\n\r\n".to_vec();
+        head.extend(maximal_head(&lines[0], &limits, &lines[1..]).into_iter().take(limits.max_head_bytes - 4));
+        // The cut-off head ends with its empty line again.
+        head.truncate(head.len() - 200);
+        head.extend_from_slice(b"\r\n\r\n");
+        let mut reader = RequestReader::new();
+        let mut buf = BytesMut::new();
+        let mut done = false;
+        for &b in &head {
+            buf.put_u8(b);
+            match reader.read(&mut buf, &limits) {
+                Ok(Some(_)) => done = true,
+                Ok(None) => {}
+                // A filler line cut in the middle is still a valid header line; an error ends it.
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(done, "the head never completed");
+        let work = reader.scan.work;
+        assert!(work <= 4 * head.len(), "examined {work} bytes for a head of {}", head.len());
+    }
+
+    /// A zero head limit refuses any byte (rather than waiting for more forever).
+    #[test]
+    fn a_zero_head_limit_refuses_the_first_byte() {
+        let limits = HandshakeLimits { max_head_bytes: 0, max_headers: 64 };
+        let mut buf = BytesMut::from(&b"G"[..]);
+        assert!(matches!(RequestReader::new().read(&mut buf, &limits), Err(HandshakeError::HeadTooLarge { .. })));
+        assert!(RequestReader::new().read(&mut BytesMut::new(), &limits).unwrap().is_none());
     }
 
     #[test]

@@ -965,7 +965,10 @@ impl Outcome {
         match msg {
             None => return Step::End,
             Some(Ok(Message::Close(frame))) => self.peer_closed(frame),
-            Some(Ok(msg)) if msg.is_data() => return Step::Feed(msg),
+            // Once our close is sent, what the peer sent before it saw it gets no echo: no data
+            // frame may follow a close (RFC 6455 §5.5.1), and feeding one would fail and cut
+            // the closing handshake short.
+            Some(Ok(msg)) if msg.is_data() && !self.closing => return Step::Feed(msg),
             Some(Ok(_)) => {}
             Some(Err(e)) => self.failed(e),
         }
@@ -999,7 +1002,7 @@ fn going_away() -> CloseFrame {
 /// Echoes every data message until the connection ends (closing it with 1001 at shutdown).
 ///
 /// This is what an idle `--echo` connection waits in, so its state is kept small: the
-/// outcome, a `recv` and the shutdown signal.
+/// outcome and references to the connection and the shutdown signal.
 async fn echo<S: Io>(ws: &mut WebSocket<S>, shutdown: &mut Shutdown) -> Outcome {
     use futures_core::Stream;
     use futures_sink::Sink;
@@ -1012,7 +1015,9 @@ async fn echo<S: Io>(ws: &mut WebSocket<S>, shutdown: &mut Shutdown) -> Outcome 
     // both futures, the message, and room for the close's future beside them (264 B against
     // 64 B now).
     let mut out = Outcome::default();
-    let mut replied = false;
+    // True at first, so that the first `start_send` follows a `poll_ready` too, as `Sink`
+    // asks (ready at once: nothing is queued yet).
+    let mut replied = true;
     loop {
         // Over the high-water mark, nothing more is read until the output is written (or the
         // write timeout ends the connection). Only after a data reply: pongs are coalesced, so a
@@ -1127,8 +1132,10 @@ mod tests {
         let plain = future_size(tcp_connection);
         let session = future_size(websocket::<TcpStream>);
         eprintln!("tcp_connection future {plain} B, websocket::<TcpStream> {session} B");
-        // Debug builds may measure more than release ones.
-        assert!(plain <= 784, "the task of a plain connection grew to {plain} B");
+        // The bound is for release builds; debug ones lay the future out differently (784 B
+        // when release measured 768) and get some room, as CI runs the tests in debug.
+        let bound = if cfg!(debug_assertions) { 832 } else { 784 };
+        assert!(plain <= bound, "the task of a plain connection grew to {plain} B");
     }
 
     fn route_of(target: &str) -> Result<Option<Route>, String> {

@@ -579,6 +579,50 @@ async fn sigterm_and_sigint_close_every_connection_with_1001_then_exit_0() {
     }
 }
 
+/// A client that is sending when the server shuts down: the messages that were on their way
+/// when the server closed are discarded (not an error that drops the connection before the
+/// closing handshake), and the client gets 1001 and completes the handshake.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_while_a_client_is_sending_completes_the_closing_handshake() {
+    let server = Server::start(&[]);
+    let (mut ws, _) = wsx::connect(&server.url("/echo")).await.unwrap();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let (mut sent, mut signalled) = (0u32, false);
+    let frame = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    // Bursts, so that messages are always on their way to the server.
+                    for _ in 0..100 {
+                        if ws.feed(Message::text(format!("m{sent}"))).await.is_err() {
+                            break;
+                        }
+                        sent += 1;
+                    }
+                    let _ = ws.flush().await;
+                    if sent >= 5_000 && !signalled {
+                        server.signal("TERM");
+                        signalled = true;
+                    }
+                }
+                msg = ws.recv() => match msg {
+                    Some(Ok(Message::Close(frame))) => break frame,
+                    Some(Ok(_)) => {}
+                    other => panic!("{other:?} after {sent} messages"),
+                },
+            }
+        }
+    })
+    .await
+    .expect("the server's close within 10 s");
+    let frame = frame.expect("a close frame with a code");
+    assert_eq!((frame.code, frame.reason.as_str()), (CloseCode::GOING_AWAY, "server shutting down"));
+    assert!(tokio::time::timeout(Duration::from_secs(5), ws.recv()).await.expect("the end in time").is_none());
+    let line = server.expect_log(&["closed", "path=\"/echo\"", "code=1001", "by=\"server\""]);
+    assert!(!line.contains("error"), "the closing handshake was cut short: {line}");
+}
+
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread")]
 async fn shutdown_does_not_wait_for_a_peer_that_never_answers() {

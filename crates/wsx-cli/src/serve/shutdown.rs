@@ -74,6 +74,14 @@ impl Trigger {
     }
 }
 
+/// Dropping the trigger raises the signal too (as dropping a `watch` sender ended its
+/// receivers' waits): connections never wait for a signal nobody can raise.
+impl Drop for Trigger {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
 /// One connection's wait for the signal. Cloning gives a new wait, not yet registered.
 pub(crate) struct Shutdown {
     signal: Arc<Signal>,
@@ -108,14 +116,16 @@ impl Shutdown {
         if waiters.down {
             return Poll::Ready(());
         }
-        match waiters.wakers.get_mut(self.key) {
-            Some(waker) => {
-                if !waker.will_wake(cx.waker()) {
-                    waker.clone_from(cx.waker());
-                }
+        let _old = match waiters.wakers.get_mut(self.key) {
+            Some(waker) if waker.will_wake(cx.waker()) => None,
+            // The old waker is dropped once the lock is released.
+            Some(waker) => Some(std::mem::replace(waker, cx.waker().clone())),
+            None => {
+                self.key = waiters.wakers.insert(cx.waker().clone());
+                None
             }
-            None => self.key = waiters.wakers.insert(cx.waker().clone()),
-        }
+        };
+        drop(waiters);
         Poll::Pending
     }
 
@@ -132,9 +142,9 @@ impl Drop for Shutdown {
         }
         let mut waiters = self.signal.lock();
         // Once the signal is raised the table was emptied, and its keys mean nothing.
-        if !waiters.down {
-            waiters.wakers.try_remove(self.key);
-        }
+        let removed = if waiters.down { None } else { waiters.wakers.try_remove(self.key) };
+        drop(waiters);
+        drop(removed);
     }
 }
 
@@ -175,6 +185,16 @@ mod tests {
         let mut late = first.clone();
         tokio::time::timeout(Duration::from_secs(1), late.down()).await.expect("a later wait did not end");
         assert_eq!(trigger.waiting(), 0);
+    }
+
+    /// Dropping the trigger (the accept loop ended without a signal) ends every wait.
+    #[tokio::test]
+    async fn dropping_the_trigger_ends_the_waits() {
+        let (trigger, mut wait) = Trigger::new();
+        assert!(wait.poll_down(&mut Context::from_waker(std::task::Waker::noop())).is_pending());
+        drop(trigger);
+        assert!(wait.is_down());
+        tokio::time::timeout(Duration::from_secs(1), wait.down()).await.expect("the wait did not end");
     }
 
     /// A connection that ends gives its entry back, so the table holds only the living.

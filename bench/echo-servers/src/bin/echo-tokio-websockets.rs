@@ -1,0 +1,41 @@
+//! tokio-websockets 0.13 at its best for an echo: `ServerBuilder::accept` does the handshake,
+//! and the loop collects every message already read (up to [`BATCH`]), then queues their echoes
+//! with `feed` and writes them with one `flush`, so that a pipelined batch leaves in one write
+//! as it does from wsx. (The library flushes its queue whenever it is polled for the next
+//! message, so feeding each echo as it is read would write once per message.) Pings are
+//! answered and the peer's close echoed by the library.
+
+use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
+use tokio::net::TcpStream;
+use tokio_websockets::{Error, ServerBuilder};
+
+const NAME: &str = "echo-tokio-websockets";
+
+/// The most messages answered by one flush.
+const BATCH: usize = 64;
+
+/// Echoes the data messages of one connection until the peer closes it.
+async fn echo(tcp: TcpStream) -> Result<(), Error> {
+    let (_request, mut ws) = ServerBuilder::new().accept(tcp).await?;
+    let mut batch = Vec::with_capacity(BATCH);
+    while let Some(first) = ws.next().await {
+        batch.push(first?);
+        while batch.len() < BATCH {
+            match ws.next().now_or_never() {
+                Some(Some(msg)) => batch.push(msg?),
+                _ => break,
+            }
+        }
+        for msg in batch.drain(..) {
+            if msg.is_text() || msg.is_binary() {
+                ws.feed(msg).await?;
+            }
+        }
+        ws.flush().await?;
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    echo_servers::serve(NAME, echo)
+}

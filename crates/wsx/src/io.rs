@@ -272,6 +272,16 @@ impl ReadState {
             self.buf = ordinary;
             self.large = false;
         }
+        if len == 0 {
+            // Everything read has been handled. When nothing else holds the buffer any more, the
+            // next read lands at the start of its allocation, not after the bytes handed out
+            // before: a busy connection keeps reusing the same memory, still in cache, instead
+            // of walking through the whole buffer one read at a time (across many connections,
+            // the kernel's copy then writes to memory no cache holds). Asking for one byte more
+            // than the room left makes `try_reclaim` go back to the start; it moves nothing and
+            // never allocates, and fails while messages still hold part of the buffer.
+            let _ = self.buf.try_reclaim(self.buf.capacity() + 1);
+        }
         let room = self.buf.capacity() - len;
         if room >= want / 2 {
             return;
@@ -900,6 +910,33 @@ mod tests {
         // Until it stops sending.
         assert!(recv(&mut core).await.is_pending());
         assert_eq!(core.read.buf.capacity(), 0);
+    }
+
+    /// Once a message has been handled and dropped, the next read lands at the start of the
+    /// same buffer: a busy connection reuses the memory it just used (in cache) rather than
+    /// walking through its whole buffer a read at a time. Messages are slices of the read
+    /// buffer, so where each payload sits shows where its read landed.
+    #[tokio::test]
+    async fn reads_land_at_the_start_of_the_buffer_once_everything_is_handled() {
+        let (ours, mut peer) = tokio::io::duplex(4096);
+        let mut core = Core::new(ours, Connection::server(wsx_proto::Config::default(), now()), BytesMut::new());
+        let mut landed = Vec::new();
+        for _ in 0..8 {
+            peer.write_all(&masked(b"steady traffic")).await.unwrap();
+            match recv(&mut core).await {
+                Poll::Ready(Some(Ok(Message::Binary(b)))) => landed.push(b.as_ptr() as usize),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(landed.windows(2).all(|w| w[0] == w[1]), "reads walked through the buffer: {landed:x?}");
+
+        // While a message is still held, its bytes are not overwritten: the next read lands after them.
+        peer.write_all(&masked(b"kept")).await.unwrap();
+        let Poll::Ready(Some(Ok(Message::Binary(kept)))) = recv(&mut core).await else { panic!("no message") };
+        peer.write_all(&masked(b"next")).await.unwrap();
+        let Poll::Ready(Some(Ok(Message::Binary(next)))) = recv(&mut core).await else { panic!("no message") };
+        assert_eq!((&kept[..], &next[..]), (&b"kept"[..], &b"next"[..]));
+        assert_ne!(kept.as_ptr(), next.as_ptr());
     }
 
     /// A buffer grown for a large frame is not kept for the next message, busy or not.

@@ -2,12 +2,13 @@
 //! and the loop collects every message already read (up to [`BATCH`]), then queues their echoes
 //! with `feed` and writes them with one `flush`, so that a pipelined batch leaves in one write
 //! as it does from wsx. (The library flushes its queue whenever it is polled for the next
-//! message, so feeding each echo as it is read would write once per message.) Pings are
+//! message, so feeding each echo as it is read would write once per message; and `feed` itself
+//! flushes once 8 KiB are queued unless the flush threshold is lifted, as here.) Pings are
 //! answered and the peer's close echoed by the library.
 
 use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
 use tokio::net::TcpStream;
-use tokio_websockets::{Error, ServerBuilder};
+use tokio_websockets::{Config, Error, ServerBuilder};
 
 const NAME: &str = "echo-tokio-websockets";
 
@@ -16,7 +17,9 @@ const BATCH: usize = 64;
 
 /// Echoes the data messages of one connection until the peer closes it.
 async fn echo(tcp: TcpStream) -> Result<(), Error> {
-    let (_request, mut ws) = ServerBuilder::new().accept(tcp).await?;
+    // The queue is written by the flush that ends each batch, not by `feed` along the way.
+    let config = Config::default().flush_threshold(usize::MAX);
+    let (_request, mut ws) = ServerBuilder::new().config(config).accept(tcp).await?;
     let mut batch = Vec::with_capacity(BATCH);
     while let Some(first) = ws.next().await {
         batch.push(first?);
@@ -27,6 +30,12 @@ async fn echo(tcp: TcpStream) -> Result<(), Error> {
             }
         }
         for msg in batch.drain(..) {
+            if msg.is_close() {
+                // The library has queued its answer: write it, and the connection is over.
+                // Whether it can still be written no longer matters.
+                let _ = ws.flush().await;
+                return Ok(());
+            }
             if msg.is_text() || msg.is_binary() {
                 ws.feed(msg).await?;
             }

@@ -113,6 +113,30 @@ fn parse_threads(s: &str) -> Result<usize, String> {
     }
 }
 
+/// The most messages [`next_batch`] collects for one flush.
+pub const BATCH: usize = 64;
+
+/// For a server that answers a batch of messages with one flush: waits for the next message of
+/// `stream`, then takes every further one it has already read (none of them waits for the
+/// socket), up to [`BATCH`] in all, into `batch`. Returns `false` once the stream has ended.
+/// Collecting first matters for libraries that flush their queue whenever they are polled for
+/// the next message (tokio-websockets).
+pub async fn next_batch<S, T, E>(stream: &mut S, batch: &mut Vec<T>) -> Result<bool, E>
+where
+    S: futures_util::Stream<Item = Result<T, E>> + Unpin,
+{
+    use futures_util::{FutureExt as _, StreamExt as _};
+    let Some(first) = stream.next().await else { return Ok(false) };
+    batch.push(first?);
+    while batch.len() < BATCH {
+        match stream.next().now_or_never() {
+            Some(Some(msg)) => batch.push(msg?),
+            _ => break,
+        }
+    }
+    Ok(true)
+}
+
 /// Reports a failed connection on stderr (the first few; then only counts them).
 pub fn report(server: &str, error: impl Display) {
     let n = ERRORS.fetch_add(1, Ordering::Relaxed) + 1;

@@ -1,34 +1,24 @@
 //! tokio-websockets 0.13 at its best for an echo: `ServerBuilder::accept` does the handshake,
-//! and the loop collects every message already read (up to [`BATCH`]), then queues their echoes
-//! with `feed` and writes them with one `flush`, so that a pipelined batch leaves in one write
-//! as it does from wsx. (The library flushes its queue whenever it is polled for the next
-//! message, so feeding each echo as it is read would write once per message; and `feed` itself
-//! flushes once 8 KiB are queued unless the flush threshold is lifted, as here.) Pings are
-//! answered and the peer's close echoed by the library.
+//! and the loop collects every message already read (`echo_servers::next_batch`), then queues
+//! their echoes with `feed` and writes them with one `flush`, so that a pipelined batch leaves in
+//! one write as it does from wsx. (The library flushes its queue whenever it is polled for the
+//! next message, so feeding each echo as it is read would write once per message; and `feed`
+//! itself flushes once 8 KiB are queued unless the flush threshold is lifted, as here.) Pings
+//! are answered and the peer's close echoed by the library.
 
-use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
+use futures_util::SinkExt as _;
 use tokio::net::TcpStream;
 use tokio_websockets::{Config, Error, ServerBuilder};
 
 const NAME: &str = "echo-tokio-websockets";
-
-/// The most messages answered by one flush.
-const BATCH: usize = 64;
 
 /// Echoes the data messages of one connection until the peer closes it.
 async fn echo(tcp: TcpStream) -> Result<(), Error> {
     // The queue is written by the flush that ends each batch, not by `feed` along the way.
     let config = Config::default().flush_threshold(usize::MAX);
     let (_request, mut ws) = ServerBuilder::new().config(config).accept(tcp).await?;
-    let mut batch = Vec::with_capacity(BATCH);
-    while let Some(first) = ws.next().await {
-        batch.push(first?);
-        while batch.len() < BATCH {
-            match ws.next().now_or_never() {
-                Some(Some(msg)) => batch.push(msg?),
-                _ => break,
-            }
-        }
+    let mut batch = Vec::with_capacity(echo_servers::BATCH);
+    while echo_servers::next_batch(&mut ws, &mut batch).await? {
         for msg in batch.drain(..) {
             if msg.is_close() {
                 // The library has queued its answer: write it, and the connection is over.

@@ -292,6 +292,27 @@ where
 mod tests {
     use super::*;
 
+    /// What is ready is collected, at most `BATCH` at a time, in order; an error ends the
+    /// batch with that error; the end of the stream is `false`.
+    #[tokio::test]
+    async fn next_batch_collects_what_is_ready_up_to_the_bound() {
+        let items: Vec<Result<usize, String>> = (0..BATCH + 10).map(Ok).collect();
+        let mut stream = futures_util::stream::iter(items);
+        let mut batch = Vec::new();
+        assert_eq!(next_batch(&mut stream, &mut batch).await, Ok(true));
+        assert_eq!(batch, (0..BATCH).collect::<Vec<_>>());
+        batch.clear();
+        assert_eq!(next_batch(&mut stream, &mut batch).await, Ok(true));
+        assert_eq!(batch, (BATCH..BATCH + 10).collect::<Vec<_>>());
+        batch.clear();
+        assert_eq!(next_batch(&mut stream, &mut batch).await, Ok(false));
+        assert!(batch.is_empty());
+
+        let mut failing = futures_util::stream::iter(vec![Ok(1), Err("broken".to_string()), Ok(2)]);
+        assert_eq!(next_batch(&mut failing, &mut batch).await, Err("broken".to_string()));
+        assert_eq!(batch, vec![1]);
+    }
+
     fn args(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| s.to_string()).collect()
     }

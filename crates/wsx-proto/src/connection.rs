@@ -416,6 +416,20 @@ impl Connection {
         self.close_sent && self.close_received.is_some()
     }
 
+    /// Payload bytes of the frame being read that have not arrived yet: 0 between frames and
+    /// while a header is incomplete.
+    ///
+    /// [`read_event`](Self::read_event) keeps a frame's payload at the front of the read buffer
+    /// until all of it is there, so a driver can make room for the rest in one step instead of
+    /// growing the buffer read by read (and copying what it holds at each step).
+    /// [`read_chunk`](Self::read_chunk) hands the payload out as it arrives and needs no such
+    /// room. The figure comes from the header, which has passed [`Config::max_frame_size`], but
+    /// it is still the peer's word: a peer can declare a large frame and send nothing more, so a
+    /// driver should bound what it sets aside by what has actually arrived.
+    pub fn frame_bytes_due(&self) -> usize {
+        self.frame.as_ref().map_or(0, |f| f.len - f.done)
+    }
+
     /// Bytes to write to the transport. Write them with `Buf` methods; they are consumed as they
     /// are advanced over.
     pub fn output(&mut self) -> &mut OutBuf {

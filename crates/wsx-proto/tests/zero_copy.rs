@@ -143,3 +143,33 @@ fn output_survives_partial_writes() {
     server.send(Message::text("c")).unwrap();
     assert_eq!(common::drain(&mut server), [0x81, 0x01, b'c']);
 }
+
+/// `frame_bytes_due` tells a driver how much of the frame being read is still to come, so it
+/// can make room for it in one step: nothing between frames or before a header is whole, the
+/// declared length less what arrived while a frame is under way.
+#[test]
+fn frame_bytes_due_counts_down_as_the_payload_arrives() {
+    let now = Instant::now();
+    let payload = pattern(100_000);
+    let wire = client_frame(OpCode::Binary, true, &payload);
+    let header_len = wire.len() - payload.len();
+    let mut server = Connection::server(Config::default(), now);
+    assert_eq!(server.frame_bytes_due(), 0);
+    let mut buf = BytesMut::new();
+    buf.extend_from_slice(&wire[..header_len - 1]);
+    assert!(matches!(server.read_event(&mut buf, now), Ok(None)));
+    assert_eq!(server.frame_bytes_due(), 0, "a header not yet whole declares nothing");
+    let mut sent = header_len - 1;
+    for step in [1, 30_000, 50_000] {
+        buf.extend_from_slice(&wire[sent..sent + step]);
+        sent += step;
+        assert!(matches!(server.read_event(&mut buf, now), Ok(None)));
+        assert_eq!(server.frame_bytes_due(), wire.len() - sent);
+    }
+    buf.extend_from_slice(&wire[sent..]);
+    let Ok(Some(Message::Binary(data))) = server.read_event(&mut buf, now) else {
+        panic!("expected a binary message");
+    };
+    assert_eq!(&data[..], &payload[..]);
+    assert_eq!(server.frame_bytes_due(), 0, "nothing is due between frames");
+}

@@ -48,7 +48,8 @@ use crate::Error;
 /// The room a read gets adapts to the traffic, between these bounds: an idle connection keeps
 /// a small buffer, a busy one reads about 256 KiB at a time (the size doubles whenever a read
 /// fills it), so that a pipelined batch of large messages takes one read and leaves in one
-/// write. Large frames grow the buffer as their bytes arrive, never from the declared length.
+/// write. A large frame grows the buffer toward its declared length, but only as fast as its
+/// bytes arrive (see [`FRAME_AHEAD`]).
 const MIN_READ: usize = 256;
 const MAX_READ: usize = 256 * 1024;
 /// Read buffers are kept between reads while the connection is busy, so that steady traffic
@@ -57,6 +58,13 @@ const MAX_READ: usize = 256 * 1024;
 /// it holds is shorter than a read. All are released once the connection is idle (see
 /// `ReadState::waiting`), and large ones when the reads become small again.
 const KEEP_BUSY_BUFFER: usize = 2 * MAX_READ;
+/// A frame larger than the largest read ([`MAX_READ`]) gets room for all the rest of it in one
+/// step once that rest is at most this many times what has arrived of it; until then its
+/// buffer grows as ordinary reads need (and smaller frames always do). One step copies the
+/// bytes that arrived before it once (a fifth of the frame, give or take a read) instead of
+/// everything at each doubling; the bound means a peer that declares a large frame and sends
+/// nothing more makes us set aside no more than ordinary reads do, not its declared length.
+const FRAME_AHEAD: usize = 4;
 /// Reads of at least this much recycle their buffers (see `ReadState::prepare_read`).
 const RECYCLE_FROM: usize = 64 * 1024;
 /// Bytes arrived: the next read that finds nothing is the end of a batch, not idleness.
@@ -89,6 +97,9 @@ pub(crate) trait RecvEvent: Sized {
     /// Whether this is a ping or a pong (not a sign of an exchange under way: see
     /// `ReadState::only_control_arrived`).
     fn is_ping_or_pong(&self) -> bool;
+    /// Bytes the read buffer must still take before the frame being read is whole (see
+    /// [`Connection::frame_bytes_due`]); 0 where frames are handed out as they arrive.
+    fn frame_bytes_due(conn: &Connection) -> usize;
 }
 
 impl RecvEvent for Message {
@@ -111,6 +122,9 @@ impl RecvEvent for Message {
     fn is_ping_or_pong(&self) -> bool {
         matches!(self, Message::Ping(_) | Message::Pong(_))
     }
+    fn frame_bytes_due(conn: &Connection) -> usize {
+        conn.frame_bytes_due()
+    }
 }
 
 impl RecvEvent for StreamEvent {
@@ -132,6 +146,9 @@ impl RecvEvent for StreamEvent {
     }
     fn is_ping_or_pong(&self) -> bool {
         matches!(self, StreamEvent::Control(Message::Ping(_) | Message::Pong(_)))
+    }
+    fn frame_bytes_due(_: &Connection) -> usize {
+        0
     }
 }
 
@@ -252,7 +269,11 @@ impl ReadState {
     /// and fault them in again, one fault per 4 KiB read. So the buffer a read leaves behind is
     /// kept as a spare, and the next buffer is the spare once nothing else holds it: a busy
     /// connection alternates between two allocations.
-    fn prepare_read(&mut self) {
+    ///
+    /// `due` is what the frame being read still needs (see [`Connection::frame_bytes_due`]): a
+    /// frame larger than the largest read gets room for its rest in one step once
+    /// [`FRAME_AHEAD`] allows.
+    fn prepare_read(&mut self, due: usize) {
         let want = (self.read_size as usize).max(MIN_READ);
         let len = self.buf.len();
         if want <= RECYCLE_FROM / 4 {
@@ -263,10 +284,26 @@ impl ReadState {
                 self.buf = BytesMut::new();
             }
         }
-        if self.large && len < want {
+        if len + due > MAX_READ && due <= FRAME_AHEAD * len && self.buf.capacity() - len < due {
+            // In place when nothing else holds the buffer and it has the room once what was
+            // handed out before the frame is reclaimed; else a buffer of exactly that room (not
+            // `reserve`, which may round up to twice the old capacity) with the frame's bytes
+            // copied over.
+            if !self.buf.try_reclaim(due) {
+                let mut grown = BytesMut::with_capacity(len + due);
+                grown.extend_from_slice(&self.buf);
+                self.buf = grown;
+            }
+            self.large |= self.buf.capacity() > KEEP_BUSY_BUFFER;
+            if self.large {
+                self.spare = None;
+            }
+            return;
+        }
+        if self.large && len + due < want {
             // The buffer grew past `KEEP_BUSY_BUFFER` for a large frame and now holds less than
-            // a read: move what it holds to one of ordinary size rather than reclaim the large
-            // one for every read.
+            // a read (nor is it in the middle of a frame that needs more): move what it holds to
+            // one of ordinary size rather than reclaim the large one for every read.
             let mut ordinary = BytesMut::with_capacity(len + want);
             ordinary.extend_from_slice(&self.buf);
             self.buf = ordinary;
@@ -719,7 +756,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
-            self.read.prepare_read();
+            self.read.prepare_read(if self.read.partial { E::frame_bytes_due(&self.conn) } else { 0 });
             let room = self.read.buf.capacity() - self.read.buf.len();
             // Never less than a whole ordinary read: cutting a read short to the byte would split a
             // large frame's last bytes into another poll, and its buffer into another allocation.
@@ -798,7 +835,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
                     return Poll::Pending;
                 }
                 self.read.buf.clear();
-                self.read.prepare_read();
+                self.read.prepare_read(0);
                 match tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.read.buf) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => break,
                     Poll::Ready(Ok(n)) => discarded += n,
@@ -956,6 +993,69 @@ mod tests {
         assert!(!core.read.large);
         assert!(core.read.buf.capacity() <= MAX_READ, "kept a {} B buffer", core.read.buf.capacity());
         round_trip(&mut core, &mut peer, b"small again").await;
+    }
+
+    /// A frame larger than a read gets room for the rest of it in one step once its header and
+    /// a read's worth have arrived, instead of growing (and copying what it holds) read by read:
+    /// its bytes then arrive in place, and the message is a slice of that one buffer.
+    #[tokio::test]
+    async fn a_large_frame_gets_room_for_its_rest_in_one_step() {
+        const SIZE: usize = 1 << 20;
+        let (ours, mut peer) = tokio::io::duplex(SIZE + 64);
+        let mut core = Core::new(ours, Connection::server(wsx_proto::Config::default(), now()), BytesMut::new());
+        core.read.read_size = MAX_READ as u32;
+        let payload: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
+        let frame = masked_long(&payload);
+        let first = MAX_READ;
+        peer.write_all(&frame[..first]).await.unwrap();
+        assert!(recv(&mut core).await.is_pending());
+        assert!(core.read.buf.capacity() >= SIZE, "room for {} B of a {SIZE} B frame", core.read.buf.capacity());
+        let start = core.read.buf.as_ptr() as usize;
+        for piece in frame[first..].chunks(100 * 1024) {
+            peer.write_all(piece).await.unwrap();
+            if core.read.buf.len() + piece.len() < SIZE {
+                assert!(recv(&mut core).await.is_pending());
+                assert_eq!(core.read.buf.as_ptr() as usize, start, "the buffer moved while the frame arrived");
+            }
+        }
+        match next_message(&mut core).await {
+            Message::Binary(b) => {
+                assert!(b[..] == payload[..], "the payload arrived changed");
+                assert_eq!(b.as_ptr() as usize, start, "the message is not the buffer its bytes arrived in");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The room set aside for a frame follows what has arrived of it, not its declared length: a
+    /// peer that declares a 16 MiB frame and sends a little of it gets no more than a read's
+    /// worth, and then no more than a few times what it sent.
+    #[tokio::test]
+    async fn a_declared_frame_gets_room_only_as_its_bytes_arrive() {
+        const DECLARED: usize = 16 << 20;
+        let (ours, mut peer) = tokio::io::duplex(4 * MAX_READ);
+        let mut core = Core::new(ours, Connection::server(wsx_proto::Config::default(), now()), BytesMut::new());
+        core.read.read_size = MAX_READ as u32;
+        let mut header = vec![0x82, 0x80 | 127];
+        header.extend_from_slice(&(DECLARED as u64).to_be_bytes());
+        header.extend_from_slice(&[1, 2, 3, 4]);
+        peer.write_all(&header).await.unwrap();
+        peer.write_all(&[0; 1000]).await.unwrap();
+        assert!(recv(&mut core).await.is_pending());
+        let bound = |arrived: usize| arrived + (FRAME_AHEAD * arrived).max(MAX_READ);
+        assert_eq!(core.conn.frame_bytes_due(), DECLARED - 1000);
+        assert!(core.read.buf.capacity() <= bound(1000), "{} B set aside for 1000 B", core.read.buf.capacity());
+        // More arrives: the room grows with it, still bounded by it.
+        let mut arrived = 1000;
+        for _ in 0..3 {
+            peer.write_all(&vec![0; 2 * MAX_READ]).await.unwrap();
+            arrived += 2 * MAX_READ;
+            while core.read.buf.len() < arrived {
+                assert!(recv(&mut core).await.is_pending());
+            }
+            let cap = core.read.buf.capacity();
+            assert!(cap <= bound(arrived), "{cap} B set aside for {arrived} B");
+        }
     }
 
     /// A masked binary frame of `payload` (any length).

@@ -173,3 +173,21 @@ fn frame_bytes_due_counts_down_as_the_payload_arrives() {
     assert_eq!(&data[..], &payload[..]);
     assert_eq!(server.frame_bytes_due(), 0, "nothing is due between frames");
 }
+
+/// A frame the connection gave up on (here: invalid UTF-8 in a text frame's first bytes) leaves
+/// nothing due: a driver must not keep room for the rest of it.
+#[test]
+fn frame_bytes_due_is_zero_once_a_frame_fails() {
+    let now = Instant::now();
+    let mut payload = pattern(100_000);
+    payload[..4].copy_from_slice(&[0xff; 4]);
+    let wire = client_frame(OpCode::Text, true, &payload);
+    let header_len = wire.len() - payload.len();
+    let mut server = Connection::server(Config::default(), now);
+    let mut buf = BytesMut::from(&wire[..header_len]);
+    assert!(matches!(server.read_event(&mut buf, now), Ok(None)));
+    assert_eq!(server.frame_bytes_due(), payload.len());
+    buf.extend_from_slice(&wire[header_len..header_len + 10]);
+    assert!(server.read_event(&mut buf, now).is_err(), "invalid UTF-8 was accepted");
+    assert_eq!(server.frame_bytes_due(), 0);
+}

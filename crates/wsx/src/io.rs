@@ -56,8 +56,8 @@ const MAX_READ: usize = 256 * 1024;
 /// allocates nothing; one that grew larger than this for a large frame is released as soon as a
 /// read finds it empty and nothing more to read, or replaced by one of ordinary size once what
 /// it holds is shorter than a read (and is not the start of a frame that needs more). All are
-/// released once the connection is idle (see
-/// `ReadState::waiting`), and large ones when the reads become small again.
+/// released once the connection is idle (see `ReadState::waiting`), and large ones when the
+/// reads become small again.
 const KEEP_BUSY_BUFFER: usize = 2 * MAX_READ;
 /// A frame larger than the largest read ([`MAX_READ`]) gets room for all the rest of it in one
 /// step once that rest is at most this many times what has arrived of it; until then its
@@ -259,8 +259,8 @@ struct ReadState {
     fresh: u8,
     /// `buf` grew past [`KEEP_BUSY_BUFFER`] for a large frame: given back once it is empty at a
     /// read that finds nothing, or moved to a buffer of ordinary size once it holds less than a
-    /// read and is not in the middle of a frame that needs more. (An empty buffer's capacity shows only the room left after the messages split off
-    /// it, not the allocation they share.)
+    /// read and is not in the middle of a frame that needs more. (An empty buffer's capacity
+    /// shows only the room left after the messages split off it, not the allocation they share.)
     large: bool,
     /// When the bytes in `buf` were read: the clock reading its events are handled with (they
     /// arrived together), taken once per read rather than once per event. Cleared when `buf`
@@ -764,7 +764,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
-            // Only a read that found no whole event gets here: `buf` holds the beginning of a frame.
+            // Only a read that found no whole event gets here: `buf` holds at most the beginning
+            // of a frame, whose rest is what the connection says is due.
             self.read.prepare_read(E::frame_bytes_due(&self.conn));
             let room = self.read.buf.capacity() - self.read.buf.len();
             // Never less than a whole ordinary read: cutting a read short to the byte would split a

@@ -105,19 +105,18 @@ mod uring {
         loop {
             // Submit what the last batch of completions asked for, and wait for at least one.
             while !pending.is_empty() {
-                let n = {
+                {
                     let mut sq = ring.submission();
                     let room = sq.capacity() - sq.len();
-                    let n = room.min(pending.len());
-                    for entry in pending.drain(..n) {
+                    for entry in pending.drain(..room.min(pending.len())) {
                         // SAFETY: every buffer an entry points to (a connection's read buffer,
                         // its iovecs and the output they point to) lives in a boxed `Conn` that
                         // is not touched, moved out or dropped until the entry completes.
                         unsafe { sq.push(&entry).expect("room was counted") };
                     }
-                    n
-                };
-                if n == 0 || !pending.is_empty() {
+                }
+                if !pending.is_empty() {
+                    // The submission queue is full: hand it to the kernel to make room.
                     ring.submit()?;
                 }
             }

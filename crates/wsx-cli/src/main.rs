@@ -39,6 +39,12 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colours for a person at a terminal only: a log redirected to a file or a collector
+        // gets plain text, not escape codes (and `NO_COLOR` turns them off anywhere).
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .init();
     // `wsx serve` runs its own event loops, one single-threaded runtime per thread, this one
     // first (see `serve/loops.rs`); the other commands use tokio's work-stealing pool.

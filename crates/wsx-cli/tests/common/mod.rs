@@ -50,8 +50,11 @@ impl Server {
     }
 
     fn spawn(mut cmd: Command) -> Self {
+        // Plain log lines whatever the log is written to, unless the test chose otherwise.
+        if !cmd.get_envs().any(|(name, _)| name == "NO_COLOR") {
+            cmd.env("NO_COLOR", "1");
+        }
         let mut child = cmd
-            .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -73,7 +76,12 @@ impl Server {
                 lines.lock().unwrap().push(line);
             }
         });
-        let addr = rx.recv_timeout(Duration::from_secs(10)).expect("wsx serve did not start listening");
+        let addr = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|_| {
+            panic!(
+                "wsx serve did not start listening (no `listening … addr=` line); its log:\n{}",
+                log.lock().unwrap().join("\n")
+            )
+        });
         Self { child, addr, log }
     }
 

@@ -5,7 +5,7 @@ use clap::{FromArgMatches as _, Parser, Subcommand};
 /// The binary's allocator (the library leaves the choice to its users). glibc's malloc pads
 /// every 128-byte-aligned allocation tokio makes per connection (a task, a socket's
 /// registration) and adds a header to each block; jemalloc serves them from size classes
-/// that fit: an idle `wsx serve` connection costs about 1,390 B instead of 1,650.
+/// that fit (`docs/performance-notes.md`, *The allocator*).
 #[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

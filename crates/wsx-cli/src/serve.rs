@@ -316,8 +316,6 @@ enum Route {
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Installed first, so that a signal arriving while we start is not fatal.
     let mut signals = Signals::new().context("cannot install the signal handlers")?;
-    // The epoch of the connections' start times, before any connection starts.
-    Millis::epoch();
     let origins = OriginPolicy::new(&args.origins).map_err(|e| anyhow::anyhow!("--origin {e}"))?;
     let hosts = HostPolicy::new(&args.hosts, args.allow_any_host).map_err(anyhow::Error::msg)?;
     let static_root = match &args.static_dir {
@@ -619,119 +617,66 @@ struct Opened {
 
 /// Runs an accepted WebSocket on its route until it ends; logs its opening and its end.
 ///
-/// The plain echo, which every idle `--echo` connection waits in, is a future of its own
-/// ([`EchoSession`]) sized for that: the other routes' sessions are boxed, so that neither the
-/// route nor their state makes every connection's task larger.
-fn websocket<S: Io>(server: Arc<Server>, ws: WebSocket<S>, opened: Opened, shutdown: Shutdown) -> Session<S> {
-    let Opened { route, path, permits, peer, started, http2 } = opened;
-    let http = if http2.is_some() { "2" } else { "1.1" };
-    tracing::info!(%peer, path, protocol = ws.protocol(), http, conn = http2, "open");
-    let end = SessionEnd { path, peer, started: Millis::since(started) };
-    match route {
-        Route::Echo => {
-            // The third place is `--exec-max`'s, held by `--exec` connections only.
-            let (permit, per_ip, _) = permits;
-            Either::Left(EchoSession {
-                ws,
-                shutdown,
-                end: Some(end),
-                permits: Some((permit, per_ip)),
-                out: Outcome::default(),
-                replied: true,
-                close: CloseStep::None,
-            })
-        }
-        route => Either::Right(Box::pin(other_session(server, ws, route, end, permits, shutdown))),
-    }
-}
-
-/// A WebSocket's session: the plain echo in place, every other route boxed.
-type Session<S> = Either<EchoSession<S>, std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>;
-
-/// What the log's last line says of a WebSocket besides how it ended.
-struct SessionEnd {
-    path: Box<str>,
-    peer: SocketAddr,
-    started: Millis,
-}
-
-impl SessionEnd {
-    /// Logs the end (after the caller has given back its places under the limits).
-    fn log(self, outcome: &Outcome) {
-        let ms = self.started.elapsed();
-        let (peer, path, error) = (self.peer, self.path, outcome.error.as_deref());
-        tracing::info!(%peer, path, code = outcome.code, by = outcome.by.map(By::as_str), ms, error, "closed");
-    }
-}
-
-/// A moment, in milliseconds since the process first asked (4 bytes instead of an `Instant`'s
-/// 16, in every connection's task); wraps after 49 days, which `elapsed` allows for.
-#[derive(Clone, Copy)]
-struct Millis(u32);
-
-impl Millis {
-    fn epoch() -> Instant {
-        static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-        *EPOCH.get_or_init(Instant::now)
-    }
-
-    /// `at`, as milliseconds since the epoch (0 for a moment before it: `run` sets the epoch
-    /// before it accepts anything).
-    fn since(at: Instant) -> Self {
-        Self(at.saturating_duration_since(Self::epoch()).as_millis() as u32)
-    }
-
-    /// Milliseconds from this moment to now (correct for spans under 49 days).
-    fn elapsed(self) -> u64 {
-        u64::from(Self::since(Instant::now()).0.wrapping_sub(self.0))
-    }
-}
-
-/// Runs a WebSocket on a route other than the plain echo (boxed by [`websocket`]).
-async fn other_session<S: Io>(
+/// An `async move` block over the arguments rather than an `async fn`: an `async fn` moves its
+/// arguments into locals, and its future keeps both places, so the `WebSocket` (the bulk of an
+/// idle connection's task) would be stored twice.
+#[allow(clippy::manual_async_fn, reason = "an async fn would store its arguments twice")]
+fn websocket<S: Io>(
     server: Arc<Server>,
     mut ws: WebSocket<S>,
-    route: Route,
-    end: SessionEnd,
-    permits: Permits,
+    opened: Opened,
     mut shutdown: Shutdown,
-) {
-    let outcome = match route {
-        // `websocket` runs the plain echo in place; this arm only keeps the match whole.
-        Route::Echo => EchoSession::run(&mut ws, &mut shutdown).await,
-        Route::Close(close) => {
-            let (frame, after) = *close;
-            close_after(&mut ws, &mut shutdown, frame, after).await
+) -> impl Future<Output = ()> + Send {
+    async move {
+        {
+            // Scoped: locals that live across the awaits below would grow the task.
+            let (peer, conn) = (opened.peer, opened.http2);
+            let http = if conn.is_some() { "2" } else { "1.1" };
+            tracing::info!(%peer, path = opened.path, protocol = ws.protocol(), http, conn, "open");
         }
-        Route::Room(name) => {
-            let shutdown = async move {
-                shutdown.down().await;
-            };
-            wsx_hub::session::raw_member(&mut ws, &server.hub, &name, shutdown).await.into()
-        }
-        Route::Hub => {
-            let shutdown = async move {
-                shutdown.down().await;
-            };
-            wsx_hub::session::hub_member(&mut ws, &server.hub, shutdown).await.into()
-        }
-        Route::Forward(tcp) => match (tcp, &server.forward) {
-            (Some(tcp), Some(target)) => {
+        let outcome = match opened.route {
+            Route::Echo => echo(&mut ws, &mut shutdown).await,
+            // Boxed, as every mode but the plain echo: a mode's state must not make every
+            // connection's task (and idle connection) larger.
+            Route::Close(close) => {
+                let (frame, after) = *close;
+                Box::pin(close_after(&mut ws, &mut shutdown, frame, after)).await
+            }
+            Route::Room(name) => {
                 let shutdown = async move {
                     shutdown.down().await;
                 };
-                let write_timeout = server.config.websocket.proto.write_timeout;
-                forward::bridge(ws, tcp, target, end.peer, write_timeout, shutdown).await
+                Box::pin(wsx_hub::session::raw_member(&mut ws, &server.hub, &name, shutdown)).await.into()
             }
-            _ => Outcome { error: Some("no connection to the forward target".into()), ..Outcome::default() },
-        },
-        Route::Exec(env) => match &server.exec {
-            Some(exec) => exec.run(ws, env, end.peer, shutdown).await,
-            None => Outcome { error: Some("no --exec program".into()), ..Outcome::default() },
-        },
-    };
-    drop(permits);
-    end.log(&outcome);
+            Route::Hub => {
+                let shutdown = async move {
+                    shutdown.down().await;
+                };
+                Box::pin(wsx_hub::session::hub_member(&mut ws, &server.hub, shutdown)).await.into()
+            }
+            Route::Forward(tcp) => match (tcp, &server.forward) {
+                (Some(tcp), Some(target)) => {
+                    let shutdown = async move {
+                        shutdown.down().await;
+                    };
+                    let write_timeout = server.config.websocket.proto.write_timeout;
+                    Box::pin(forward::bridge(ws, tcp, target, opened.peer, write_timeout, shutdown)).await
+                }
+                _ => Outcome { error: Some("no connection to the forward target".into()), ..Outcome::default() },
+            },
+            Route::Exec(env) => match &server.exec {
+                Some(exec) => Box::pin(exec.run(ws, env, opened.peer, shutdown)).await,
+                None => Outcome { error: Some("no --exec program".into()), ..Outcome::default() },
+            },
+        };
+        let ms = opened.started.elapsed().as_millis() as u64;
+        let (path, error) = (opened.path, outcome.error.as_deref());
+        // Named, so that the block owns them from the start: a closure or block captures only
+        // the fields it uses, and a field it never used would be dropped when it was made.
+        drop(opened.permits);
+        let peer = opened.peer;
+        tracing::info!(%peer, path, code = outcome.code, by = outcome.by.map(By::as_str), ms, error, "closed");
+    }
 }
 
 /// An accepted WebSocket: its route, its path, and its place under `--max-connections`.
@@ -1054,165 +999,74 @@ fn going_away() -> CloseFrame {
     CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down")
 }
 
-/// The plain echo's session: echoes every data message until the connection ends (closing it
-/// with 1001 at shutdown), then logs the end.
+/// Echoes every data message until the connection ends (closing it with 1001 at shutdown).
 ///
-/// This is what an idle `--echo` connection's task is (`websocket` returns it in place), so it
-/// is a hand-written future holding only the connection, the shutdown signal, what the log
-/// needs and a few flags: an `async` block kept the route, drop flags, and references to the
-/// connection beside it (`docs/performance-notes.md`, *Idle memory*). It never keeps a message
-/// across a wait: a reply is queued as soon as its message is received, and room for the next
-/// one waited for after (only after a data reply: pongs are coalesced, so a peer that floods
-/// pings and never reads is still read, at a bounded cost). Replies to a batch of messages leave
-/// in one write, when the next `poll_next` has handled the batch.
-struct EchoSession<S> {
-    ws: WebSocket<S>,
-    shutdown: Shutdown,
-    /// Taken when the session ends (as are the permits).
-    end: Option<SessionEnd>,
-    /// Its places under `--max-connections` and the per-address limit, given back before the log.
-    permits: Option<(Option<wsx::limit::ConnectionPermit>, wsx::limit::PerIpPermit)>,
-    out: Outcome,
-    /// A data reply was queued since room was last waited for (true at first, so that the
-    /// first `start_send` follows a `poll_ready` too, as `Sink` asks).
-    replied: bool,
-    close: CloseStep,
-}
-
-/// Where the echo's own close frame (at shutdown) is.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum CloseStep {
-    /// Not sent (or sent and written).
-    None,
-    /// To be queued once there is room.
-    Queue,
-    /// Queued, being written.
-    Flush,
-}
-
-impl<S: Io> EchoSession<S> {
-    /// The echo over a connection the caller keeps.
-    async fn run(ws: &mut WebSocket<S>, shutdown: &mut Shutdown) -> Outcome {
-        let (mut out, mut replied, mut close) = (Outcome::default(), true, CloseStep::None);
-        std::future::poll_fn(|cx| Self::poll_echo(ws, shutdown, &mut out, &mut replied, &mut close, cx)).await;
-        out
-    }
-
-    /// Echoes until the connection ends (`Ready`), recording how in `out`.
-    fn poll_echo(
-        ws: &mut WebSocket<S>,
-        shutdown: &mut Shutdown,
-        out: &mut Outcome,
-        replied: &mut bool,
-        close: &mut CloseStep,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
-        use futures_core::Stream;
-        use futures_sink::Sink;
-        use std::pin::Pin;
-        use std::task::Poll;
-        loop {
-            // Our close frame, as `send` would: room, queue, write. A peer that stopped reading
-            // cannot hold the task here: the write timeout fails the write, and `poll_next`
-            // then ends the connection. Nothing is read meanwhile.
-            if *close == CloseStep::Queue {
-                match Pin::new(&mut *ws).poll_ready(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Err(e)) => {
-                        out.failed(e);
-                        *close = CloseStep::None;
-                    }
-                    Poll::Ready(Ok(())) => match Pin::new(&mut *ws).start_send(Message::Close(Some(going_away()))) {
-                        Ok(()) => *close = CloseStep::Flush,
-                        Err(e) => {
-                            out.failed(e);
-                            *close = CloseStep::None;
-                        }
-                    },
-                }
+/// This is what an idle `--echo` connection waits in, so its state is kept small: the
+/// outcome and references to the connection and the shutdown signal.
+async fn echo<S: Io>(ws: &mut WebSocket<S>, shutdown: &mut Shutdown) -> Outcome {
+    use futures_core::Stream;
+    use futures_sink::Sink;
+    use std::pin::Pin;
+    use std::task::Poll;
+    // Written with poll functions, so that no message is ever kept across an await: a reply
+    // is queued as soon as its message is received, and room for the next one waited for after
+    // (`feed` waits before, holding the message). The state of this loop is then a few
+    // pointers and the outcome; with `select!` over `recv` and the signal, and `feed`, it kept
+    // both futures, the message, and room for the close's future beside them (264 B against
+    // 64 B now).
+    let mut out = Outcome::default();
+    // True at first, so that the first `start_send` follows a `poll_ready` too, as `Sink`
+    // asks (ready at once: nothing is queued yet).
+    let mut replied = true;
+    loop {
+        // Over the high-water mark, nothing more is read until the output is written (or the
+        // write timeout ends the connection). Only after a data reply: pongs are coalesced, so a
+        // peer that floods pings and never reads is still read, at a bounded cost.
+        if std::mem::take(&mut replied) {
+            if let Err(e) = std::future::poll_fn(|cx| Pin::new(&mut *ws).poll_ready(cx)).await {
+                out.failed(e);
+                break;
             }
-            if *close == CloseStep::Flush {
-                match Pin::new(&mut *ws).poll_flush(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(result) => {
-                        if let Err(e) = result {
-                            out.failed(e);
-                        }
-                        *close = CloseStep::None;
-                    }
-                }
-            }
-            // Over the high-water mark, nothing more is read until the output is written (or
-            // the write timeout ends the connection).
-            if *replied {
-                match Pin::new(&mut *ws).poll_ready(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Err(e)) => {
-                        out.failed(e);
-                        return Poll::Ready(());
-                    }
-                    Poll::Ready(Ok(())) => *replied = false,
-                }
-            }
-            // Messages first: the shutdown signal is polled (and its waiter registered, under a
-            // lock) only when no message is ready, once per batch rather than per message.
-            let msg = match Pin::new(&mut *ws).poll_next(cx) {
-                Poll::Ready(msg) => msg,
-                Poll::Pending if out.closing => return Poll::Pending,
-                Poll::Pending => {
-                    if shutdown.poll_down(cx).is_pending() {
-                        return Poll::Pending;
-                    }
-                    // Shutting down: our close, then receive until the peer's answer.
-                    out.closing = true;
-                    if ws.state() == State::Open {
-                        if out.code.is_none() {
-                            out.code = Some(CloseCode::GOING_AWAY.0);
-                            out.by = Some(By::Server);
-                        }
-                        *close = CloseStep::Queue;
-                    }
-                    continue;
-                }
-            };
-            match out.step(msg) {
-                Step::Feed(msg) => {
+        }
+        // Messages first: the shutdown signal is polled (and its waiter registered, under a
+        // lock) only when no message is ready, once per batch rather than per message. A block,
+        // so that what `poll_next` returned is gone before the close below awaits.
+        let shut_down = {
+            let down = !out.closing;
+            let woke = std::future::poll_fn(|cx| match Pin::new(&mut *ws).poll_next(cx) {
+                Poll::Ready(msg) => Poll::Ready(Some(msg)),
+                Poll::Pending if down => shutdown.poll_down(cx).map(|()| None),
+                Poll::Pending => Poll::Pending,
+            })
+            .await;
+            match woke.map(|msg| out.step(msg)) {
+                // Replies are queued, not sent: those of a batch leave in one write when the
+                // next `poll_next` has handled the batch.
+                Some(Step::Feed(msg)) => {
                     if let Err(e) = Pin::new(&mut *ws).start_send(msg) {
                         out.failed(e);
-                        return Poll::Ready(());
+                        break;
                     }
-                    *replied = true;
+                    replied = true;
+                    false
                 }
-                Step::Next => {}
-                Step::End => return Poll::Ready(()),
+                Some(Step::Next) => false,
+                Some(Step::End) => break,
+                None => true,
             }
+        };
+        if shut_down {
+            // Boxed: once per connection, and its state would grow every idle one. In a
+            // statement of its own: a temporary lives to the end of its statement, so
+            // `Box::pin(..).await` would keep room for the unboxed future across the await.
+            let close = Box::pin(out.close(ws, going_away()));
+            close.await;
         }
     }
+    out
 }
 
-impl<S: Io> Future for EchoSession<S> {
-    type Output = ();
-
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        let this = self.get_mut();
-        std::task::ready!(Self::poll_echo(
-            &mut this.ws,
-            &mut this.shutdown,
-            &mut this.out,
-            &mut this.replied,
-            &mut this.close,
-            cx
-        ));
-        // The places under the limits are given back before the log says the connection ended.
-        drop(this.permits.take());
-        if let Some(end) = this.end.take() {
-            end.log(&this.out);
-        }
-        std::task::Poll::Ready(())
-    }
-}
-
-/// `/close`: echoes as [`EchoSession`] does, and closes with `frame` after `after`.
+/// `/close`: echoes as [`echo`] does, and closes with `frame` after `after`.
 async fn close_after<S: Io>(
     ws: &mut WebSocket<S>,
     shutdown: &mut Shutdown,
@@ -1223,7 +1077,7 @@ async fn close_after<S: Io>(
     let timer = tokio::time::sleep(after);
     tokio::pin!(timer);
     let mut pending_close = Some(frame);
-    // Not `biased` as the plain echo is: under a client that never pauses, `recv` would use up the
+    // Not `biased` as `echo` is: under a client that never pauses, `recv` would use up the
     // task's cooperative budget, the timer (budgeted too) would never be seen ready, and the
     // scheduled close would never go out.
     loop {
@@ -1267,29 +1121,21 @@ mod tests {
     /// of the echo session: 5,344 B (release) before they were, 3,056 B after, 1,040 B once
     /// the layers stopped storing their arguments twice and the protocol settings were shared,
     /// 1,016 B with the agreed subprotocol and extensions boxed, 768 B once the echo loop kept
-    /// no future of `recv`, of the shutdown signal or of `feed`, 624 B (debug and release) as
-    /// a hand-written future of its own (`docs/performance-notes.md`).
+    /// no future of `recv`, of the shutdown signal or of `feed` (`docs/performance-notes.md`).
     ///
-    /// The bound is where it costs: tokio lays a task out in 128-byte lines, its header and
-    /// trailer take 97 to 112 B and its stage 8 more, so a future of up to 648 B makes a task of
-    /// six lines (768 B); 784 B made seven, and `wsload idle` measured the line's 128 B.
+    /// The bound is where it costs: tokio lays a task out in 128-byte lines, and a future of
+    /// up to 1,040 B made a task of nine (1,152 B, with its header), 1,056 B ten: `wsload idle`
+    /// measured 1,906 → 2,015 B per connection for those 16 bytes. So the header takes 97 to
+    /// 112 B, and a future of up to 784 B makes a task of seven lines.
     #[test]
     fn connection_futures_stay_small() {
         let plain = future_size(tcp_connection);
         let session = future_size(websocket::<TcpStream>);
         eprintln!("tcp_connection future {plain} B, websocket::<TcpStream> {session} B");
-        assert!(plain <= 648, "the task of a plain connection grew to {plain} B");
-    }
-
-    /// A connection's age in the log is right across the 32-bit counter's wrap (the epoch is
-    /// at most this test process's age, so going back 100 s from now wraps).
-    #[test]
-    fn millis_measure_spans_across_the_wrap() {
-        let now = Millis::since(Instant::now()).0;
-        for back in [0u32, 10, 100_000, u32::MAX / 2] {
-            let got = Millis(now.wrapping_sub(back)).elapsed();
-            assert!(got >= u64::from(back) && got < u64::from(back) + 1_000, "{back} ms back: {got}");
-        }
+        // The bound is for release builds; debug ones lay the future out differently (784 B
+        // when release measured 768) and get some room, as CI runs the tests in debug.
+        let bound = if cfg!(debug_assertions) { 832 } else { 784 };
+        assert!(plain <= bound, "the task of a plain connection grew to {plain} B");
     }
 
     fn route_of(target: &str) -> Result<Option<Route>, String> {

@@ -59,8 +59,9 @@ impl Outcome {
     /// Starts the closing handshake (unless one is under way); the caller goes on receiving
     /// until the peer's answer.
     ///
-    /// Boxed: a connection closes once, and this future (192 B) awaited in line would be laid
-    /// out in the session's future, which every idle member keeps for the connection's life.
+    /// Boxed: it is rare (the handshake starts once; a later call returns at once), and this
+    /// future (192 B) awaited in line would be laid out in the session's future, which every
+    /// idle member keeps for the connection's life.
     fn close<'a, S: AsyncRead + AsyncWrite + Unpin>(
         &'a mut self,
         ws: &'a mut WebSocket<S>,

@@ -42,6 +42,7 @@ use crate::mask::{apply_mask, extend_masked_frame};
 use crate::message::{CloseFrame, Message, MessageRef, Utf8Bytes};
 use crate::outbuf::OutBuf;
 use crate::prepared::PreparedMessage;
+use crate::stamp::Stamp;
 use crate::stream::{Chunk, StreamEvent};
 use crate::utf8::Utf8Validator;
 
@@ -290,7 +291,9 @@ pub struct Connection {
     config: Arc<Config>,
     state: State,
     out: OutBuf,
-    mask_keys: Option<Box<dyn MaskKeySource>>,
+    /// A client's source of masking keys. Boxed twice: a thin pointer (8 bytes, not a trait
+    /// object's 16) in every connection, servers included.
+    mask_keys: Option<Box<Box<dyn MaskKeySource>>>,
     frame: Option<PartialFrame>,
     /// Boxed, as `close_received`: a pointer while absent keeps an idle connection small. A
     /// fragmented or compressed message under way pays one small allocation for it (beside the
@@ -304,11 +307,13 @@ pub struct Connection {
     close_sent: bool,
     close_received: Option<Box<Option<CloseFrame>>>,
     last_received: Instant,
-    ping_deadline: Option<Instant>,
+    /// The deadlines set now and then are [`Stamp`]s: 8 bytes each where an `Option<Instant>`
+    /// takes 16, in every connection.
+    ping_deadline: Option<Stamp>,
     /// Where our last keepalive ping ends in the output stream ([`OutBuf::written`] counts):
     /// until that much has been written, the peer cannot have answered it.
     ping_end: u64,
-    close_deadline: Option<Instant>,
+    close_deadline: Option<Stamp>,
     pings_sent: u64,
     /// The pong owed for the newest ping, held back while output is over the high-water mark
     /// (older unanswered pings need none); written at the next [`Connection::output`].
@@ -343,15 +348,15 @@ impl Connection {
 
     /// A client-side connection, open, as of `now`, masking with keys from `mask_keys`.
     pub fn client(config: Config, now: Instant, mask_keys: impl MaskKeySource + 'static) -> Self {
-        Self::new(Role::Client, Arc::new(config), now, Some(Box::new(mask_keys)))
+        Self::new(Role::Client, Arc::new(config), now, Some(Box::new(Box::new(mask_keys))))
     }
 
     /// A client-side connection with shared settings, as [`Connection::server_shared`].
     pub fn client_shared(config: Arc<Config>, now: Instant, mask_keys: impl MaskKeySource + 'static) -> Self {
-        Self::new(Role::Client, config, now, Some(Box::new(mask_keys)))
+        Self::new(Role::Client, config, now, Some(Box::new(Box::new(mask_keys))))
     }
 
-    fn new(role: Role, config: Arc<Config>, now: Instant, mask_keys: Option<Box<dyn MaskKeySource>>) -> Self {
+    fn new(role: Role, config: Arc<Config>, now: Instant, mask_keys: Option<Box<Box<dyn MaskKeySource>>>) -> Self {
         Self {
             role,
             config,
@@ -1338,7 +1343,7 @@ impl Connection {
             None => self.write_close(None, ""),
         }
         self.state = State::Closing;
-        self.close_deadline = now.map(|now| now + self.config.close_timeout);
+        self.close_deadline = now.map(|now| Stamp::new(now + self.config.close_timeout));
         Ok(())
     }
 
@@ -1401,14 +1406,14 @@ impl Connection {
             return None;
         }
         let keepalive = match (self.ping_deadline, self.config.keepalive_interval) {
-            (Some(deadline), _) => Some(deadline),
+            (Some(deadline), _) => Some(deadline.get()),
             (None, Some(interval)) if self.state == State::Open => Some(self.last_received + interval),
             _ => None,
         };
         let idle = self.config.idle_timeout.map(|t| self.last_received + t);
         // A close sent without a clock (`send(Message::Close(..))`) has no deadline yet: ask to be
         // called at once, and `handle_timeout` starts the close timeout from its `now`.
-        let close = match self.close_deadline {
+        let close = match self.close_deadline.map(Stamp::get) {
             None if self.close_sent => Some(self.last_received),
             deadline => deadline,
         };
@@ -1423,19 +1428,19 @@ impl Connection {
             return Ok(());
         }
         if self.close_sent && self.close_deadline.is_none() {
-            self.close_deadline = Some(now + self.config.close_timeout);
+            self.close_deadline = Some(Stamp::new(now + self.config.close_timeout));
         }
-        let err = if self.close_deadline.is_some_and(|d| now >= d) {
+        let err = if self.close_deadline.is_some_and(|d| now >= d.get()) {
             Some(TimeoutError::Close)
         } else if self.config.idle_timeout.is_some_and(|t| now >= self.last_received + t) {
             Some(TimeoutError::Idle)
-        } else if self.ping_deadline.is_some_and(|d| now >= d) {
+        } else if self.ping_deadline.is_some_and(|d| now >= d.get()) {
             if self.out.written() < self.ping_end {
                 // Our ping still waits behind output the peer has not taken: it cannot have been
                 // answered. Its timeout runs again from now (a peer that takes nothing meets the
                 // write and slow-reader timeouts instead), so a peer that reads a backlog slowly
                 // but steadily is not taken for dead.
-                self.ping_deadline = Some(now + self.config.keepalive_timeout);
+                self.ping_deadline = Some(Stamp::new(now + self.config.keepalive_timeout));
                 None
             } else {
                 Some(TimeoutError::Keepalive)
@@ -1454,7 +1459,7 @@ impl Connection {
                 let payload = Bytes::copy_from_slice(&self.pings_sent.to_be_bytes());
                 self.write_frame(OpCode::Ping, true, payload);
                 self.ping_end = self.out.written() + self.out.len() as u64;
-                self.ping_deadline = Some(now + self.config.keepalive_timeout);
+                self.ping_deadline = Some(Stamp::new(now + self.config.keepalive_timeout));
             }
         }
         Ok(())

@@ -58,6 +58,7 @@ pub mod mask;
 pub mod message;
 pub mod outbuf;
 pub mod prepared;
+mod stamp;
 pub mod stream;
 pub mod utf8;
 
@@ -67,4 +68,5 @@ pub use frame::{CloseCode, FrameHeader, OpCode};
 pub use message::{CloseFrame, Message, MessageRef, Utf8Bytes};
 pub use outbuf::OutBuf;
 pub use prepared::PreparedMessage;
+pub use stamp::Stamp;
 pub use stream::{Chunk, StreamEvent};

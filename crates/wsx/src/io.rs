@@ -41,7 +41,7 @@ use bytes::{Buf as _, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Sleep;
 use wsx_proto::error::TimeoutError;
-use wsx_proto::{Connection, Message, PreparedMessage, Role, State, StreamEvent};
+use wsx_proto::{Connection, Message, PreparedMessage, Role, Stamp, State, StreamEvent};
 
 use crate::Error;
 
@@ -241,7 +241,7 @@ struct ReadState {
     timer: Timer,
     /// When a closed connection stops waiting for its output and for the peer to close the
     /// transport.
-    close_wait_until: Option<Instant>,
+    close_wait_until: Option<Stamp>,
     done: bool,
     /// The buffer before this one, whose messages may still be waiting to be written: reused
     /// once they are gone (see [`ReadState::prepare_read`]). Boxed: a pointer while absent, and
@@ -409,13 +409,14 @@ struct WriteState {
     timer: Timer,
     /// Set when a write could not make progress: the write fails at this instant unless bytes
     /// are written first.
-    deadline: Option<Instant>,
+    deadline: Option<Stamp>,
     /// When pending output was seen at or over the high-water mark: the start of the window in
     /// which the peer must take a mark's worth of it (the slow-reader timeout). Cleared once
     /// the output is all written, or below the mark when a window ends.
-    full_since: Option<Instant>,
-    /// Bytes written since `full_since`.
-    taken_since_full: usize,
+    full_since: Option<Stamp>,
+    /// Bytes written since `full_since` (saturating; the mark is compared at most with
+    /// `u32::MAX`). Deadlines are [`Stamp`]s and this a `u32`: every connection keeps them.
+    taken_since_full: u32,
     /// Why the transport was given up (a write error or timeout), kept for the task that did not
     /// see it happen (the reader of a split connection).
     failure: Option<Box<Error>>,
@@ -575,7 +576,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
         }
         let slow_reader_timeout = self.conn.config().slow_reader_timeout;
         if slow_reader_timeout.is_some() && self.write.full_since.is_none() && self.conn.is_output_full() {
-            self.write.full_since = Some(now());
+            self.write.full_since = Some(Stamp::new(now()));
             self.write.taken_since_full = 0;
         }
         // A write resumed after the stream was full: the connection is busy sending, not idle
@@ -604,11 +605,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
                         self.read.fresh = SENDING;
                     }
                     if self.write.full_since.is_some() {
-                        self.write.taken_since_full += n;
-                        if self.write.taken_since_full >= self.conn.config().write_buffer_high_water {
+                        let n = u32::try_from(n).unwrap_or(u32::MAX);
+                        self.write.taken_since_full = self.write.taken_since_full.saturating_add(n);
+                        let mark = self.conn.config().write_buffer_high_water.min(u32::MAX as usize);
+                        if self.write.taken_since_full as usize >= mark {
                             // The peer took a mark's worth in time: a new window starts if the
                             // output is still at the mark, else the episode is over.
-                            self.write.full_since = self.conn.is_output_full().then(now);
+                            self.write.full_since = self.conn.is_output_full().then(|| Stamp::new(now()));
                             self.write.taken_since_full = 0;
                         }
                     }
@@ -617,9 +620,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
                 Poll::Pending => {
                     let stalled = self.conn.config().write_timeout.map(|timeout| {
                         // Armed once per stall: bytes written since disarm it (above).
-                        *self.write.deadline.get_or_insert_with(|| now() + timeout)
+                        self.write.deadline.get_or_insert_with(|| Stamp::new(now() + timeout)).get()
                     });
-                    let slow = slow_reader_timeout.zip(self.write.full_since).map(|(t, since)| since + t);
+                    let slow = slow_reader_timeout.zip(self.write.full_since).map(|(t, since)| since.get() + t);
                     let Some(deadline) = [stalled, slow].into_iter().flatten().min() else {
                         return Poll::Pending;
                     };
@@ -818,7 +821,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
     /// When a closed connection gives up on its transport: the close timeout after it closed.
     fn close_wait_until(&mut self) -> Instant {
         let timeout = self.conn.config().close_timeout;
-        *self.read.close_wait_until.get_or_insert_with(|| now() + timeout)
+        self.read.close_wait_until.get_or_insert_with(|| Stamp::new(now() + timeout)).get()
     }
 
     /// Ends a closed connection's transport: write what is pending, then close TCP. The server

@@ -262,8 +262,14 @@ async fn answer(
         Err(rejection) => return refuse(rejection),
     };
     // Numbered from 1.
-    let opened =
-        Opened { route, path: path.into_boxed_str(), permits, peer, started, http2: std::num::NonZeroU64::new(id) };
+    let opened = Opened {
+        route,
+        path: path.into_boxed_str(),
+        permits,
+        peer,
+        started: started.into(),
+        http2: std::num::NonZeroU64::new(id),
+    };
     let run = async move {
         match upgrading.await {
             Ok(ws) => websocket(server, ws, opened, shutdown).await,

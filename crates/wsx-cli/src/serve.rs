@@ -613,7 +613,8 @@ struct Opened {
     route: Route,
     /// The request target (path and query), for the log.
     path: Box<str>,
-    /// Its places under the limits, held for its life (released when this is dropped).
+    /// Its places under the limits, held for its life (released when this is dropped; the
+    /// `--exec-max` place is in the route).
     permits: Permits,
     peer: SocketAddr,
     /// When its connection (or, over HTTP/2, its stream) arrived.
@@ -680,11 +681,11 @@ fn websocket<S: Io>(
     }
 }
 
-/// An accepted WebSocket: its route, its path, and its place under `--max-connections`.
-/// The places a connection holds under the server's limits, for its life.
-/// The third is the place under `--exec-max` of a connection that runs a program.
-/// (`--exec-max`'s place is in the route: few connections have one.)
+/// The places a connection holds under the server's limits, for its life: under
+/// `--max-connections` and per address. (The place under `--exec-max` of a connection that runs
+/// a program is in its route, `Route::Exec`: few connections have one.)
 type Permits = (Option<wsx::limit::ConnectionPermit>, wsx::limit::PerIpPermit);
+/// An accepted WebSocket: its route, its path, and its places under the limits.
 type Upgraded<S> = (WebSocket<S>, Route, String, Permits);
 
 /// Reads the request and answers it: plain HTTP, a refusal, or the upgrade.

@@ -214,10 +214,20 @@ impl<F: FnMut() -> [u8; 4] + Send> MaskKeySource for F {
     }
 }
 
+/// What a frame in progress needs of its header: 7 bytes, where a [`FrameHeader`] takes 24 with
+/// the declared length (kept as `PartialFrame::len`) and the reserved bits (already checked).
+/// Every connection's state has room for a frame in progress.
+#[derive(Debug, Clone, Copy)]
+struct Head {
+    opcode: OpCode,
+    fin: bool,
+    mask: Option<[u8; 4]>,
+}
+
 /// The frame whose header has been parsed and whose payload is still arriving.
 #[derive(Debug)]
 struct PartialFrame {
-    header: FrameHeader,
+    header: Head,
     len: usize,
     /// Payload bytes at the front of the read buffer that are already unmasked and validated.
     done: usize,
@@ -997,10 +1007,10 @@ impl Connection {
         // Both limits above are usize, so the length fits.
         let len = usize::try_from(h.payload_len)
             .map_err(|_| LimitError::FrameTooLarge { declared: h.payload_len, limit: self.config.max_frame_size })?;
-        Ok(PartialFrame { header: h, len, done: 0, text, compressed })
+        Ok(PartialFrame { header: Head { opcode: h.opcode, fin: h.fin, mask: h.mask }, len, done: 0, text, compressed })
     }
 
-    fn complete_frame(&mut self, h: FrameHeader, payload: Bytes) -> Result<Option<Message>, Error> {
+    fn complete_frame(&mut self, h: Head, payload: Bytes) -> Result<Option<Message>, Error> {
         match h.opcode {
             OpCode::Ping => {
                 // §5.5.2: a pong is owed unless the peer's close was received (then we are Closed).
@@ -1055,7 +1065,7 @@ impl Connection {
     }
 
     /// A frame of a compressed message is complete (its bytes were inflated as they arrived).
-    fn complete_compressed_frame(&mut self, h: FrameHeader) -> Result<Option<Message>, Error> {
+    fn complete_compressed_frame(&mut self, h: Head) -> Result<Option<Message>, Error> {
         let Some(m) = self.message.as_mut() else {
             return Err(ProtocolError::UnexpectedContinuation.into());
         };

@@ -229,19 +229,26 @@ impl Timer {
     }
 }
 
+/// What the read side keeps once the connection is closing.
+#[derive(Default)]
+struct Closing {
+    /// The peer's close, to hand out once our pending output (the close echo) has been written.
+    stash: Option<Message>,
+    /// When a closed connection stops waiting for its output and for the peer to close the
+    /// transport.
+    until: Option<Stamp>,
+}
+
 /// Read-side state: the read buffer and everything `recv` must remember between polls (which is
 /// what makes `recv` cancel-safe).
 #[derive(Default)]
 struct ReadState {
     buf: BytesMut,
-    /// An event to hand out once our pending output (the close echo) has been written.
-    /// Boxed: rare, and a pointer while absent keeps an idle connection small.
-    stash: Option<Box<Message>>,
+    /// What only a closing connection keeps. Boxed: made once, at the close, and a pointer
+    /// until then keeps an idle connection small.
+    closing: Option<Box<Closing>>,
     /// The timer armed for the connection's next deadline, or the wind-down's.
     timer: Timer,
-    /// When a closed connection stops waiting for its output and for the peer to close the
-    /// transport.
-    close_wait_until: Option<Stamp>,
     done: bool,
     /// The buffer before this one, whose messages may still be waiting to be written: reused
     /// once they are gone (see [`ReadState::prepare_read`]). Boxed: a pointer while absent, and
@@ -269,6 +276,11 @@ struct ReadState {
 }
 
 impl ReadState {
+    /// The closing state, made on first use.
+    fn closing(&mut self) -> &mut Closing {
+        self.closing.get_or_insert_with(Box::default)
+    }
+
     /// Makes room for the next read, sized by recent reads.
     ///
     /// Messages leave as slices of the read buffer (no copy), so a buffer whose messages still
@@ -689,15 +701,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
             if self.read.done {
                 return Poll::Ready(None);
             }
-            if let Some(ev) = self.read.stash.take() {
+            if let Some(ev) = self.read.closing.as_mut().and_then(|c| c.stash.take()) {
                 // Hand out the peer's close once our echo is on its way, or once the wind-down
                 // deadline has passed (a peer that sends a close and stops reading).
                 let until = self.close_wait_until();
                 if flush!().is_pending() && !self.read.timer.poll(cx, until) {
-                    self.read.stash = Some(ev);
+                    self.read.closing().stash = Some(ev);
                     return Poll::Pending;
                 }
-                return Poll::Ready(Some(Ok(E::from_close(*ev))));
+                return Poll::Ready(Some(Ok(E::from_close(ev))));
             }
             if self.conn.state() == State::Closed {
                 if let Some(err) = self.write.failure.take() {
@@ -713,7 +725,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
             }
             match event.map(|ev| ev.map(E::into_close)) {
                 Ok(Some(Ok(close))) => {
-                    self.read.stash = Some(Box::new(close));
+                    self.read.closing().stash = Some(close);
                     continue;
                 }
                 Ok(Some(Err(ev))) => {
@@ -821,7 +833,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
     /// When a closed connection gives up on its transport: the close timeout after it closed.
     fn close_wait_until(&mut self) -> Instant {
         let timeout = self.conn.config().close_timeout;
-        self.read.close_wait_until.get_or_insert_with(|| Stamp::new(now() + timeout)).get()
+        self.read.closing().until.get_or_insert_with(|| Stamp::new(now() + timeout)).get()
     }
 
     /// Ends a closed connection's transport: write what is pending, then close TCP. The server

@@ -635,14 +635,19 @@ fn websocket<S: Io>(
     opened: Opened,
     mut shutdown: Shutdown,
 ) -> impl Future<Output = ()> + Send {
+    {
+        // Logged here, where the session is made (just before its first poll), rather than in
+        // it: what only this line reads (the HTTP/2 connection's number) is then not kept in
+        // every connection's task.
+        let (peer, conn) = (opened.peer, opened.http2);
+        let http = if conn.is_some() { "2" } else { "1.1" };
+        tracing::info!(%peer, path = &*opened.path, protocol = ws.protocol(), http, conn, "open");
+    }
+    // Taken apart: the block keeps what it uses, and not the HTTP/2 connection's number.
+    let Opened { route, path, permits, peer, started, http2: _ } = opened;
+    let peer = Peer::from(peer);
     async move {
-        {
-            // Scoped: locals that live across the awaits below would grow the task.
-            let (peer, conn) = (opened.peer, opened.http2);
-            let http = if conn.is_some() { "2" } else { "1.1" };
-            tracing::info!(%peer, path = opened.path, protocol = ws.protocol(), http, conn, "open");
-        }
-        let outcome = match opened.route {
+        let outcome = match route {
             Route::Echo => echo(&mut ws, &mut shutdown).await,
             // Boxed, as every mode but the plain echo: a mode's state must not make every
             // connection's task (and idle connection) larger.
@@ -658,7 +663,7 @@ fn websocket<S: Io>(
             Route::Forward(tcp) => match (tcp, &server.forward) {
                 (Some(tcp), Some(target)) => {
                     let write_timeout = server.config.websocket.proto.write_timeout;
-                    Box::pin(forward::bridge(ws, *tcp, target, opened.peer, write_timeout, shutdown)).await
+                    Box::pin(forward::bridge(ws, *tcp, target, peer.get(), write_timeout, shutdown)).await
                 }
                 _ => Outcome { error: Some("no connection to the forward target".into()), ..Outcome::default() },
             },
@@ -666,18 +671,52 @@ fn websocket<S: Io>(
                 (Some(admitted), Some(exec)) => {
                     // The place under --exec-max is held until the program's session ends.
                     let (env, _permit) = *admitted;
-                    Box::pin(exec.run(ws, env, opened.peer, shutdown)).await
+                    Box::pin(exec.run(ws, env, peer.get(), shutdown)).await
                 }
                 _ => Outcome { error: Some("no --exec program".into()), ..Outcome::default() },
             },
         };
-        let ms = opened.started.get().elapsed().as_millis() as u64;
-        let (path, error) = (opened.path, outcome.error.as_deref());
-        // Named, so that the block owns them from the start: a closure or block captures only
-        // the fields it uses, and a field it never used would be dropped when it was made.
-        drop(opened.permits);
-        let peer = opened.peer;
+        let ms = started.get().elapsed().as_millis() as u64;
+        let error = outcome.error.as_deref();
+        // Named, so that the block owns them from the start (it captures only what it uses; an
+        // unused one would be dropped when it was made).
+        drop(permits);
         tracing::info!(%peer, path, code = outcome.code, by = outcome.by.map(By::as_str), ms, error, "closed");
+    }
+}
+
+/// A peer's address as a session keeps it for its log: 16 bytes, where a `SocketAddr` takes 32
+/// (room for an IPv6 address, its flow label and scope), in every connection's task. An IPv6
+/// address is boxed.
+enum Peer {
+    V4(std::net::SocketAddrV4),
+    V6(Box<std::net::SocketAddrV6>),
+}
+
+impl From<SocketAddr> for Peer {
+    fn from(addr: SocketAddr) -> Self {
+        match addr {
+            SocketAddr::V4(v4) => Peer::V4(v4),
+            SocketAddr::V6(v6) => Peer::V6(Box::new(v6)),
+        }
+    }
+}
+
+impl Peer {
+    fn get(&self) -> SocketAddr {
+        match self {
+            Peer::V4(v4) => SocketAddr::V4(*v4),
+            Peer::V6(v6) => SocketAddr::V6(**v6),
+        }
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::V4(v4) => v4.fmt(f),
+            Peer::V6(v6) => v6.fmt(f),
+        }
     }
 }
 
@@ -898,6 +937,22 @@ struct Outcome {
     error: Option<Box<str>>,
     /// We have started the closing handshake (or are done).
     closing: bool,
+    /// Where [`Echo`] is in its loop (in what would be the outcome's padding).
+    echo_at: EchoStep,
+}
+
+/// Where [`Echo`] is in its loop.
+#[derive(Clone, Copy, Default)]
+enum EchoStep {
+    /// Receive the next message (or the shutdown).
+    #[default]
+    Receive,
+    /// A reply was queued: wait for room under the high-water mark before reading on.
+    Ready,
+    /// Shutting down: send the close (1001) once there is room.
+    Close,
+    /// Write out the close just queued.
+    Flush,
 }
 
 impl Outcome {
@@ -1004,73 +1059,106 @@ fn going_away() -> CloseFrame {
 
 /// Echoes every data message until the connection ends (closing it with 1001 at shutdown).
 ///
-/// This is what an idle `--echo` connection waits in, so its state is kept small: the
-/// outcome and references to the connection and the shutdown signal (a function returning its
-/// future: an `async fn` would keep both references twice).
-#[allow(clippy::manual_async_fn, reason = "an async fn would store its arguments twice")]
-fn echo<'a, S: Io>(ws: &'a mut WebSocket<S>, shutdown: &'a mut Shutdown) -> impl Future<Output = Outcome> + Send + 'a {
-    async move {
+/// This is what an idle `--echo` connection waits in, so it is a future written by hand: two
+/// references and the outcome, with the loop's own step in the outcome's spare byte (40 B; the
+/// `async` loop it replaced took 72, for the references its block and its `poll_fn` closure
+/// each kept). No message is ever kept across a wait: a reply is queued as soon as its message
+/// is received, and room for the next one waited for after.
+struct Echo<'a, S> {
+    ws: &'a mut WebSocket<S>,
+    shutdown: &'a mut Shutdown,
+    out: Outcome,
+}
+
+fn echo<'a, S: Io>(ws: &'a mut WebSocket<S>, shutdown: &'a mut Shutdown) -> Echo<'a, S> {
+    // Ready at first, so that the first `start_send` follows a `poll_ready` too, as `Sink` asks
+    // (ready at once: nothing is queued yet).
+    Echo { ws, shutdown, out: Outcome { echo_at: EchoStep::Ready, ..Outcome::default() } }
+}
+
+impl<S: Io> Future for Echo<'_, S> {
+    type Output = Outcome;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Outcome> {
         use futures_core::Stream;
         use futures_sink::Sink;
         use std::pin::Pin;
-        use std::task::Poll;
-        // Written with poll functions, so that no message is ever kept across an await: a reply
-        // is queued as soon as its message is received, and room for the next one waited for after
-        // (`feed` waits before, holding the message). The state of this loop is then a few
-        // pointers and the outcome; with `select!` over `recv` and the signal, and `feed`, it kept
-        // both futures, the message, and room for the close's future beside them (264 B against
-        // 64 B now).
-        let mut out = Outcome::default();
-        // True at first, so that the first `start_send` follows a `poll_ready` too, as `Sink`
-        // asks (ready at once: nothing is queued yet).
-        let mut replied = true;
+        use std::task::{ready, Poll};
+        let Echo { ws, shutdown, out } = self.get_mut();
         loop {
-            // Over the high-water mark, nothing more is read until the output is written (or the
-            // write timeout ends the connection). Only after a data reply: pongs are coalesced, so a
-            // peer that floods pings and never reads is still read, at a bounded cost.
-            if std::mem::take(&mut replied) {
-                if let Err(e) = std::future::poll_fn(|cx| Pin::new(&mut *ws).poll_ready(cx)).await {
-                    out.failed(e);
-                    break;
-                }
-            }
-            // Messages first: the shutdown signal is polled (and its waiter registered, under a
-            // lock) only when no message is ready, once per batch rather than per message. A block,
-            // so that what `poll_next` returned is gone before the close below awaits.
-            let shut_down = {
-                // The flag by reference: a copy would be kept beside the closure's references.
-                let closing = &out.closing;
-                let woke = std::future::poll_fn(|cx| match Pin::new(&mut *ws).poll_next(cx) {
-                    Poll::Ready(msg) => Poll::Ready(Some(msg)),
-                    Poll::Pending if !*closing => shutdown.poll_down(cx).map(|()| None),
-                    Poll::Pending => Poll::Pending,
-                })
-                .await;
-                match woke.map(|msg| out.step(msg)) {
-                    // Replies are queued, not sent: those of a batch leave in one write when the
-                    // next `poll_next` has handled the batch.
-                    Some(Step::Feed(msg)) => {
-                        if let Err(e) = Pin::new(&mut *ws).start_send(msg) {
-                            out.failed(e);
-                            break;
-                        }
-                        replied = true;
-                        false
+            match out.echo_at {
+                // Over the high-water mark, nothing more is read until the output is written (or
+                // the write timeout ends the connection). Only after a data reply: pongs are
+                // coalesced, so a peer that floods pings and never reads is still read, at a
+                // bounded cost.
+                EchoStep::Ready => {
+                    if let Err(e) = ready!(Pin::new(&mut **ws).poll_ready(cx)) {
+                        out.failed(e);
+                        return Poll::Ready(std::mem::take(out));
                     }
-                    Some(Step::Next) => false,
-                    Some(Step::End) => break,
-                    None => true,
+                    out.echo_at = EchoStep::Receive;
                 }
-            };
-            if shut_down {
-                // Boxed: once per connection, and its state would grow every idle one. In a
-                // statement of its own: a temporary lives to the end of its statement, so
-                // `Box::pin(..).await` would keep room for the unboxed future across the await.
-                let close = Box::pin(out.close(ws, going_away()));
-                close.await;
+                EchoStep::Receive => {
+                    // Messages first: the shutdown signal is polled (and its waiter registered,
+                    // under a lock) only when no message is ready, once per batch rather than per
+                    // message.
+                    let msg = match Pin::new(&mut **ws).poll_next(cx) {
+                        Poll::Ready(msg) => msg,
+                        Poll::Pending if !out.closing => {
+                            ready!(shutdown.poll_down(cx));
+                            // As `Outcome::close`: closing from here on, and the close sent
+                            // unless the connection has already left the open state.
+                            out.closing = true;
+                            if ws.state() == State::Open {
+                                if out.code.is_none() {
+                                    out.code = Some(CloseCode::GOING_AWAY.0);
+                                    out.by = Some(By::Server);
+                                }
+                                out.echo_at = EchoStep::Close;
+                            }
+                            continue;
+                        }
+                        Poll::Pending => return Poll::Pending,
+                    };
+                    match out.step(msg) {
+                        // Replies are queued, not sent: those of a batch leave in one write when
+                        // the next `poll_next` has handled the batch.
+                        Step::Feed(msg) => {
+                            if let Err(e) = Pin::new(&mut **ws).start_send(msg) {
+                                out.failed(e);
+                                return Poll::Ready(std::mem::take(out));
+                            }
+                            out.echo_at = EchoStep::Ready;
+                        }
+                        Step::Next => {}
+                        Step::End => return Poll::Ready(std::mem::take(out)),
+                    }
+                }
+                // The close is sent as `send` would (room, queue, flush); a peer that stopped
+                // reading cannot hold the task here: the write timeout fails the send, and
+                // receiving then ends the connection.
+                EchoStep::Close => {
+                    let queued = match ready!(Pin::new(&mut **ws).poll_ready(cx)) {
+                        Ok(()) => Pin::new(&mut **ws).start_send(Message::Close(Some(going_away()))),
+                        Err(e) => Err(e),
+                    };
+                    match queued {
+                        Ok(()) => out.echo_at = EchoStep::Flush,
+                        Err(e) => {
+                            out.failed(e);
+                            out.echo_at = EchoStep::Receive;
+                        }
+                    }
+                }
+                EchoStep::Flush => {
+                    if let Err(e) = ready!(Pin::new(&mut **ws).poll_flush(cx)) {
+                        out.failed(e);
+                    }
+                    // On to the peer's answer.
+                    out.echo_at = EchoStep::Receive;
+                }
             }
         }
-        out
     }
 }
 
@@ -1111,7 +1199,7 @@ async fn close_after<S: Io>(
 impl From<wsx_hub::session::Outcome> for Outcome {
     fn from(o: wsx_hub::session::Outcome) -> Self {
         let by = o.by.map(|by| if by == "client" { By::Client } else { By::Server });
-        Self { code: o.code, by, error: o.error.map(String::into_boxed_str), closing: true }
+        Self { code: o.code, by, error: o.error.map(String::into_boxed_str), closing: true, ..Self::default() }
     }
 }
 
@@ -1129,7 +1217,9 @@ mod tests {
     /// of the echo session: 5,344 B (release) before they were, 3,056 B after, 1,040 B once
     /// the layers stopped storing their arguments twice and the protocol settings were shared,
     /// 1,016 B with the agreed subprotocol and extensions boxed, 768 B once the echo loop kept
-    /// no future of `recv`, of the shutdown signal or of `feed` (`docs/performance-notes.md`).
+    /// no future of `recv`, of the shutdown signal or of `feed`, 656 B with its deadlines as
+    /// stamps, 528 B with the echo a future written by hand and the rarer state boxed
+    /// (`docs/performance-notes.md`).
     ///
     /// The bound is where it costs: tokio lays a task out in 128-byte lines, and a future of
     /// up to 1,040 B made a task of nine (1,152 B, with its header), 1,056 B ten: `wsload idle`
@@ -1140,10 +1230,11 @@ mod tests {
         let plain = future_size(tcp_connection);
         let session = future_size(websocket::<TcpStream>);
         eprintln!("tcp_connection future {plain} B, websocket::<TcpStream> {session} B");
-        // At most 656 B, the task is six 128-byte lines with tokio's header and trailer (seven
-        // before: 768 B). The bound is for release builds; debug ones lay the future out a little
-        // differently (664 B against 656 when measured; 784 against 768 before) and get 16 B.
-        let bound = if cfg!(debug_assertions) { 672 } else { 656 };
+        // At most 528 B, the task is five 128-byte lines with tokio's header and trailer (six
+        // before: 656 B, seven before that: 768 B). The bound is for release builds; debug ones
+        // lay the future out a little differently (536 B against 528 when measured; 664 against
+        // 656 before) and get 8 B more.
+        let bound = if cfg!(debug_assertions) { 536 } else { 528 };
         assert!(plain <= bound, "the task of a plain connection grew to {plain} B");
     }
 

@@ -96,6 +96,7 @@ pub async fn bridge<S: Io>(
         by: report.ended_by.map(|side| if side == bridge::Side::WebSocket { By::Client } else { By::Server }),
         error: report.error.map(String::into_boxed_str),
         closing: true,
+        ..Outcome::default()
     }
 }
 

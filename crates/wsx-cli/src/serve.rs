@@ -1128,7 +1128,19 @@ impl<S: Io> Future for Echo<'_, S> {
                                 out.failed(e);
                                 return Poll::Ready(std::mem::take(out));
                             }
-                            out.echo_at = EchoStep::Ready;
+                            // Room for the next reply before reading on, here rather than through
+                            // `EchoStep::Ready`: the step is stored only when there is no room.
+                            match Pin::new(&mut **ws).poll_ready(cx) {
+                                Poll::Ready(Ok(())) => {}
+                                Poll::Ready(Err(e)) => {
+                                    out.failed(e);
+                                    return Poll::Ready(std::mem::take(out));
+                                }
+                                Poll::Pending => {
+                                    out.echo_at = EchoStep::Ready;
+                                    return Poll::Pending;
+                                }
+                            }
                         }
                         Step::Next => {}
                         Step::End => return Poll::Ready(std::mem::take(out)),

@@ -972,16 +972,26 @@ impl Outcome {
         self.closing = true;
     }
 
+    /// Notes that we close with `code`: closing from here on, and the code ours unless one was
+    /// noted first. True when a close frame is to be sent: the connection (in `state`) is still
+    /// open. Shared by [`close`](Self::close) and [`Echo`]'s close at shutdown.
+    fn begin_close(&mut self, state: State, code: CloseCode) -> bool {
+        self.closing = true;
+        if state != State::Open {
+            return false;
+        }
+        if self.code.is_none() {
+            self.code = Some(code.0);
+            self.by = Some(By::Server);
+        }
+        true
+    }
+
     /// Starts the closing handshake (unless one is under way); the caller goes on receiving
     /// until the peer's answer.
     async fn close<S: Io>(&mut self, ws: &mut WebSocket<S>, frame: CloseFrame) {
-        self.closing = true;
-        if ws.state() != State::Open {
+        if !self.begin_close(ws.state(), frame.code) {
             return;
-        }
-        if self.code.is_none() {
-            self.code = Some(frame.code.0);
-            self.by = Some(By::Server);
         }
         // A peer that stopped reading cannot hold the task here: the connection's write timeout
         // fails the send, and the caller's `recv` then ends the connection.
@@ -1070,6 +1080,7 @@ struct Echo<'a, S> {
     out: Outcome,
 }
 
+/// The echo of a connection until it ends: see [`Echo`].
 fn echo<'a, S: Io>(ws: &'a mut WebSocket<S>, shutdown: &'a mut Shutdown) -> Echo<'a, S> {
     // Ready at first, so that the first `start_send` follows a `poll_ready` too, as `Sink` asks
     // (ready at once: nothing is queued yet).
@@ -1108,12 +1119,7 @@ impl<S: Io> Future for Echo<'_, S> {
                             ready!(shutdown.poll_down(cx));
                             // As `Outcome::close`: closing from here on, and the close sent
                             // unless the connection has already left the open state.
-                            out.closing = true;
-                            if ws.state() == State::Open {
-                                if out.code.is_none() {
-                                    out.code = Some(CloseCode::GOING_AWAY.0);
-                                    out.by = Some(By::Server);
-                                }
+                            if out.begin_close(ws.state(), going_away().code) {
                                 out.echo_at = EchoStep::Close;
                             }
                             continue;
@@ -1272,6 +1278,24 @@ mod tests {
 
     fn route_of(target: &str) -> Result<Option<Route>, String> {
         route(&target.parse().unwrap())
+    }
+
+    /// The log shows a peer as `SocketAddr` does, and the forward and exec routes get the
+    /// same address back, flow label and scope included.
+    #[test]
+    fn a_peer_is_logged_and_given_back_as_it_came() {
+        for addr in ["192.0.2.1:443", "[2001:db8::1]:8080", "[fe80::1%3]:9", "[::ffff:192.0.2.9]:1"] {
+            let mut addr: SocketAddr = addr.parse().unwrap();
+            if let SocketAddr::V6(v6) = &mut addr {
+                v6.set_flowinfo(7);
+            }
+            let peer = Peer::from(addr);
+            assert_eq!(peer.to_string(), addr.to_string());
+            assert_eq!(peer.get(), addr);
+        }
+        if cfg!(target_pointer_width = "64") {
+            assert_eq!(std::mem::size_of::<Peer>(), 16);
+        }
     }
 
     #[test]

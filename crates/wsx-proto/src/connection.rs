@@ -215,8 +215,9 @@ impl<F: FnMut() -> [u8; 4] + Send> MaskKeySource for F {
 }
 
 /// What a frame in progress needs of its header: 7 bytes, where a [`FrameHeader`] takes 24 with
-/// the declared length (kept as `PartialFrame::len`) and the reserved bits (already checked).
-/// Every connection's state has room for a frame in progress.
+/// the declared length (nothing reads it once `PartialFrame::len`, the payload still due, is
+/// set) and the reserved bits (already checked). Every connection's state has room for a frame
+/// in progress.
 #[derive(Debug, Clone, Copy)]
 struct Head {
     opcode: OpCode,

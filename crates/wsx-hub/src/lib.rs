@@ -525,11 +525,19 @@ impl Member {
 
     /// The next event of this member's rooms, waiting for one. Messages already given (by a
     /// recovery) or published before the member joined are skipped. Cancel-safe.
-    pub async fn recv(&mut self) -> Received {
+    ///
+    /// Its future is a reference to the member: what a session waiting on it keeps.
+    pub fn recv(&mut self) -> impl std::future::Future<Output = Received> + '_ {
+        std::future::poll_fn(|cx| self.poll_recv(cx))
+    }
+
+    /// [`recv`](Self::recv) as a poll function: the next event, or `cx`'s task woken when one
+    /// may have come.
+    pub fn poll_recv(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Received> {
         loop {
-            let entry = self.inbox.recv_entry().await;
+            let entry = std::task::ready!(self.inbox.poll_recv_entry(cx));
             if let Some(received) = self.admit(entry) {
-                return received;
+                return std::task::Poll::Ready(received);
             }
         }
     }

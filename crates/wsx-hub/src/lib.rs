@@ -532,7 +532,7 @@ impl Member {
     }
 
     /// [`recv`](Self::recv) as a poll function: the next event, or `cx`'s task woken when one
-    /// may have come.
+    /// may have come. Only the waker of the latest poll that returned `Pending` is woken.
     pub fn poll_recv(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Received> {
         loop {
             let entry = std::task::ready!(self.inbox.poll_recv_entry(cx));

@@ -144,7 +144,7 @@ struct PerIpInner {
 
 #[derive(Debug, Default)]
 struct Table {
-    clients: HashMap<IpAddr, Client>,
+    clients: HashMap<ClientKey, Client>,
     /// The table's size after the last sweep: the next sweep comes when it has doubled.
     swept_at: usize,
 }
@@ -200,10 +200,10 @@ pub struct PerIpPermit {
     key: Option<ClientKey>,
 }
 
-/// A client's key (see [`client_key`]) as a permit holds it: an IPv4 address or an IPv6 /64,
-/// in 10 bytes where an `IpAddr` takes 17 (the permit is then 24 bytes, not 32, in every
-/// connection's state).
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// The key an address is counted under: an IPv4 address alone (an IPv4-mapped IPv6 one as
+/// IPv4), an IPv6 address by its /64. The table's key and the permit's: 10 bytes where an
+/// `IpAddr` takes 17 (the permit is then 24 bytes, not 32, in every connection's state).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum ClientKey {
     V4([u8; 4]),
     /// The /64's four leading segments.
@@ -211,18 +211,21 @@ enum ClientKey {
 }
 
 impl ClientKey {
-    /// `key` as [`client_key`] made it.
-    fn new(key: IpAddr) -> Self {
-        match key {
+    /// The key `ip` is counted under.
+    fn new(ip: IpAddr) -> Self {
+        match ip {
             IpAddr::V4(v4) => Self::V4(v4.octets()),
-            IpAddr::V6(v6) => {
-                let s = v6.segments();
-                Self::V6([s[0], s[1], s[2], s[3]])
-            }
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Self::V4(v4.octets()),
+                None => {
+                    let s = v6.segments();
+                    Self::V6([s[0], s[1], s[2], s[3]])
+                }
+            },
         }
     }
 
-    /// The key back: the same `IpAddr` that [`client_key`] made.
+    /// The address the key stands for (a /64 as its first address), for `Debug`.
     fn ip(self) -> IpAddr {
         match self {
             Self::V4(octets) => IpAddr::from(octets),
@@ -242,23 +245,9 @@ impl Drop for PerIpPermit {
     fn drop(&mut self) {
         let Some(key) = self.key else { return };
         let mut table = self.inner.table.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(client) = table.clients.get_mut(&key.ip()) {
+        if let Some(client) = table.clients.get_mut(&key) {
             client.open = client.open.saturating_sub(1);
         }
-    }
-}
-
-/// The key an address is counted under: IPv4 alone, IPv6 by its /64.
-fn client_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
     }
 }
 
@@ -286,7 +275,7 @@ impl PerIpLimit {
         if config.max_connections.is_none() && config.handshake_rate.is_none() {
             return Ok(PerIpPermit { inner: self.inner.clone(), key: None });
         }
-        let key = client_key(ip);
+        let key = ClientKey::new(ip);
         let burst = self.burst();
         let mut table = self.inner.table.lock().unwrap_or_else(PoisonError::into_inner);
         if table.clients.len() >= 1024 && table.clients.len() >= 2 * table.swept_at {
@@ -313,7 +302,7 @@ impl PerIpLimit {
         if counted {
             client.open += 1;
         }
-        Ok(PerIpPermit { inner: self.inner.clone(), key: counted.then(|| ClientKey::new(key)) })
+        Ok(PerIpPermit { inner: self.inner.clone(), key: counted.then_some(key) })
     }
 
     /// Forgets the addresses that hold nothing: no connection open, and a bucket that has

@@ -214,7 +214,7 @@ impl<F: FnMut() -> [u8; 4] + Send> MaskKeySource for F {
     }
 }
 
-/// What a frame in progress needs of its header: 7 bytes, where a [`FrameHeader`] takes 24 with
+/// What a frame in progress needs of its header: 6 bytes, where a [`FrameHeader`] takes 24 with
 /// the declared length (nothing reads it once `PartialFrame::len`, the payload still due, is
 /// set) and the reserved bits (already checked). Every connection's state has room for a frame
 /// in progress.
@@ -222,7 +222,10 @@ impl<F: FnMut() -> [u8; 4] + Send> MaskKeySource for F {
 struct Head {
     opcode: OpCode,
     fin: bool,
-    mask: Option<[u8; 4]>,
+    /// The masking key, all zeros for an unmasked frame: masking with zeros changes nothing, so
+    /// a zero key is skipped like no key. (Not an `Option`: its tag would make a frame in
+    /// progress 32 bytes rather than 24.)
+    mask: [u8; 4],
 }
 
 /// The frame whose header has been parsed and whose payload is still arriving.
@@ -245,9 +248,7 @@ impl PartialFrame {
         self.done -= n;
         self.len -= n;
         // The mask key applies from the new start of the payload.
-        if let Some(key) = self.header.mask.as_mut() {
-            key.rotate_left(n % 4);
-        }
+        self.header.mask.rotate_left(n % 4);
     }
 }
 
@@ -925,8 +926,8 @@ impl Connection {
             return Ok(());
         };
         let new = &mut buf[frame.done..upto];
-        if let Some(key) = frame.header.mask {
-            apply_mask(new, key, frame.done);
+        if frame.header.mask != [0; 4] {
+            apply_mask(new, frame.header.mask, frame.done);
         }
         if frame.compressed {
             let (Some(m), Some(pmd)) = (self.message.as_mut(), self.deflate.as_mut()) else {
@@ -1008,7 +1009,13 @@ impl Connection {
         // Both limits above are usize, so the length fits.
         let len = usize::try_from(h.payload_len)
             .map_err(|_| LimitError::FrameTooLarge { declared: h.payload_len, limit: self.config.max_frame_size })?;
-        Ok(PartialFrame { header: Head { opcode: h.opcode, fin: h.fin, mask: h.mask }, len, done: 0, text, compressed })
+        Ok(PartialFrame {
+            header: Head { opcode: h.opcode, fin: h.fin, mask: h.mask.unwrap_or_default() },
+            len,
+            done: 0,
+            text,
+            compressed,
+        })
     }
 
     fn complete_frame(&mut self, h: Head, payload: Bytes) -> Result<Option<Message>, Error> {

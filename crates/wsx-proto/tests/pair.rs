@@ -161,3 +161,33 @@ fn rfc_5_7_examples_are_understood() {
     // The pong is the unmasked RFC example.
     assert_eq!(common::drain(&mut server), [0x8a, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f]);
 }
+
+/// A frame masked with the all-zero key (its bytes as sent) is read as any masked frame is,
+/// whole or a byte at a time, next to one with another key; an unmasked frame from a client is
+/// still refused. (A frame in progress keeps its key as four bytes, zero for none.)
+#[test]
+fn a_zero_masking_key_is_a_mask_like_any_other() {
+    use wsx_proto::frame::FrameHeader;
+    let zero = common::encode_frame(FrameHeader::new(OpCode::Text, 5, Some([0; 4])), b"zeros");
+    assert_eq!(&zero[2..6], &[0; 4], "the key on the wire");
+    assert_eq!(&zero[6..], b"zeros", "a zero key leaves the payload as it is");
+    let keyed = client_frame(OpCode::Binary, true, b"keyed payload");
+    let wire = [zero.clone(), keyed.clone(), zero].concat();
+    let expected = [Message::text("zeros"), Message::binary(&b"keyed payload"[..]), Message::text("zeros")];
+    let now = std::time::Instant::now();
+    let mut whole = Connection::server(Default::default(), now);
+    assert_eq!(feed_all(&mut whole, &wire, now), (expected.to_vec(), None));
+    let mut bytewise = Connection::server(Default::default(), now);
+    let mut buf = bytes::BytesMut::new();
+    let mut events = Vec::new();
+    for byte in &wire {
+        buf.extend_from_slice(&[*byte]);
+        while let Some(event) = bytewise.read_event(&mut buf, now).unwrap() {
+            events.push(event);
+        }
+    }
+    assert_eq!(events, expected);
+    let unmasked = common::server_frame(OpCode::Text, true, b"plain");
+    let (events, error) = feed_all(&mut Connection::server(Default::default(), now), &unmasked, now);
+    assert!(events.is_empty() && error.is_some(), "an unmasked client frame was taken: {events:?}");
+}

@@ -43,7 +43,7 @@ use tokio::time::Sleep;
 use wsx_proto::error::TimeoutError;
 use wsx_proto::{Connection, Message, PreparedMessage, Role, Stamp, State, StreamEvent};
 
-use crate::Error;
+use crate::{deadlines, Error};
 
 /// The room a read gets adapts to the traffic, between these bounds: an idle connection keeps
 /// a small buffer, a busy one reads about 256 KiB at a time (the size doubles whenever a read
@@ -229,6 +229,45 @@ impl Timer {
     }
 }
 
+/// The read side's timer: an entry in this thread's deadline table when one is driven here
+/// (see [`crate::deadlines`]: 24 bytes in the table, where a tokio timer takes 112 on the heap),
+/// else a tokio timer.
+#[derive(Default)]
+enum ReadTimer {
+    #[default]
+    Off,
+    Table(deadlines::Slot),
+    Tokio(Timer),
+}
+
+impl ReadTimer {
+    /// Arms the timer for `deadline`; returns true if it has passed (see [`Timer::poll`]).
+    fn poll(&mut self, cx: &mut Context<'_>, deadline: Instant) -> bool {
+        match self {
+            ReadTimer::Tokio(timer) => return timer.poll(cx, deadline),
+            ReadTimer::Table(slot) => {
+                if let Some(expired) = slot.poll(cx, deadline) {
+                    return expired;
+                }
+                // The table is gone (its driver was dropped), or the connection moved to
+                // another thread: a tokio timer from now on.
+            }
+            ReadTimer::Off => match deadlines::Slot::arm(cx, deadline) {
+                deadlines::Armed::Expired => return true,
+                deadlines::Armed::Slot(slot) => {
+                    *self = ReadTimer::Table(slot);
+                    return false;
+                }
+                deadlines::Armed::NoTable => {}
+            },
+        }
+        let mut timer = Timer::default();
+        let expired = timer.poll(cx, deadline);
+        *self = ReadTimer::Tokio(timer);
+        expired
+    }
+}
+
 /// What the read side keeps once the connection is closing.
 #[derive(Default)]
 struct Closing {
@@ -248,7 +287,7 @@ struct ReadState {
     /// until then keeps an idle connection small.
     closing: Option<Box<Closing>>,
     /// The timer armed for the connection's next deadline, or the wind-down's.
-    timer: Timer,
+    timer: ReadTimer,
     done: bool,
     /// The buffer before this one, whose messages may still be waiting to be written: reused
     /// once they are gone (see [`ReadState::prepare_read`]). Boxed: a pointer while absent, and
@@ -827,7 +866,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
         self.read.done = true;
         self.read.buf = BytesMut::new();
         self.read.spare = None;
-        self.read.timer = Timer::default();
+        self.read.timer = ReadTimer::Off;
     }
 
     /// When a closed connection gives up on its transport: the close timeout after it closed.
@@ -884,7 +923,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
         self.read.done = true;
         self.read.buf = BytesMut::new();
         self.read.spare = None;
-        self.read.timer = Timer::default();
+        self.read.timer = ReadTimer::Off;
         Poll::Ready(())
     }
 }

@@ -37,6 +37,7 @@
 pub mod axum;
 pub mod browser;
 mod client;
+pub mod deadlines;
 mod error;
 #[cfg(feature = "http2")]
 pub mod h2;

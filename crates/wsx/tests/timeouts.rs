@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -21,6 +22,32 @@ const LATE: Duration = Duration::from_secs(3);
 fn assert_around(elapsed: Duration, expected: Duration, what: &str) {
     assert!(elapsed + EARLY >= expected, "{what}: after {elapsed:?}, expected at least {expected:?}");
     assert!(elapsed <= expected + LATE, "{what}: after {elapsed:?}, expected about {expected:?}");
+}
+
+/// Runs `test` with a deadline table on this thread (`wsx::deadlines`), so that its connections
+/// keep their deadlines there rather than on tokio timers: checks that they did, and that each
+/// gave its entry back when it ended.
+async fn on_a_deadline_table(test: impl Future<Output = ()>) {
+    let mut most = 0;
+    let mut table = std::pin::pin!(wsx::deadlines::drive());
+    let watch = async {
+        loop {
+            most = most.max(wsx::deadlines::entries());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::select! {
+        () = &mut table => panic!("the table's driver ended"),
+        () = watch => unreachable!(),
+        () = test => {}
+    }
+    assert!(most >= 1, "no connection kept its deadline in the table");
+    let given_back = async {
+        while wsx::deadlines::entries() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    within(Duration::from_secs(5), "every entry given back", given_back).await;
 }
 
 fn server_config(f: impl FnOnce(&mut Config)) -> ServerConfig {
@@ -76,6 +103,15 @@ async fn half_request_head_hits_handshake_timeout() {
 
 #[tokio::test]
 async fn idle_timeout_drops_silent_client() {
+    idle_timeout_drops_silent_client_run().await
+}
+
+#[tokio::test]
+async fn idle_timeout_drops_silent_client_on_a_deadline_table() {
+    on_a_deadline_table(idle_timeout_drops_silent_client_run()).await
+}
+
+async fn idle_timeout_drops_silent_client_run() {
     deadline(async {
         let idle = Duration::from_millis(300);
         let config = server_config(|c| c.idle_timeout = Some(idle));
@@ -107,6 +143,15 @@ async fn idle_timeout_drops_silent_client() {
 
 #[tokio::test]
 async fn keepalive_pings_are_answered_and_connection_stays_up() {
+    keepalive_pings_are_answered_and_connection_stays_up_run().await
+}
+
+#[tokio::test]
+async fn keepalive_pings_are_answered_and_connection_stays_up_on_a_deadline_table() {
+    on_a_deadline_table(keepalive_pings_are_answered_and_connection_stays_up_run()).await
+}
+
+async fn keepalive_pings_are_answered_and_connection_stays_up_run() {
     deadline(async {
         let config = server_config(|c| {
             c.keepalive_interval = Some(Duration::from_millis(100));
@@ -150,6 +195,15 @@ async fn keepalive_pings_are_answered_and_connection_stays_up() {
 
 #[tokio::test]
 async fn unanswered_keepalive_drops_peer() {
+    unanswered_keepalive_drops_peer_run().await
+}
+
+#[tokio::test]
+async fn unanswered_keepalive_drops_peer_on_a_deadline_table() {
+    on_a_deadline_table(unanswered_keepalive_drops_peer_run()).await
+}
+
+async fn unanswered_keepalive_drops_peer_run() {
     deadline(async {
         let interval = Duration::from_millis(100);
         let timeout = Duration::from_millis(200);
@@ -184,6 +238,15 @@ async fn unanswered_keepalive_drops_peer() {
 
 #[tokio::test]
 async fn close_timeout_bounds_server_close() {
+    close_timeout_bounds_server_close_run().await
+}
+
+#[tokio::test]
+async fn close_timeout_bounds_server_close_on_a_deadline_table() {
+    on_a_deadline_table(close_timeout_bounds_server_close_run()).await
+}
+
+async fn close_timeout_bounds_server_close_run() {
     deadline(async {
         let close_timeout = Duration::from_millis(300);
         let config = server_config(|c| c.close_timeout = close_timeout);

@@ -1,0 +1,499 @@
+//! One table of deadlines per thread, in place of a timer per connection.
+//!
+//! An open connection always waits for some deadline: its next keepalive ping, the pong it
+//! waits for, its idle timeout, the end of its closing handshake. On tokio's timers each
+//! connection keeps a `Sleep` of its own for that (112 bytes on the heap). A server that runs
+//! one single-threaded event loop per core can [`drive`] a table on each loop's thread instead:
+//! every connection polled on that thread keeps its read side's deadline as a 24-byte entry in
+//! the table, and one timer per thread wakes the connections whose deadlines have passed.
+//! Connections polled on a thread without a table use tokio's timers, as before.
+//!
+//! A deadline in the table never fires early. It may fire late, by at most the table's sweep
+//! interval: the driver looks through the table at most once per interval, which grows with
+//! the number of entries (1 µs per entry, from 1 ms to 100 ms), so that the work stays below
+//! about a million entries looked at per second however many connections there are.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! // On each event loop's thread (a current-thread runtime), beside its work:
+//! let table = wsx::deadlines::drive();
+//! tokio::select! {
+//!     () = table => {}
+//!     () = async { /* accept and serve connections on this thread */ } => {}
+//! }
+//! # }
+//! ```
+//!
+//! A connection first polled on one thread and then moved to another keeps its entry in the
+//! first thread's table until that table is dropped (it is never reused meanwhile), and uses
+//! the second thread's table, or tokio's timers, from then on.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::num::NonZeroU32;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use tokio::time::Sleep;
+use wsx_proto::Stamp;
+
+/// The shortest and longest interval between two sweeps of a table.
+const MIN_SWEEP: Duration = Duration::from_millis(1);
+const MAX_SWEEP: Duration = Duration::from_millis(100);
+/// A table is compacted at a sweep when fewer than a quarter of its entries are in use and it
+/// has more than this many.
+const COMPACT_FROM: usize = 1024;
+
+thread_local! {
+    static TABLE: RefCell<Option<Table>> = const { RefCell::new(None) };
+}
+
+/// One connection's deadline.
+#[derive(Default)]
+struct Entry {
+    /// `None` when the entry is free.
+    deadline: Option<Stamp>,
+    /// The task to wake at the deadline: `None` once woken (the entry has fired) or free.
+    waker: Option<Waker>,
+}
+
+/// The deadlines of the connections polled on one thread.
+struct Table {
+    id: NonZeroU32,
+    entries: Vec<Entry>,
+    /// Free entries, to be used before the table grows.
+    free: Vec<u32>,
+    in_use: usize,
+    /// The earliest deadline of an armed entry, or earlier: the driver's next sweep.
+    next: Option<Stamp>,
+    /// The driver, woken when an entry is armed before `next`.
+    driver: Option<Waker>,
+}
+
+impl Table {
+    /// An entry armed for `deadline` may be due before the driver's next sweep.
+    fn armed(&mut self, deadline: Stamp) {
+        if self.next.is_none_or(|next| deadline < next) {
+            self.next = Some(deadline);
+            if let Some(driver) = &self.driver {
+                driver.wake_by_ref();
+            }
+        }
+    }
+
+    /// Takes the wakers of the entries due at `now` into `due`; sets `next` to the earliest
+    /// deadline left.
+    fn sweep(&mut self, now: Stamp, due: &mut Vec<Waker>) {
+        let mut next = None::<Stamp>;
+        for entry in &mut self.entries {
+            let (Some(deadline), Some(_)) = (entry.deadline, &entry.waker) else { continue };
+            if deadline <= now {
+                due.extend(entry.waker.take());
+            } else if next.is_none_or(|n| deadline < n) {
+                next = Some(deadline);
+            }
+        }
+        self.next = next;
+        if self.entries.len() > COMPACT_FROM && self.in_use < self.entries.len() / 4 {
+            // Free entries past the last one in use go; the free list is made again.
+            let keep = self.entries.iter().rposition(|e| e.deadline.is_some()).map_or(0, |last| last + 1);
+            self.entries.truncate(keep);
+            self.entries.shrink_to(keep.max(COMPACT_FROM));
+            self.free.clear();
+            self.free.extend((0..keep as u32).filter(|&i| self.entries[i as usize].deadline.is_none()));
+            self.free.shrink_to_fit();
+        }
+    }
+}
+
+/// Runs `f` on this thread's table if it is the table `id` (any table for `None`).
+fn with_table<R>(id: Option<NonZeroU32>, f: impl FnOnce(&mut Table) -> R) -> Option<R> {
+    TABLE
+        .try_with(|table| {
+            let mut table = table.try_borrow_mut().ok()?;
+            let table = table.as_mut().filter(|t| id.is_none_or(|id| t.id == id))?;
+            Some(f(table))
+        })
+        .ok()
+        .flatten()
+}
+
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// The interval between sweeps for a table of `entries` entries: 1 µs per entry, within
+/// [`MIN_SWEEP`] and [`MAX_SWEEP`].
+fn sweep_interval(entries: usize) -> Duration {
+    Duration::from_micros(entries as u64).clamp(MIN_SWEEP, MAX_SWEEP)
+}
+
+/// Puts a deadline table on this thread, and returns the future that wakes its connections on
+/// time. Poll it on this thread, beside the thread's other work, for as long as connections are
+/// served there: on a current-thread runtime, in the future given to `block_on` (it is not
+/// `Send`, so it cannot be spawned onto another thread).
+///
+/// The future never completes while its table is this thread's. Dropping it takes the table
+/// away, and wakes every connection that has an entry in it, so that each moves to a tokio timer
+/// of its own. Calling `drive` again on the same thread replaces the table the same way; the
+/// earlier future then completes.
+pub fn drive() -> Driver {
+    static IDS: AtomicU32 = AtomicU32::new(1);
+    let id = NonZeroU32::new(IDS.fetch_add(1, Ordering::Relaxed)).unwrap_or(NonZeroU32::MIN);
+    let table = Table { id, entries: Vec::new(), free: Vec::new(), in_use: 0, next: None, driver: None };
+    let old = TABLE.with(|t| t.borrow_mut().replace(table));
+    wake_all(old);
+    Driver { id, sleep: None, swept: None, due: Vec::new(), _thread: PhantomData }
+}
+
+/// How many connections keep a deadline in this thread's table (0 when the thread has none).
+pub fn entries() -> usize {
+    with_table(None, |t| t.in_use).unwrap_or(0)
+}
+
+/// Wakes every connection with an entry in a table taken away, so that it takes a timer of
+/// its own.
+fn wake_all(table: Option<Table>) {
+    for entry in table.into_iter().flat_map(|t| t.entries) {
+        if let Some(waker) = entry.waker {
+            waker.wake();
+        }
+    }
+}
+
+/// The future [`drive`] returns: wakes the connections whose deadlines have passed.
+#[must_use = "a table's deadlines fire only while its driver is polled"]
+pub struct Driver {
+    id: NonZeroU32,
+    /// The timer for the next sweep, made at the first.
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// When the last sweep was.
+    swept: Option<Instant>,
+    /// The wakers taken at a sweep, woken once the table is no longer borrowed (a task woken
+    /// may be dropped, and with it a connection that gives its entry back).
+    due: Vec<Waker>,
+    /// Not `Send`: the table is this thread's.
+    _thread: PhantomData<*const ()>,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver").field("table", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl Future for Driver {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            let now = now();
+            let (due, swept) = (&mut this.due, &mut this.swept);
+            let next = with_table(Some(this.id), |table| {
+                if !table.driver.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    table.driver = Some(cx.waker().clone());
+                }
+                let interval_over = swept.is_none_or(|at| now >= at + sweep_interval(table.entries.len()));
+                if interval_over && table.next.is_some_and(|next| next.get() <= now) {
+                    table.sweep(Stamp::new(now), due);
+                    *swept = Some(now);
+                }
+                (table.next, table.entries.len())
+            });
+            let Some((next, size)) = next else {
+                // Replaced by another table, or the thread is ending.
+                return Poll::Ready(());
+            };
+            for waker in this.due.drain(..) {
+                waker.wake();
+            }
+            let Some(next) = next else {
+                // Nothing armed: an entry armed later wakes this future.
+                return Poll::Pending;
+            };
+            let mut at = next.get();
+            if let Some(swept) = this.swept {
+                at = at.max(swept + sweep_interval(size));
+            }
+            let at = tokio::time::Instant::from_std(at);
+            let sleep = match &mut this.sleep {
+                Some(sleep) => {
+                    if sleep.deadline() != at {
+                        sleep.as_mut().reset(at);
+                    }
+                    sleep
+                }
+                None => this.sleep.insert(Box::pin(tokio::time::sleep_until(at))),
+            };
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let id = self.id;
+        let table = TABLE
+            .try_with(|t| {
+                let mut t = t.try_borrow_mut().ok()?;
+                if t.as_ref()?.id == id {
+                    t.take()
+                } else {
+                    None
+                }
+            })
+            .ok()
+            .flatten();
+        wake_all(table);
+    }
+}
+
+/// A connection's entry in its thread's table.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    table: NonZeroU32,
+    index: u32,
+}
+
+/// What [`Slot::arm`] found.
+pub(crate) enum Armed {
+    /// The deadline has passed.
+    Expired,
+    /// An entry, armed.
+    Slot(Slot),
+    /// This thread has no table.
+    NoTable,
+}
+
+impl Slot {
+    /// Takes an entry in this thread's table for `deadline`, to wake `cx`'s task.
+    pub(crate) fn arm(cx: &mut Context<'_>, deadline: Instant) -> Armed {
+        let armed = with_table(None, |table| {
+            if deadline <= now() {
+                return Armed::Expired;
+            }
+            let stamp = Stamp::new(deadline);
+            let entry = Entry { deadline: Some(stamp), waker: Some(cx.waker().clone()) };
+            let index = match table.free.pop() {
+                Some(index) => {
+                    table.entries[index as usize] = entry;
+                    index
+                }
+                None => {
+                    let Ok(index) = u32::try_from(table.entries.len()) else { return Armed::NoTable };
+                    table.entries.push(entry);
+                    index
+                }
+            };
+            table.in_use += 1;
+            table.armed(stamp);
+            Armed::Slot(Slot { table: table.id, index })
+        });
+        armed.unwrap_or(Armed::NoTable)
+    }
+
+    /// Whether `deadline` has passed; arms the entry for it, to wake `cx`'s task, if not. As
+    /// with a tokio timer moved lazily, an entry armed for an earlier deadline stays armed for
+    /// it, and is moved to the deadline of the moment when it fires. `None` when this thread's
+    /// table is not the slot's (the slot is then of no use here).
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Option<bool> {
+        let index = self.index as usize;
+        let (expired, replaced) = with_table(Some(self.table), |table| {
+            let stamp = Stamp::new(deadline);
+            let entry = &mut table.entries[index];
+            match &mut entry.waker {
+                Some(waker) => {
+                    let mut replaced = None;
+                    if !waker.will_wake(cx.waker()) {
+                        replaced = Some(std::mem::replace(waker, cx.waker().clone()));
+                    }
+                    if entry.deadline.is_none_or(|armed| stamp < armed) {
+                        if deadline <= now() {
+                            return (true, replaced);
+                        }
+                        entry.deadline = Some(stamp);
+                        table.armed(stamp);
+                    }
+                    (false, replaced)
+                }
+                None => {
+                    // Fired: for this deadline, or for an earlier one since moved.
+                    if deadline <= now() {
+                        return (true, None);
+                    }
+                    entry.deadline = Some(stamp);
+                    entry.waker = Some(cx.waker().clone());
+                    table.armed(stamp);
+                    (false, None)
+                }
+            }
+        })?;
+        drop(replaced);
+        Some(expired)
+    }
+}
+
+impl Drop for Slot {
+    /// Gives the entry back (when this thread's table is the slot's; see the module's docs).
+    fn drop(&mut self) {
+        let index = self.index;
+        let waker = with_table(Some(self.table), |table| {
+            let entry = std::mem::take(&mut table.entries[index as usize]);
+            table.free.push(index);
+            table.in_use -= 1;
+            entry.waker
+        });
+        drop(waker);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+
+    /// A waker that counts its wakes.
+    struct Count(AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn counter() -> (Arc<Count>, Waker) {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        (count.clone(), Waker::from(count))
+    }
+
+    /// Polls the driver once.
+    fn turn(driver: &mut Driver) {
+        let waker = Waker::noop();
+        assert!(Pin::new(driver).poll(&mut Context::from_waker(waker)).is_pending());
+    }
+
+    /// An entry fires once its deadline has passed, never before; its slot gives it back.
+    #[tokio::test(start_paused = true)]
+    async fn an_entry_fires_at_its_deadline_and_is_given_back() {
+        let mut driver = drive();
+        let (count, waker) = counter();
+        let mut cx = Context::from_waker(&waker);
+        let deadline = now() + Duration::from_secs(5);
+        let Armed::Slot(mut slot) = Slot::arm(&mut cx, deadline) else { panic!("no entry taken") };
+        assert_eq!(entries(), 1);
+        turn(&mut driver);
+        tokio::time::sleep(Duration::from_millis(4_990)).await;
+        turn(&mut driver);
+        assert_eq!(count.0.load(Ordering::SeqCst), 0, "woken before the deadline");
+        assert_eq!(slot.poll(&mut cx, deadline), Some(false));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        turn(&mut driver);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "not woken at the deadline");
+        assert_eq!(slot.poll(&mut cx, deadline), Some(true));
+        drop(slot);
+        assert_eq!(entries(), 0);
+        // The entry is used again before the table grows.
+        let Armed::Slot(slot) = Slot::arm(&mut cx, now() + Duration::from_secs(1)) else { panic!() };
+        assert_eq!(slot.index, 0);
+        assert!(matches!(Slot::arm(&mut cx, now()), Armed::Expired));
+    }
+
+    /// A deadline moved later fires at the earlier one first, then at its own; one moved earlier
+    /// fires at the earlier one.
+    #[tokio::test(start_paused = true)]
+    async fn a_moved_deadline_fires_when_it_is_due() {
+        let mut driver = drive();
+        let (count, waker) = counter();
+        let mut cx = Context::from_waker(&waker);
+        let start = now();
+        let Armed::Slot(mut slot) = Slot::arm(&mut cx, start + Duration::from_secs(2)) else { panic!() };
+        // Later: the entry stays armed for 2 s.
+        assert_eq!(slot.poll(&mut cx, start + Duration::from_secs(4)), Some(false));
+        turn(&mut driver);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        turn(&mut driver);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        // Fired early for 4 s: armed again for it.
+        assert_eq!(slot.poll(&mut cx, start + Duration::from_secs(4)), Some(false));
+        turn(&mut driver);
+        tokio::time::sleep(Duration::from_millis(1_900)).await;
+        turn(&mut driver);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        // Earlier than armed: moved.
+        assert_eq!(slot.poll(&mut cx, start + Duration::from_millis(3_950)), Some(false));
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        turn(&mut driver);
+        assert_eq!(count.0.load(Ordering::SeqCst), 2);
+        assert_eq!(slot.poll(&mut cx, start + Duration::from_millis(3_950)), Some(true));
+    }
+
+    /// Without a table, or in another thread's, a slot is of no use; dropping the driver wakes
+    /// every entry's task, and a second table replaces the first.
+    #[tokio::test(start_paused = true)]
+    async fn without_its_table_a_slot_is_of_no_use_and_its_task_is_woken() {
+        let (count, waker) = counter();
+        let mut cx = Context::from_waker(&waker);
+        let deadline = now() + Duration::from_secs(60);
+        assert!(matches!(Slot::arm(&mut cx, deadline), Armed::NoTable));
+        let driver = drive();
+        let Armed::Slot(mut slot) = Slot::arm(&mut cx, deadline) else { panic!() };
+        let (table, index) = (slot.table, slot.index);
+        std::thread::spawn(move || {
+            let _table = drive();
+            // The other thread's table does not know the slot; its drop there gives nothing back.
+            let mut other = Slot { table, index };
+            assert_eq!(other.poll(&mut Context::from_waker(Waker::noop()), deadline), None);
+            drop(other);
+        })
+        .join()
+        .unwrap();
+        assert_eq!(entries(), 1);
+        drop(driver);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "the table's tasks were not woken when it went");
+        assert_eq!(slot.poll(&mut cx, deadline), None);
+        assert_eq!(entries(), 0);
+        let mut first = drive();
+        let Armed::Slot(_slot) = Slot::arm(&mut cx, deadline) else { panic!() };
+        let _second = drive();
+        assert_eq!(count.0.load(Ordering::SeqCst), 2, "the replaced table's tasks were not woken");
+        let ready = Pin::new(&mut first).poll(&mut Context::from_waker(Waker::noop()));
+        assert!(ready.is_ready(), "the replaced table's driver did not end");
+    }
+
+    /// Many entries due at once are swept together, and a table mostly given back shrinks.
+    #[tokio::test(start_paused = true)]
+    async fn a_sweep_wakes_every_entry_due_and_compacts_the_table() {
+        let mut driver = drive();
+        let (count, waker) = counter();
+        let mut cx = Context::from_waker(&waker);
+        let start = now();
+        let mut slots: Vec<Slot> = (0..5_000u64)
+            .map(|i| match Slot::arm(&mut cx, start + Duration::from_millis(1_000 + i % 7)) {
+                Armed::Slot(slot) => slot,
+                _ => panic!("no entry"),
+            })
+            .collect();
+        turn(&mut driver);
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        turn(&mut driver);
+        assert_eq!(count.0.load(Ordering::SeqCst), 5_000);
+        slots.truncate(10);
+        assert_eq!(entries(), 10);
+        for slot in &mut slots {
+            assert_eq!(slot.poll(&mut cx, start + Duration::from_secs(2)), Some(false));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        turn(&mut driver);
+        assert_eq!(count.0.load(Ordering::SeqCst), 5_010);
+        let size = with_table(None, |t| t.entries.capacity()).unwrap();
+        assert!(size <= COMPACT_FROM, "the table kept room for {size} entries");
+    }
+}

@@ -317,7 +317,18 @@ enum Route {
 }
 
 /// Runs the server until SIGINT or SIGTERM.
+///
+/// Every event loop's thread, this one included, drives a deadline table
+/// ([`wsx::deadlines`]): the connections it serves keep their keepalive, idle and close
+/// deadlines there, an entry of 24 bytes each, rather than a tokio timer each.
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    tokio::select! {
+        result = serve(args) => result,
+        () = wsx::deadlines::drive() => anyhow::bail!("the accepting thread's deadline table was replaced"),
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Installed first, so that a signal arriving while we start is not fatal.
     let mut signals = Signals::new().context("cannot install the signal handlers")?;
     let origins = OriginPolicy::new(&args.origins).map_err(|e| anyhow::anyhow!("--origin {e}"))?;

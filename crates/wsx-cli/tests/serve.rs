@@ -1014,3 +1014,79 @@ fn a_log_into_a_pipe_has_no_colour_codes() {
     assert!(!line.contains('\x1b'), "escape codes in a log written to a pipe: {line:?}");
     assert!(line.contains("INFO"), "not a log line: {line:?}");
 }
+
+/// Keepalive on every event loop, each of which keeps its connections' deadlines in a table of
+/// its own (`wsx::deadlines`): a client that never answers the server's pings is dropped once
+/// the ping interval and the ping timeout have passed (not before), on either loop, while one
+/// that answers stays and is still served.
+#[tokio::test]
+async fn keepalive_drops_silent_clients_on_every_loop_and_keeps_the_others() {
+    let server = Server::start(&["--threads", "2", "--ping-interval", "1", "--ping-timeout", "1"]);
+    // Connections are dealt to the loops in turn: the first two (silent) land on different
+    // loops, and so do the next two (answering).
+    let silent: Vec<_> = (0..2)
+        .map(|_| {
+            let mut tcp = upgraded_echo(server.addr);
+            let start = Instant::now();
+            std::thread::spawn(move || {
+                tcp.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+                let mut seen = Vec::new();
+                let mut chunk = [0u8; 256];
+                loop {
+                    match tcp.read(&mut chunk) {
+                        Ok(0) => return (seen, start.elapsed()),
+                        Ok(n) => seen.extend_from_slice(&chunk[..n]),
+                        Err(e) => panic!("no end of the silent connection after {:?}: {e}", start.elapsed()),
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut answering = Vec::new();
+    for _ in 0..2 {
+        let (ws, _) = wsx::connect(&server.url("/echo")).await.unwrap();
+        answering.push(ws);
+    }
+    // Read (and so answer the pings) for 3.5 s: past the interval and timeout twice over.
+    let [first, second] = &mut answering[..] else { unreachable!() };
+    let (a, b) = tokio::join!(
+        read_pings_for(first, Duration::from_millis(3_500)),
+        read_pings_for(second, Duration::from_millis(3_500))
+    );
+    for pings in [a, b] {
+        assert!(pings >= 2, "only {pings} keepalive pings in 3.5 s at one a second");
+    }
+    for ws in &mut answering {
+        ws.send_text("still here").await.unwrap();
+        let echo = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match ws.recv().await {
+                    Some(Ok(Message::Ping(_))) => continue,
+                    other => return other,
+                }
+            }
+        });
+        assert_eq!(echo.await.unwrap().unwrap().unwrap(), Message::text("still here"));
+    }
+    for reader in silent {
+        let (seen, after) = reader.join().unwrap();
+        // The rest of the 101's head, then at least a ping (unmasked, FIN: 0x89) before the end.
+        let frames = seen.windows(4).position(|w| w == b"\r\n\r\n").map(|i| &seen[i + 4..]);
+        assert_eq!(frames.and_then(|f| f.first()), Some(&0x89), "the silent client got {seen:?}");
+        assert!(after >= Duration::from_millis(1_900), "a silent client was dropped after {after:?}");
+        assert!(after <= Duration::from_secs(8), "a silent client was dropped only after {after:?}");
+    }
+}
+
+/// Reads for `d`, expecting only pings (answered as they are read); returns how many came.
+async fn read_pings_for(ws: &mut wsx::WebSocket<wsx::MaybeTlsStream>, d: Duration) -> usize {
+    let mut pings = 0;
+    let until = tokio::time::Instant::now() + d;
+    while let Ok(m) = tokio::time::timeout_at(until, ws.recv()).await {
+        match m {
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            other => panic!("an answering client got {other:?}"),
+        }
+    }
+    pings
+}

@@ -106,7 +106,10 @@ impl Loops {
                 // connections left (their drop-time cleanup runs: an --exec program's process
                 // group is killed), waiting at most this long for blocking tasks.
                 runtime.block_on(async move {
-                    let _ = stopped.wait_for(|&stop| stop).await;
+                    tokio::select! {
+                        _ = stopped.wait_for(|&stop| stop) => {}
+                        () = wsx::deadlines::drive() => {}
+                    }
                 });
                 runtime.shutdown_timeout(STOP_GRACE);
             })?);

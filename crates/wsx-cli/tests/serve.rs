@@ -1015,10 +1015,10 @@ fn a_log_into_a_pipe_has_no_colour_codes() {
     assert!(line.contains("INFO"), "not a log line: {line:?}");
 }
 
-/// Keepalive on every event loop, each of which keeps its connections' deadlines in a table of
-/// its own (`wsx::deadlines`): a client that never answers the server's pings is dropped once
-/// the ping interval and the ping timeout have passed (not before), on either loop, while one
-/// that answers stays and is still served.
+/// Keepalive on every event loop, end to end: a client that never answers the server's pings
+/// is dropped once the ping interval and the ping timeout have passed (not before), on either
+/// loop, while one that answers stays and is still served. (That each loop keeps these
+/// deadlines in a table of its own, `wsx::deadlines`, is checked in `serve::loops`' tests.)
 #[tokio::test]
 async fn keepalive_drops_silent_clients_on_every_loop_and_keeps_the_others() {
     let server = Server::start(&["--threads", "2", "--ping-interval", "1", "--ping-timeout", "1"]);

@@ -10,8 +10,9 @@
 //!
 //! A deadline in the table never fires early. It may fire late, by at most the table's sweep
 //! interval: the driver looks through the table at most once per interval, which grows with
-//! the number of entries (1 µs per entry, from 1 ms to 100 ms), so that the work stays below
-//! about a million entries looked at per second however many connections there are.
+//! the number of entries (1 µs per entry, from 1 ms to 100 ms), so that up to 100,000 entries
+//! it looks at no more than about a million entries a second (beyond that, ten sweeps a
+//! second).
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -25,11 +26,15 @@
 //! # }
 //! ```
 //!
-//! A connection first polled on one thread and then moved to another keeps its entry in the
-//! first thread's table until that table is dropped (it is never reused meanwhile), and uses
-//! the second thread's table, or tokio's timers, from then on.
+//! A connection keeps its entry for as long as it is polled on the thread whose table holds
+//! it. One first polled on one thread and then moved to another, or whose table was replaced
+//! or dropped, uses a tokio timer of its own from then on; when it is moved, its entry stays in
+//! the first thread's table (24 bytes, not reused) until that table is dropped. Serve each
+//! connection on one thread, as a thread-per-core server does anyway.
 
 use std::cell::RefCell;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::num::NonZeroU32;
@@ -65,8 +70,9 @@ struct Entry {
 struct Table {
     id: NonZeroU32,
     entries: Vec<Entry>,
-    /// Free entries, to be used before the table grows.
-    free: Vec<u32>,
+    /// Free entries, to be used before the table grows: the lowest first, so that the entries
+    /// in use gather at the start and a sweep can give back the end of the table.
+    free: BinaryHeap<Reverse<u32>>,
     in_use: usize,
     /// The earliest deadline of an armed entry, or earlier: the driver's next sweep.
     next: Option<Stamp>,
@@ -75,14 +81,15 @@ struct Table {
 }
 
 impl Table {
-    /// An entry armed for `deadline` may be due before the driver's next sweep.
-    fn armed(&mut self, deadline: Stamp) {
+    /// An entry armed for `deadline` may be due before the driver's next sweep: returns the
+    /// driver's waker if it must be woken (once the table is no longer borrowed) to sleep less.
+    #[must_use]
+    fn armed(&mut self, deadline: Stamp) -> Option<Waker> {
         if self.next.is_none_or(|next| deadline < next) {
             self.next = Some(deadline);
-            if let Some(driver) = &self.driver {
-                driver.wake_by_ref();
-            }
+            return self.driver.clone();
         }
+        None
     }
 
     /// Takes the wakers of the entries due at `now` into `due`; sets `next` to the earliest
@@ -103,23 +110,32 @@ impl Table {
             let keep = self.entries.iter().rposition(|e| e.deadline.is_some()).map_or(0, |last| last + 1);
             self.entries.truncate(keep);
             self.entries.shrink_to(keep.max(COMPACT_FROM));
-            self.free.clear();
-            self.free.extend((0..keep as u32).filter(|&i| self.entries[i as usize].deadline.is_none()));
-            self.free.shrink_to_fit();
+            let free = (0..keep as u32).filter(|&i| self.entries[i as usize].deadline.is_none());
+            self.free = free.map(Reverse).collect();
         }
     }
 }
 
-/// Runs `f` on this thread's table if it is the table `id` (any table for `None`).
-fn with_table<R>(id: Option<NonZeroU32>, f: impl FnOnce(&mut Table) -> R) -> Option<R> {
+/// The table was borrowed: only possible if a waker's clone called back into this module
+/// (wakers are woken and dropped only once the table is released).
+struct Busy;
+
+/// Runs `f` on this thread's table if it is the table `id` (any table for `None`): `Ok(None)`
+/// when this thread has no such table (or is ending).
+fn try_with_table<R>(id: Option<NonZeroU32>, f: impl FnOnce(&mut Table) -> R) -> Result<Option<R>, Busy> {
     TABLE
         .try_with(|table| {
-            let mut table = table.try_borrow_mut().ok()?;
-            let table = table.as_mut().filter(|t| id.is_none_or(|id| t.id == id))?;
-            Some(f(table))
+            let Ok(mut table) = table.try_borrow_mut() else { return Err(Busy) };
+            Ok(table.as_mut().filter(|t| id.is_none_or(|id| t.id == id)).map(f))
         })
-        .ok()
-        .flatten()
+        .unwrap_or(Ok(None))
+}
+
+/// [`try_with_table`], a busy table taken as none.
+fn with_table<R>(id: Option<NonZeroU32>, f: impl FnOnce(&mut Table) -> R) -> Option<R> {
+    let result = try_with_table(id, f);
+    debug_assert!(result.is_ok(), "the deadline table was borrowed twice");
+    result.unwrap_or(None)
 }
 
 fn now() -> Instant {
@@ -144,7 +160,7 @@ fn sweep_interval(entries: usize) -> Duration {
 pub fn drive() -> Driver {
     static IDS: AtomicU32 = AtomicU32::new(1);
     let id = NonZeroU32::new(IDS.fetch_add(1, Ordering::Relaxed)).unwrap_or(NonZeroU32::MIN);
-    let table = Table { id, entries: Vec::new(), free: Vec::new(), in_use: 0, next: None, driver: None };
+    let table = Table { id, entries: Vec::new(), free: BinaryHeap::new(), in_use: 0, next: None, driver: None };
     let old = TABLE.with(|t| t.borrow_mut().replace(table));
     wake_all(old);
     Driver { id, sleep: None, swept: None, due: Vec::new(), _thread: PhantomData }
@@ -156,12 +172,16 @@ pub fn entries() -> usize {
 }
 
 /// Wakes every connection with an entry in a table taken away, so that it takes a timer of
-/// its own.
+/// its own, and the table's driver, so that it ends.
 fn wake_all(table: Option<Table>) {
-    for entry in table.into_iter().flat_map(|t| t.entries) {
+    let Some(table) = table else { return };
+    for entry in table.entries {
         if let Some(waker) = entry.waker {
             waker.wake();
         }
+    }
+    if let Some(driver) = table.driver {
+        driver.wake();
     }
 }
 
@@ -194,23 +214,36 @@ impl Future for Driver {
         loop {
             let now = now();
             let (due, swept) = (&mut this.due, &mut this.swept);
-            let next = with_table(Some(this.id), |table| {
+            let found = try_with_table(Some(this.id), |table| {
+                let mut replaced = None;
                 if !table.driver.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    table.driver = Some(cx.waker().clone());
+                    replaced = table.driver.replace(cx.waker().clone());
                 }
                 let interval_over = swept.is_none_or(|at| now >= at + sweep_interval(table.entries.len()));
                 if interval_over && table.next.is_some_and(|next| next.get() <= now) {
                     table.sweep(Stamp::new(now), due);
                     *swept = Some(now);
                 }
-                (table.next, table.entries.len())
+                (table.next, table.entries.len(), replaced)
             });
-            let Some((next, size)) = next else {
+            let (next, size) = match found {
+                Ok(Some((next, size, replaced))) => {
+                    drop(replaced);
+                    (next, size)
+                }
                 // Replaced by another table, or the thread is ending.
-                return Poll::Ready(());
+                Ok(None) => return Poll::Ready(()),
+                Err(Busy) => {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
             };
             for waker in this.due.drain(..) {
                 waker.wake();
+            }
+            if this.due.capacity() > COMPACT_FROM {
+                // A sweep that found many due keeps no room for as many.
+                this.due = Vec::new();
             }
             let Some(next) = next else {
                 // Nothing armed: an entry armed later wakes this future.
@@ -277,26 +310,29 @@ impl Slot {
     pub(crate) fn arm(cx: &mut Context<'_>, deadline: Instant) -> Armed {
         let armed = with_table(None, |table| {
             if deadline <= now() {
-                return Armed::Expired;
+                return (Armed::Expired, None);
             }
             let stamp = Stamp::new(deadline);
             let entry = Entry { deadline: Some(stamp), waker: Some(cx.waker().clone()) };
             let index = match table.free.pop() {
-                Some(index) => {
+                Some(Reverse(index)) => {
                     table.entries[index as usize] = entry;
                     index
                 }
                 None => {
-                    let Ok(index) = u32::try_from(table.entries.len()) else { return Armed::NoTable };
+                    let Ok(index) = u32::try_from(table.entries.len()) else { return (Armed::NoTable, None) };
                     table.entries.push(entry);
                     index
                 }
             };
             table.in_use += 1;
-            table.armed(stamp);
-            Armed::Slot(Slot { table: table.id, index })
+            (Armed::Slot(Slot { table: table.id, index }), table.armed(stamp))
         });
-        armed.unwrap_or(Armed::NoTable)
+        let Some((armed, driver)) = armed else { return Armed::NoTable };
+        if let Some(driver) = driver {
+            driver.wake();
+        }
+        armed
     }
 
     /// Whether `deadline` has passed; arms the entry for it, to wake `cx`'s task, if not. As
@@ -305,7 +341,7 @@ impl Slot {
     /// table is not the slot's (the slot is then of no use here).
     pub(crate) fn poll(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Option<bool> {
         let index = self.index as usize;
-        let (expired, replaced) = with_table(Some(self.table), |table| {
+        let (expired, replaced, driver) = with_table(Some(self.table), |table| {
             let stamp = Stamp::new(deadline);
             let entry = &mut table.entries[index];
             match &mut entry.waker {
@@ -314,28 +350,30 @@ impl Slot {
                     if !waker.will_wake(cx.waker()) {
                         replaced = Some(std::mem::replace(waker, cx.waker().clone()));
                     }
-                    if entry.deadline.is_none_or(|armed| stamp < armed) {
-                        if deadline <= now() {
-                            return (true, replaced);
-                        }
-                        entry.deadline = Some(stamp);
-                        table.armed(stamp);
+                    if entry.deadline.is_some_and(|armed| stamp >= armed) {
+                        return (false, replaced, None);
                     }
-                    (false, replaced)
+                    if deadline <= now() {
+                        return (true, replaced, None);
+                    }
+                    entry.deadline = Some(stamp);
+                    (false, replaced, table.armed(stamp))
                 }
                 None => {
                     // Fired: for this deadline, or for an earlier one since moved.
                     if deadline <= now() {
-                        return (true, None);
+                        return (true, None, None);
                     }
                     entry.deadline = Some(stamp);
                     entry.waker = Some(cx.waker().clone());
-                    table.armed(stamp);
-                    (false, None)
+                    (false, None, table.armed(stamp))
                 }
             }
         })?;
         drop(replaced);
+        if let Some(driver) = driver {
+            driver.wake();
+        }
         Some(expired)
     }
 }
@@ -346,7 +384,7 @@ impl Drop for Slot {
         let index = self.index;
         let waker = with_table(Some(self.table), |table| {
             let entry = std::mem::take(&mut table.entries[index as usize]);
-            table.free.push(index);
+            table.free.push(Reverse(index));
             table.in_use -= 1;
             entry.waker
         });
@@ -466,6 +504,63 @@ mod tests {
         assert_eq!(count.0.load(Ordering::SeqCst), 2, "the replaced table's tasks were not woken");
         let ready = Pin::new(&mut first).poll(&mut Context::from_waker(Waker::noop()));
         assert!(ready.is_ready(), "the replaced table's driver did not end");
+    }
+
+    /// Waits for `deadline` on a slot of this thread's table, as a connection does.
+    struct WaitFor {
+        deadline: Instant,
+        slot: Option<Slot>,
+    }
+
+    impl Future for WaitFor {
+        type Output = ();
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            let deadline = self.deadline;
+            let expired = match &mut self.slot {
+                Some(slot) => slot.poll(cx, deadline).expect("the table went away"),
+                None => match Slot::arm(cx, deadline) {
+                    Armed::Expired => true,
+                    Armed::Slot(slot) => {
+                        self.slot = Some(slot);
+                        false
+                    }
+                    Armed::NoTable => panic!("no table on this thread"),
+                },
+            };
+            if expired {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+
+    /// The driver in a task of its own, woken only by its own timer and by entries armed before
+    /// its next sweep: a waiter in another task is woken at its deadline, also when it arms an
+    /// entry earlier than the one the driver sleeps for.
+    #[tokio::test(start_paused = true)]
+    async fn a_driver_in_a_task_of_its_own_wakes_waiters_on_time() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                tokio::task::spawn_local(drive());
+                let start = now();
+                let late = tokio::task::spawn_local(async move {
+                    WaitFor { deadline: start + Duration::from_secs(10), slot: None }.await;
+                    now() - start
+                });
+                // The driver now sleeps until 10 s; an entry for 1 s must wake it to sleep less.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let early = WaitFor { deadline: start + Duration::from_secs(1), slot: None };
+                tokio::time::timeout(Duration::from_secs(60), early).await.expect("the early waiter was never woken");
+                let woke = now() - start;
+                assert!(woke >= Duration::from_secs(1), "woken early, after {woke:?}");
+                assert!(woke <= Duration::from_millis(1_010), "woken late, after {woke:?}");
+                let late = tokio::time::timeout(Duration::from_secs(60), late).await.expect("never woken").unwrap();
+                assert!(late >= Duration::from_secs(10) && late <= Duration::from_millis(10_010), "{late:?}");
+            })
+            .await;
     }
 
     /// Many entries due at once are swept together, and a table mostly given back shrinks.

@@ -242,6 +242,53 @@ mod tests {
         assert_eq!(loops.live(), 0);
     }
 
+    /// Each loop's thread drives a deadline table of its own (the accepting thread's is driven
+    /// by `serve::run`, as here by the test): a connection's keepalive deadline is an entry in
+    /// the table of the loop that serves it, given back when the connection ends.
+    #[tokio::test]
+    async fn every_loop_keeps_its_connections_deadlines_in_its_own_table() {
+        let mut table = std::pin::pin!(wsx::deadlines::drive());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut loops = Loops::start(2).unwrap();
+        let (seen, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut clients = Vec::new();
+        for _ in 0..2 {
+            clients.push(TcpStream::connect(addr).await.unwrap());
+            let (tcp, _) = listener.accept().await.unwrap();
+            let seen = seen.clone();
+            loops.spawn(tcp, move |tcp| async move {
+                let mut config = wsx::proto::Config::default();
+                config.keepalive_interval = Some(Duration::from_secs(60));
+                let conn = wsx::proto::Connection::server(config, std::time::Instant::now());
+                let mut ws = wsx::WebSocket::from_parts(tcp, conn, bytes::BytesMut::new(), None, None);
+                // Nothing arrives: the read waits, its keepalive deadline armed.
+                let waited = tokio::time::timeout(Duration::from_millis(50), ws.recv()).await;
+                let during = wsx::deadlines::entries();
+                drop(ws);
+                let name = std::thread::current().name().unwrap_or_default().to_owned();
+                let _ = seen.send((name, waited.is_err(), during, wsx::deadlines::entries()));
+            });
+        }
+        let reports = async {
+            let mut reports = Vec::new();
+            for _ in 0..2 {
+                reports.push(seen_rx.recv().await.unwrap());
+            }
+            reports
+        };
+        let reports = tokio::select! {
+            () = &mut table => panic!("the test thread's table was replaced"),
+            reports = tokio::time::timeout(Duration::from_secs(5), reports) => reports.unwrap(),
+        };
+        assert_eq!(reports.iter().filter(|r| r.0 == "wsx-loop-1").count(), 1, "{reports:?}");
+        for (name, waited, during, after) in reports {
+            assert!(waited, "{name}: the read did not wait");
+            assert_eq!(during, 1, "{name}: the connection's deadline was not in its loop's table");
+            assert_eq!(after, 0, "{name}: the entry was not given back");
+        }
+    }
+
     /// A connection that panics still gives back its place; dropping the loops drops the
     /// connections they still hold before the drop returns (their cleanup runs before the
     /// process may exit).

@@ -70,8 +70,9 @@ struct Entry {
 struct Table {
     id: NonZeroU32,
     entries: Vec<Entry>,
-    /// Free entries, to be used before the table grows: the lowest first, so that the entries
-    /// in use gather at the start and a sweep can give back the end of the table.
+    /// Free entries, to be used before the table grows: the lowest first, so that new entries
+    /// go to the start and the end of the table empties as its connections end (a sweep then
+    /// gives it back; one long-lived entry near the end keeps the table that long).
     free: BinaryHeap<Reverse<u32>>,
     in_use: usize,
     /// The earliest deadline of an armed entry, or earlier: the driver's next sweep.
@@ -499,9 +500,12 @@ mod tests {
         assert_eq!(slot.poll(&mut cx, deadline), None);
         assert_eq!(entries(), 0);
         let mut first = drive();
+        let (driver_count, driver_waker) = counter();
+        assert!(Pin::new(&mut first).poll(&mut Context::from_waker(&driver_waker)).is_pending());
         let Armed::Slot(_slot) = Slot::arm(&mut cx, deadline) else { panic!() };
         let _second = drive();
         assert_eq!(count.0.load(Ordering::SeqCst), 2, "the replaced table's tasks were not woken");
+        assert!(driver_count.0.load(Ordering::SeqCst) >= 1, "the replaced table's driver was not woken");
         let ready = Pin::new(&mut first).poll(&mut Context::from_waker(Waker::noop()));
         assert!(ready.is_ready(), "the replaced table's driver did not end");
     }
@@ -561,6 +565,24 @@ mod tests {
                 assert!(late >= Duration::from_secs(10) && late <= Duration::from_millis(10_010), "{late:?}");
             })
             .await;
+    }
+
+    /// Free entries are used again lowest first.
+    #[tokio::test(start_paused = true)]
+    async fn the_lowest_free_entry_is_used_first() {
+        let _driver = drive();
+        let mut cx = Context::from_waker(Waker::noop());
+        let deadline = now() + Duration::from_secs(60);
+        let mut arm = || match Slot::arm(&mut cx, deadline) {
+            Armed::Slot(slot) => slot,
+            _ => panic!("no entry"),
+        };
+        let mut slots: Vec<Option<Slot>> = (0..3).map(|_| Some(arm())).collect();
+        slots[2] = None;
+        slots[0] = None;
+        let first = arm();
+        let second = arm();
+        assert_eq!((first.index, second.index), (0, 2));
     }
 
     /// Many entries due at once are swept together, and a table mostly given back shrinks.

@@ -28,8 +28,9 @@ fn assert_around(elapsed: Duration, expected: Duration, what: &str) {
 /// keep their deadlines there rather than on tokio timers: checks that they did, and that each
 /// gave its entry back when it ended.
 async fn on_a_deadline_table(test: impl Future<Output = ()>) {
-    // The watcher is a task of its own, so that the driver (polled here) is woken only by its
-    // own timer and the entries armed before its next sweep, not every few milliseconds.
+    // The watcher is a task of its own, so that it does not poll the driver every few
+    // milliseconds (the driver still shares this task with the test's client side; its own
+    // wakeups are checked in `wsx::deadlines`' tests, where it has a task of its own).
     let most = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let watcher = tokio::spawn({
         let most = most.clone();

@@ -46,6 +46,8 @@ use std::time::{Duration, Instant};
 use tokio::time::Sleep;
 use wsx_proto::Stamp;
 
+use crate::io::now;
+
 /// The shortest and longest interval between two sweeps of a table.
 const MIN_SWEEP: Duration = Duration::from_millis(1);
 const MAX_SWEEP: Duration = Duration::from_millis(100);
@@ -137,10 +139,6 @@ fn with_table<R>(id: Option<NonZeroU32>, f: impl FnOnce(&mut Table) -> R) -> Opt
     let result = try_with_table(id, f);
     debug_assert!(result.is_ok(), "the deadline table was borrowed twice");
     result.unwrap_or(None)
-}
-
-fn now() -> Instant {
-    tokio::time::Instant::now().into_std()
 }
 
 /// The interval between sweeps for a table of `entries` entries: 1 µs per entry, within

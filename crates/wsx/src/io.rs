@@ -492,6 +492,7 @@ pub(crate) struct Core<S> {
     write: WriteState,
 }
 
+/// The clock deadlines are read against: tokio's, so that tests can pause it.
 pub(crate) fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }

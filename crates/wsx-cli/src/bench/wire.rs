@@ -27,6 +27,15 @@ use wsx::WebSocket;
 const MIN_READ: usize = 64 * 1024;
 const MAX_READ: usize = 4 << 20;
 
+thread_local! {
+    /// The generator thread's read buffer, lent to each connection while it reads and handles
+    /// what it read, and given back once all of it was handled: the kernel copies every read
+    /// into the same few cache-warm KiB, not into one buffer per connection (64 connections'
+    /// buffers do not stay in cache). Only a connection left holding part of a frame keeps a
+    /// buffer of its own until the rest arrives.
+    static SHARED_READ: std::cell::Cell<BytesMut> = std::cell::Cell::new(BytesMut::new());
+}
+
 /// One connection, driven by the generator.
 pub struct Wire<S> {
     stream: S,
@@ -131,6 +140,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                 return Poll::Ready(Ok(Io::Eof));
             }
             if buf.is_empty() {
+                let shared = SHARED_READ.take();
+                if shared.capacity() > 0 {
+                    *buf = shared;
+                }
                 if buf.capacity() > 2 * MAX_READ {
                     // A large message has gone through: do not keep its buffer.
                     *buf = BytesMut::new();
@@ -164,7 +177,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                     Poll::Ready(Ok(Io::Eof))
                 }
                 Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
+                Poll::Pending => {
+                    if buf.is_empty() {
+                        SHARED_READ.set(std::mem::take(buf));
+                    }
+                    Poll::Pending
+                }
             }
         })
         .await
@@ -200,5 +218,106 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             let _ = tokio::io::AsyncWriteExt::shutdown(&mut self.stream).await;
         };
         let _ = tokio::time::timeout_at(deadline.into(), work).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::payload::Payloads;
+    use super::*;
+    use std::future::Future as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
+
+    fn raw_wire(stream: DuplexStream) -> Wire<DuplexStream> {
+        let mut key = 0x1234_5678u32;
+        let keys = move || {
+            key = key.rotate_left(7) ^ 0x9e37_79b9;
+            key.to_le_bytes()
+        };
+        Wire::raw(stream, Connection::client(wsx::proto::Config::default(), Instant::now(), keys))
+    }
+
+    /// Polls `wire.io()` once: `None` when it would wait.
+    async fn io_now(wire: &mut Wire<DuplexStream>) -> Option<io::Result<Io>> {
+        let mut io = std::pin::pin!(wire.io());
+        poll_fn(|cx| {
+            Poll::Ready(match io.as_mut().poll(cx) {
+                Poll::Ready(r) => Some(r),
+                Poll::Pending => None,
+            })
+        })
+        .await
+    }
+
+    /// The allocation the thread's shared read buffer holds (null when it holds none).
+    fn shared_read() -> *const u8 {
+        let buf = SHARED_READ.take();
+        let at = if buf.capacity() > 0 { buf.as_ptr() } else { std::ptr::null() };
+        SHARED_READ.set(buf);
+        at
+    }
+
+    /// Sends message `seq` on `wire` and has `peer` echo the frame's bytes back: `at_once` of
+    /// them, or all.
+    async fn echo(
+        wire: &mut Wire<DuplexStream>,
+        peer: &mut DuplexStream,
+        payloads: &Payloads,
+        seq: u64,
+        at_once: Option<usize>,
+    ) {
+        wire.send_payload(payloads, seq, 7).unwrap();
+        let len = wire.pending();
+        assert!(io_now(wire).await.is_none(), "nothing to read yet");
+        assert_eq!(wire.pending(), 0, "the frame was written");
+        let mut frame = vec![0; len];
+        peer.read_exact(&mut frame).await.unwrap();
+        peer.write_all(&frame[..at_once.unwrap_or(len)]).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn connections_on_one_thread_read_into_one_buffer_and_keep_only_a_partial_frame() {
+        let payloads = Payloads::new(1024, false).unwrap();
+        let (a, mut a_peer) = tokio::io::duplex(1 << 16);
+        let (b, mut b_peer) = tokio::io::duplex(1 << 16);
+        let (mut a, mut b) = (raw_wire(a), raw_wire(b));
+        assert!(shared_read().is_null());
+
+        echo(&mut a, &mut a_peer, &payloads, 1, None).await;
+        assert_eq!(io_now(&mut a).await.unwrap().unwrap(), Io::Read);
+        let read_into = a.buf.as_ptr();
+        let Some(MessageRef::Binary(data)) = a.next(Instant::now()).unwrap() else { panic!("no echo") };
+        assert_eq!(payloads.check(false, data), Ok((1, 7)));
+        assert!(a.next(Instant::now()).unwrap().is_none());
+        // All of it handled: waiting for more gives the buffer back to the thread.
+        assert!(io_now(&mut a).await.is_none());
+        assert_eq!(a.buf.capacity(), 0, "an idle connection holds no read buffer");
+        assert_eq!(shared_read(), read_into);
+
+        // The next connection to read lands in the same allocation.
+        echo(&mut b, &mut b_peer, &payloads, 2, None).await;
+        assert_eq!(io_now(&mut b).await.unwrap().unwrap(), Io::Read);
+        assert_eq!(b.buf.as_ptr(), read_into);
+        assert!(shared_read().is_null(), "lent to one connection at a time");
+        let Some(MessageRef::Binary(data)) = b.next(Instant::now()).unwrap() else { panic!("no echo") };
+        assert_eq!(payloads.check(false, data), Ok((2, 7)));
+        assert!(b.next(Instant::now()).unwrap().is_none());
+        assert!(io_now(&mut b).await.is_none());
+        assert_eq!(shared_read(), read_into);
+
+        // Part of a frame stays with its connection (and the buffer with it) until the rest comes.
+        echo(&mut a, &mut a_peer, &payloads, 3, Some(100)).await;
+        assert_eq!(io_now(&mut a).await.unwrap().unwrap(), Io::Read);
+        assert!(a.next(Instant::now()).unwrap().is_none());
+        assert!(io_now(&mut a).await.is_none());
+        // (The core keeps the frame's header; the payload's first bytes stay in the buffer.)
+        assert!(!a.buf.is_empty());
+        assert!(shared_read().is_null());
+        // Meanwhile another connection reads into a buffer of its own.
+        echo(&mut b, &mut b_peer, &payloads, 4, None).await;
+        assert_eq!(io_now(&mut b).await.unwrap().unwrap(), Io::Read);
+        assert_ne!(b.buf.as_ptr(), a.buf.as_ptr());
+        assert!(b.next(Instant::now()).unwrap().is_some());
+        assert!(io_now(&mut b).await.is_none());
     }
 }

@@ -8,7 +8,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use wsx_proto::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
-use wsx_proto::mask::{apply_mask, apply_mask_bytewise};
+use wsx_proto::mask::{apply_mask, apply_mask_bytewise, masked_eq};
 use wsx_proto::utf8::{self, Utf8Validator};
 
 mod common;
@@ -101,6 +101,23 @@ fn mask(c: &mut Criterion) {
         let mut dst = vec![0u8; size];
         group.bench_function(BenchmarkId::new("memcpy", &label), |b| {
             b.iter(|| black_box(&mut dst[..]).copy_from_slice(black_box(&src)));
+        });
+
+        // Checking a masked copy against the plain bytes: in one pass, against unmasking into
+        // a scratch buffer and comparing.
+        let plain = random_bytes(size, 5);
+        let mut masked = plain.clone();
+        apply_mask(&mut masked, KEY, 0);
+        group.bench_function(BenchmarkId::new("masked_eq", &label), |b| {
+            b.iter(|| masked_eq(black_box(&masked), black_box(&plain), black_box(KEY), 0));
+        });
+        let mut scratch = vec![0u8; size];
+        group.bench_function(BenchmarkId::new("unmask_then_eq", &label), |b| {
+            b.iter(|| {
+                scratch.copy_from_slice(black_box(&masked));
+                apply_mask(&mut scratch, black_box(KEY), 0);
+                scratch == black_box(&plain)[..]
+            });
         });
 
         if size == 64 << 10 {

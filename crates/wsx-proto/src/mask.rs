@@ -163,6 +163,58 @@ unsafe fn mask_copy_words(dst: *mut u8, src: &[u8], key: [u8; 4]) {
     }
 }
 
+/// Whether `masked`, unmasked with `key`, equals `plain`, without writing the unmasked bytes
+/// anywhere: one pass that reads each byte of both once (a copy, an unmasking and a comparison
+/// would be three). `offset` is `masked[0]`'s position within its frame's payload, as for
+/// [`apply_mask`]. Slices of different lengths are never equal.
+///
+/// A client that gets its own frames back (from a byte echo, say) can check them this way.
+///
+/// ```
+/// use wsx_proto::mask::{apply_mask, masked_eq};
+/// let key = [1, 2, 3, 4];
+/// let mut wire = *b"hello, world";
+/// apply_mask(&mut wire, key, 0);
+/// assert!(masked_eq(&wire, b"hello, world", key, 0));
+/// assert!(masked_eq(&wire[5..], b", world", key, 5));
+/// assert!(!masked_eq(&wire, b"hello, World", key, 0));
+/// ```
+pub fn masked_eq(masked: &[u8], plain: &[u8], key: [u8; 4], offset: usize) -> bool {
+    if masked.len() != plain.len() {
+        return false;
+    }
+    let key = rotate_key(key, offset);
+    #[cfg(target_arch = "x86_64")]
+    if masked.len() >= AVX2_MIN_LEN && std::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 support was just checked (the macro caches the CPUID result).
+        return unsafe { avx2::masked_eq(masked, plain, key) };
+    }
+    masked_eq_words(masked, plain, key)
+}
+
+/// [`masked_eq`] 8 bytes at a time, for slices of one length; `key` already rotated so that
+/// `masked[0]` uses `key[0]`.
+#[inline]
+fn masked_eq_words(masked: &[u8], plain: &[u8], key: [u8; 4]) -> bool {
+    let narrow = u32::from_ne_bytes(key);
+    let wide = u64::from(narrow) | (u64::from(narrow) << 32);
+    let len = masked.len().min(plain.len());
+    // Differences are gathered, not branched on: a mismatch is the rare case. Indexes rather
+    // than zipped chunk iterators: those compiled to a long preamble for a few bytes.
+    let mut diff = 0u64;
+    let mut at = 0;
+    while let (Some(m), Some(p)) = (masked[at..].first_chunk::<8>(), plain[at..].first_chunk::<8>()) {
+        diff |= u64::from_ne_bytes(*m) ^ wide ^ u64::from_ne_bytes(*p);
+        at += 8;
+    }
+    // `at` is a multiple of 4: the rest starts at key phase 0.
+    while at < len {
+        diff |= u64::from(masked[at] ^ key[at & 3] ^ plain[at]);
+        at += 1;
+    }
+    diff == 0
+}
+
 /// Masks or unmasks `buf` in place with `key`, one byte at a time.
 ///
 /// Same contract as [`apply_mask`] (byte `i` is XORed with
@@ -215,7 +267,10 @@ fn mask_bytes(buf: &mut [u8], key: [u8; 4]) {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use core::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm256_set1_epi32, _mm256_storeu_si256, _mm256_xor_si256};
+    use core::arch::x86_64::{
+        __m256i, _mm256_loadu_si256, _mm256_or_si256, _mm256_set1_epi32, _mm256_setzero_si256, _mm256_storeu_si256,
+        _mm256_testz_si256, _mm256_xor_si256,
+    };
 
     /// AVX2 path: XORs 32 bytes at a time. `key` must already be rotated so
     /// that `buf[0]` uses `key[0]`.
@@ -239,6 +294,47 @@ mod avx2 {
         }
         // Chunks are multiples of 4 bytes, so the key phase is unchanged.
         super::mask_words(chunks.into_remainder(), key);
+    }
+
+    /// [`super::masked_eq`] 32 bytes at a time; `key` already rotated, the slices of one length.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn masked_eq(masked: &[u8], plain: &[u8], key: [u8; 4]) -> bool {
+        let key_vec = _mm256_set1_epi32(i32::from_le_bytes(key));
+        let len = masked.len().min(plain.len());
+        let (m, p) = (masked.as_ptr(), plain.as_ptr());
+        // Two chunks a step, into two sums: indexes, not zipped iterators, which compiled to
+        // twice the instructions per chunk.
+        let (mut diff_a, mut diff_b) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        let mut at = 0;
+        while at + 64 <= len {
+            // SAFETY: bytes `at..at + 64` of both slices are in bounds (the loop's condition);
+            // `loadu` needs no alignment.
+            unsafe {
+                let m_a = _mm256_loadu_si256(m.add(at).cast::<__m256i>());
+                let m_b = _mm256_loadu_si256(m.add(at + 32).cast::<__m256i>());
+                let p_a = _mm256_loadu_si256(p.add(at).cast::<__m256i>());
+                let p_b = _mm256_loadu_si256(p.add(at + 32).cast::<__m256i>());
+                diff_a = _mm256_or_si256(diff_a, _mm256_xor_si256(_mm256_xor_si256(m_a, key_vec), p_a));
+                diff_b = _mm256_or_si256(diff_b, _mm256_xor_si256(_mm256_xor_si256(m_b, key_vec), p_b));
+            }
+            at += 64;
+        }
+        if at + 32 <= len {
+            // SAFETY: as above, for bytes `at..at + 32`.
+            unsafe {
+                let m_a = _mm256_loadu_si256(m.add(at).cast::<__m256i>());
+                let p_a = _mm256_loadu_si256(p.add(at).cast::<__m256i>());
+                diff_a = _mm256_or_si256(diff_a, _mm256_xor_si256(_mm256_xor_si256(m_a, key_vec), p_a));
+            }
+            at += 32;
+        }
+        let diff = _mm256_or_si256(diff_a, diff_b);
+        // `at` is a multiple of 32, so of 4: the key phase is unchanged.
+        _mm256_testz_si256(diff, diff) == 1 && super::masked_eq_words(&masked[at..], &plain[at..], key)
     }
 
     /// [`mask`] from `src` into `dst`: 32 bytes at a time, each read and written once.
@@ -431,6 +527,31 @@ mod tests {
         assert_eq!(slow[0], key[usize::MAX % 4]);
     }
 
+    #[test]
+    fn masked_eq_finds_every_changed_byte_at_every_length_and_offset() {
+        let key = [0xde, 0xad, 0xbe, 0xef];
+        let plain: Vec<u8> = (0..300u32).map(|i| (i * 7 + 3) as u8).collect();
+        for len in [0, 1, 3, 4, 5, 8, 31, 32, 33, 63, 64, 65, 96, 127, 128, 129, 300] {
+            for offset in 0..4 {
+                let plain = &plain[..len];
+                let mut masked = plain.to_vec();
+                apply_mask_bytewise(&mut masked, key, offset);
+                assert!(masked_eq(&masked, plain, key, offset), "len {len} offset {offset}");
+                if len > 0 {
+                    assert!(!masked_eq(&masked, plain, key, offset + 1), "len {len} offset {offset}: wrong phase");
+                    assert!(!masked_eq(&masked[1..], plain, key, offset), "len {len}: shorter");
+                }
+                for at in 0..len {
+                    for bit in [0x01, 0x80] {
+                        masked[at] ^= bit;
+                        assert!(!masked_eq(&masked, plain, key, offset), "len {len} offset {offset} byte {at}");
+                        masked[at] ^= bit;
+                    }
+                }
+            }
+        }
+    }
+
     proptest! {
         #[test]
         fn fast_matches_oracle(
@@ -444,6 +565,19 @@ mod tests {
                 apply_mask_bytewise(&mut slow, key, offset);
                 prop_assert_eq!(&fast, &slow, "offset {}", offset);
             }
+        }
+
+        #[test]
+        fn masked_eq_matches_unmasking_then_comparing(
+            data in proptest::collection::vec(any::<u8>(), 0..2000),
+            other in proptest::collection::vec(any::<u8>(), 0..2000),
+            key in any::<[u8; 4]>(),
+            offset in 0usize..8,
+        ) {
+            let mut unmasked = data.clone();
+            apply_mask_bytewise(&mut unmasked, key, offset);
+            prop_assert!(masked_eq(&data, &unmasked, key, offset));
+            prop_assert_eq!(masked_eq(&data, &other, key, offset), unmasked == other);
         }
 
         #[test]

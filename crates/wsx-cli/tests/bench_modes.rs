@@ -354,6 +354,42 @@ fn raw_drives_a_plain_byte_echo() {
 }
 
 #[test]
+fn raw_counts_an_echo_a_byte_echo_changed() {
+    // A byte echo that flips one bit of byte 5,000 of each connection's stream: with 1 KiB
+    // messages (8-byte headers, 1,032-byte frames) that is in the fifth message's filler, which
+    // the generator checks still masked.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                use std::io::{Read as _, Write as _};
+                let (mut reader, mut writer) = (tcp.try_clone().unwrap(), tcp);
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut at = 0usize;
+                while let Ok(n @ 1..) = reader.read(&mut buf) {
+                    if (at..at + n).contains(&5000) {
+                        buf[5000 - at] ^= 0x01;
+                    }
+                    at += n;
+                    if writer.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let (out, j) = bench(
+        "echo",
+        &format!("ws://{addr}/"),
+        &["--raw", "--conns", "2", "--depth", "4", "--size", "1024", "--duration", "0.5", "--warmup", "0"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}\n{j}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(j["errors"]["echo mismatch"], 2, "one per connection: {j}");
+    assert!(num(&j, &["messages"]) > 10.0, "the rest still echoed: {j}");
+}
+
+#[test]
 fn connect_against_a_server_that_never_answers_is_bounded_by_the_timeout() {
     // Accepts TCP connections and holds them, reading nothing and answering nothing.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -11,7 +11,7 @@ use wsx::{ClientBuilder, MaybeTlsStream, Message, WebSocketConfig};
 
 use super::payload::{Mismatch, Payloads};
 use super::report::{Report, Stats};
-use super::wire::{Io, Wire};
+use super::wire::{Echo, Io, Wire};
 use super::{
     close_kind, connect_error_kind, lock, run_error_kind, run_threads, Common, PayloadArgs, Schedule, Thread, Timeline,
 };
@@ -507,11 +507,14 @@ async fn drive(
                 loop {
                     // The check's verdict is all that outlives the lent message.
                     let checked = match wire.next(at) {
-                        Ok(Some(MessageRef::Text(t))) => payloads.check(true, t.as_bytes()),
-                        Ok(Some(MessageRef::Binary(b))) => payloads.check(false, b),
-                        Ok(Some(MessageRef::Owned(Message::Text(t)))) => payloads.check(true, t.as_bytes()),
-                        Ok(Some(MessageRef::Owned(Message::Binary(b)))) => payloads.check(false, &b),
-                        Ok(Some(MessageRef::Owned(Message::Close(frame)))) => {
+                        Ok(Some(Echo::Masked { text, data, key })) => payloads.check_masked(text, data, key),
+                        Ok(Some(Echo::Message(MessageRef::Text(t)))) => payloads.check(true, t.as_bytes()),
+                        Ok(Some(Echo::Message(MessageRef::Binary(b)))) => payloads.check(false, b),
+                        Ok(Some(Echo::Message(MessageRef::Owned(Message::Text(t))))) => {
+                            payloads.check(true, t.as_bytes())
+                        }
+                        Ok(Some(Echo::Message(MessageRef::Owned(Message::Binary(b))))) => payloads.check(false, &b),
+                        Ok(Some(Echo::Message(MessageRef::Owned(Message::Close(frame))))) => {
                             fail(close_kind(frame));
                             clean_end = false;
                             break;

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use bytes::{Buf as _, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
-use wsx::proto::{CloseCode, CloseFrame, Connection, MessageRef, State};
+use wsx::proto::{CloseCode, CloseFrame, Connection, FrameHeader, MessageRef, OpCode, State};
 use wsx::WebSocket;
 
 /// Bytes asked of the stream per read: the size starts at the least, doubles (up to the most)
@@ -44,6 +44,12 @@ pub struct Wire<S> {
     /// core reads them (it requires the mask a client-role core would refuse). Replies the
     /// decoder queues (pongs, close echoes) are never sent: a byte echo would echo them.
     decoder: Option<Connection>,
+    /// `--raw`: whole data frames of ours are still taken apart here (see [`Wire::next`]);
+    /// false for good once anything else arrived, which the decoder then reads.
+    raw_frames: bool,
+    /// `--raw`: bytes at the front of `buf` lent by the last [`Wire::next`], removed by the next
+    /// call (or read).
+    lent: usize,
     buf: BytesMut,
     /// Bytes to ask of the next read (see [`MIN_READ`]).
     read_size: usize,
@@ -51,6 +57,57 @@ pub struct Wire<S> {
     /// records until it is (plain TCP holds nothing, and its flush costs nothing).
     unflushed: bool,
     eof: bool,
+}
+
+/// A message [`Wire::next`] lends.
+#[derive(Debug)]
+pub enum Echo<'a> {
+    /// As the core reads it (unmasked, validated).
+    Message(MessageRef<'a>),
+    /// `--raw`: one of our own whole data frames back from a byte echo, its payload still
+    /// masked with `key`.
+    Masked {
+        /// A text frame.
+        text: bool,
+        /// The payload, masked.
+        data: &'a [u8],
+        /// Its masking key.
+        key: [u8; 4],
+    },
+}
+
+/// Where a whole data frame lies in a buffer, and its key (see [`whole_data_frame`]).
+struct DataFrame {
+    text: bool,
+    start: usize,
+    end: usize,
+    key: [u8; 4],
+}
+
+/// The frame at the start of `buf` if it is a whole masked data frame as a client sends it:
+/// final, no RSV bits, a payload of at most `limit` bytes. `Some(None)` while more of such a
+/// frame is to come (its declared length is within `limit`, so waiting is bounded); `None` for
+/// any other frame (or a malformed header), which is left for a full core to judge.
+fn whole_data_frame(buf: &[u8], limit: usize) -> Option<Option<DataFrame>> {
+    let (head, start) = match FrameHeader::parse(buf) {
+        Ok(Some(parsed)) => parsed,
+        Ok(None) => return Some(None),
+        Err(_) => return None,
+    };
+    let text = match head.opcode {
+        OpCode::Text => true,
+        OpCode::Binary => false,
+        _ => return None,
+    };
+    let (true, false, false, false, Some(key)) = (head.fin, head.rsv1, head.rsv2, head.rsv3, head.mask) else {
+        return None;
+    };
+    let len = usize::try_from(head.payload_len).ok().filter(|&len| len <= limit)?;
+    let end = start + len;
+    if buf.len() < end {
+        return Some(None);
+    }
+    Some(Some(DataFrame { text, start, end, key }))
 }
 
 /// What [`Wire::io`] did.
@@ -66,7 +123,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     /// Takes over a connection the library's client has opened.
     pub fn new(ws: WebSocket<S>) -> Self {
         let (stream, conn, buf) = ws.into_parts();
-        Self { stream, conn, decoder: None, buf, read_size: MIN_READ, unflushed: false, eof: false }
+        Self {
+            stream,
+            conn,
+            decoder: None,
+            raw_frames: false,
+            lent: 0,
+            buf,
+            read_size: MIN_READ,
+            unflushed: false,
+            eof: false,
+        }
     }
 
     /// A client over a byte echo (`--raw`): no handshake; `conn` masks what it sends, and a
@@ -77,6 +144,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             stream,
             conn,
             decoder: Some(decoder),
+            raw_frames: true,
+            lent: 0,
             buf: BytesMut::new(),
             read_size: MIN_READ,
             unflushed: false,
@@ -108,18 +177,40 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     /// The next complete message in what has been read (pings are answered by the core),
     /// `None` when more bytes are needed. A message in one frame is lent from the read buffer
     /// ([`Connection::read_ref`]): the generator checks each echo where it landed.
-    pub fn next(&mut self, now: Instant) -> Result<Option<MessageRef<'_>>, wsx::proto::Error> {
-        match &mut self.decoder {
-            Some(decoder) => decoder.read_ref(&mut self.buf, now),
-            None => self.conn.read_ref(&mut self.buf, now),
+    ///
+    /// `--raw`: the byte echo returns our frames as they left, masked. A whole data frame (final,
+    /// no RSV bits, masked, within the limits) is lent as it is, with its key, for
+    /// [`Payloads::check_masked`](super::payload::Payloads::check_masked) to check in one pass:
+    /// unmasking it first would be a second. The header is the core's to parse
+    /// ([`FrameHeader::parse`]). From the first frame that is anything else on, the decoder
+    /// reads everything, with every rule and limit of a server-role core.
+    pub fn next(&mut self, now: Instant) -> Result<Option<Echo<'_>>, wsx::proto::Error> {
+        let Some(decoder) = &mut self.decoder else {
+            return Ok(self.conn.read_ref(&mut self.buf, now)?.map(Echo::Message));
+        };
+        if self.raw_frames {
+            self.buf.advance(std::mem::take(&mut self.lent));
+            let limit = decoder.config().max_frame_size.min(decoder.config().max_message_size);
+            match whole_data_frame(&self.buf, limit) {
+                Some(Some(frame)) => {
+                    self.lent = frame.end;
+                    let data = &self.buf[frame.start..frame.end];
+                    return Ok(Some(Echo::Masked { text: frame.text, data, key: frame.key }));
+                }
+                Some(None) => return Ok(None),
+                None => self.raw_frames = false,
+            }
         }
+        Ok(decoder.read_ref(&mut self.buf, now)?.map(Echo::Message))
     }
 
     /// Writes what it can of the queued output, and waits until a read brings new bytes or the
     /// stream ends. Cancel-safe: all progress lives in `self`.
     pub async fn io(&mut self) -> io::Result<Io> {
         poll_fn(|cx| {
-            let Self { stream, conn, buf, eof, read_size, unflushed, .. } = self;
+            let Self { stream, conn, buf, eof, read_size, unflushed, lent, .. } = self;
+            // What `next` lent is handled by now.
+            buf.advance(std::mem::take(lent));
             let out = conn.output();
             while out.has_remaining() {
                 match wsx::poll_write_out(&mut *stream, cx, out) {
@@ -275,6 +366,57 @@ mod tests {
         peer.write_all(&frame[..at_once.unwrap_or(len)]).await.unwrap();
     }
 
+    /// A client core's frames for `messages`, as bytes (masked).
+    fn client_frames(messages: Vec<wsx::proto::Message>) -> Vec<u8> {
+        let mut client = Connection::client(wsx::proto::Config::default(), Instant::now(), || [9, 8, 7, 6]);
+        for m in messages {
+            client.send(m).unwrap();
+        }
+        let out = client.output();
+        out.copy_to_bytes(out.remaining()).to_vec()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_byte_echo_s_frames_other_than_whole_data_frames_go_to_a_full_core_for_good() {
+        use wsx::proto::Message;
+        let (wire, mut peer) = tokio::io::duplex(1 << 16);
+        let mut wire = raw_wire(wire);
+        let frames = client_frames(vec![
+            Message::binary(&b"first"[..]),
+            Message::Ping(bytes::Bytes::from_static(b"p")),
+            Message::binary(&b"after"[..]),
+        ]);
+        peer.write_all(&frames).await.unwrap();
+        assert_eq!(io_now(&mut wire).await.unwrap().unwrap(), Io::Read);
+        let now = Instant::now();
+        match wire.next(now).unwrap() {
+            Some(Echo::Masked { text: false, data, key: [9, 8, 7, 6] }) => {
+                assert!(wsx::proto::mask::masked_eq(data, b"first", [9, 8, 7, 6], 0));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(wire.next(now).unwrap(), Some(Echo::Message(MessageRef::Owned(Message::Ping(p)))) if &p[..] == b"p")
+        );
+        // From there on, the core reads (and unmasks) data frames too.
+        assert!(matches!(wire.next(now).unwrap(), Some(Echo::Message(MessageRef::Binary(b"after")))));
+        assert!(wire.next(now).unwrap().is_none());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_byte_echo_s_frame_over_the_limit_is_refused_before_its_payload() {
+        let (wire, mut peer) = tokio::io::duplex(1 << 16);
+        let mut wire = raw_wire(wire);
+        let limit = wsx::proto::Config::default().max_frame_size as u64;
+        // A masked binary frame's header declaring one byte over the limit, and no payload.
+        let mut head = [0u8; wsx::proto::frame::MAX_HEADER_LEN];
+        let n = FrameHeader::new(OpCode::Binary, limit + 1, Some([1, 2, 3, 4])).encode(&mut head);
+        peer.write_all(&head[..n]).await.unwrap();
+        assert_eq!(io_now(&mut wire).await.unwrap().unwrap(), Io::Read);
+        let err = wire.next(Instant::now()).unwrap_err();
+        assert!(matches!(err, wsx::proto::Error::Limit(_)), "{err:?}");
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn connections_on_one_thread_read_into_one_buffer_and_keep_only_a_partial_frame() {
         let payloads = Payloads::new(1024, false).unwrap();
@@ -286,8 +428,8 @@ mod tests {
         echo(&mut a, &mut a_peer, &payloads, 1, None).await;
         assert_eq!(io_now(&mut a).await.unwrap().unwrap(), Io::Read);
         let read_into = a.buf.as_ptr();
-        let Some(MessageRef::Binary(data)) = a.next(Instant::now()).unwrap() else { panic!("no echo") };
-        assert_eq!(payloads.check(false, data), Ok((1, 7)));
+        let Some(Echo::Masked { text: false, data, key }) = a.next(Instant::now()).unwrap() else { panic!("no echo") };
+        assert_eq!(payloads.check_masked(false, data, key), Ok((1, 7)));
         assert!(a.next(Instant::now()).unwrap().is_none());
         // All of it handled: waiting for more gives the buffer back to the thread.
         assert!(io_now(&mut a).await.is_none());
@@ -299,8 +441,8 @@ mod tests {
         assert_eq!(io_now(&mut b).await.unwrap().unwrap(), Io::Read);
         assert_eq!(b.buf.as_ptr(), read_into);
         assert!(shared_read().is_null(), "lent to one connection at a time");
-        let Some(MessageRef::Binary(data)) = b.next(Instant::now()).unwrap() else { panic!("no echo") };
-        assert_eq!(payloads.check(false, data), Ok((2, 7)));
+        let Some(Echo::Masked { text: false, data, key }) = b.next(Instant::now()).unwrap() else { panic!("no echo") };
+        assert_eq!(payloads.check_masked(false, data, key), Ok((2, 7)));
         assert!(b.next(Instant::now()).unwrap().is_none());
         assert!(io_now(&mut b).await.is_none());
         assert_eq!(shared_read(), read_into);

@@ -540,6 +540,8 @@ mod tests {
                 if len > 0 {
                     assert!(!masked_eq(&masked, plain, key, offset + 1), "len {len} offset {offset}: wrong phase");
                     assert!(!masked_eq(&masked[1..], plain, key, offset), "len {len}: shorter");
+                    // A piece from further in continues the key's phase.
+                    assert!(masked_eq(&masked[1..], &plain[1..], key, offset + 1), "len {len} offset {offset}: tail");
                 }
                 for at in 0..len {
                     for bit in [0x01, 0x80] {
@@ -569,15 +571,19 @@ mod tests {
 
         #[test]
         fn masked_eq_matches_unmasking_then_comparing(
-            data in proptest::collection::vec(any::<u8>(), 0..2000),
-            other in proptest::collection::vec(any::<u8>(), 0..2000),
+            data in proptest::collection::vec(any::<u8>(), 1..2000),
             key in any::<[u8; 4]>(),
             offset in 0usize..8,
+            flip in any::<prop::sample::Index>(),
+            bit in 0u32..8,
         ) {
             let mut unmasked = data.clone();
             apply_mask_bytewise(&mut unmasked, key, offset);
             prop_assert!(masked_eq(&data, &unmasked, key, offset));
-            prop_assert_eq!(masked_eq(&data, &other, key, offset), unmasked == other);
+            // The same length, one bit off anywhere.
+            let mut other = unmasked.clone();
+            other[flip.index(data.len())] ^= 1 << bit;
+            prop_assert!(!masked_eq(&data, &other, key, offset));
         }
 
         #[test]

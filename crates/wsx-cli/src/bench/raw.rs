@@ -2,8 +2,9 @@
 //!
 //! A byte echo has no handshake and sends our own frames back as they were: masked, as every
 //! client frame is. A client-role core must refuse masked frames from a server (RFC 6455
-//! §5.1), so [`Wire::raw`] reads them with a server-role core, which requires exactly that
-//! mask; the client-role core that frames, masks and sends is the one every other run uses.
+//! §5.1), so [`Wire::raw`] checks whole data frames still masked (see [`Wire::next`]) and reads
+//! anything else with a server-role core, which requires exactly that mask; the client-role
+//! core that frames, masks and sends is the one every other run uses.
 
 use std::io;
 use std::time::Instant;

@@ -7,7 +7,8 @@
 //! reading and one pass over the buffer serve the whole read, and writing never waits for
 //! reading or the other way round (a generator must keep reading echoes while its own output
 //! is blocked, or it and a server that does the same would wait on each other). Framing,
-//! masking, UTF-8 checks, permessage-deflate, pings and the close handshake stay the core's.
+//! masking, UTF-8 checks, permessage-deflate, pings and the close handshake stay the core's
+//! (but see [`Wire::next`] for `--raw`, where our own frames come back from a byte echo).
 
 use std::future::poll_fn;
 use std::io;
@@ -27,13 +28,17 @@ use wsx::WebSocket;
 const MIN_READ: usize = 64 * 1024;
 const MAX_READ: usize = 4 << 20;
 
+/// Read buffers a generator thread keeps for its connections at most (see [`SPARE_READS`]).
+const MAX_SPARE_READS: usize = 4;
+
 thread_local! {
-    /// The generator thread's read buffer, lent to each connection while it reads and handles
-    /// what it read, and given back once all of it was handled: the kernel copies every read
-    /// into the same few cache-warm KiB, not into one buffer per connection (64 connections'
-    /// buffers do not stay in cache). Only a connection left holding part of a frame keeps a
-    /// buffer of its own until the rest arrives.
-    static SHARED_READ: std::cell::Cell<BytesMut> = std::cell::Cell::new(BytesMut::new());
+    /// The generator thread's read buffers, lent to a connection while it reads and handles what
+    /// it read, and given back once all of it was handled: the kernel copies every read into the
+    /// same few cache-warm KiB, not into one buffer per connection (64 connections' buffers do
+    /// not stay in cache). Only a connection left holding part of a frame keeps a buffer until
+    /// the rest arrives; then more than one is in use, and up to [`MAX_SPARE_READS`] are kept
+    /// for reuse rather than freed and allocated again (large ones would be faulted in anew).
+    static SPARE_READS: std::cell::RefCell<Vec<BytesMut>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// One connection, driven by the generator.
@@ -103,7 +108,7 @@ fn whole_data_frame(buf: &[u8], limit: usize) -> Option<Option<DataFrame>> {
         return None;
     };
     let len = usize::try_from(head.payload_len).ok().filter(|&len| len <= limit)?;
-    let end = start + len;
+    let end = start.checked_add(len)?;
     if buf.len() < end {
         return Some(None);
     }
@@ -181,7 +186,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     /// `--raw`: the byte echo returns our frames as they left, masked. A whole data frame (final,
     /// no RSV bits, masked, within the limits) is lent as it is, with its key, for
     /// [`Payloads::check_masked`](super::payload::Payloads::check_masked) to check in one pass:
-    /// unmasking it first would be a second. The header is the core's to parse
+    /// unmasking it first would be a second. A text frame's UTF-8 is not validated on its own:
+    /// only a byte-exact copy of what we sent (valid UTF-8) passes the check, and anything else
+    /// is counted as a mismatch (the connection goes on) rather than failing it with 1007. The header is the core's to parse
     /// ([`FrameHeader::parse`]). From the first frame that is anything else on, the decoder
     /// reads everything, with every rule and limit of a server-role core.
     pub fn next(&mut self, now: Instant) -> Result<Option<Echo<'_>>, wsx::proto::Error> {
@@ -231,18 +238,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                 return Poll::Ready(Ok(Io::Eof));
             }
             if buf.is_empty() {
-                let shared = SHARED_READ.take();
-                if shared.capacity() > 0 {
-                    *buf = shared;
+                if buf.capacity() == 0 {
+                    if let Some(spare) = SPARE_READS.with_borrow_mut(Vec::pop) {
+                        *buf = spare;
+                    }
                 }
                 if buf.capacity() > 2 * MAX_READ {
                     // A large message has gone through: do not keep its buffer.
                     *buf = BytesMut::new();
                 } else {
                     // Everything read has been handled: the next read lands at the start of
-                    // the allocation (moving nothing), so that each connection keeps reusing
-                    // the same few KiB rather than walking through its whole buffer, which
-                    // across many connections would not stay in cache.
+                    // the allocation (moving nothing), so that the thread keeps reusing the same
+                    // few KiB rather than walking through the whole buffer.
                     let _ = buf.try_reclaim(buf.capacity() + 1);
                 }
             }
@@ -269,8 +276,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                 }
                 Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
                 Poll::Pending => {
-                    if buf.is_empty() {
-                        SHARED_READ.set(std::mem::take(buf));
+                    if buf.is_empty() && buf.capacity() > 0 {
+                        let spare = std::mem::take(buf);
+                        SPARE_READS.with_borrow_mut(|spares| {
+                            if spares.len() < MAX_SPARE_READS {
+                                spares.push(spare);
+                            }
+                        });
                     }
                     Poll::Pending
                 }
@@ -340,12 +352,9 @@ mod tests {
         .await
     }
 
-    /// The allocation the thread's shared read buffer holds (null when it holds none).
+    /// The allocation of the spare read buffer the thread lends next (null when it has none).
     fn shared_read() -> *const u8 {
-        let buf = SHARED_READ.take();
-        let at = if buf.capacity() > 0 { buf.as_ptr() } else { std::ptr::null() };
-        SHARED_READ.set(buf);
-        at
+        SPARE_READS.with_borrow(|spares| spares.last().map_or(std::ptr::null(), |b| b.as_ptr()))
     }
 
     /// Sends message `seq` on `wire` and has `peer` echo the frame's bytes back: `at_once` of
@@ -452,7 +461,7 @@ mod tests {
         assert_eq!(io_now(&mut a).await.unwrap().unwrap(), Io::Read);
         assert!(a.next(Instant::now()).unwrap().is_none());
         assert!(io_now(&mut a).await.is_none());
-        // (The core keeps the frame's header; the payload's first bytes stay in the buffer.)
+        // (The whole partial frame, header and all, stays in the buffer.)
         assert!(!a.buf.is_empty());
         assert!(shared_read().is_null());
         // Meanwhile another connection reads into a buffer of its own.

@@ -324,20 +324,38 @@ fn help_lists_every_mode() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--hold goes with --ramp"));
 }
 
-#[test]
-fn raw_drives_a_plain_byte_echo() {
-    // The ceiling of scripts/bench-servers: a TCP byte echo, no WebSocket code at all.
+/// A TCP byte echo on a loopback port, each connection served by a thread of its own; with
+/// `flip`, the byte at that position of each connection's stream goes back with its lowest bit
+/// flipped.
+fn byte_echo(flip: Option<usize>) -> std::net::SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         for tcp in listener.incoming().flatten() {
             std::thread::spawn(move || {
-                let mut reader = tcp.try_clone().unwrap();
-                let mut writer = tcp;
-                let _ = std::io::copy(&mut reader, &mut writer);
+                use std::io::{Read as _, Write as _};
+                let (mut reader, mut writer) = (tcp.try_clone().unwrap(), tcp);
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut at = 0usize;
+                while let Ok(n @ 1..) = reader.read(&mut buf) {
+                    if let Some(flip) = flip.filter(|f| (at..at + n).contains(f)) {
+                        buf[flip - at] ^= 0x01;
+                    }
+                    at += n;
+                    if writer.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
             });
         }
     });
+    addr
+}
+
+#[test]
+fn raw_drives_a_plain_byte_echo() {
+    // The ceiling of scripts/bench-servers: a TCP byte echo, no WebSocket code at all.
+    let addr = byte_echo(None);
     for size in ["20", "70000"] {
         let (out, j) = bench(
             "echo",
@@ -355,30 +373,9 @@ fn raw_drives_a_plain_byte_echo() {
 
 #[test]
 fn raw_counts_an_echo_a_byte_echo_changed() {
-    // A byte echo that flips one bit of byte 5,000 of each connection's stream: with 1 KiB
-    // messages (8-byte headers, 1,032-byte frames) that is in the fifth message's filler, which
-    // the generator checks still masked.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for tcp in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                use std::io::{Read as _, Write as _};
-                let (mut reader, mut writer) = (tcp.try_clone().unwrap(), tcp);
-                let mut buf = vec![0u8; 64 * 1024];
-                let mut at = 0usize;
-                while let Ok(n @ 1..) = reader.read(&mut buf) {
-                    if (at..at + n).contains(&5000) {
-                        buf[5000 - at] ^= 0x01;
-                    }
-                    at += n;
-                    if writer.write_all(&buf[..n]).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
+    // Byte 5,000 of each connection's stream: with 1 KiB messages (8-byte headers, 1,032-byte
+    // frames) that is in the fifth message's filler, which the generator checks still masked.
+    let addr = byte_echo(Some(5000));
     let (out, j) = bench(
         "echo",
         &format!("ws://{addr}/"),

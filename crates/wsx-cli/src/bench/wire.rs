@@ -188,9 +188,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     /// [`Payloads::check_masked`](super::payload::Payloads::check_masked) to check in one pass:
     /// unmasking it first would be a second. A text frame's UTF-8 is not validated on its own:
     /// only a byte-exact copy of what we sent (valid UTF-8) passes the check, and anything else
-    /// is counted as a mismatch (the connection goes on) rather than failing it with 1007. The header is the core's to parse
-    /// ([`FrameHeader::parse`]). From the first frame that is anything else on, the decoder
-    /// reads everything, with every rule and limit of a server-role core.
+    /// is counted as a mismatch (the connection goes on) rather than failing it with 1007. The
+    /// header is the core's to parse ([`FrameHeader::parse`]). From the first frame that is
+    /// anything else on, the decoder reads everything, with every rule and limit of a
+    /// server-role core.
     pub fn next(&mut self, now: Instant) -> Result<Option<Echo<'_>>, wsx::proto::Error> {
         let Some(decoder) = &mut self.decoder else {
             return Ok(self.conn.read_ref(&mut self.buf, now)?.map(Echo::Message));
@@ -404,9 +405,8 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(
-            matches!(wire.next(now).unwrap(), Some(Echo::Message(MessageRef::Owned(Message::Ping(p)))) if &p[..] == b"p")
-        );
+        let ping = wire.next(now).unwrap();
+        assert!(matches!(ping, Some(Echo::Message(MessageRef::Owned(Message::Ping(p)))) if &p[..] == b"p"));
         // From there on, the core reads (and unmasks) data frames too.
         assert!(matches!(wire.next(now).unwrap(), Some(Echo::Message(MessageRef::Binary(b"after")))));
         assert!(wire.next(now).unwrap().is_none());
